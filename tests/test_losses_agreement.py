@@ -1,0 +1,206 @@
+"""CE / CCE numerical agreement: loss, dE and dC against a float64 oracle.
+
+The criterion is the one Apple's own CCE tests use: a loss in a given dtype must agree with
+the float64 oracle within a per-dtype tolerance, and CCE must agree with the oracle at least
+as well as plain CE in the same dtype does, plus a small tolerance.
+
+Tolerances (why these numbers, not tuned until green):
+- float32: logits are sums of D <= 256 products, relative rounding ~ sqrt(D) * 2**-24 ~ 1e-6,
+  and the log-sum-exp over V <= 2049 terms adds about as much, so 1e-5 on the loss and on
+  the relative (Frobenius) error of each gradient leaves a 10x margin.
+- bfloat16 / float16: the oracle gets the same rounded operands, so only arithmetic error
+  counts. CE stores the logits in the operand dtype (bf16 keeps 8 bits: relative 2**-9 ~ 2e-3
+  per logit, logits here are O(1-5)), and the backward matmuls take the softmax rounded to the
+  operand dtype (again ~2**-9 relative per element): a few 1e-3, so 2e-2 on both. float16 has
+  3 more mantissa bits and gets the same bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.losses import IGNORE_INDEX, cce, ce
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+# How much worse than same-dtype CE that CCE may be (Apple's tests add a similar slack).
+CCE_SLACK = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 5e-3}
+
+# Irregular shapes (N, V, D): odd sizes catch tiling and masking bugs that powers of two hide.
+SHAPES = [(252, 507, 123), (97, 1031, 64), (1, 33, 7), (300, 2049, 256)]
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@dataclass
+class Result:
+    loss: torch.Tensor  # scalar, float64
+    de: torch.Tensor  # (N, D), float64
+    dc: torch.Tensor  # (V, D), float64
+
+
+def make_inputs(n, v, d, dtype, device="cpu", ignore_frac=0.15, seed=0):
+    """Random operands whose logits have a standard deviation of about 2, 15% ignored targets."""
+    g = torch.Generator().manual_seed(seed)
+    scale = (4.0 / d) ** 0.25  # var(logit) = d * scale**4 = 4
+    e = (torch.randn(n, d, generator=g) * scale).to(dtype)
+    c = (torch.randn(v, d, generator=g) * scale).to(dtype)
+    targets = torch.randint(0, v, (n,), generator=g)
+    ignored = torch.rand(n, generator=g) < ignore_frac
+    if n > 1:
+        ignored[0] = False  # keep at least one scored position
+    targets[ignored] = IGNORE_INDEX
+    return e.to(device), c.to(device), targets.to(device)
+
+
+def run_loss(loss_fn, e, c, targets) -> Result:
+    e = e.detach().clone().requires_grad_(True)
+    c = c.detach().clone().requires_grad_(True)
+    loss = loss_fn(e, c, targets)
+    loss.backward()
+    return Result(loss.detach().double().cpu(), e.grad.double().cpu(), c.grad.double().cpu())
+
+
+def oracle(e, c, targets) -> Result:
+    """Plain-torch float64 softmax cross-entropy on the same (already rounded) operands."""
+
+    def ce64(e, c, targets):
+        return F.cross_entropy(e @ c.T, targets, ignore_index=IGNORE_INDEX)  # all float64
+
+    return run_loss(ce64, e.double(), c.double(), targets)
+
+
+def errors(got: Result, ref: Result) -> tuple[float, float, float]:
+    """Absolute loss error and relative Frobenius errors of dE and dC."""
+
+    def rel(a, b):
+        return (torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-30)).item()
+
+    return abs(got.loss - ref.loss).item(), rel(got.de, ref.de), rel(got.dc, ref.dc)
+
+
+def assert_close_to_oracle(got: Result, ref: Result, tol: float, what: str):
+    for name, err in zip(("loss", "dE", "dC"), errors(got, ref)):
+        assert math.isfinite(err) and err <= tol, f"{what}: {name} error {err:.3g} > {tol:.3g}"
+
+
+def assert_cce_agreement(cce_res: Result, ce_res: Result, ref: Result, slack: float):
+    """CCE's error vs the oracle is at most CE's error in the same dtype plus a slack."""
+    for name, e_cce, e_ce in zip(("loss", "dE", "dC"), errors(cce_res, ref), errors(ce_res, ref)):
+        assert e_cce <= e_ce + slack, f"cce {name} error {e_cce:.3g} > ce's {e_ce:.3g} + {slack:.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# CPU (and any device): CE and the CCE entry point (its reference path off CUDA) vs the oracle
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-V%d-D%d" % s)
+@pytest.mark.parametrize("loss_fn", [ce, cce], ids=["ce", "cce"])
+def test_loss_matches_float64_oracle(loss_fn, shape, dtype):
+    e, c, t = make_inputs(*shape, dtype)
+    assert_close_to_oracle(run_loss(loss_fn, e, c, t), oracle(e, c, t), TOL[dtype], loss_fn.__name__)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cce_agrees_with_ce_as_well_as_ce_agrees_with_oracle(dtype):
+    e, c, t = make_inputs(252, 507, 123, dtype)
+    ref = oracle(e, c, t)
+    assert_cce_agreement(run_loss(cce, e, c, t), run_loss(ce, e, c, t), ref, CCE_SLACK[dtype])
+
+
+def test_ignored_targets_get_no_gradient_and_do_not_count():
+    e, c, t = make_inputs(252, 507, 123, torch.float32)
+    ignored = t == IGNORE_INDEX
+    assert ignored.any()
+    for loss_fn in (ce, cce):
+        res = run_loss(loss_fn, e, c, t)
+        assert torch.all(res.de[ignored] == 0)
+        kept = run_loss(loss_fn, e[~ignored], c, t[~ignored])
+        assert abs(res.loss - kept.loss).item() < 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# The checks must be able to fail: deliberately wrong losses are caught by the same assertions.
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient scaled by 1.01: wrong in the backward pass only."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.01
+
+
+def _sharper_logits(e, c, targets):
+    return F.cross_entropy((e @ c.T).float() * 1.001, targets, ignore_index=IGNORE_INDEX)
+
+
+def _wrong_backward(e, c, targets):
+    return ce(_ScaleGrad.apply(e), c, targets)
+
+
+def _ignored_as_item_zero(e, c, targets):
+    return ce(e, c, targets.clamp_min(0))
+
+
+@pytest.mark.parametrize("bad_loss", [_sharper_logits, _wrong_backward, _ignored_as_item_zero])
+def test_perturbed_losses_are_caught(bad_loss):
+    e, c, t = make_inputs(252, 507, 123, torch.float32)
+    ref = oracle(e, c, t)
+    with pytest.raises(AssertionError):
+        assert_close_to_oracle(run_loss(bad_loss, e, c, t), ref, TOL[torch.float32], "perturbed")
+    with pytest.raises(AssertionError):
+        assert_cce_agreement(
+            run_loss(bad_loss, e, c, t), run_loss(ce, e, c, t), ref, CCE_SLACK[torch.float32]
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: the real Triton kernel (bf16 / fp16 operands), with and without the gradient filter.
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-V%d-D%d" % s)
+def test_cce_kernel_exact_gradients(shape, dtype):
+    e, c, t = make_inputs(*shape, dtype, device="cuda")
+    ref = oracle(e, c, t)
+    got = run_loss(lambda *a: cce(*a, filter_eps=None), e, c, t)
+    assert_close_to_oracle(got, ref, TOL[dtype], "cce exact")
+    assert_cce_agreement(got, run_loss(ce, e, c, t), ref, CCE_SLACK[dtype])
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-V%d-D%d" % s)
+def test_cce_kernel_default_filter(shape, dtype):
+    """The filter skips softmax blocks below eps(dtype)/32: the loss is untouched and the
+    gradients move by at most the skipped probability mass, far below the dtype tolerance
+    at these sizes (softmax entries here are ~1/V, mostly above the threshold)."""
+    e, c, t = make_inputs(*shape, dtype, device="cuda")
+    ref = oracle(e, c, t)
+    got = run_loss(lambda *a: cce(*a, filter_eps="high"), e, c, t)
+    assert_close_to_oracle(got, ref, TOL[dtype], "cce filtered")
+    assert_cce_agreement(got, run_loss(ce, e, c, t), ref, CCE_SLACK[dtype])
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cce_under_autocast_casts_fp32_parameters():
+    """Under bf16 autocast the model hands CCE fp32 embeddings; the wrapper must cast them."""
+    e, c, t = make_inputs(252, 507, 123, torch.float32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = run_loss(cce, e, c, t)
+    e16, c16 = e.bfloat16(), c.bfloat16()
+    assert_close_to_oracle(got, oracle(e16, c16, t), TOL[torch.bfloat16], "cce autocast")
