@@ -1,0 +1,300 @@
+"""Run folders -> the seed's results table (Markdown) and PNG plots.
+
+    python experiments/report.py RUN_DIR [RUN_DIR ...] --out DIR
+
+Every ``metrics.json`` under the given folders (searched recursively) is one run. Runs are
+grouped by (dataset name, loss); a group with several seeds shows mean ± sample std (ddof=1).
+Each dataset also gets its popularity-baseline row. Writes ``DIR/report.md``,
+``DIR/valid_ndcg.png``, ``DIR/epoch_time.png`` and, when any run measured GPU memory,
+``DIR/memory.png``; prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+METRICS = ("HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10")
+COLUMNS = ("Dataset", "Loss", *METRICS, "Max Memory (GB)", "Epoch (s)", "n seeds")
+LOSS_ORDER = ("ce", "cce", "cce_exact")
+POPULARITY = "popularity"
+ENV_KEYS = (("device", "device"), ("torch", "torch"), ("triton", "triton"),
+            ("cut_cross_entropy", "cut-cross-entropy"), ("dtype", "dtype"))
+
+
+class ReportError(Exception):
+    """A run folder is missing or malformed; reported as one ``error:`` line."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the report needs from one run folder."""
+
+    path: Path
+    dataset: str
+    loss: str
+    seed: object
+    test: dict
+    popularity_test: dict
+    peak_memory_gib: float | None
+    epoch_time_s: float | None
+    env: dict
+    valid_ndcg: list[tuple[int, float]]  # (epoch, validation NDCG@10) from history.jsonl
+
+
+def _warn(message: str) -> None:
+    """A non-fatal problem with the runs, said once on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def find_metrics_files(paths: list[Path]) -> list[Path]:
+    """All metrics.json files under ``paths`` (a path may be a run folder or any parent)."""
+    found: set[Path] = set()
+    for path in paths:
+        if not path.exists():
+            raise ReportError(f"{path} does not exist")
+        if path.is_file() and path.name == "metrics.json":
+            found.add(path.resolve())
+        elif path.is_dir():
+            found.update(p.resolve() for p in path.rglob("metrics.json"))
+    if not found:
+        raise ReportError(f"no metrics.json found under {', '.join(map(str, paths))}")
+    return sorted(found)
+
+
+def _get(record: dict, key: str, where: Path):
+    if key not in record:
+        raise ReportError(f"{where}: missing key {key!r}")
+    return record[key]
+
+
+def _metric_dict(record: dict, key: str, where: Path) -> dict:
+    values = _get(record, key, where)
+    if not isinstance(values, dict) or any(m not in values for m in METRICS):
+        raise ReportError(f"{where}: {key!r} must hold {', '.join(METRICS)}")
+    return {m: float(values[m]) for m in METRICS}
+
+
+def _read_history(path: Path) -> list[tuple[int, float]]:
+    """(epoch, valid NDCG@10) pairs; an absent history.jsonl gives an empty curve."""
+    if not path.exists():
+        _warn(f"{path} not found: this run has no validation curve")
+        return []
+    curve = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            curve.append((int(row["epoch"]), float(row["valid"]["NDCG@10"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ReportError(f"{path}:{line_no}: bad history line ({err!r})") from None
+    return curve
+
+
+def load_run(metrics_path: Path) -> Run:
+    """Reads one run folder (metrics.json and history.jsonl)."""
+    try:
+        record = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ReportError(f"{metrics_path}: cannot read ({err})") from None
+    if not isinstance(record, dict):
+        raise ReportError(f"{metrics_path}: not a JSON object")
+    dataset = _get(record, "dataset", metrics_path)
+    env = _get(record, "env", metrics_path)
+    if not isinstance(dataset, dict) or not isinstance(env, dict):
+        raise ReportError(f"{metrics_path}: 'dataset' and 'env' must be JSON objects")
+    memory, epoch_time = record.get("peak_memory_gib"), record.get("epoch_time_s")
+    return Run(
+        path=metrics_path.parent,
+        dataset=str(_get(dataset, "name", metrics_path)),
+        loss=str(_get(record, "loss", metrics_path)),
+        seed=env.get("seed"),
+        test=_metric_dict(record, "test", metrics_path),
+        popularity_test=_metric_dict(record, "popularity_test", metrics_path),
+        peak_memory_gib=None if memory is None else float(memory),
+        epoch_time_s=None if epoch_time is None else float(epoch_time),
+        env=env,
+        valid_ndcg=_read_history(metrics_path.parent / "history.jsonl"),
+    )
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None] | None:
+    """Mean and sample std (None for one value) of the non-missing values; None if none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _loss_key(loss: str) -> tuple:
+    if loss == POPULARITY:
+        return (2, loss)
+    return (0, LOSS_ORDER.index(loss), loss) if loss in LOSS_ORDER else (1, 0, loss)
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    """One row per (dataset, loss) plus a popularity row per dataset, in table order.
+
+    A row maps each metric / "memory" / "epoch_time" to ``mean_std(...)`` and "n" to the
+    number of runs (None for the popularity row).
+    """
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.loss), []).append(run)
+    rows = []
+    for (dataset, loss), members in groups.items():
+        seeds = [r.seed for r in members]
+        if len(set(map(str, seeds))) < len(seeds):
+            _warn(f"{dataset}/{loss}: repeated seeds {seeds}; every run counts once")
+        if len({r.env.get("device") for r in members}) > 1:
+            _warn(f"{dataset}/{loss}: runs from different devices; timings mix machines")
+        row = {"dataset": dataset, "loss": loss, "n": len(members)}
+        row |= {m: mean_std([r.test[m] for r in members]) for m in METRICS}
+        row["memory"] = mean_std([r.peak_memory_gib for r in members])
+        row["epoch_time"] = mean_std([r.epoch_time_s for r in members])
+        rows.append(row)
+    for dataset in sorted({r.dataset for r in runs}):
+        members = [r for r in runs if r.dataset == dataset]
+        row = {"dataset": dataset, "loss": POPULARITY, "n": None, "memory": None, "epoch_time": None}
+        for m in METRICS:
+            values = [r.popularity_test[m] for r in members]
+            # The baseline depends on the data only: identical values are one number, not a spread.
+            same = max(values) - min(values) <= 1e-12
+            row[m] = (values[0], None) if same else mean_std(values)
+        rows.append(row)
+    return sorted(rows, key=lambda row: (row["dataset"], _loss_key(row["loss"])))
+
+
+def _cell(stat: tuple[float, float | None] | None, digits: int) -> str:
+    if stat is None:
+        return "—"
+    mean, std = stat
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The seed's table layout in Markdown."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [row["dataset"], row["loss"], *(_cell(row[m], 4) for m in METRICS),
+                 _cell(row["memory"], 2), _cell(row["epoch_time"], 2),
+                 "—" if row["n"] is None else str(row["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def header_line(runs: list[Run]) -> str:
+    """Names the device(s) and library versions found in the runs' env records."""
+    parts = []
+    for key, label in ENV_KEYS:
+        values = sorted({str(r.env[key]) for r in runs if r.env.get(key) is not None})
+        parts.append(f"{label} {', '.join(values) if values else 'unknown'}")
+    return "Runs on " + "; ".join(parts)
+
+
+def _plot_validation(runs: list[Run], path: Path, plt, colors: dict[str, str]) -> None:
+    datasets = sorted({r.dataset for r in runs})
+    runs = sorted(runs, key=lambda r: _loss_key(r.loss))  # legend in table order
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        labelled = set()
+        for run in (r for r in runs if r.dataset == dataset and r.valid_ndcg):
+            epochs, ndcg = zip(*run.valid_ndcg)
+            label = None if run.loss in labelled else run.loss
+            labelled.add(run.loss)
+            ax.plot(epochs, ndcg, marker="o", markersize=3, color=colors[run.loss], label=label)
+        ax.set(title=dataset, xlabel="epoch", ylabel="validation NDCG@10")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if labelled:
+            ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_bars(rows: list[dict], key: str, ylabel: str, path: Path, plt, colors: dict[str, str]) -> None:
+    rows = [r for r in rows if r["loss"] != POPULARITY and r[key] is not None]
+    datasets = sorted({r["dataset"] for r in rows})
+    losses = sorted({r["loss"] for r in rows}, key=_loss_key)
+    width = 0.8 / len(losses)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(datasets) * len(losses)), 3.8))
+    for i, loss in enumerate(losses):
+        xs, means, stds = [], [], []
+        for j, dataset in enumerate(datasets):
+            match = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss]
+            if match:
+                mean, std = match[0][key]
+                xs.append(j + (i - (len(losses) - 1) / 2) * width)
+                means.append(mean)
+                stds.append(0.0 if std is None else std)
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=loss, color=colors[loss])
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(runs: list[Run], out: Path) -> str:
+    """Writes report.md and the PNGs into ``out`` (all or nothing); returns the report text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(runs)
+    # one color per loss across all plots
+    colors = {loss: f"C{i}" for i, loss in enumerate(sorted({r.loss for r in runs}, key=_loss_key))}
+    text = "\n\n".join([
+        header_line(runs),
+        markdown_table(rows),
+        "Test-split metrics of the best-validation checkpoint; mean ± sample std over seeds. "
+        "Max Memory = torch.cuda.max_memory_allocated in GiB (— on CPU); Epoch = mean "
+        "training-epoch wall time after the first epoch, evaluation excluded.",
+    ]) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build everything in a scratch folder first so that a failure leaves no partial report.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        scratch = Path(scratch)
+        (scratch / "report.md").write_text(text)
+        _plot_validation(runs, scratch / "valid_ndcg.png", plt, colors)
+        for key, ylabel, name in (("memory", "peak GPU memory (GiB)", "memory.png"),
+                                  ("epoch_time", "epoch time (s)", "epoch_time.png")):
+            if any(row[key] for row in rows):
+                _plot_bars(rows, key, ylabel, scratch / name, plt, colors)
+            else:
+                print(f"note: no run recorded {key}; {name} not written", file=sys.stderr)
+        out.mkdir(exist_ok=True)
+        for file in scratch.iterdir():
+            shutil.move(str(file), out / file.name)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders or folders holding them")
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.md and PNGs")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_run(path) for path in find_metrics_files(args.runs)]
+        text = write_report(runs, args.out)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    print(f"wrote {args.out}/report.md and plots ({len(runs)} runs)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

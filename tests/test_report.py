@@ -1,0 +1,154 @@
+"""experiments/report.py on fake run folders: table values, grouping, plots, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import report
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = report.METRICS
+POP = {"HitRate@10": 0.01, "NDCG@10": 0.005, "MRR@10": 0.003, "Coverage@10": 0.001, "Surprisal@10": 0.05}
+
+
+def metric_dict(value: float) -> dict:
+    return {m: value for m in METRICS}
+
+
+def fake_run(folder: Path, *, dataset="beauty", loss="ce", seed=0, test=0.1, memory=1.5,
+             epoch_time=10.0, device="NVIDIA H100 80GB HBM3", pop=POP, epochs=3) -> Path:
+    """Writes a run folder in the schema of common.md (metrics.json + history.jsonl)."""
+    folder.mkdir(parents=True)
+    record = {
+        "dataset": {"name": dataset, "n_users": 100, "n_items": 50, "n_interactions": 1000},
+        "loss": loss,
+        "valid": metric_dict(test),
+        "test": metric_dict(test),
+        "popularity_test": pop,
+        "epoch_time_s": epoch_time,
+        "first_epoch_time_s": epoch_time * 3,
+        "peak_memory_gib": memory,
+        "epochs": epochs,
+        "best_epoch": epochs - 1,
+        "env": {"device": device, "torch": "2.5.1", "triton": "3.1.0",
+                "cut_cross_entropy": "25.1.1", "dtype": "bfloat16", "seed": seed},
+    }
+    (folder / "metrics.json").write_text(json.dumps(record))
+    lines = [json.dumps({"epoch": e, "train_loss": 5.0 - e, "epoch_time_s": epoch_time,
+                         "valid": metric_dict(test * (e + 1) / epochs)}) for e in range(epochs)]
+    (folder / "history.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    fake_run(root / "beauty" / "ce_s0", loss="ce", seed=0, test=0.03, memory=2.0, epoch_time=10.0)
+    fake_run(root / "beauty" / "ce_s1", loss="ce", seed=1, test=0.05, memory=2.0, epoch_time=12.0)
+    fake_run(root / "beauty" / "cce_s0", loss="cce", seed=0, test=0.04, memory=0.5, epoch_time=8.0)
+    fake_run(root / "ml100k_ce", dataset="ml100k", loss="ce", test=0.2, memory=None,
+             epoch_time=1.0, device="cpu", pop=metric_dict(0.07))
+    return root
+
+
+def table_rows(text: str) -> dict[tuple[str, str], list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| Dataset"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def test_table_values_means_and_stds(runs_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "report"
+    assert report.main([str(runs_root), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert capsys.readouterr().out == text  # the table is printed too
+    header = text.splitlines()[0]
+    assert "NVIDIA H100 80GB HBM3" in header and "cpu" in header and "25.1.1" in header
+    assert "| Dataset | Loss | HitRate@10 | NDCG@10 | MRR@10 | Coverage@10 | Surprisal@10 " \
+           "| Max Memory (GB) | Epoch (s) | n seeds |" in text
+
+    rows = table_rows(text)
+    assert list(rows) == [("beauty", "ce"), ("beauty", "cce"), ("beauty", "popularity"),
+                          ("ml100k", "ce"), ("ml100k", "popularity")]
+    # ce on beauty: 0.03 and 0.05 -> mean 0.04, sample std 0.0141; epoch 10 and 12 -> 11 ± 1.41
+    assert rows[("beauty", "ce")] == ["0.0400 ± 0.0141"] * 5 + ["2.00 ± 0.00", "11.00 ± 1.41", "2"]
+    assert rows[("beauty", "cce")] == ["0.0400"] * 5 + ["0.50", "8.00", "1"]
+    assert rows[("beauty", "popularity")] == [
+        "0.0100", "0.0050", "0.0030", "0.0010", "0.0500", "—", "—", "—"
+    ]
+    assert rows[("ml100k", "ce")][5:] == ["—", "1.00", "1"]  # CPU run: no GPU memory
+    assert rows[("ml100k", "popularity")][0] == "0.0700"
+
+
+def test_pngs_are_written(runs_root: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    assert report.main([str(runs_root / "beauty"), str(runs_root / "ml100k_ce"), "--out", str(out)]) == 0
+    for name in ("valid_ndcg.png", "memory.png", "epoch_time.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["epoch_time.png", "memory.png", "report.md", "valid_ndcg.png"]
+
+
+def test_validation_curve_read_from_history(runs_root: Path):
+    run = report.load_run(runs_root / "beauty" / "ce_s1" / "metrics.json")
+    assert run.seed == 1
+    epochs, ndcg = zip(*run.valid_ndcg)
+    assert epochs == (0, 1, 2)
+    assert ndcg == pytest.approx([0.05 / 3, 0.1 / 3, 0.05])
+
+
+def test_popularity_spread_shows_when_runs_disagree(tmp_path: Path):
+    fake_run(tmp_path / "a", pop=metric_dict(0.1))
+    fake_run(tmp_path / "b", seed=1, pop=metric_dict(0.3))
+    rows = report.summarize([report.load_run(p) for p in report.find_metrics_files([tmp_path])])
+    popularity = [r for r in rows if r["loss"] == "popularity"][0]
+    assert popularity["HitRate@10"] == pytest.approx((0.2, 0.1414213562))
+
+
+def test_cpu_only_runs_skip_memory_plot(tmp_path: Path):
+    fake_run(tmp_path / "runs" / "a", memory=None)
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert not (out / "memory.png").exists() and (out / "valid_ndcg.png").exists()
+
+
+def test_no_runs_is_a_clear_error(tmp_path: Path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "empty"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no metrics.json found") and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("breakage", ["not json", json.dumps({"loss": "ce"})])
+def test_malformed_run_is_a_clear_error_and_writes_nothing(tmp_path: Path, capsys, breakage):
+    fake_run(tmp_path / "runs" / "good")
+    (tmp_path / "runs" / "bad").mkdir()
+    (tmp_path / "runs" / "bad" / "metrics.json").write_text(breakage)
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_folder_is_an_error(tmp_path: Path, capsys):
+    assert report.main([str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_command_line(runs_root: Path, tmp_path: Path):
+    out = tmp_path / "cli"
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(runs_root),
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| beauty | ce | 0.0400 ± 0.0141" in done.stdout
