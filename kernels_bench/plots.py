@@ -1,0 +1,101 @@
+"""Plots of a sweep, made from its results.csv alone (so they can be redrawn later).
+
+    python kernels_bench/plots.py runs/kernels_bench/<stamp>/results.csv
+
+time.png: time vs V, log-log, one panel per mode (rows) and input kind (columns), one line per
+provider with its 20th-80th percentile band, the arithmetic floor dashed. memory.png: peak
+extra memory vs V of the fw-bw step (or the last mode swept), one panel per input kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+MODE_ORDER = ("fw", "bw", "fw-bw")
+
+
+def _panel(ax, part: pd.DataFrame, *, band: bool, floor: bool) -> bool:
+    """Draws one provider line per provider (ok points only); False if nothing was drawn."""
+    drawn = False
+    for provider, rows in part.groupby("provider", sort=False):
+        ok = rows[(rows.status == "ok") & rows.value.notna()].sort_values("V")
+        if ok.empty:
+            continue
+        (line,) = ax.plot(ok.V, ok.value, marker="o", markersize=3, label=provider)
+        if band:
+            ax.fill_between(ok.V, ok.p20, ok.p80, color=line.get_color(), alpha=0.2)
+        drawn = True
+    if floor and drawn:
+        fl = part.drop_duplicates("V").sort_values("V")
+        ax.plot(fl.V, fl.floor_ms, "k--", linewidth=1, label="arithmetic floor")
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    return drawn
+
+
+def make_plots(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Writes time.png and memory.png next to each other in ``out_dir``; returns their paths."""
+    df = pd.read_csv(csv_path)
+    out_dir = Path(out_dir)
+    kinds = list(dict.fromkeys(df["inputs"])) or ["-"]
+    modes = [m for m in MODE_ORDER if m in set(df["mode"])] or ["fw-bw"]
+    title = f"{df.device.iloc[0]}, N={df.N.iloc[0]:,}, D={df.D.iloc[0]}" if len(df) else "no data"
+
+    fig, axes = plt.subplots(
+        len(modes), len(kinds), figsize=(5.5 * len(kinds), 4 * len(modes)), squeeze=False
+    )
+    times = df[df.metric == "time_ms"]
+    for i, mode in enumerate(modes):
+        for j, kind in enumerate(kinds):
+            ax = axes[i][j]
+            part = times[(times["mode"] == mode) & (times.inputs == kind)]
+            if not _panel(ax, part, band=True, floor=True):
+                ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
+            ax.set_title(f"{mode}, {kind} inputs")
+            ax.set_xlabel("catalog size V")
+            ax.set_ylabel("time (ms)")
+            ax.grid(True, which="both", alpha=0.3)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}  # one per label
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles))
+    fig.suptitle(f"Loss time vs catalog size: {title}")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the shared legend
+    time_png = out_dir / "time.png"
+    fig.savefig(time_png, dpi=120)
+    plt.close(fig)
+
+    mem_mode = "fw-bw" if "fw-bw" in modes else modes[-1]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    mems = df[(df.metric == "memory_mib") & (df["mode"] == mem_mode)]
+    for j, kind in enumerate(kinds):
+        ax = axes[0][j]
+        if not _panel(ax, mems[mems.inputs == kind], band=False, floor=False):
+            ax.text(0.5, 0.5, "memory not measured (CPU)", ha="center", transform=ax.transAxes)
+        else:
+            ax.legend(fontsize=8)
+        ax.set_title(f"{mem_mode}, {kind} inputs")
+        ax.set_xlabel("catalog size V")
+        ax.set_ylabel("peak extra memory (MiB)")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"Loss peak memory vs catalog size: {title}")
+    fig.tight_layout()
+    memory_png = out_dir / "memory.png"
+    fig.savefig(memory_png, dpi=120)
+    plt.close(fig)
+    return [time_png, memory_png]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Redraw a sweep's plots from its results.csv")
+    parser.add_argument("csv", help="results.csv of a sweep; plots are written next to it")
+    args = parser.parse_args()
+    for path in make_plots(args.csv, Path(args.csv).parent):
+        print(path)
