@@ -1,0 +1,33 @@
+"""Data pipeline: raw readers -> k-core filter -> leave-one-out sequences -> HDF5 shards -> batches.
+
+Prepare once with ``tools/prepare_data.py`` (or ``prepare_dataset`` / ``write_synthetic``), then
+``load_sequences(folder)`` and ``DeviceSequences.from_data(data, device)`` for batches. The
+batching names are imported lazily, so preparing data never pays torch's import time.
+"""
+
+import importlib
+
+from core.data.prepare import prepare_dataset
+from core.data.shards import FORMAT_VERSION, DataFormatError, SequenceData, load_sequences, write_shards
+from core.data.synthetic import PRESETS, generate, write_synthetic
+
+_BATCHING = ("DeviceSequences", "eval_batches", "history", "n_train_batches", "train_batches")
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PRESETS",
+    "DataFormatError",
+    "SequenceData",
+    "generate",
+    "load_sequences",
+    "prepare_dataset",
+    "write_shards",
+    "write_synthetic",
+    *_BATCHING,
+]
+
+
+def __getattr__(name: str):
+    if name in _BATCHING:
+        return getattr(importlib.import_module("core.data.batching"), name)
+    raise AttributeError(f"module 'core.data' has no attribute {name!r}")
