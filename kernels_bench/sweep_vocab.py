@@ -7,7 +7,7 @@ records the median time with 20th/80th percentiles and the peak extra memory
 (kernels_bench/measure.py), after checking every provider against a float64 reference at a small
 V. An out-of-memory point is recorded as ``oom`` (larger V of that provider and mode are then
 ``skipped``, as are those whose time, scaled linearly from the last V, would pass ``--max-ms``)
-and the sweep goes on. Outputs, in ``runs/kernels_bench/<UTC timestamp>/`` or
+and the sweep goes on; a GPU time below the arithmetic floor is recorded as ``invalid``. Outputs, in ``runs/kernels_bench/<UTC timestamp>/`` or
 ``--out``: results.csv (tidy), correctness.csv, table.md, time.png, memory.png, summary.txt,
 config.json. Without CUDA the same command runs a small CPU sweep.
 """
@@ -300,13 +300,20 @@ def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[di
                         skip[key] = note
                     else:
                         status, m, note = _run_point(name, mode, b, cfg)
+                        floor = floor_ms(n=cfg.n, v=v, d=cfg.dim, mode=mode, tflops=tflops)
+                        if status == "ok" and device.type == "cuda" and m.time_ms < floor:
+                            # Faster than the matmuls it must do: the timed call skipped work
+                            # (seen with a compiled backward re-run under retain_graph).
+                            status, m, note = "invalid", None, (
+                                f"measured {m.time_ms:.3g} ms < arithmetic floor {floor:.3g} ms"
+                            )
                         # After an exception, traceback cycles may still hold tensors.
                         free_memory(device, collect=status != "ok")
                     if status == "oom":
                         skip.setdefault(key, f"out of memory at V={v}")
                     elif status == "skipped":
                         skip.setdefault(key, note)
-                    elif status == "error":
+                    elif status in ("error", "invalid"):
                         tqdm.write(f"{kind} V={v} {name} {mode}: {note}")
                     elif status == "ok":
                         last[key] = (v, m.time_ms)
