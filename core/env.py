@@ -1,0 +1,56 @@
+"""Where a run ran: device, library versions and precision, recorded in every metrics.json."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import torch
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _version(package: str) -> str | None:
+    """Installed distribution version, or None when the package is absent (e.g. triton on macOS)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name where Linux tells it, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    """Human name of the device: the GPU model on CUDA, the CPU model otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU: {_cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def environment(*, device: torch.device, dtype: str, seed: int) -> dict:
+    """The "env" block of metrics.json (DESIGN.md: every result names GPU, versions, dtype, seed)."""
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cut_cross_entropy": _version("cut-cross-entropy"),
+        "python": platform.python_version(),
+        "dtype": dtype,
+        "seed": seed,
+    }

@@ -1,0 +1,110 @@
+"""Full-catalog evaluation of a model (and of the popularity baseline) on one split.
+
+Both go through the same loop, so the baseline sees exactly the users, targets and history
+masking the model sees: it differs only in how a batch of users is scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.data.batching import DeviceSequences, eval_batches, history
+from core.data.shards import SequenceData
+from core.metrics import RankingMetrics, popularity_scores
+
+# (B, n_items) fp32 scores per batch are the evaluation's big buffer: bound it at 2**28 floats
+# (1 GiB), so a 10M-item catalog gets batches of ~26 users and a 20k-item one the cap of 4096.
+_SCORE_BUDGET = 2**28
+_MAX_EVAL_BATCH = 4096
+
+
+def default_eval_batch_size(n_items: int) -> int:
+    """Users per evaluation batch such that the score matrix stays near 1 GiB."""
+    return max(1, min(_MAX_EVAL_BATCH, _SCORE_BUDGET // n_items))
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp``; full fp32 elsewhere (CPU bf16 is slow and not the protocol)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def count_train_users(data: SequenceData) -> int:
+    """N of Surprisal: users with a non-empty training sequence (all of them after leave-one-out)."""
+    return int((data.lengths() - 2 > 0).sum())
+
+
+@torch.no_grad()
+def rank_split(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    seqs: DeviceSequences,
+    *,
+    split: str,
+    batch_size: int,
+    max_len: int,
+    mask_history: bool,
+    ks: Sequence[int],
+    item_user_counts: np.ndarray,
+    n_train_users: int,
+) -> dict[str, float]:
+    """Ranks the whole catalog for every user of ``split`` ("valid" or "test").
+
+    ``score_fn(inputs (B, L)) -> (B, n_items)`` fp32 scores; they are masked in place.
+    ``item_user_counts`` (``SequenceData.train_item_user_counts()``) and ``n_train_users``
+    (``count_train_users``) feed Surprisal; callers compute them once per run, not per call.
+    """
+    metrics = RankingMetrics(
+        n_items=seqs.n_items, ks=ks, item_user_counts=item_user_counts, n_train_users=n_train_users
+    )
+    for users, inputs, targets in eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len):
+        scores = score_fn(inputs)  # (B, n_items)
+        seen = history(seqs, users, split=split) if mask_history else None
+        metrics.update(scores, targets, history=seen)
+    return metrics.compute()
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    seqs: DeviceSequences,
+    *,
+    amp: bool,
+    **rank_args,
+) -> dict[str, float]:
+    """Metrics of ``model``; ``forward`` is the model or its compiled version.
+
+    ``rank_args`` are ``rank_split``'s keyword arguments (split, batch_size, ...).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
+        # Scores in fp32 even under bf16 training: bf16 scores tie often, and ties count in
+        # the target's favour (rank = 1 + strictly higher), which would inflate every metric.
+        return last.float() @ model.catalog().float().T  # (B, n_items)
+
+    try:
+        return rank_split(score, seqs, **rank_args)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_popularity(seqs: DeviceSequences, **rank_args) -> dict[str, float]:
+    """Most-popular baseline (distinct training users per item), ranked like the model."""
+    popular = popularity_scores(rank_args["item_user_counts"])  # (n_items,) on the CPU
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        nonlocal popular
+        popular = popular.to(inputs.device)  # once: a no-op after the first batch
+        # A fresh (B, n_items) copy: RankingMetrics masks history in place.
+        return popular.expand(inputs.shape[0], -1).clone()
+
+    return rank_split(score, seqs, **rank_args)
