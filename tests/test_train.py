@@ -9,12 +9,20 @@ import pytest
 import torch
 
 from core import checkpoint
-from core.data.batching import DeviceSequences, n_train_batches
+from core.data.batching import DeviceSequences, n_train_batches, train_batch_positions, train_batches
 from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
 from core.losses import ce
 from core.model import SASRec
-from core.train import TrainingDiverged, TrainingError, train
+from core.train import (
+    TrainingDiverged,
+    TrainingError,
+    compact_index,
+    make_optimizer,
+    make_step,
+    run_epoch,
+    train,
+)
 
 METRIC_KEYS = {"HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10"}
 DIM = 32
@@ -143,3 +151,103 @@ def test_out_of_memory_becomes_a_one_line_training_error(data, tmp_path):
         train(data=data, out_dir=tmp_path, epochs=1, loss_fn=oom, **FAST)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+# --- issue 6: one step, sync-free compaction, compile path -----------------------------------
+
+# train() on `data` with FAST, 3 epochs, recorded with the code before issue 6 (boolean-mask
+# gather, duplicated step) on a 2-core x86 CPU: the refactor must not move them.
+BEFORE_LOSSES = [6.202627658843994, 6.141561031341553, 6.0742411613464355]
+BEFORE_TEST = {"HitRate@10": 0.165, "NDCG@10": 0.09654413903160837, "MRR@10": 0.07646230158730159,
+               "Coverage@10": 0.436, "Surprisal@10": 0.45784633103643174}
+
+
+def test_train_reproduces_the_numbers_from_before_the_refactor(data, tmp_path):
+    metrics = train(data=data, out_dir=tmp_path, epochs=3, **FAST)
+    losses = [json.loads(x)["train_loss"] for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx(BEFORE_LOSSES, rel=1e-6)
+    assert metrics["test"] == pytest.approx(BEFORE_TEST, rel=1e-6)
+
+
+@pytest.mark.parametrize("batch_size,max_len", [(64, 20), (7, 3), (200, 50)])
+def test_host_positions_match_the_device_mask(data, batch_size, max_len):
+    seqs = DeviceSequences.from_data(data, "cpu")
+    for epoch in (1, 2):
+        args = dict(batch_size=batch_size, max_len=max_len, epoch=epoch, seed=3)
+        counts = [int((t != 0).sum()) for _, t in train_batches(seqs, **args)]
+        assert train_batch_positions(data, **args) == counts
+
+
+def test_compact_index_equals_the_boolean_mask():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, 6, 4, generator=gen)
+    for mask in (torch.rand(9, 6, generator=gen) > 0.4, torch.zeros(9, 6, dtype=torch.bool),
+                 torch.ones(9, 6, dtype=torch.bool)):
+        index = compact_index(mask, int(mask.sum()))
+        assert torch.equal(hidden.flatten(0, 1).index_select(0, index), hidden[mask])
+    with pytest.raises(ValueError, match="True entries"):
+        compact_index(mask, int(mask.sum()) - 1)
+
+
+def _fresh(seed=0, **model_args):
+    torch.manual_seed(seed)
+    model = SASRec(n_items=500, dim=DIM, n_blocks=1, max_len=20, **model_args)
+    return model, make_optimizer(model, lr=1e-3, weight_decay=0.0)
+
+
+def test_sync_free_and_mask_steps_train_bit_for_bit_alike(data):
+    seqs = DeviceSequences.from_data(data, "cpu")
+    batching = dict(batch_size=64, max_len=20, seed=0)
+    results = []
+    for static in (False, True):
+        model, opt = _fresh()
+        step = make_step(model=model, forward=model, optimizer=opt, loss_fn=ce, amp=False)
+        losses = []
+        for epoch in (1, 2):
+            positions = train_batch_positions(data, epoch=epoch, **batching) if static else None
+            losses.append(run_epoch(step=step, seqs=seqs, epoch=epoch, positions=positions, **batching)[0])
+        results.append((losses, model.state_dict()))
+    (a, sa), (b, sb) = results
+    assert a == b
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _one_step(data, **step_args):
+    """Loss and gradients of one step (lr 0: the step leaves the weights alone) on batch 0."""
+    model, _ = _fresh(dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    seqs = DeviceSequences.from_data(data, "cpu")
+    inputs, targets = next(train_batches(seqs, batch_size=50, max_len=20, epoch=1, seed=0))
+    marks = []
+    mark = marks.append if step_args.pop("mark", False) else None
+    step = make_step(model=model, forward=model, optimizer=opt, loss_fn=ce, amp=False, **step_args)
+    loss = step(inputs, targets, int((targets != 0).sum()), mark=mark)
+    return loss, {k: p.grad.clone() for k, p in model.named_parameters()}, marks
+
+
+def test_padding_the_last_batch_and_timing_marks_change_nothing(data):
+    loss, grads, _ = _one_step(data)
+    padded_loss, padded_grads, _ = _one_step(data, pad_to=64)
+    marked_loss, marked_grads, marks = _one_step(data, mark=True)
+    assert marks == ["model_forward", "loss", "model_backward", "optimizer"]
+    for other_loss, other in ((padded_loss, padded_grads), (marked_loss, marked_grads)):
+        torch.testing.assert_close(other_loss, loss, rtol=1e-6, atol=0)
+        for k in grads:
+            torch.testing.assert_close(other[k], grads[k], rtol=1e-5, atol=1e-8)
+
+
+def test_a_bad_compile_mode_fails_before_the_run_folder(data, tmp_path):
+    with pytest.raises(TrainingError, match="train.compile"):
+        train(data=data, out_dir=tmp_path / "run", epochs=1, compile="fastest", **FAST)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_without_dropout(data, tmp_path):
+    # dropout 0: compiled RNG differs from eager; the padded last batch must not change a thing.
+    args = {**FAST, "model_fn": functools.partial(SASRec, dim=DIM, n_blocks=1, dropout=0.0)}
+    eager = train(data=data, out_dir=tmp_path / "e", epochs=2, **args)
+    compiled = train(data=data, out_dir=tmp_path / "c", epochs=2, compile=True, **args)
+    losses = lambda d: [json.loads(x)["train_loss"] for x in (d / "history.jsonl").read_text().splitlines()]
+    assert losses(tmp_path / "c") == pytest.approx(losses(tmp_path / "e"), rel=1e-4)
+    assert compiled["valid"]["NDCG@10"] == pytest.approx(eager["valid"]["NDCG@10"], abs=1e-3)

@@ -85,6 +85,24 @@ def train_batches(
         yield inputs, targets
 
 
+def train_batch_positions(
+    data: SequenceData, *, batch_size: int, max_len: int, epoch: int, seed: int
+) -> list[int]:
+    """Scored positions (non-zero targets) of each batch ``train_batches`` yields, from the host.
+
+    Same arguments, same permutation (drawn again from ``epoch_generator``), so entry i is
+    ``(targets != 0).sum()`` of batch i without reading anything back from the device: a
+    training step can size its compact (N, D) block without a host sync.
+    """
+    train_len = np.diff(data.offsets) - 2
+    used = train_len[train_len >= 2]  # the users of DeviceSequences.train_users, in order
+    perm = torch.randperm(len(used), generator=epoch_generator(seed, epoch)).numpy()
+    positions = np.minimum(used[perm] - 1, max_len)  # a user scores min(len(train) - 1, L) items
+    if not len(positions):
+        return []
+    return np.add.reduceat(positions, np.arange(0, len(positions), batch_size)).tolist()
+
+
 def _eval_end(seqs: DeviceSequences, users: Tensor, split: str) -> Tensor:
     """Exclusive end of what the model may see: the train sequence (valid) or + valid target (test)."""
     if split not in SPLITS:
