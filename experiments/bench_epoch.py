@@ -4,7 +4,7 @@
         --variants base,static,static+compile,static+cudagraphs --losses ce,cce
 
 Each (dataset, variant, loss) run builds a fresh SASRec (seed's settings, same seed), times
-``--epochs`` full training epochs through ``core.train``'s own ``make_step``/``run_epoch``
+``--epochs`` full training epochs through ``core.step``'s ``make_step``/``run_epoch`` (what train() runs)
 (GPU synchronized, evaluation excluded), then a separate instrumented pass of
 ``--sample-steps`` steps gives the per-step breakdown (CUDA events at phase boundaries; the host
 clock on the CPU), and on CUDA a few steps under ``torch.cuda.set_sync_debug_mode`` count the
@@ -51,7 +51,7 @@ from core.dataset_config import DataMissingError, dataset
 from core.env import environment, resolve_device
 from core.losses import ce, cce
 from core.model import SASRec
-from core.train import compile_model, make_optimizer, make_step, run_epoch
+from core.step import compile_model, make_optimizer, make_step, run_epoch
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "cce_direct"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",

@@ -14,15 +14,8 @@ from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
 from core.losses import ce
 from core.model import SASRec
-from core.train import (
-    TrainingDiverged,
-    TrainingError,
-    compact_index,
-    make_optimizer,
-    make_step,
-    run_epoch,
-    train,
-)
+from core.step import compact_index, make_optimizer, make_step, run_epoch
+from core.train import TrainingDiverged, TrainingError, train
 
 METRIC_KEYS = {"HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10"}
 DIM = 32
