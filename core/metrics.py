@@ -119,6 +119,8 @@ class RankingMetrics:
         if targets.shape != (B,):
             raise ValueError(f"targets must have shape ({B},), got {tuple(targets.shape)}")
         device = scores.device
+        if torch.isnan(scores).any():  # NaN compares False to everything: it would rank first
+            raise ValueError("scores contain NaN: the model diverged or the inputs are broken")
         if self._surprisal.device != device:
             self._surprisal = self._surprisal_cpu.to(device)
         targets = targets.to(device=device, dtype=torch.int64)

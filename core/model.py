@@ -79,7 +79,9 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_ffn(x))
 
 
-@gin.configurable
+# n_items comes from the data and max_len from train.max_len (one value for batches and
+# positions): binding them here would be silently overridden, so gin refuses it.
+@gin.configurable(denylist=["n_items", "max_len"])
 class SASRec(nn.Module):
     """SASRec over ``n_items`` items (ids 1..n_items; 0 is padding).
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 METRICS = ("HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10")
-COLUMNS = ("Dataset", "Loss", *METRICS, "Max Memory (GB)", "Epoch (s)", "n seeds")
+COLUMNS = ("Dataset", "Loss", *METRICS, "Max Memory (GiB)", "Epoch (s)", "n seeds")
 LOSS_ORDER = ("ce", "cce", "cce_exact")
 POPULARITY = "popularity"
 ENV_KEYS = (("device", "device"), ("torch", "torch"), ("triton", "triton"),
@@ -92,6 +92,8 @@ def _read_history(path: Path) -> list[tuple[int, float]]:
             continue
         try:
             row = json.loads(line)
+            if row.get("valid") is None:  # an epoch without validation (train.eval_every > 1)
+                continue
             curve.append((int(row["epoch"]), float(row["valid"]["NDCG@10"])))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ReportError(f"{path}:{line_no}: bad history line ({err!r})") from None

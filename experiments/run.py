@@ -8,6 +8,7 @@ stop with one ``error:`` line before any run folder exists.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,14 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad gin config: {_one_line(err)}", file=sys.stderr)
         return 2
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text(gin.config_str(), out / "config.gin")  # kept even if training crashes
     try:
         metrics = train_configurable(data=data.data, dataset_name=data.name, out_dir=out,
                                      resume=args.resume)
-    except TrainingError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 1
+    except (TrainingError, ValueError, AssertionError) as err:
+        # TrainingError: the run itself failed; ValueError/AssertionError: a setting the model,
+        # metrics or device refused (e.g. dim not divisible by n_heads, no CUDA for 'cuda').
+        bad_setting = not isinstance(err, TrainingError)
+        print(f"error: {'bad gin config: ' if bad_setting else ''}{_one_line(err)}", file=sys.stderr)
+        if created and not (out / "checkpoint.pt").exists():
+            shutil.rmtree(out)  # nothing was trained: leave no partial run folder
+        return 2 if bad_setting else 1
     checkpoint.write_text(gin.operative_config_str(), out / "config.gin")
     print(_summary(metrics, out))
     return 0

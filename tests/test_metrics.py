@@ -219,3 +219,10 @@ def test_cuda_matches_cpu():
     cpu.update(SCORES.clone(), TARGETS, history=(torch.tensor([0]), torch.tensor([2])))
     gpu.update(SCORES.cuda(), TARGETS.cuda(), history=(torch.tensor([0]).cuda(), torch.tensor([2]).cuda()))
     assert gpu.compute() == pytest.approx(cpu.compute())
+
+
+def test_nan_scores_are_refused_not_ranked_first():
+    metrics = make()
+    scores = torch.full((2, 6), float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.update(scores, torch.tensor([1, 2]))

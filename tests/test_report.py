@@ -73,7 +73,7 @@ def test_table_values_means_and_stds(runs_root: Path, tmp_path: Path, capsys):
     header = text.splitlines()[0]
     assert "NVIDIA H100 80GB HBM3" in header and "cpu" in header and "25.1.1" in header
     assert "| Dataset | Loss | HitRate@10 | NDCG@10 | MRR@10 | Coverage@10 | Surprisal@10 " \
-           "| Max Memory (GB) | Epoch (s) | n seeds |" in text
+           "| Max Memory (GiB) | Epoch (s) | n seeds |" in text
 
     rows = table_rows(text)
     assert list(rows) == [("beauty", "ce"), ("beauty", "cce"), ("beauty", "popularity"),
@@ -152,3 +152,12 @@ def test_command_line(runs_root: Path, tmp_path: Path):
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "| beauty | ce | 0.0400 ± 0.0141" in done.stdout
+
+
+def test_epochs_without_validation_are_skipped_in_the_curve(tmp_path: Path):
+    folder = fake_run(tmp_path / "r", epochs=3)
+    rows = [json.loads(x) for x in (folder / "history.jsonl").read_text().splitlines()]
+    rows[1]["valid"] = None  # train.eval_every = 2 writes such epochs
+    (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curve = report.load_run(folder / "metrics.json").valid_ndcg
+    assert [epoch for epoch, _ in curve] == [0, 2]

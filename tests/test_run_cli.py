@@ -95,3 +95,12 @@ def test_a_run_writes_its_files_and_resumes(tiny, tmp_path, capsys):
     history = (out / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2]
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("binding", ["SASRec.n_heads = 3", "train.ks = (1000,)", "SASRec.max_len = 100"])
+def test_a_setting_the_model_refuses_is_one_line_and_leaves_no_folder(binding, tiny, tmp_path, capsys):
+    status = run.main(["--gin", "gin/quickstart.gin", *tiny, "--gin_bindings", binding,
+                       "--out", str(tmp_path / "r")])
+    assert status == 2
+    assert "error: bad gin config" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -158,8 +158,10 @@ BEFORE_TEST = {"HitRate@10": 0.165, "NDCG@10": 0.09654413903160837, "MRR@10": 0.
 def test_train_reproduces_the_numbers_from_before_the_refactor(data, tmp_path):
     metrics = train(data=data, out_dir=tmp_path, epochs=3, **FAST)
     losses = [json.loads(x)["train_loss"] for x in (tmp_path / "history.jsonl").read_text().splitlines()]
-    assert losses == pytest.approx(BEFORE_LOSSES, rel=1e-6)
-    assert metrics["test"] == pytest.approx(BEFORE_TEST, rel=1e-6)
+    # rel 1e-4: the same code on another CPU or torch build may round differently; a real
+    # change of the step (other positions, other order) moves these by far more.
+    assert losses == pytest.approx(BEFORE_LOSSES, rel=1e-4)
+    assert metrics["test"] == pytest.approx(BEFORE_TEST, rel=1e-4)
 
 
 @pytest.mark.parametrize("batch_size,max_len", [(64, 20), (7, 3), (200, 50)])
