@@ -75,6 +75,10 @@ def _summary(metrics: dict, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parses the command line, runs one training, returns the exit status."""
     args = _parse_args(argv)
+    missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
+    if missing:  # before gin, which logs its own search failures on top of ours
+        print(f"error: gin file not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings(args.gin, args.gin_bindings, skip_unknown=False)
