@@ -259,7 +259,10 @@ def train(
                 )
             peak = torch.cuda.max_memory_allocated(dev) / _GIB if dev.type == "cuda" else None
             record = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": seconds,
-                      "positions_per_s": positions / seconds, "peak_memory_gib": peak, "valid": None}
+                      "positions_per_s": positions / seconds, "peak_memory_gib": peak, "valid": None,
+                      # the first epoch of a process (a fresh or a resumed run) pays compilation
+                      # and autotuning again: it stays out of the steady-state mean
+                      "warmup": epoch == start_epoch}
 
             if epoch % eval_every == 0 or epoch == epochs:
                 valid = evaluate_model(model, model, seqs, split="valid", amp=use_amp, **eval_args)
@@ -294,6 +297,7 @@ def train(
         log.info("popularity test: %s", _fmt(popularity))
 
         times = [r["epoch_time_s"] for r in history]
+        steady = [r["epoch_time_s"] for r in history if not r.get("warmup", r["epoch"] == 1)]
         peaks = [r["peak_memory_gib"] for r in history if r["peak_memory_gib"] is not None]
         metrics = {
             "dataset": {"name": name, "n_users": int(data.n_users), "n_items": int(data.n_items),
@@ -303,8 +307,9 @@ def train(
             "test": test,
             "popularity_test": popularity,
             # DESIGN.md: the mean after the first epoch; the first (compilation, autotuning)
-            # on its own. With one epoch there is no steady-state figure: null.
-            "epoch_time_s": float(np.mean(times[1:])) if len(times) > 1 else None,
+            # on its own. After a resume, the resumed process's first epoch is left out too.
+            # With one epoch there is no steady-state figure: null.
+            "epoch_time_s": float(np.mean(steady)) if steady else None,
             "first_epoch_time_s": times[0],
             "peak_memory_gib": max(peaks) if peaks else None,
             "epochs": len(history),

@@ -77,6 +77,16 @@ def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resumed_runs_first_epoch_stays_out_of_the_mean_epoch_time(data, tmp_path):
+    train(data=data, out_dir=tmp_path, epochs=2, **FAST)
+    metrics = train(data=data, out_dir=tmp_path, epochs=4, resume=True, **FAST)
+    history = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["warmup"] for r in history] == [True, False, True, False]
+    steady = [history[1]["epoch_time_s"], history[3]["epoch_time_s"]]
+    assert metrics["epoch_time_s"] == pytest.approx(sum(steady) / 2)
+    assert metrics["first_epoch_time_s"] == history[0]["epoch_time_s"]
+
+
 def test_resume_refuses_a_missing_or_foreign_checkpoint(data, tmp_path):
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(data=data, out_dir=tmp_path, epochs=1, resume=True, **FAST)
