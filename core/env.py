@@ -15,7 +15,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     """Installed distribution version, or None when the package is absent (e.g. triton on macOS)."""
     try:
         return importlib.metadata.version(package)
@@ -48,8 +48,8 @@ def environment(*, device: torch.device, dtype: str, seed: int) -> dict:
         "device": device_name(device),
         "device_type": device.type,
         "torch": torch.__version__,
-        "triton": _version("triton"),
-        "cut_cross_entropy": _version("cut-cross-entropy"),
+        "triton": package_version("triton"),
+        "cut_cross_entropy": package_version("cut-cross-entropy"),
         "python": platform.python_version(),
         "dtype": dtype,
         "seed": seed,

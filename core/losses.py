@@ -33,7 +33,7 @@ def ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
 
 
-def _cce_operands(e: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def autocast_operands(e: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Casts fp32 operands to the autocast dtype: the Triton kernel is not autocast-aware."""
     if torch.is_autocast_enabled(e.device.type):
         dtype = torch.get_autocast_dtype(e.device.type)
@@ -57,7 +57,7 @@ def cce(
     ``torch_compile`` reference implementation (no filter), logged once, so that every config
     runs on any machine.
     """
-    e, c = _cce_operands(e, c)
+    e, c = autocast_operands(e, c)
     if e.is_cuda:
         # Keyword arguments only: the PyPI release's positional order differs from the repository's.
         return linear_cross_entropy(

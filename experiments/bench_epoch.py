@@ -49,7 +49,7 @@ from core.data.shards import DataFormatError
 from core.data.synthetic import PRESETS
 from core.dataset_config import DataMissingError, dataset
 from core.env import environment, resolve_device
-from core.losses import ce, cce
+from core.losses import autocast_operands, cce, ce
 from core.model import SASRec
 from core.step import compile_model, make_optimizer, make_step, run_epoch
 
@@ -81,9 +81,7 @@ def cce_direct(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor, *,
     """
     if not e.is_cuda:
         return cce(e, c, targets, filter_eps=filter_eps)
-    if torch.is_autocast_enabled("cuda"):  # the Triton kernel is not autocast-aware
-        dtype = torch.get_autocast_dtype("cuda")
-        e, c = e.to(dtype), c.to(dtype)
+    e, c = autocast_operands(e, c)  # the Triton kernel is not autocast-aware
     params = CCEParams(targets=targets.contiguous(), valids=None, softcap=None, reduction="mean",
                        filter_eps=_handle_eps(filter_eps, e.dtype), shift=False,
                        batch_shape=targets.size())

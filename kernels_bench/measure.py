@@ -13,14 +13,14 @@ from __future__ import annotations
 import gc
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
+
+from core.env import device_name, package_version
 
 QUANTILES = (0.5, 0.2, 0.8)  # median, 20th, 80th percentile, in the order do_bench returns them
 MIB = 2**20
@@ -142,22 +142,11 @@ def free_memory(device: torch.device, *, collect: bool = False) -> None:
 
 def environment(device: torch.device) -> dict:
     """Device name, library versions and CCE's autotune switch, recorded on every CSV row."""
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return ""
-
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU {platform.machine()} ({os.cpu_count()} cores)"
     return {
-        "device": name,
+        "device": device_name(device),
         "torch": torch.__version__,
-        "triton": version("triton"),
-        "cut_cross_entropy": version("cut-cross-entropy"),
-        "liger_kernel": version("liger-kernel"),
+        "triton": package_version("triton") or "",
+        "cut_cross_entropy": package_version("cut-cross-entropy") or "",
+        "liger_kernel": package_version("liger-kernel") or "",
         "cce_autotune": os.environ.get("CCE_AUTOTUNE", ""),
     }
