@@ -96,3 +96,8 @@ def test_missing_and_truncated_files(tmp_path):
     (tmp_path / "fake.csv.gz").write_bytes(b"not gzip at all")
     with pytest.raises(DataFormatError, match="compressed"):
         read_ml20m(tmp_path / "fake.csv.gz", progress=False)
+
+
+def test_user_item_refuses_a_header_line(tmp_path):
+    with pytest.raises(DataFormatError, match="no header"):
+        read_user_item(write(tmp_path / "h.txt", "user item\n1 5\n"), progress=False)

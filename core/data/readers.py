@@ -216,6 +216,13 @@ def read_generic(path: str | os.PathLike, *, columns: str | dict | None = None, 
 def read_user_item(path: str | os.PathLike, *, progress: bool = True) -> RawLog:
     """Whitespace-separated ``user item`` lines (public SASRec/BERT4Rec releases); file order is time."""
     path = Path(path)
+    first = _first_line(path).split()
+    if not all(token.lstrip("-").isdigit() for token in first[:2]):
+        # Release files are integer ids without a header; a header would become an interaction.
+        raise DataFormatError(
+            f"{path}: first line {' '.join(first)!r} is not two integer ids; this format has no "
+            "header (use --format generic --columns ... for a file with one)"
+        )
     frame = _read_table(
         path, progress=progress, numeric=[], sep=r"\s+", header=None, usecols=[0, 1], names=["user", "item"]
     )
