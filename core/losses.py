@@ -14,6 +14,9 @@ import gin
 import torch
 import torch.nn.functional as F
 from cut_cross_entropy import linear_cross_entropy
+from cut_cross_entropy.utils import _handle_eps
+
+from core.cce_split import split_cce
 
 IGNORE_INDEX = -100  # the value cut_cross_entropy and F.cross_entropy both skip
 
@@ -48,15 +51,28 @@ def cce(
     targets: torch.Tensor,
     *,
     filter_eps: float | str | None = "high",
+    forward: str = "split",
 ) -> torch.Tensor:
     """Cut Cross-Entropy (Wijmans et al., 2025): the loss without materializing (N, V) logits.
 
     ``filter_eps`` is CCE's gradient filter: softmax entries below it are skipped in the
     backward pass. ``"high"`` (the library's default) is eps(dtype) / 32; ``None`` gives exact
-    gradients. On CUDA this runs Apple's Triton kernel; elsewhere it runs the package's own
+    gradients. On CUDA this runs Apple's Triton kernels; elsewhere it runs the package's own
     ``torch_compile`` reference implementation (no filter), logged once, so that every config
     runs on any machine.
+
+    ``forward`` picks the CUDA forward pass; the backward pass is the library's kernel either way:
+    - ``"split"``: ``core.cce_split`` (lock-free, split over the catalog; no host sync). Much
+      faster when few positions are scored against a large catalog (short sequences).
+    - ``"library"``: ``cut_cross_entropy.linear_cross_entropy`` as published (one host sync
+      per call to find the ignored targets).
     """
+    if forward not in ("split", "library"):
+        raise ValueError(f"cce: forward must be 'split' or 'library', not {forward!r}")
+    if e.is_cuda and forward == "split":
+        # Only e is cast: the kernels cast catalog tiles as they load them.
+        e = autocast_operands(e, e)[0]
+        return split_cce(e, c, targets, filter_eps=_handle_eps(filter_eps, e.dtype))
     e, c = autocast_operands(e, c)
     if e.is_cuda:
         # Keyword arguments only: the PyPI release's positional order differs from the repository's.

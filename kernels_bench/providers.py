@@ -68,9 +68,16 @@ def setup_ce_bf16(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Se
 
 
 def setup_cce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """CCE kernel with its default gradient filter (CPU: the package's reference path)."""
+    """CCE with its default gradient filter, the project's default (split) forward pass
+    (CPU: the package's reference path)."""
     e_, c_ = _leaves(e, c, torch.bfloat16)
     return Setup(lambda: cce(e_, c_, targets), (e_, c_))
+
+
+def setup_cce_library(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
+    """CCE with its default gradient filter, cut-cross-entropy's own forward pass."""
+    e_, c_ = _leaves(e, c, torch.bfloat16)
+    return Setup(lambda: cce(e_, c_, targets, forward="library"), (e_, c_))
 
 
 def setup_cce_exact(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
@@ -113,6 +120,8 @@ PROVIDERS: dict[str, Provider] = {
     "ce_fp32": Provider(setup_ce_fp32, torch.float32, description="CE, fp32"),
     "ce_bf16": Provider(setup_ce_bf16, torch.bfloat16, description="CE, bf16 logits, fp32 softmax"),
     "cce": Provider(setup_cce, torch.bfloat16, description="CCE, default filter"),
+    "cce_library": Provider(setup_cce_library, torch.bfloat16, cuda_only=True,
+                            description="CCE, default filter, the library's forward"),
     "cce_exact": Provider(
         setup_cce_exact, torch.bfloat16, cuda_only=True, description="CCE, filter_eps=None"
     ),
