@@ -48,11 +48,15 @@ def compile_mode(compile: bool | str) -> str | None:
     return mode
 
 
-def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam, the same for every loss: fused on CUDA (one kernel for all parameters), foreach elsewhere."""
+def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam, the same for every loss: fused on CUDA (one kernel for all parameters), foreach elsewhere.
+
+    ``capturable``: step counters on the device, as a CUDA-graphed step needs (``core.graph_step``).
+    """
     on_cuda = next(model.parameters()).is_cuda
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay,
-                            **({"fused": True} if on_cuda else {"foreach": True}))
+    kind = {"fused": True, "capturable": capturable} if on_cuda else {"foreach": True}
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **kind)
 
 
 def compact_index(mask: torch.Tensor, n: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ from core.evaluation import (
 )
 from core.losses import ce
 from core.model import SASRec
+from core.graph_step import make_graph_step
 from core.step import compile_mode, compile_model, make_optimizer, make_step, run_epoch
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def train(
     eval_batch_size: int | None = None,
     resume: bool = False,
     compile: bool | str = False,
+    cuda_graph: bool = False,
     show_progress: bool | None = None,
     nan_check_every: int = 0,
 ) -> dict:
@@ -155,6 +157,10 @@ def train(
             "default") or a mode of ``COMPILE_MODES`` ("reduce-overhead" = CUDA graphs). The
             last, smaller batch is padded with empty rows to keep one shape; evaluation runs
             the eager model (its batches have other shapes). The state dict keeps plain keys.
+        cuda_graph: capture the whole step (forward, loss, backward, Adam) as CUDA graphs,
+            one per bucket of scored positions (``core.graph_step``); CUDA only (ignored, with
+            a warning, elsewhere) and instead of ``compile``. Needs a sync-free loss (``ce``,
+            ``cce`` with its default split forward).
         show_progress: None = a progress bar only when stderr is a terminal.
         nan_check_every: also check the loss for NaN/inf every this many steps (one sync
             each); 0 checks once per epoch.
@@ -167,6 +173,9 @@ def train(
         mode = compile_mode(compile)
     except ValueError as err:
         raise TrainingError(str(err)) from None
+    if cuda_graph and mode:
+        raise TrainingError("train.cuda_graph captures the whole step and replaces train.compile: "
+                            "set only one of them")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -190,10 +199,17 @@ def train(
         seqs = DeviceSequences.from_data(data, dev)
         model = model_fn(n_items=data.n_items, max_len=max_len).to(dev)
         forward = compile_model(model, compile)
-        optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay)
-        step = make_step(model=model, forward=forward, optimizer=optimizer, loss_fn=loss_fn,
-                         amp=use_amp, pad_to=batch_size if mode else None,
-                         cudagraphs=mode == "reduce-overhead")
+        graphed = cuda_graph and dev.type == "cuda"
+        if cuda_graph and not graphed:
+            log.warning("train.cuda_graph: no CUDA device (%s), running the eager step", dev)
+        optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, capturable=graphed)
+        if graphed:
+            step = make_graph_step(model=model, optimizer=optimizer, loss_fn=loss_fn, amp=use_amp,
+                                   batch_size=batch_size, max_len=max_len)
+        else:
+            step = make_step(model=model, forward=forward, optimizer=optimizer, loss_fn=loss_fn,
+                             amp=use_amp, pad_to=batch_size if mode else None,
+                             cudagraphs=mode == "reduce-overhead")
         history: list[dict] = []
         best = {"metric": -math.inf, "epoch": 0, "valid": None}
         bad_evals, start_epoch, stopped = 0, 1, False
@@ -318,6 +334,7 @@ def train(
             "steps_per_epoch": steps_per_epoch,
             "positions_per_epoch": positions,
             "env": environment(device=dev, dtype="bfloat16" if use_amp else "float32", seed=seed),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the run's date
         }
         ckpt.write_json(metrics, out / "metrics.json")
         return metrics

@@ -14,9 +14,13 @@ device->host syncs per step and where they happen. Variants are ``+``-joined tok
 - ``static``: the compact block sized from the host (``train_batch_positions``): no sync;
 - ``compile`` / ``autotune`` / ``cudagraphs``: the model body under torch.compile with mode
   "default" / "max-autotune-no-cudagraphs" / "reduce-overhead" (CUDA graphs), last batch padded;
-- ``cce_direct``: CCE through the library's autograd function with ``valids=None``, skipping
-  the ``nonzero()`` (a sync) that ``linear_cross_entropy`` runs on every call. CCE rows only:
-  for CE the variant runs without it (once, labelled so: "static+cce_direct" -> "static").
+- ``graph``: the whole step (forward, loss, backward, Adam) captured as CUDA graphs, one per
+  bucket of scored positions (``core.graph_step``; implies ``static``; eager on a CPU). The
+  breakdown then shows the whole replay under "model ms".
+- ``cce_direct``: CCE through the library's own forward and autograd function with
+  ``valids=None``, skipping the ``nonzero()`` (a sync) that ``linear_cross_entropy`` runs on
+  every call. Without it, CCE rows run ``core.losses.cce`` (its default split forward). CCE rows
+  only: for CE the variant runs without it (once, labelled so: "static+cce_direct" -> "static").
 
 Columns: ``epoch_s`` is the mean over the timed epochs after the first; with ``--epochs 1``
 it is that one epoch, which is steady state only after ``--warmup-steps`` (untimed steps of an
@@ -51,9 +55,10 @@ from core.dataset_config import DataMissingError, dataset
 from core.env import environment, resolve_device
 from core.losses import autocast_operands, cce, ce
 from core.model import SASRec
+from core.graph_step import make_graph_step
 from core.step import compile_model, make_optimizer, make_step, run_epoch
 
-TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "cce_direct"}
+TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "cce_direct", "graph"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",
                   "cudagraphs": "reduce-overhead"}
 PHASES = ("batch", "model", "loss", "optimizer")
@@ -105,8 +110,12 @@ def parse_variant(variant: str) -> dict:
     modes = [COMPILE_TOKENS[t] for t in tokens if t in COMPILE_TOKENS]
     if len(modes) > 1:
         raise BenchError(f"bad variant {variant!r}: at most one of {sorted(COMPILE_TOKENS)}")
-    return {"static": "static" in tokens, "mode": modes[0] if modes else None,
-            "cce_direct": "cce_direct" in tokens}
+    if "graph" in tokens and (modes or "cce_direct" in tokens):
+        raise BenchError(f"bad variant {variant!r}: 'graph' captures the whole eager step; it "
+                         "takes neither a compile mode nor cce_direct (the library path cannot "
+                         "take padded, ignored slots)")
+    return {"static": "static" in tokens or "graph" in tokens, "mode": modes[0] if modes else None,
+            "cce_direct": "cce_direct" in tokens, "graph": "graph" in tokens}
 
 
 def effective_variant(variant: str) -> str:
@@ -201,11 +210,16 @@ def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -
     torch.manual_seed(args.seed)
     model = SASRec(n_items=data.n_items, max_len=args.max_len).to(device)
     loss_fn = {"ce": ce, "cce": cce_direct if v["cce_direct"] else cce}[loss]
-    optimizer = make_optimizer(model, lr=args.lr, weight_decay=0.0)
-    step = make_step(model=model, forward=compile_model(model, v["mode"] or False),
-                     optimizer=optimizer, loss_fn=loss_fn, amp=device.type == "cuda",
-                     pad_to=args.batch_size if v["mode"] else None,
-                     cudagraphs=v["mode"] == "reduce-overhead")
+    graphed = v["graph"] and device.type == "cuda"
+    optimizer = make_optimizer(model, lr=args.lr, weight_decay=0.0, capturable=graphed)
+    if graphed:
+        step = make_graph_step(model=model, optimizer=optimizer, loss_fn=loss_fn, amp=True,
+                               batch_size=args.batch_size, max_len=args.max_len)
+    else:  # "graph" on a CPU: the eager static step (there are no CUDA graphs to capture)
+        step = make_step(model=model, forward=compile_model(model, v["mode"] or False),
+                         optimizer=optimizer, loss_fn=loss_fn, amp=device.type == "cuda",
+                         pad_to=args.batch_size if v["mode"] else None,
+                         cudagraphs=v["mode"] == "reduce-overhead")
     batching = dict(batch_size=args.batch_size, max_len=args.max_len, seed=args.seed)
     n_batches = n_train_batches(seqs, batch_size=args.batch_size)
     positions_per_epoch = sum(train_batch_positions(data, epoch=1, **batching))

@@ -13,12 +13,13 @@ from experiments.bench_epoch import COLUMNS, BenchError, effective_variant, main
 
 
 def test_parse_variant():
-    assert parse_variant("base") == {"static": False, "mode": None, "cce_direct": False}
+    assert parse_variant("base") == {"static": False, "mode": None, "cce_direct": False, "graph": False}
     assert parse_variant("static+cudagraphs+cce_direct") == {
-        "static": True, "mode": "reduce-overhead", "cce_direct": True}
+        "static": True, "mode": "reduce-overhead", "cce_direct": True, "graph": False}
+    assert parse_variant("graph") == {"static": True, "mode": None, "cce_direct": False, "graph": True}
     assert parse_variant("static+compile")["mode"] == "default"
     assert parse_variant("autotune")["mode"] == "max-autotune-no-cudagraphs"
-    for bad in ("fast", "base+static", "compile+cudagraphs", ""):
+    for bad in ("fast", "base+static", "compile+cudagraphs", "", "graph+cudagraphs", "graph+cce_direct"):
         with pytest.raises(BenchError):
             parse_variant(bad)
     assert effective_variant("static+cce_direct") == "static"

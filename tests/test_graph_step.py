@@ -1,0 +1,114 @@
+"""core.graph_step: the padded, fixed-shape step body (CPU) and the captured step (GPU)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+
+from core.data.batching import DeviceSequences, train_batch_positions, train_batches
+from core.data.shards import load_sequences
+from core.data.synthetic import write_synthetic
+from core.graph_step import bucket_size, make_graph_step, padded_compact_index, step_body
+from core.losses import cce, ce
+from core.model import SASRec
+from core.step import compact_index, make_optimizer, make_step, run_epoch
+from core.train import TrainingError, train
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = write_synthetic(tmp_path_factory.mktemp("data") / "tiny200", preset="tiny", n_users=200)
+    return load_sequences(out)
+
+
+def test_padded_compact_index_is_the_compact_index_then_invalid_filler():
+    mask = torch.rand(7, 9, generator=torch.Generator().manual_seed(0)) < 0.4
+    n = int(mask.sum())
+    index, valid = padded_compact_index(mask, n + 5)
+    assert torch.equal(index[:n], compact_index(mask, n))
+    assert valid[:n].all() and not valid[n:].any()
+    assert torch.equal(index[n:], torch.zeros(5, dtype=torch.int64))
+
+
+def test_bucket_size():
+    assert [bucket_size(p, 512) for p in (1, 512, 513, 1500)] == [512, 512, 1024, 1536]
+
+
+def _model(device="cpu"):
+    torch.manual_seed(0)
+    return SASRec(n_items=500, dim=32, n_blocks=1, max_len=20, dropout=0.0).to(device)
+
+
+@pytest.mark.parametrize("loss_fn", [ce, cce], ids=["ce", "cce"])
+def test_padded_body_trains_like_the_eager_step(data, loss_fn):
+    """Padding rows to the batch size and slots to a bucket leaves loss and update unchanged."""
+    seqs = DeviceSequences.from_data(data, "cpu")
+    inputs, targets = next(train_batches(seqs, batch_size=50, max_len=20, epoch=1, seed=0))
+    positions = int((targets != 0).sum())
+
+    # SGD with lr 0: compare gradients (Adam would amplify rounding noise in near-zero ones).
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = make_step(model=model, forward=model, optimizer=opt, loss_fn=loss_fn, amp=False)(
+        inputs, targets, positions)
+
+    padded_model = _model()
+    padded_opt = torch.optim.SGD(padded_model.parameters(), lr=0.0)
+    rows = torch.nn.functional.pad(inputs, (0, 0, 0, 14)), torch.nn.functional.pad(targets, (0, 0, 0, 14))
+    padded_loss = step_body(padded_model, padded_opt, loss_fn, inputs=rows[0], targets=rows[1],
+                            n_pad=bucket_size(positions, 256), amp=False)
+    torch.testing.assert_close(padded_loss, loss, rtol=1e-6, atol=0)
+    for (name, p), q in zip(model.named_parameters(), padded_model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_cuda_graph_needs_cuda_and_excludes_compile(data, tmp_path, caplog):
+    fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
+                max_len=20, device="cpu", show_progress=False)
+    with pytest.raises(TrainingError, match="cuda_graph"):
+        train(data=data, out_dir=tmp_path / "both", epochs=1, cuda_graph=True, compile=True, **fast)
+    assert not (tmp_path / "both").exists()
+    with pytest.raises(ValueError, match="CUDA"):
+        make_graph_step(model=_model(), optimizer=None, loss_fn=ce, amp=False, batch_size=4, max_len=20)
+    train(data=data, out_dir=tmp_path / "cpu", epochs=1, cuda_graph=True, **fast)  # eager, warned
+    assert "cuda_graph: no CUDA device" in (tmp_path / "cpu" / "log.txt").read_text()
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("loss_fn", [ce, cce], ids=["ce", "cce"])
+def test_graphed_epochs_follow_the_eager_ones(data, loss_fn):
+    """Two epochs (several buckets, a smaller last batch) replayed as graphs: the same losses
+    and weights as the eager step, up to bf16 noise (dropout off: graph RNG differs)."""
+    seqs = DeviceSequences.from_data(data, "cuda")
+    batching = dict(batch_size=64, max_len=20, seed=0)
+    results = []
+    for graphed in (False, True):
+        model = _model("cuda")
+        opt = make_optimizer(model, lr=1e-3, weight_decay=0.0, capturable=graphed)
+        if graphed:
+            step = make_graph_step(model=model, optimizer=opt, loss_fn=loss_fn, amp=True,
+                                   batch_size=64, max_len=20, bucket=128)
+        else:
+            step = make_step(model=model, forward=model, optimizer=opt, loss_fn=loss_fn, amp=True)
+        losses = [run_epoch(step=step, seqs=seqs, epoch=e, positions=train_batch_positions(data, epoch=e, **batching),
+                            **batching)[0] for e in (1, 2)]
+        results.append((losses, model.item_emb.weight.detach().clone()))
+    (eager, w_eager), (graph, w_graph) = results
+    assert graph == pytest.approx(eager, rel=2e-3)
+    torch.testing.assert_close(w_graph, w_eager, rtol=0, atol=2e-3)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_train_with_cuda_graph_runs_and_records(data, tmp_path):
+    fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64, max_len=20,
+                show_progress=False)
+    result = train(data=data, out_dir=tmp_path / "g", epochs=2, cuda_graph=True, loss_fn=cce, **fast)
+    history = [json.loads(x) for x in (tmp_path / "g" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and result["test"]["NDCG@10"] >= 0
