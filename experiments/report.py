@@ -7,18 +7,37 @@ grouped by (dataset name, loss); a group with several seeds shows mean ± sample
 Each dataset also gets its popularity-baseline row. Writes ``DIR/report.md``,
 ``DIR/valid_ndcg.png``, ``DIR/epoch_time.png`` and, when any run measured GPU memory,
 ``DIR/memory.png``; prints the report.
+
+More sections where their inputs exist:
+- "Coverage and the gradient filter": per dataset, Coverage@10, Surprisal@10 and NDCG@10 of
+  ce / cce / cce_exact side by side with their differences (paired by seed).
+- "Catalog scaling" + ``scaling.png``: rows of ``experiments/bench_epoch.py`` results.json files
+  given with ``--scaling`` (a file or a folder), else those under a ``scaling`` folder of the
+  run folders (what ``experiments/study.py scaling`` writes); out-of-memory rows are marked.
+- "Runs that did not finish": the failed / not-run entries of any ``study.json`` found.
+The header names the card(s), library versions and run dates (metrics.json ``finished_utc``;
+older runs without it are dated from their log.txt timestamps).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from experiments.report_scaling import (
+    ScalingError,
+    find_scaling_files,
+    load_scaling,
+    plot_scaling,
+    scaling_section,
+)
 
 METRICS = ("HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10")
 COLUMNS = ("Dataset", "Loss", *METRICS, "Max Memory (GiB)", "Epoch (s)", "n seeds")
@@ -46,6 +65,8 @@ class Run:
     epoch_time_s: float | None
     env: dict
     valid_ndcg: list[tuple[int, float]]  # (epoch, validation NDCG@10) from history.jsonl
+    date: str | None = None  # YYYY-MM-DD the run finished
+    date_from_log: bool = False  # no finished_utc: the date of log.txt's last timestamp
 
 
 def _warn(message: str) -> None:
@@ -53,7 +74,7 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def find_metrics_files(paths: list[Path]) -> list[Path]:
+def find_metrics_files(paths: list[Path], *, required: bool = True) -> list[Path]:
     """All metrics.json files under ``paths`` (a path may be a run folder or any parent)."""
     found: set[Path] = set()
     for path in paths:
@@ -63,7 +84,7 @@ def find_metrics_files(paths: list[Path]) -> list[Path]:
             found.add(path.resolve())
         elif path.is_dir():
             found.update(p.resolve() for p in path.rglob("metrics.json"))
-    if not found:
+    if not found and required:
         raise ReportError(f"no metrics.json found under {', '.join(map(str, paths))}")
     return sorted(found)
 
@@ -100,6 +121,15 @@ def _read_history(path: Path) -> list[tuple[int, float]]:
     return curve
 
 
+def _log_date(path: Path) -> str | None:
+    """YYYY-MM-DD of the last timestamped line of a run's log.txt, if any."""
+    try:
+        dates = re.findall(r"^(\d{4}-\d{2}-\d{2}) \d{2}:\d{2}:\d{2} ", path.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return dates[-1] if dates else None
+
+
 def load_run(metrics_path: Path) -> Run:
     """Reads one run folder (metrics.json and history.jsonl)."""
     try:
@@ -113,6 +143,8 @@ def load_run(metrics_path: Path) -> Run:
     if not isinstance(dataset, dict) or not isinstance(env, dict):
         raise ReportError(f"{metrics_path}: 'dataset' and 'env' must be JSON objects")
     memory, epoch_time = record.get("peak_memory_gib"), record.get("epoch_time_s")
+    finished = record.get("finished_utc")
+    date = str(finished)[:10] if finished else _log_date(metrics_path.parent / "log.txt")
     return Run(
         path=metrics_path.parent,
         dataset=str(_get(dataset, "name", metrics_path)),
@@ -124,6 +156,8 @@ def load_run(metrics_path: Path) -> Run:
         epoch_time_s=None if epoch_time is None else float(epoch_time),
         env=env,
         valid_ndcg=_read_history(metrics_path.parent / "history.jsonl"),
+        date=date,
+        date_from_log=bool(date) and not finished,
     )
 
 
@@ -192,13 +226,90 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def header_line(runs: list[Run]) -> str:
-    """Names the device(s) and library versions found in the runs' env records."""
+def header_line(runs: list[Run], extra_envs: list[dict] = ()) -> str:
+    """Names the device(s) and library versions found in the runs' (and benches') env records."""
+    envs = [r.env for r in runs] + list(extra_envs)
     parts = []
     for key, label in ENV_KEYS:
-        values = sorted({str(r.env[key]) for r in runs if r.env.get(key) is not None})
+        values = sorted({str(env[key]) for env in envs if env.get(key) is not None})
         parts.append(f"{label} {', '.join(values) if values else 'unknown'}")
     return "Runs on " + "; ".join(parts)
+
+
+def dates_line(runs: list[Run], scaling_envs: list[dict] = ()) -> str:
+    """The runs' finishing dates, saying which came from log.txt and how many are undated."""
+    bench_dates = {str(e["finished_utc"])[:10] for e in scaling_envs if e.get("finished_utc")}
+    dates = sorted({r.date for r in runs if r.date} | bench_dates)
+    line = f"Run dates (UTC): {', '.join(dates) if dates else 'unknown'}"
+    from_log = sum(r.date_from_log for r in runs)
+    undated = sum(r.date is None for r in runs)
+    if from_log:
+        line += f"; {from_log} of {len(runs)} runs dated by their log.txt (no finished_utc)"
+    if undated:
+        line += f"; {undated} runs undated"
+    if len(bench_dates) < len(scaling_envs):
+        line += "; catalog-scaling results undated (their results.json records no date)"
+    return line
+
+
+# --- coverage and the gradient filter ------------------------------------------------------
+
+COVERAGE_METRICS = ("Coverage@10", "Surprisal@10", "NDCG@10")
+FILTER_PAIRS = (("cce", "ce"), ("cce", "cce_exact"), ("cce_exact", "ce"))
+
+
+def _difference(a: list[Run], b: list[Run], metric: str) -> str:
+    """``a - b``: mean ± std of per-seed differences (n pairs), else the difference of means."""
+    by_seed = {str(r.seed): r.test[metric] for r in b if r.seed is not None}
+    pairs = [r.test[metric] - by_seed[str(r.seed)] for r in a if str(r.seed) in by_seed]
+    if pairs:
+        mean, std = mean_std(pairs)
+        return f"{mean:+.4f}" + ("" if std is None else f" ± {std:.4f}") + f" ({len(pairs)})"
+    mean_a, mean_b = (statistics.fmean(r.test[metric] for r in g) for g in (a, b))
+    return f"{mean_a - mean_b:+.4f} (means)"
+
+
+def coverage_section(runs: list[Run]) -> str | None:
+    """Coverage@10 / Surprisal@10 (and NDCG@10) of ce, cce, cce_exact per dataset, with differences."""
+    head = ["Dataset", "Metric", *LOSS_ORDER, *(f"{a} − {b}" for a, b in FILTER_PAIRS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for dataset in sorted({r.dataset for r in runs}):
+        groups = {loss: [r for r in runs if r.dataset == dataset and r.loss == loss] for loss in LOSS_ORDER}
+        if sum(bool(g) for g in groups.values()) < 2:
+            continue
+        for metric in COVERAGE_METRICS:
+            cells = [_cell(mean_std([r.test[metric] for r in groups[loss]]), 4) for loss in LOSS_ORDER]
+            cells += [_difference(groups[a], groups[b], metric) if groups[a] and groups[b] else "—"
+                      for a, b in FILTER_PAIRS]
+            lines.append("| " + " | ".join([dataset, metric, *cells]) + " |")
+    if len(lines) == 2:
+        return None
+    return "\n".join([
+        "## Coverage and the gradient filter", "",
+        ("Test split, mean ± sample std over seeds. A difference column is the mean ± std of the "
+        "per-seed differences (number of seed pairs in brackets); \"(means)\" where no seed pairs "
+        "up. cce − cce_exact isolates the gradient filter (`filter_eps`); cce_exact − ce the rest "
+        "(bf16 operands, the kernel)."), "", *lines])
+
+
+def study_section(run_paths: list[Path]) -> str | None:
+    """The runs of any study.json (experiments/study.py) that failed or did not run."""
+    lines = []
+    for root in (p for p in run_paths if p.is_dir()):
+        for path in sorted(root.rglob("study.json")):
+            try:
+                entries = json.loads(path.read_text())["runs"]
+            except (OSError, ValueError, KeyError, TypeError):
+                _warn(f"{path}: not a study record, ignored")
+                continue
+            for name, entry in sorted(entries.items()):
+                if entry.get("status") != "done":
+                    why = entry.get("reason") or ((entry.get("tail") or ["(no output)"])[-1])
+                    lines.append(f"| {name} | {entry.get('status')} | {str(why).replace('|', '/')} |")
+    if not lines:
+        return None
+    return "\n".join(["## Runs that did not finish", "", "| Run | Status | Last output line / reason |",
+                      "|---|---|---|", *lines])
 
 
 def _plot_validation(runs: list[Run], path: Path, plt, colors: dict[str, str]) -> None:
@@ -247,7 +358,8 @@ def _plot_bars(rows: list[dict], key: str, ylabel: str, path: Path, plt, colors:
     plt.close(fig)
 
 
-def write_report(runs: list[Run], out: Path) -> str:
+def write_report(runs: list[Run], out: Path, *, scaling: list[dict] = (), scaling_envs: list[dict] = (),
+                 extra_sections: list[str] = ()) -> str:
     """Writes report.md and the PNGs into ``out`` (all or nothing); returns the report text."""
     import matplotlib
 
@@ -256,22 +368,30 @@ def write_report(runs: list[Run], out: Path) -> str:
 
     rows = summarize(runs)
     # one color per loss across all plots
-    colors = {loss: f"C{i}" for i, loss in enumerate(sorted({r.loss for r in runs}, key=_loss_key))}
-    text = "\n\n".join([
-        header_line(runs),
-        markdown_table(rows),
-        "Test-split metrics of the best-validation checkpoint; mean ± sample std over seeds. "
-        "Max Memory = torch.cuda.max_memory_allocated in GiB (— on CPU); Epoch = mean "
-        "training-epoch wall time after the first epoch, evaluation excluded.",
-    ]) + "\n"
+    losses = {r.loss for r in runs} | {r["loss"] for r in scaling}
+    colors = {loss: f"C{i}" for i, loss in enumerate(sorted(losses, key=_loss_key))}
+    parts = [header_line(runs, scaling_envs) + "  \n" + dates_line(runs, scaling_envs)]
+    if runs:
+        parts += [markdown_table(rows),
+                  ("Test-split metrics of the best-validation checkpoint; mean ± sample std over seeds. "
+                  "Max Memory = torch.cuda.max_memory_allocated in GiB (— on CPU); Epoch = mean "
+                  "training-epoch wall time after the first epoch, evaluation excluded.")]
+    parts += [p for p in (coverage_section(runs), scaling_section(scaling) if scaling else None,
+                          *extra_sections) if p]
+    text = "\n\n".join(parts) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build everything in a scratch folder first so that a failure leaves no partial report.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         scratch = Path(scratch)
         (scratch / "report.md").write_text(text)
-        _plot_validation(runs, scratch / "valid_ndcg.png", plt, colors)
+        if runs:
+            _plot_validation(runs, scratch / "valid_ndcg.png", plt, colors)
+        if scaling:
+            plot_scaling(scaling, scratch / "scaling.png", plt, colors)
         for key, ylabel, name in (("memory", "peak GPU memory (GiB)", "memory.png"),
                                   ("epoch_time", "epoch time (s)", "epoch_time.png")):
+            if not runs:
+                continue
             if any(row[key] for row in rows):
                 _plot_bars(rows, key, ylabel, scratch / name, plt, colors)
             else:
@@ -286,15 +406,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders or folders holding them")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md and PNGs")
+    parser.add_argument("--scaling", type=Path, action="append", default=[],
+                        help="bench_epoch results.json or a folder of them (repeatable; default: "
+                             "those under a 'scaling' folder of the run folders)")
     args = parser.parse_args(argv)
     try:
-        runs = [load_run(path) for path in find_metrics_files(args.runs)]
-        text = write_report(runs, args.out)
-    except ReportError as err:
+        scaling_files = find_scaling_files(args.scaling, args.runs)
+        files = find_metrics_files(args.runs, required=not scaling_files)
+        runs = [load_run(path) for path in files]
+        scaling, envs = load_scaling(scaling_files)
+        study = study_section(args.runs)
+        text = write_report(runs, args.out, scaling=scaling, scaling_envs=envs,
+                            extra_sections=[study] if study else [])
+    except (ReportError, ScalingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(text, end="")
-    print(f"wrote {args.out}/report.md and plots ({len(runs)} runs)", file=sys.stderr)
+    print(f"wrote {args.out}/report.md and plots ({len(runs)} runs, {len(scaling)} scaling rows)",
+          file=sys.stderr)
     return 0
 
 

@@ -178,7 +178,7 @@ GPU_SHAPES = SHAPES + [(560, 207_649, 64), (4099, 20_011, 64)]
 @requires_cuda
 @pytest.mark.parametrize("forward", FORWARDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "N%d-V%d-D%d" % s)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-V%d-D%d" % s)
 def test_cce_kernel_exact_gradients(shape, dtype, forward):
     e, c, t = make_inputs(*shape, dtype, device="cuda")
     ref = oracle(e, c, t)
@@ -217,16 +217,20 @@ def test_cce_under_autocast_casts_fp32_parameters(forward):
 
 @pytest.mark.gpu
 @requires_cuda
+@pytest.mark.parametrize("filter_eps", ["high", None], ids=["filtered", "exact"])
 @pytest.mark.parametrize("shape", GPU_SHAPES[-2:], ids=lambda s: "N%d-V%d-D%d" % s)
-def test_split_forward_filters_no_worse_than_library(shape):
-    """At catalog sizes where most softmax entries fall below the filter (mean probability
-    1/V << eps/32), the filtered gradients are far from exact by design. The split forward feeds
-    the same backward kernel, so its filtered result must be as close to the exact oracle as
-    the library's own (the vocabulary orderings may differ in ties, hence the small slack)."""
+def test_split_forward_no_worse_than_library_at_recommender_shapes(shape, filter_eps):
+    """Large catalogs, where the dtype tolerance above does not hold for CCE's dE at all: the
+    library's backward accumulates dE in the operand dtype across V / BLOCK_V catalog tiles
+    (1,600 at 207,649 items): 0.125 relative error in bf16 at N=560 on an H200, with either
+    forward pass. And most softmax entries fall below the filter (mean probability 1/V << eps/32), so the
+    filtered gradients are far from exact by design. The split forward feeds the same backward
+    kernel, so its result must be as close to the float64 oracle as the library's own (the
+    vocabulary orderings may differ in ties, hence the small slack); the loss itself is exact."""
     e, c, t = make_inputs(*shape, torch.bfloat16, device="cuda")
     ref = oracle(e, c, t)
-    split = errors(run_loss(lambda *a: cce(*a, forward="split"), e, c, t), ref)
-    library = errors(run_loss(lambda *a: cce(*a, forward="library"), e, c, t), ref)
+    split = errors(run_loss(lambda *a: cce(*a, filter_eps=filter_eps, forward="split"), e, c, t), ref)
+    library = errors(run_loss(lambda *a: cce(*a, filter_eps=filter_eps, forward="library"), e, c, t), ref)
     assert split[0] <= TOL[torch.bfloat16], f"loss error {split[0]:.3g}"
     for name, got, lib in zip(("dE", "dC"), split[1:], library[1:]):
         assert got <= 1.1 * lib + 1e-3, f"split {name} error {got:.3g} vs library's {lib:.3g}"

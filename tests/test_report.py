@@ -57,8 +57,13 @@ def runs_root(tmp_path: Path) -> Path:
 
 
 def table_rows(text: str) -> dict[tuple[str, str], list[str]]:
-    rows = {}
+    """(dataset, loss) -> cells of the main table (the first table; later sections have their own)."""
+    rows, seen_table = {}, False
     for line in text.splitlines():
+        if seen_table and not line.startswith("|"):
+            break
+        if line.startswith("|"):
+            seen_table = True
         if line.startswith("| ") and not line.startswith("| Dataset"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[(cells[0], cells[1])] = cells[2:]
@@ -110,7 +115,7 @@ def test_popularity_spread_shows_when_runs_disagree(tmp_path: Path):
     fake_run(tmp_path / "a", pop=metric_dict(0.1))
     fake_run(tmp_path / "b", seed=1, pop=metric_dict(0.3))
     rows = report.summarize([report.load_run(p) for p in report.find_metrics_files([tmp_path])])
-    popularity = [r for r in rows if r["loss"] == "popularity"][0]
+    popularity = next(r for r in rows if r["loss"] == "popularity")
     assert popularity["HitRate@10"] == pytest.approx((0.2, 0.1414213562))
 
 
@@ -149,7 +154,8 @@ def test_missing_folder_is_an_error(tmp_path: Path, capsys):
 def test_command_line(runs_root: Path, tmp_path: Path):
     out = tmp_path / "cli"
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(runs_root),
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          check=False)
     assert done.returncode == 0, done.stderr
     assert "| beauty | ce | 0.0400 ± 0.0141" in done.stdout
 

@@ -1,0 +1,345 @@
+"""Evaluation benchmark: full-catalog ranking of every user, for the model and the popularity baseline.
+
+    python experiments/bench_eval.py --preset beauty-like
+    python experiments/bench_eval.py --preset beauty-like --n-users 20000   # a quick CPU run
+
+For each dataset, scorer ("model": a freshly initialised SASRec; "popularity": the most-popular
+baseline) and split ("valid", "test") it times the evaluation train() runs, i.e.
+``core.evaluation.evaluate_model`` / ``evaluate_popularity`` over ALL users with history
+masking, bf16 autocast on CUDA and fp32 scores, after one untimed warm-up batch, GPU
+synchronized. The model is not trained: ranking the whole catalog costs the same whatever the
+weights are (the metrics of an untrained model are only a sanity check, kept in results.json).
+
+A separate instrumented pass over ``--sample-batches`` batches then gives the mean ms per batch
+of each phase (CUDA events on the GPU, the host clock on the CPU; each batch starts on an idle
+device): ``batch`` (``eval_batches`` builds inputs and targets), ``score`` (the (B, n_items)
+fp32 scores), ``history`` (``history()`` plus the in-place -inf masking that
+``RankingMetrics.update`` would do) and ``metrics`` (the rest of ``update``: rank, top-k,
+running sums). On CUDA a few batches under ``torch.cuda.set_sync_debug_mode`` count the
+device->host syncs per batch and where they happen.
+
+Writes results.csv, results.md and results.json (rows with metrics, environment, arguments,
+sync sites) into ``--out`` after every run and prints the Markdown table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+import traceback
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core import checkpoint
+from core.data.batching import SPLITS, DeviceSequences, eval_batches, history
+from core.env import environment, resolve_device
+from core.evaluation import (
+    autocast,
+    count_train_users,
+    default_eval_batch_size,
+    evaluate_model,
+    evaluate_popularity,
+)
+from core.metrics import RankingMetrics, popularity_scores
+from core.model import SASRec
+from experiments.bench_epoch import BenchError, load_datasets
+
+SCORERS = ("model", "popularity")
+PHASES = ("batch", "score", "history", "metrics")
+COLUMNS = ["dataset", "users", "items", "scorer", "split", "batch_size", "n_batches", "seconds",
+           "users_per_s", "peak_gib", "batch_ms", "score_ms", "history_ms", "metrics_ms",
+           "step_ms", "syncs_per_batch", "error"]
+_GIB = 2**30
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _mark(stamps: list, device: torch.device) -> None:
+    """Appends (CUDA event or None, host time): a phase boundary."""
+    event = None
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+    stamps.append((event, time.perf_counter()))
+
+
+def make_score(scorer: str, model: SASRec, *, amp: bool, item_user_counts: np.ndarray):
+    """``score(inputs (B, L)) -> (B, n_items)`` fp32, as evaluate_model / evaluate_popularity score.
+
+    Only the warm-up batch and the instrumented pass use it; the timed pass calls the real
+    functions (tests/test_bench_eval.py checks that both give the same metrics).
+    """
+    device = next(model.parameters()).device
+    if scorer == "popularity":
+        popular = popularity_scores(item_user_counts).to(device)  # (n_items,)
+        return lambda inputs: popular.expand(inputs.shape[0], -1).clone()
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            last = model(inputs)[:, -1]  # (B, D)
+        return last.float() @ model.catalog().float().T  # (B, n_items)
+
+    return score
+
+
+def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict):
+    """One instrumented evaluation batch at a time: returns (``run``, its RankingMetrics).
+
+    ``run(stamps)`` evaluates the next batch of ``split`` (starting over after the last) and
+    appends a ``_mark`` to ``stamps`` at each phase boundary.
+    """
+    metrics = RankingMetrics(n_items=seqs.n_items, ks=eval_args["ks"],
+                             item_user_counts=eval_args["item_user_counts"],
+                             n_train_users=eval_args["n_train_users"])
+    batches = iter(())
+
+    def run(stamps: list) -> None:
+        nonlocal batches
+        _mark(stamps, seqs.device)
+        batch = next(batches, None)
+        if batch is None:  # not started or exhausted: start the split over
+            batches = eval_batches(seqs, split=split, batch_size=eval_args["batch_size"],
+                                   max_len=eval_args["max_len"])
+            batch = next(batches)
+        users, inputs, targets = batch
+        _mark(stamps, seqs.device)
+        scores = score(inputs)  # (B, n_items)
+        _mark(stamps, seqs.device)
+        if eval_args["mask_history"]:
+            rows, items = history(seqs, users, split=split)
+            scores[rows, items - 1] = float("-inf")  # what update(history=...) does first
+        _mark(stamps, seqs.device)
+        metrics.update(scores, targets, history=None)
+        _mark(stamps, seqs.device)
+
+    return run, metrics
+
+
+def breakdown(run, *, device: torch.device, sample_batches: int) -> dict:
+    """Mean ms per phase over ``sample_batches`` instrumented batches, each from an idle device."""
+    sums = defaultdict(float)
+    for _ in range(sample_batches):
+        stamps: list = []
+        _sync(device)
+        run(stamps)
+        _sync(device)
+        for phase, (ev0, t0), (ev1, t1) in zip(PHASES, stamps, stamps[1:]):
+            sums[phase] += ev0.elapsed_time(ev1) if ev0 is not None else (t1 - t0) * 1e3
+    out = {f"{p}_ms": sums[p] / sample_batches for p in PHASES}
+    out["step_ms"] = sum(out[f"{p}_ms"] for p in PHASES)
+    return out
+
+
+def count_syncs(run, *, batches: int = 3) -> tuple[float, list[str]]:
+    """(device->host syncs per batch, distinct call sites) under CUDA's sync debug mode."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(batches):
+                run([])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    hits = [w for w in caught if "synchroniz" in str(w.message)]
+    return len(hits) / batches, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
+
+
+def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dict, args,
+              device) -> dict:
+    """One (dataset, scorer, split) -> a row of COLUMNS (plus ``metrics`` and ``sync_sites``)."""
+    n_batches = -(-seqs.n_users // eval_args["batch_size"])
+    row = {"dataset": name, "users": seqs.n_users, "items": seqs.n_items, "scorer": scorer,
+           "split": split, "batch_size": eval_args["batch_size"], "n_batches": n_batches,
+           "error": None}
+    amp = device.type == "cuda"  # train()'s default: bf16 autocast on CUDA, fp32 on the CPU
+    score = make_score(scorer, model, amp=amp, item_user_counts=eval_args["item_user_counts"])
+    run, _ = batch_runner(seqs, score, split=split, eval_args=eval_args)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    with torch.no_grad():
+        run([])  # warm-up: one untimed batch (cuBLAS handles, allocator, kernels)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        if scorer == "model":
+            metrics = evaluate_model(model, model, seqs, split=split, amp=amp, **eval_args)
+        else:
+            metrics = evaluate_popularity(seqs, split=split, **eval_args)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(device) / _GIB if device.type == "cuda" else None
+        row.update(seconds=seconds, users_per_s=seqs.n_users / seconds, metrics=metrics, peak_gib=peak)
+
+        # Not part of the timed pass: the per-phase breakdown and the sync count.
+        if args.sample_batches:
+            row.update(breakdown(run, device=device, sample_batches=args.sample_batches))
+        row["syncs_per_batch"], row["sync_sites"] = None, []
+        if device.type == "cuda":
+            row["syncs_per_batch"], row["sync_sites"] = count_syncs(run)
+    return row
+
+
+# --- output, command line ---------------------------------------------------------------------
+
+
+def _fmt(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(rows: list[dict], env: dict) -> str:
+    """The results table; the breakdown is in mean ms per batch of the instrumented pass."""
+    head = ["dataset", "users", "items", "scorer", "split", "batch", "seconds", "users/s",
+            "peak GiB", "batch ms", "score ms", "history ms", "metrics ms", "step ms", "syncs/batch"]
+    keys = [("dataset", 0), ("users", 0), ("items", 0), ("scorer", 0), ("split", 0),
+            ("batch_size", 0), ("seconds", 2), ("users_per_s", 0), ("peak_gib", 2),
+            ("batch_ms", 2), ("score_ms", 2), ("history_ms", 2), ("metrics_ms", 2),
+            ("step_ms", 2), ("syncs_per_batch", 1)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if row.get("error"):
+            cells = [_fmt(row.get(k), 0) for k, _ in keys[:6]]
+            cells += ["error: " + row["error"].replace("|", "/")]
+            cells += [""] * (len(head) - len(cells))
+        else:
+            cells = [_fmt(row.get(k), d) for k, d in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"{env['device']}; torch {env['torch']}; {env['dtype']} model, fp32 scores; "
+                 f"seed {env['seed']}. Seconds: all users of the split, history masked, CUDA "
+                 "synchronized, after one untimed batch. Breakdown: mean ms per batch of a "
+                 "separate instrumented pass (each batch from an idle device).")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, rows: list[dict], env: dict, args) -> str:
+    """results.csv / .md / .json, rewritten whole after every run; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows, env)
+    frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=COLUMNS)
+    checkpoint.write_text(frame.to_csv(index=False), out / "results.csv")
+    checkpoint.write_text(table, out / "results.md")
+    checkpoint.write_json({"env": env, "args": vars(args), "rows": rows}, out / "results.json")
+    return table
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", type=_split, default=None,
+                        help="synthetic presets, comma-separated (default beauty-like unless --gin)")
+    parser.add_argument("--gin", action="append", default=[],
+                        help="a data config (e.g. gin/data/beauty.gin); repeatable")
+    parser.add_argument("--scorers", type=_split, default=list(SCORERS))
+    parser.add_argument("--splits", type=_split, default=list(SPLITS))
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="users per batch (default: default_eval_batch_size(n_items), as train())")
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--ks", type=_split, default=["10"], help="metric cut-offs, e.g. 10,20")
+    parser.add_argument("--no-mask-history", dest="mask_history", action="store_false",
+                        help="rank without masking each user's history (train.mask_history = False)")
+    parser.add_argument("--sample-batches", type=int, default=10,
+                        help="batches of the per-phase breakdown (0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-users", type=int, default=None,
+                        help="override the presets' number of users (quick CPU runs)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache-dir", default="data/cache", help="where presets are written once")
+    parser.add_argument("--out", default=None, help="default runs/bench_eval/<UTC time>")
+    args = parser.parse_args(argv)
+    if args.preset is None:
+        args.preset = [] if args.gin else ["beauty-like"]
+    return args
+
+
+def _check(args) -> None:
+    """Raises BenchError on arguments that cannot run (before anything is written)."""
+    if not args.scorers or not set(args.scorers) <= set(SCORERS):
+        raise BenchError(f"--scorers must be among {','.join(SCORERS)}, got {','.join(args.scorers)}")
+    if not args.splits or not set(args.splits) <= set(SPLITS):
+        raise BenchError(f"--splits must be among {','.join(SPLITS)}, got {','.join(args.splits)}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise BenchError("--batch-size must be >= 1")
+    if args.max_len < 1 or args.sample_batches < 0 or (args.n_users is not None and args.n_users < 3):
+        raise BenchError("--max-len must be >= 1, --sample-batches >= 0, --n-users >= 3")
+    try:
+        args.ks = [int(k) for k in args.ks]
+    except ValueError:
+        raise BenchError(f"--ks takes comma-separated integers, got {','.join(args.ks)}") from None
+    if not args.ks or min(args.ks) < 1:
+        raise BenchError("--ks must be positive integers")
+    if not args.preset and not args.gin:
+        raise BenchError("give --preset NAME[,NAME] and/or --gin DATA_CONFIG")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs every (dataset, scorer, split), writes the outputs, prints the table last."""
+    args = _parse_args(argv)
+    try:
+        _check(args)
+        device = resolve_device(args.device)
+        datasets = load_datasets(args)
+        for name, data in datasets:
+            if max(args.ks) > data.n_items:
+                raise BenchError(f"--ks {max(args.ks)} exceeds the {data.n_items} items of {name}")
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if device.type != "cuda":
+        print("note: no CUDA device: CPU timings (fp32) only check that the benchmark runs and "
+              "extrapolate per user", file=sys.stderr)
+
+    out = Path(args.out or f"runs/bench_eval/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
+                      seed=args.seed)
+    rows, began = [], time.perf_counter()
+    for name, data in datasets:
+        seqs = DeviceSequences.from_data(data, device)
+        torch.manual_seed(args.seed)
+        model = SASRec(n_items=data.n_items, max_len=args.max_len).to(device).eval()
+        eval_args = dict(batch_size=args.batch_size or default_eval_batch_size(data.n_items),
+                         max_len=args.max_len, mask_history=args.mask_history, ks=args.ks,
+                         item_user_counts=data.train_item_user_counts(),
+                         n_train_users=count_train_users(data))
+        for scorer in args.scorers:
+            for split in args.splits:
+                print(f"[{time.perf_counter() - began:6.0f} s] {name} {scorer} {split}", file=sys.stderr)
+                try:
+                    row = bench_one(seqs, model, name=name, scorer=scorer, split=split,
+                                    eval_args=eval_args, args=args, device=device)
+                except Exception as err:  # e.g. out of memory at a large --batch-size: a result
+                    traceback.print_exc()
+                    first = (str(err).strip().splitlines() or [""])[0]
+                    row = {"dataset": name, "users": data.n_users, "items": data.n_items,
+                           "scorer": scorer, "split": split, "batch_size": eval_args["batch_size"],
+                           "error": f"{type(err).__name__}: {first}"[:200]}
+                rows.append(row)
+                write_outputs(out, rows, env, args)
+        del seqs, model
+    table = write_outputs(out, rows, env, args)
+    print(f"wrote {out}/results.csv, results.md, results.json", file=sys.stderr)
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
