@@ -33,7 +33,7 @@ _WAVES = 4  # programs per SM to aim for: enough to hide the tiles' memory laten
 
 @triton.jit
 def _split_lse_kernel(
-    E, C, PartLSE, LogitSum,
+    E, C, PartLSE, LogitSum, RowWeight,
     B, V, D, stride_eb, stride_cv, stride_pb, tiles_per_split,
     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_SUM: tl.constexpr, PRECISION: tl.constexpr,
@@ -44,6 +44,8 @@ def _split_lse_kernel(
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     b_mask = offs_b < B
     offs_d = tl.arange(0, BLOCK_D)
+    if HAS_SUM:  # 1 for rows with a target, 0 for ignored rows and past the end
+        row_weight = tl.load(RowWeight + offs_b, mask=b_mask, other=0.0)
 
     run_max = tl.full((BLOCK_B,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_B,), tl.float32)
@@ -59,7 +61,7 @@ def _split_lse_kernel(
                         mask=v_mask[None, :] & d_mask[:, None], other=0.0).to(e.dtype)
             logits = tl.dot(e, c, logits, input_precision=PRECISION)  # (BLOCK_B, BLOCK_V)
         if HAS_SUM:  # per-item sum of logits over rows: the backward's vocabulary ordering
-            col = tl.sum(tl.where(b_mask[:, None], logits, 0.0), axis=0)
+            col = tl.sum(logits * row_weight[:, None], axis=0)
             tl.atomic_add(LogitSum + offs_v, col, mask=v_mask)
         logits = tl.where(v_mask[None, :], logits, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
@@ -75,10 +77,13 @@ def _sm_count(device: torch.device) -> int:
     return 4  # the Triton interpreter (tests): a few slices are enough to exercise the merge
 
 
-def split_lse(e: torch.Tensor, c: torch.Tensor, *, logit_avg: bool = False):
+def split_lse(e: torch.Tensor, c: torch.Tensor, *, logit_avg: bool = False,
+              rows: torch.Tensor | None = None):
     """(lse (N,) fp32, mean logit per item (V,) fp32 or None) of ``e @ c.T`` without (N, V) logits.
 
     ``e`` (N, D) bf16/fp16/fp32, ``c`` (V, D) any float dtype (cast to ``e.dtype`` per tile).
+    ``rows`` (N,) bool: the rows the mean logit runs over (default all), as the library
+    averages over non-ignored rows only.
     """
     n, d = e.shape
     v = c.shape[0]
@@ -92,15 +97,18 @@ def split_lse(e: torch.Tensor, c: torch.Tensor, *, logit_avg: bool = False):
     splits = triton.cdiv(n_tiles, tiles_per_split)  # no slice starts past the catalog's end
     part = torch.empty((splits, n), dtype=torch.float32, device=e.device)
     logit_sum = torch.zeros(v, dtype=torch.float32, device=e.device) if logit_avg else None
+    weight = (torch.ones(n, device=e.device) if rows is None else rows.float()) if logit_avg else None
     _split_lse_kernel[(n_b, splits)](
-        e, c, part, logit_sum if logit_avg else part,
+        e, c, part, logit_sum if logit_avg else part, weight if logit_avg else part,
         n, v, d, e.stride(0), c.stride(0), part.stride(0), tiles_per_split,
         BLOCK_B=block_b, BLOCK_V=_BLOCK_V, BLOCK_D=block_d, HAS_SUM=logit_avg,
         PRECISION="ieee" if e.dtype == torch.float32 else "tf32",
         num_warps=4, num_stages=3,
     )
     lse = torch.logsumexp(part, dim=0) if splits > 1 else part[0]
-    return lse, (logit_sum / n if logit_avg else None)
+    if not logit_avg:
+        return lse, None
+    return lse, logit_sum / weight.sum().clamp(min=1)  # device-side count: no sync
 
 
 class _SplitCCE(torch.autograd.Function):
@@ -110,7 +118,7 @@ class _SplitCCE(torch.autograd.Function):
     def forward(ctx, e, c, targets, filter_eps):
         valid = targets != IGNORE_INDEX  # (N,)
         safe = torch.where(valid, targets, 0)  # any real item: its row's weight is 0
-        lse, avg = split_lse(e, c, logit_avg=filter_eps is not None)
+        lse, avg = split_lse(e, c, logit_avg=filter_eps is not None, rows=valid)
         # The target logit as the backward sees it: operands rounded to e's dtype, fp32 sum.
         dot = (e.float() * c.index_select(0, safe).to(e.dtype).float()).sum(-1)  # (N,)
         weight = valid.float() / valid.sum().clamp(min=1)  # (N,): mean over valid rows

@@ -8,7 +8,7 @@ Here forward, loss, backward and ``optimizer.step()`` are captured once and repl
 What a graph needs, and how the step provides it:
 - Static shapes. Batches are padded to ``batch_size`` rows (as ``make_step(pad_to=...)``
   does), and the compact block of scored positions to ``n_pad``, the batch's count rounded up
-  to a multiple of ``bucket``: one graph per bucket, captured the first time it is needed.
+  up to one of a few sizes (``bucket_size``): one graph per size, captured the first time.
   Padded slots get ``IGNORE_INDEX`` targets: they add nothing to the loss or the gradients
   (the loss is the mean over real positions, as in ``make_step``).
 - No host syncs. The slot count is compared on the device (``padded_compact_index``), and
@@ -29,7 +29,7 @@ import torch
 
 from core.losses import IGNORE_INDEX
 
-BUCKET = 512  # positions: small enough to waste little, large enough for few graphs
+MIN_BUCKET = 64  # positions: the graph granularity of small batches
 
 
 def padded_compact_index(mask: torch.Tensor, n_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +47,11 @@ def padded_compact_index(mask: torch.Tensor, n_pad: int) -> tuple[torch.Tensor, 
     return index[:n_pad], valid
 
 
-def bucket_size(positions: int, bucket: int = BUCKET) -> int:
-    """``positions`` rounded up to a multiple of ``bucket`` (at least one bucket)."""
-    return max(bucket, -(-positions // bucket) * bucket)
+def bucket_size(positions: int, min_bucket: int = MIN_BUCKET) -> int:
+    """``positions`` rounded up to a multiple of 1/16 of the next power of two (and of
+    ``min_bucket``): at most 12.5% padding, at most 8 graphs per doubling of the batch size."""
+    step = max(min_bucket, (1 << max(positions - 1, 1).bit_length()) // 16)
+    return max(step, -(-positions // step) * step)
 
 
 def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
@@ -70,7 +72,7 @@ def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
 
 def make_graph_step(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     loss_fn: Callable, amp: bool, batch_size: int, max_len: int,
-                    bucket: int = BUCKET) -> Callable[..., torch.Tensor]:
+                    min_bucket: int = MIN_BUCKET) -> Callable[..., torch.Tensor]:
     """``step(inputs, targets, positions, mark=None)`` like ``make_step``'s, replayed as graphs.
 
     CUDA only; ``optimizer`` must be Adam with ``capturable=True`` (``make_optimizer``).
@@ -117,7 +119,7 @@ def make_graph_step(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         if rows < batch_size:  # the last, smaller batch: empty rows have no targets
             static_inputs[rows:].zero_()
             static_targets[rows:].zero_()
-        n_pad = bucket_size(positions, bucket)
+        n_pad = bucket_size(positions, min_bucket)
         if n_pad in graphs:
             graph, out = graphs[n_pad]
             graph.replay()
