@@ -330,6 +330,7 @@ def write_outputs(out: Path, rows: list[dict], env: dict, args, notes: list[str]
     frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=COLUMNS)
     checkpoint.write_text(frame.to_csv(index=False), out / "results.csv")
     checkpoint.write_text(table + "".join(f"\n{n}\n" for n in notes), out / "results.md")
+    env = {**env, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # read by report.py
     checkpoint.write_json({"env": env, "args": vars(args), "notes": notes, "rows": rows},
                           out / "results.json")
     return table
