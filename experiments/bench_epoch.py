@@ -55,7 +55,7 @@ from core.dataset_config import DataMissingError, dataset
 from core.env import environment, resolve_device
 from core.losses import autocast_operands, cce, ce
 from core.model import SASRec
-from core.graph_step import make_graph_step
+from core.graph_step import MIN_BUCKET, make_graph_step
 from core.step import compile_model, make_optimizer, make_step, run_epoch
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "cce_direct", "graph"}
@@ -200,6 +200,8 @@ def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -
     """One (dataset, loss, variant) run -> a row of COLUMNS (plus ``sync_sites``)."""
     v = parse_variant(variant)
     label = f"{variant} (CCE_AUTOTUNE)" if loss == "cce" and cce_autotune() else variant
+    if v["graph"] and args.graph_min_bucket != MIN_BUCKET:
+        label += f" (min bucket {args.graph_min_bucket})"
     row = {"dataset": name, "loss": loss, "variant": label, "n_users": int(data.n_users),
            "n_items": int(data.n_items), "epochs": args.epochs, "error": None}
     torch.compiler.reset()  # every run compiles (and pays for it) from a clean state
@@ -214,7 +216,8 @@ def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -
     optimizer = make_optimizer(model, lr=args.lr, weight_decay=0.0, capturable=graphed)
     if graphed:
         step = make_graph_step(model=model, optimizer=optimizer, loss_fn=loss_fn, amp=True,
-                               batch_size=args.batch_size, max_len=args.max_len)
+                               batch_size=args.batch_size, max_len=args.max_len,
+                               min_bucket=args.graph_min_bucket)
     else:  # "graph" on a CPU: the eager static step (there are no CUDA graphs to capture)
         step = make_step(model=model, forward=compile_model(model, v["mode"] or False),
                          optimizer=optimizer, loss_fn=loss_fn, amp=device.type == "cuda",
@@ -360,6 +363,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override the presets' number of users (quick CPU runs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir", default="data/cache", help="where presets are written once")
+    parser.add_argument("--graph-min-bucket", type=int, default=MIN_BUCKET,
+                        help="'graph' variant: smallest size step of the compact block (fewer, "
+                             "larger buckets = fewer graphs, more padding)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no new run after this many seconds (the rest is reported skipped)")
     parser.add_argument("--out", default=None, help="default runs/bench_epoch/<UTC time>")
@@ -374,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             parse_variant(variant)
         if not set(args.losses) <= {"ce", "cce"} or not args.losses:
             raise BenchError(f"--losses must be ce and/or cce, got {','.join(args.losses)}")
-        if min(args.epochs, args.batch_size, args.max_len, args.sample_steps) < 1 or args.warmup_steps < 0:
-            raise BenchError("--epochs, --batch-size, --max-len and --sample-steps must be >= 1")
+        if min(args.epochs, args.batch_size, args.max_len, args.sample_steps, args.graph_min_bucket) < 1 or args.warmup_steps < 0:
+            raise BenchError("--epochs, --batch-size, --max-len, --sample-steps and --graph-min-bucket must be >= 1")
         if not args.preset and not args.gin:
             raise BenchError("give --preset NAME[,NAME] and/or --gin DATA_CONFIG")
         device = resolve_device(args.device)
