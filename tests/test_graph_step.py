@@ -37,9 +37,10 @@ def test_padded_compact_index_is_the_compact_index_then_invalid_filler():
 
 def test_bucket_size():
     assert [bucket_size(p, 512) for p in (1, 512, 513, 1500)] == [512, 512, 1024, 1536]
-    assert [bucket_size(p) for p in (0, 1, 560, 1024, 1025, 11_400)] == [64, 64, 576, 1024, 1152, 12_288]
+    assert [bucket_size(p, 64) for p in (0, 1, 560, 1024, 1025, 11_400)] == [64, 64, 576, 1024, 1152, 12_288]
+    assert [bucket_size(p) for p in (1, 560, 1025, 11_400)] == [1024, 1024, 2048, 12_288]
     for p in range(1, 20_000, 7):
-        assert p <= bucket_size(p) <= max(-(-p // 64) * 64, 1.125 * p)
+        assert p <= bucket_size(p, 64) <= max(-(-p // 64) * 64, 1.125 * p)
 
 
 def _model(device="cpu"):
@@ -92,11 +93,11 @@ def test_graphed_epochs_follow_the_eager_ones(data, loss_fn):
     CCE runs exact here: with the gradient filter, filler slots change which (row block,
     catalog tile) pairs the filter may skip in the last row block, so the filtered gradients
     legitimately differ a little (measured on an H200: weights 2.2e-3 apart, relative, after
-    8 Adam steps, against < 1e-3 for CE); the filtered loss trajectory is checked below."""
+    8 Adam steps; exact CCE 1.25e-3; CE < 1e-3); the filtered loss trajectory is checked below."""
     seqs = DeviceSequences.from_data(data, "cuda")
     batching = dict(batch_size=64, max_len=20, seed=0)
     results = []
-    for graphed in (False, True):
+    for graphed in (False, False, True):
         model = _model("cuda")
         opt = make_optimizer(model, lr=1e-3, weight_decay=0.0, capturable=graphed)
         if graphed:
@@ -107,11 +108,14 @@ def test_graphed_epochs_follow_the_eager_ones(data, loss_fn):
         losses = [run_epoch(step=step, seqs=seqs, epoch=e, positions=train_batch_positions(data, epoch=e, **batching),
                             **batching)[0] for e in (1, 2)]
         results.append((losses, model.item_emb.weight.detach().clone()))
-    (eager, w_eager), (graph, w_graph) = results
+    (eager, w_eager), (_, w_again), (graph, w_graph) = results
     assert graph == pytest.approx(eager, rel=2e-3)
-    # Adam turns rounding differences of near-zero gradients into +-lr steps of single weights
-    # (measured: 5 of 16,032 weights 2e-3 apart after 8 steps), so compare the whole matrix.
-    assert ((w_graph - w_eager).norm() / w_eager.norm()).item() < 1e-3
+    # Adam turns rounding differences of near-zero gradients into +-lr steps of single weights,
+    # and CCE's backward adds bf16 tile results under locks in no fixed order, so two eager CCE
+    # runs differ too. The graphed run may differ from the eager one by 1e-3 (relative, whole
+    # matrix) or three times what a second eager run does, whichever is larger.
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    assert rel(w_graph, w_eager) < max(1e-3, 3 * rel(w_again, w_eager))
 
 
 @pytest.mark.gpu
