@@ -247,8 +247,9 @@ def dates_line(runs: list[Run], scaling_envs: list[dict] = ()) -> str:
         line += f"; {from_log} of {len(runs)} runs dated by their log.txt (no finished_utc)"
     if undated:
         line += f"; {undated} runs undated"
-    if len(bench_dates) < len(scaling_envs):
-        line += "; catalog-scaling results undated (their results.json records no date)"
+    undated_benches = sum(not e.get("finished_utc") for e in scaling_envs)
+    if undated_benches:
+        line += f"; {undated_benches} catalog-scaling results undated (no date recorded)"
     return line
 
 

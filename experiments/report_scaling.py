@@ -44,6 +44,18 @@ def find_scaling_files(explicit: list[Path], run_paths: list[Path]) -> list[Path
     return sorted(p for p in found if not any(".failed-" in part for part in p.parts))
 
 
+def _study_date(results: Path) -> str | None:
+    """Finishing time that study.py recorded for a bench run (results.json of older benches
+    carries none): ``<study>/study.json`` entry ``scaling/<run folder>``."""
+    run = results.parent
+    study = run.parent.parent / "study.json"
+    try:
+        entry = json.loads(study.read_text())["runs"][f"{run.parent.name}/{run.name}"]
+        return entry.get("finished_utc")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_scaling(files: list[Path]) -> tuple[list[dict], list[dict]]:
     """(rows with n_items filled in, env records) of bench_epoch results.json files."""
     from core.data.synthetic import PRESETS
@@ -55,6 +67,8 @@ def load_scaling(files: list[Path]) -> tuple[list[dict], list[dict]]:
             file_rows, env = list(record["rows"]), dict(record["env"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ScalingError(f"{path}: not a bench_epoch results.json ({err!r})") from None
+        if not env.get("finished_utc") and _study_date(path):
+            env["finished_utc"] = _study_date(path)
         envs.append(env)
         for row in file_rows:
             if not isinstance(row, dict) or "dataset" not in row or "loss" not in row:

@@ -161,3 +161,18 @@ def test_study_failures_are_listed(study_dir: Path, tmp_path: Path):
     rows = section((tmp_path / "r" / "report.md").read_text(), "Runs that did not finish")
     assert rows == [["ml100k_ce_s2", "not run", "over --budget-s 400"],
                     ["scaling/items-10m_cce", "timed out", "killed"]]
+
+
+def test_a_scaling_result_without_a_date_takes_the_studys(tmp_path):
+    """bench_epoch results.json written before it recorded dates: study.json has the date."""
+    run = tmp_path / "study" / "scaling" / "items-1m_cce"
+    run.mkdir(parents=True)
+    row = {"dataset": "items-1m", "loss": "cce", "variant": "static", "n_items": 1_000_000}
+    (run / "results.json").write_text(json.dumps({"env": dict(ENV), "rows": [row]}))
+    rows, envs = report_scaling.load_scaling([run / "results.json"])
+    assert "finished_utc" not in envs[0]  # no study.json: stays undated
+    (tmp_path / "study" / "study.json").write_text(json.dumps(
+        {"runs": {"scaling/items-1m_cce": {"finished_utc": "2026-11-27T22:00:00Z"}}}))
+    rows, envs = report_scaling.load_scaling([run / "results.json"])
+    assert envs[0]["finished_utc"] == "2026-11-27T22:00:00Z"
+    assert "undated" not in report.dates_line([], envs)
