@@ -75,6 +75,17 @@ class BenchError(ValueError):
     """Bad arguments or data; printed as one ``error:`` line."""
 
 
+def default_out(kind: str) -> Path:
+    """``runs/<kind>/<UTC time>``: a benchmark's output folder when --out is not given."""
+    return Path(f"runs/{kind}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+
+
+def error_row(err: BaseException, **keys) -> dict:
+    """The result row of a run that raised (e.g. out of memory): ``keys`` plus ``error``."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return {**keys, "error": f"{type(err).__name__}: {first}"[:200]}
+
+
 def cce_direct(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor, *,
                filter_eps: float | str | None = "high") -> torch.Tensor:
     """``core.losses.cce`` without the library's per-call ``nonzero()`` (one device sync).
@@ -393,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: no CUDA device: CPU timings (fp32, CCE's reference implementation) only "
               "check that the benchmark runs", file=sys.stderr)
 
-    out = Path(args.out or f"runs/bench_epoch/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    out = Path(args.out) if args.out else default_out("bench_epoch")
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
                       seed=args.seed)
     env["cce_autotune"] = cce_autotune()
@@ -417,9 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                                     device=device)
                 except Exception as err:  # one failing variant must not cost the others
                     traceback.print_exc()
-                    first = (str(err).strip().splitlines() or [""])[0]
-                    row = {"dataset": name, "loss": loss, "variant": variant,
-                           "error": f"{type(err).__name__}: {first}"[:200]}
+                    row = error_row(err, dataset=name, loss=loss, variant=variant)
                 rows.append(row)
                 write_outputs(out, rows, env, args, notes)
         del seqs

@@ -49,7 +49,7 @@ from core.evaluation import (
 )
 from core.metrics import RankingMetrics, popularity_scores
 from core.model import SASRec
-from experiments.bench_epoch import BenchError, load_datasets
+from experiments.bench_epoch import BenchError, default_out, error_row, load_datasets
 
 SCORERS = ("model", "popularity")
 PHASES = ("batch", "score", "history", "metrics")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: no CUDA device: CPU timings (fp32) only check that the benchmark runs and "
               "extrapolate per user", file=sys.stderr)
 
-    out = Path(args.out or f"runs/bench_eval/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    out = Path(args.out) if args.out else default_out("bench_eval")
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
                       seed=args.seed)
     rows, began = [], time.perf_counter()
@@ -328,10 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                                     eval_args=eval_args, args=args, device=device)
                 except Exception as err:  # e.g. out of memory at a large --batch-size: a result
                     traceback.print_exc()
-                    first = (str(err).strip().splitlines() or [""])[0]
-                    row = {"dataset": name, "users": data.n_users, "items": data.n_items,
-                           "scorer": scorer, "split": split, "batch_size": eval_args["batch_size"],
-                           "error": f"{type(err).__name__}: {first}"[:200]}
+                    row = error_row(err, dataset=name, users=data.n_users, items=data.n_items,
+                                    scorer=scorer, split=split, batch_size=eval_args["batch_size"])
                 rows.append(row)
                 write_outputs(out, rows, env, args)
         del seqs, model

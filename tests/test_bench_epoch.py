@@ -80,6 +80,11 @@ def test_a_failing_run_becomes_an_error_row(tmp_path, capsys, monkeypatch):
     (["--gin", "gin/data/does_not_exist.gin"], "bad data config"),
 ])
 def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, argv, message):
+    assert_one_error_line(main, argv, message, tmp_path, capsys)
+
+
+def assert_one_error_line(main, argv, message, tmp_path, capsys):
+    """A benchmark's ``main(argv)`` exits 2 with one ``error:`` line and writes nothing."""
     out = tmp_path / "bench"
     assert main([*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -19,6 +19,7 @@ from core.evaluation import (
 )
 from core.model import SASRec
 from experiments.bench_eval import COLUMNS, batch_runner, main, make_score
+from tests.test_bench_epoch import assert_one_error_line
 
 
 def test_runs_on_cpu_and_writes_the_three_files(tmp_path, capsys):
@@ -111,11 +112,7 @@ def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, spli
     (["--gin", "gin/data/does_not_exist.gin"], "bad data config"),
 ])
 def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, argv, message):
-    out = tmp_path / "bench"
-    assert main([*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
-    assert not out.exists()
+    assert_one_error_line(main, argv, message, tmp_path, capsys)
 
 
 @pytest.mark.gpu
