@@ -41,9 +41,9 @@ from core.evaluation import (
     evaluate_model,
     evaluate_popularity,
 )
+from core.graph_step import make_graph_step
 from core.losses import ce
 from core.model import SASRec
-from core.graph_step import make_graph_step
 from core.step import compile_mode, compile_model, make_optimizer, make_step, run_epoch
 
 log = logging.getLogger(__name__)
