@@ -35,6 +35,10 @@ from core.losses import IGNORE_INDEX
 MIN_BUCKET = 1024
 
 
+class GraphCaptureError(RuntimeError):
+    """The step could not be captured (e.g. a loss that syncs with the host)."""
+
+
 def padded_compact_index(mask: torch.Tensor, n_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(index (n_pad,), valid (n_pad,)): True positions of ``mask`` first, in order, then filler.
 
@@ -105,7 +109,7 @@ def make_graph_step(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             with torch.cuda.graph(graph, pool=pool):
                 out = body(n_pad)
         except RuntimeError as err:
-            raise RuntimeError(
+            raise GraphCaptureError(
                 "cuda_graph: the training step could not be captured (a host sync in the loss? "
                 f"ce and cce's default split forward are sync-free): {str(err).splitlines()[0]}"
             ) from err

@@ -41,7 +41,7 @@ from core.evaluation import (
     evaluate_model,
     evaluate_popularity,
 )
-from core.graph_step import make_graph_step
+from core.graph_step import GraphCaptureError, make_graph_step
 from core.losses import ce
 from core.model import SASRec
 from core.step import compile_mode, compile_model, make_optimizer, make_step, run_epoch
@@ -264,6 +264,8 @@ def train(
                     f"out of device memory in epoch {epoch} ({loss_label}, {data.n_items} items, "
                     f"batch {batch_size}): {str(err).splitlines()[0]}"
                 ) from err
+            except GraphCaptureError as err:  # a setting that cannot work: one line, no traceback
+                raise TrainingError(str(err)) from err
             finally:
                 progress.close()
             _sync(dev)

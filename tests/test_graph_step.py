@@ -144,3 +144,17 @@ def test_train_with_cuda_graph_runs_and_records(data, tmp_path):
     result = train(data=data, out_dir=tmp_path / "g", epochs=2, cuda_graph=True, loss_fn=cce, **fast)
     history = [json.loads(x) for x in (tmp_path / "g" / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and result["test"]["NDCG@10"] >= 0
+
+
+def test_a_step_that_cannot_be_captured_is_a_one_line_training_error(data, tmp_path, monkeypatch):
+    from core import train as train_module
+    from core.graph_step import GraphCaptureError
+
+    def uncapturable(**_):
+        raise GraphCaptureError("cuda_graph: the training step could not be captured (test)")
+
+    monkeypatch.setattr(train_module, "run_epoch", uncapturable)
+    fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
+                max_len=20, device="cpu", show_progress=False)
+    with pytest.raises(TrainingError, match="could not be captured"):
+        train(data=data, out_dir=tmp_path / "run", epochs=1, **fast)
