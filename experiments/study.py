@@ -1,7 +1,7 @@
 """The results study (issue 7): named plans of runs, each in its own process, resumable.
 
     python experiments/study.py real synthetic scaling --out $OUT/study \\
-        --budget-s 420 --deadline-s 560 --drop-checkpoints [--done-in results/study_h100]
+        --budget-s 420 --deadline-s 560 --drop-checkpoints [--done-in results/study_h200]
     python experiments/study.py real --dry-run
 
 Every run is a subprocess (``experiments/run.py`` or ``experiments/bench_epoch.py``), so gin
