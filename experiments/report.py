@@ -3,8 +3,15 @@
     python experiments/report.py RUN_DIR [RUN_DIR ...] --out DIR
 
 Every ``metrics.json`` under the given folders (searched recursively) is one run. Runs are
-grouped by (dataset name, loss); a group with several seeds shows mean ± sample std (ddof=1).
-Each dataset also gets its popularity-baseline row. Writes ``DIR/report.md``,
+grouped by dataset name, loss (metrics.json's "loss") and their full operative config (the run's
+``config.gin``) minus the bindings in ``IGNORED_PARAMS``, which do not change what is trained or
+measured: ``seed`` (the seeds are what a group averages over), ``show_progress`` (a progress bar),
+``cache_dir`` (where prepared data is cached, not what it holds) and ``prepare_hint`` (the text of
+a message). They are matched by parameter name, whatever the configurable (``train.seed``). A group
+with several seeds shows mean ± sample std (ddof=1). When one (dataset, loss) ran with several
+configs, each config is its own row, labelled by the bindings that differ within that (dataset,
+loss), e.g. ``cce (train.lr=0.01)``. A run without config.gin is grouped by (dataset, loss) only,
+with a warning and a line in the report. Each dataset also gets its popularity-baseline row. Writes ``DIR/report.md``,
 ``DIR/valid_ndcg.png``, ``DIR/epoch_time.png`` and, when any run measured GPU memory,
 ``DIR/memory.png``; prints the report.
 
@@ -28,7 +35,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from experiments.report_scaling import (
@@ -42,6 +49,8 @@ from experiments.report_scaling import (
 METRICS = ("HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10")
 COLUMNS = ("Dataset", "Loss", *METRICS, "Max Memory (GiB)", "Epoch (s)", "n seeds")
 LOSS_ORDER = ("ce", "cce", "cce_exact")
+# Bindings (by parameter name) that do not change what is trained or measured: see the docstring.
+IGNORED_PARAMS = ("seed", "show_progress", "cache_dir", "prepare_hint")
 POPULARITY = "popularity"
 ENV_KEYS = (("device", "device"), ("torch", "torch"), ("triton", "triton"),
             ("cut_cross_entropy", "cut-cross-entropy"), ("dtype", "dtype"))
@@ -67,6 +76,13 @@ class Run:
     valid_ndcg: list[tuple[int, float]]  # (epoch, validation NDCG@10) from history.jsonl
     date: str | None = None  # YYYY-MM-DD the run finished
     date_from_log: bool = False  # no finished_utc: the date of log.txt's last timestamp
+    config: tuple[tuple[str, str], ...] | None = None  # operative bindings minus IGNORED_PARAMS
+    variant: str = ""  # what sets this run's config apart within its (dataset, loss); see label_variants
+
+    @property
+    def label(self) -> str:
+        """The loss, with what differs from the other configs of this (dataset, loss) if any."""
+        return f"{self.loss} ({self.variant})" if self.variant else self.loss
 
 
 def _warn(message: str) -> None:
@@ -130,6 +146,38 @@ def _log_date(path: Path) -> str | None:
     return dates[-1] if dates else None
 
 
+def read_config(path: Path) -> tuple[tuple[str, str], ...] | None:
+    """A config.gin as sorted (binding, value) pairs minus IGNORED_PARAMS; None if absent.
+
+    Reads gin's operative-config text: ``scope.param = value`` lines, a value continued on
+    indented lines (gin wraps long tuples and dicts), ``#`` comments. Values are compared as
+    text with whitespace collapsed, which is how gin writes one value every time.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ReportError(f"{path}: cannot read ({err})") from None
+    bindings: dict[str, str] = {}
+    key = None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():  # continuation of the previous value
+            if key is None:
+                raise ReportError(f"{path}:{line_no}: indented line before any binding")
+            bindings[key] += " " + line.strip()
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep:  # an import or include line: compared as a whole
+            key, value = line.strip(), ""
+        bindings[key] = value.strip()
+    return tuple(sorted((k, " ".join(v.split())) for k, v in bindings.items()
+                        if k.rsplit(".", 1)[-1] not in IGNORED_PARAMS))
+
+
 def load_run(metrics_path: Path) -> Run:
     """Reads one run folder (metrics.json and history.jsonl)."""
     try:
@@ -158,7 +206,37 @@ def load_run(metrics_path: Path) -> Run:
         valid_ndcg=_read_history(metrics_path.parent / "history.jsonl"),
         date=date,
         date_from_log=bool(date) and not finished,
+        config=read_config(metrics_path.parent / "config.gin"),
     )
+
+
+def label_variants(runs: list[Run]) -> list[Run]:
+    """The runs with ``variant`` set: the bindings on which this run's config differs from the
+    other configs of its (dataset, loss), as ``name=value, ...``; empty if it has one config.
+
+    A binding absent from a config shows as ``name=unset``; a run without config.gin as
+    ``no config.gin``.
+    """
+    families: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        families.setdefault((run.dataset, run.loss), []).append(run)
+    labelled = {}
+    for members in families.values():
+        configs = list(dict.fromkeys(r.config for r in members))
+        if len(configs) == 1:
+            labelled |= {id(r): r for r in members}
+            continue
+        as_dicts = {c: dict(c or ()) for c in configs}
+        keys = sorted({k for d in as_dicts.values() for k in d})
+        differ = [k for k in keys if len({d.get(k) for c, d in as_dicts.items() if c is not None}) > 1]
+        for run in members:
+            if run.config is None:
+                variant = "no config.gin"
+            else:
+                mine = as_dicts[run.config]
+                variant = ", ".join(f"{k}={mine.get(k, 'unset')}" for k in differ)
+            labelled[id(run)] = replace(run, variant=variant)
+    return [labelled[id(r)] for r in runs]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None] | None:
@@ -176,36 +254,51 @@ def _loss_key(loss: str) -> tuple:
 
 
 def summarize(runs: list[Run]) -> list[dict]:
-    """One row per (dataset, loss) plus a popularity row per dataset, in table order.
+    """One row per (dataset, loss, config) plus a popularity row per dataset, in table order.
 
-    A row maps each metric / "memory" / "epoch_time" to ``mean_std(...)`` and "n" to the
-    number of runs (None for the popularity row).
+    A row maps each metric / "memory" / "epoch_time" to ``mean_std(...)``, "n" to the number of
+    runs (None for the popularity row) and "label" to the loss with its variant (Run.label).
     """
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        groups.setdefault((run.dataset, run.loss), []).append(run)
+    groups: dict[tuple, list[Run]] = {}
+    for run in label_variants(runs):
+        groups.setdefault((run.dataset, run.loss, run.config), []).append(run)
     rows = []
-    for (dataset, loss), members in groups.items():
+    for (dataset, loss, _), members in groups.items():
+        label = members[0].label
         seeds = [r.seed for r in members]
         if len(set(map(str, seeds))) < len(seeds):
-            _warn(f"{dataset}/{loss}: repeated seeds {seeds}; every run counts once")
+            _warn(f"{dataset}/{label}: repeated seeds {seeds}; every run counts once")
         if len({r.env.get("device") for r in members}) > 1:
-            _warn(f"{dataset}/{loss}: runs from different devices; timings mix machines")
-        row = {"dataset": dataset, "loss": loss, "n": len(members)}
+            _warn(f"{dataset}/{label}: runs from different devices; timings mix machines")
+        row = {"dataset": dataset, "loss": loss, "label": label, "n": len(members)}
         row |= {m: mean_std([r.test[m] for r in members]) for m in METRICS}
         row["memory"] = mean_std([r.peak_memory_gib for r in members])
         row["epoch_time"] = mean_std([r.epoch_time_s for r in members])
         rows.append(row)
     for dataset in sorted({r.dataset for r in runs}):
         members = [r for r in runs if r.dataset == dataset]
-        row = {"dataset": dataset, "loss": POPULARITY, "n": None, "memory": None, "epoch_time": None}
+        row = {"dataset": dataset, "loss": POPULARITY, "label": POPULARITY, "n": None,
+               "memory": None, "epoch_time": None}
         for m in METRICS:
             values = [r.popularity_test[m] for r in members]
             # The baseline depends on the data only: identical values are one number, not a spread.
             same = max(values) - min(values) <= 1e-12
             row[m] = (values[0], None) if same else mean_std(values)
         rows.append(row)
-    return sorted(rows, key=lambda row: (row["dataset"], _loss_key(row["loss"])))
+    return sorted(rows, key=lambda row: (row["dataset"], _loss_key(row["loss"]), row["label"]))
+
+
+def grouping_note(runs: list[Run]) -> str:
+    """Says how runs were grouped into rows (and which runs could not be checked)."""
+    note = ("Rows group runs by dataset, loss and their full operative config (config.gin) minus "
+            f"the bindings that do not change what is trained or measured ({', '.join(IGNORED_PARAMS)}); "
+            "a loss run with several configs has one row per config, labelled by the bindings that differ.")
+    missing = sum(r.config is None for r in runs)
+    if missing:
+        _warn(f"{missing} of {len(runs)} runs have no config.gin: grouped by dataset and loss only")
+        note += (f" {missing} of {len(runs)} runs have no config.gin: they are grouped by dataset "
+                 "and loss only, so their hyperparameters are unchecked.")
+    return note
 
 
 def _cell(stat: tuple[float, float | None] | None, digits: int) -> str:
@@ -219,7 +312,7 @@ def markdown_table(rows: list[dict]) -> str:
     """The seed's table layout in Markdown."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = [row["dataset"], row["loss"], *(_cell(row[m], 4) for m in METRICS),
+        cells = [row["dataset"], row["label"], *(_cell(row[m], 4) for m in METRICS),
                  _cell(row["memory"], 2), _cell(row["epoch_time"], 2),
                  "—" if row["n"] is None else str(row["n"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -271,18 +364,25 @@ def _difference(a: list[Run], b: list[Run], metric: str) -> str:
 
 
 def coverage_section(runs: list[Run]) -> str | None:
-    """Coverage@10 / Surprisal@10 (and NDCG@10) of ce, cce, cce_exact per dataset, with differences."""
+    """Coverage@10 / Surprisal@10 (and NDCG@10) of ce, cce, cce_exact per dataset, with differences.
+
+    Each column holds one config: where a loss ran with several configs, the losses are compared
+    per variant (the label of ``label_variants``), so that no cell mixes hyperparameters.
+    """
     head = ["Dataset", "Metric", *LOSS_ORDER, *(f"{a} − {b}" for a, b in FILTER_PAIRS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for dataset in sorted({r.dataset for r in runs}):
-        groups = {loss: [r for r in runs if r.dataset == dataset and r.loss == loss] for loss in LOSS_ORDER}
+    runs = label_variants(runs)
+    for dataset, variant in sorted({(r.dataset, r.variant) for r in runs}):
+        groups = {loss: [r for r in runs if (r.dataset, r.variant, r.loss) == (dataset, variant, loss)]
+                  for loss in LOSS_ORDER}
         if sum(bool(g) for g in groups.values()) < 2:
             continue
+        name = f"{dataset} ({variant})" if variant else dataset
         for metric in COVERAGE_METRICS:
             cells = [_cell(mean_std([r.test[metric] for r in groups[loss]]), 4) for loss in LOSS_ORDER]
             cells += [_difference(groups[a], groups[b], metric) if groups[a] and groups[b] else "—"
                       for a, b in FILTER_PAIRS]
-            lines.append("| " + " | ".join([dataset, metric, *cells]) + " |")
+            lines.append("| " + " | ".join([name, metric, *cells]) + " |")
     if len(lines) == 2:
         return None
     return "\n".join([
@@ -313,21 +413,40 @@ def study_section(run_paths: list[Path]) -> str | None:
                       "|---|---|---|", *lines])
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "v", "D")
+
+
+def line_styles(runs: list[Run], colors: dict[str, str]) -> dict[Path, dict]:
+    """Per run folder, the matplotlib style of its validation curve: the colour of its row
+    (loss and variant), a linestyle and marker of its own among the runs of that row, and a
+    legend label naming the loss, variant and seed, so that every curve can be told apart."""
+    styles, seen = {}, {}
+    for run in runs:
+        key = (run.dataset, run.label)
+        i = seen[key] = seen.get(key, -1) + 1
+        styles[run.path] = {"color": colors[run.label], "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                            "marker": MARKERS[i // len(LINESTYLES) % len(MARKERS)],
+                            "label": f"{run.label} seed {run.seed}"}
+    return styles
+
+
 def _plot_validation(runs: list[Run], path: Path, plt, colors: dict[str, str]) -> None:
+    """One curve per run: several seeds of one loss differ by linestyle, losses by colour."""
     datasets = sorted({r.dataset for r in runs})
-    runs = sorted(runs, key=lambda r: _loss_key(r.loss))  # legend in table order
+    runs = sorted(runs, key=lambda r: (_loss_key(r.loss), r.label, str(r.seed)))  # legend in table order
+    styles = line_styles(runs, colors)
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        labelled = set()
+        drawn = False
         for run in (r for r in runs if r.dataset == dataset and r.valid_ndcg):
             epochs, ndcg = zip(*run.valid_ndcg)
-            label = None if run.loss in labelled else run.loss
-            labelled.add(run.loss)
-            ax.plot(epochs, ndcg, marker="o", markersize=3, color=colors[run.loss], label=label)
+            ax.plot(epochs, ndcg, markersize=3, **styles[run.path])
+            drawn = True
         ax.set(title=dataset, xlabel="epoch", ylabel="validation NDCG@10")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if labelled:
-            ax.legend()
+        if drawn:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -337,13 +456,15 @@ def _plot_validation(runs: list[Run], path: Path, plt, colors: dict[str, str]) -
 def _plot_bars(rows: list[dict], key: str, ylabel: str, path: Path, plt, colors: dict[str, str]) -> None:
     rows = [r for r in rows if r["loss"] != POPULARITY and r[key] is not None]
     datasets = sorted({r["dataset"] for r in rows})
-    losses = sorted({r["loss"] for r in rows}, key=_loss_key)
+    # one bar series per row label (a loss, or a loss with its variant), in table order
+    order = {r["label"]: (_loss_key(r["loss"]), r["label"]) for r in rows}
+    losses = sorted(order, key=order.get)
     width = 0.8 / len(losses)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(datasets) * len(losses)), 3.8))
     for i, loss in enumerate(losses):
         xs, means, stds = [], [], []
         for j, dataset in enumerate(datasets):
-            match = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss]
+            match = [r for r in rows if r["dataset"] == dataset and r["label"] == loss]
             if match:
                 mean, std = match[0][key]
                 xs.append(j + (i - (len(losses) - 1) / 2) * width)
@@ -367,16 +488,19 @@ def write_report(runs: list[Run], out: Path, *, scaling: list[dict] = (), scalin
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = label_variants(runs)
     rows = summarize(runs)
-    # one color per loss across all plots
-    losses = {r.loss for r in runs} | {r["loss"] for r in scaling}
-    colors = {loss: f"C{i}" for i, loss in enumerate(sorted(losses, key=_loss_key))}
+    # one colour per row label (loss, or loss with variant) across all plots; scaling plots by loss
+    labels = {r.label: r.loss for r in runs} | {r["loss"]: r["loss"] for r in scaling}
+    colors = {label: f"C{i % 10}" for i, label in
+              enumerate(sorted(labels, key=lambda label: (_loss_key(labels[label]), label)))}
     parts = [header_line(runs, scaling_envs) + "  \n" + dates_line(runs, scaling_envs)]
     if runs:
         parts += [markdown_table(rows),
                   ("Test-split metrics of the best-validation checkpoint; mean ± sample std over seeds. "
                   "Max Memory = torch.cuda.max_memory_allocated in GiB (— on CPU); Epoch = mean "
-                  "training-epoch wall time after the first epoch, evaluation excluded.")]
+                  "training-epoch wall time after the first epoch, evaluation excluded. "
+                  + grouping_note(runs))]
     parts += [p for p in (coverage_section(runs), scaling_section(scaling) if scaling else None,
                           *extra_sections) if p]
     text = "\n\n".join(parts) + "\n"

@@ -121,6 +121,8 @@ def plot_scaling(rows: list[dict], path: Path, plt, colors: dict[str, str]) -> N
     variants = {r["variant"] for r in rows if r.get("variant") and not r.get("error")}
     by_variant = len(variants) > 1  # else one line per loss, its error rows with it
     lines = dict.fromkeys((r["loss"], r.get("variant") if by_variant else None) for r in rows)
+    # colour = loss; several variants of one loss differ by linestyle
+    dashes = {v: ("-", "--", ":", "-.")[i % 4] for i, v in enumerate(sorted(variants, key=str))}
     sizes = sorted({r["n_items"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, ylabel in zip(axes, ("epoch_s", "peak_gib"), ("epoch time (s)", "peak GPU memory (GiB)")):
@@ -131,7 +133,7 @@ def plot_scaling(rows: list[dict], path: Path, plt, colors: dict[str, str]) -> N
             ok = [r for r in mine if not r.get("error") and r.get(key) is not None]
             if ok:
                 ax.plot([r["n_items"] for r in ok], [r[key] for r in ok], marker="o",
-                        color=colors[loss], label=label)
+                        color=colors[loss], linestyle=dashes.get(variant, "-"), label=label)
             failed = [r for r in mine if r.get("error")]
             if failed:  # no value to plot: marked above the highest point, at its catalog size
                 kind = "out of memory" if all(map(_is_oom, failed)) else "error"

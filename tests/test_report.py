@@ -21,9 +21,18 @@ def metric_dict(value: float) -> dict:
 
 
 def fake_run(folder: Path, *, dataset="beauty", loss="ce", seed=0, test=0.1, memory=1.5,
-             epoch_time=10.0, device="NVIDIA H100 80GB HBM3", pop=POP, epochs=3) -> Path:
-    """Writes a run folder in the schema of common.md (metrics.json + history.jsonl)."""
+             epoch_time=10.0, device="NVIDIA H100 80GB HBM3", pop=POP, epochs=3,
+             bindings: dict | None = None) -> Path:
+    """Writes a run folder in the schema of common.md (metrics.json, history.jsonl and a
+    config.gin holding train.seed, train.loss_name and train.lr = 0.001 updated by ``bindings``;
+    ``bindings=False`` writes no config.gin)."""
     folder.mkdir(parents=True)
+    if bindings is not False:
+        config = {"train.seed": str(seed), "train.loss_name": repr(loss), "train.lr": "0.001"}
+        config |= bindings or {}
+        (folder / "config.gin").write_text(
+            "# Parameters for train:\n# " + "=" * 40 + "\n"
+            + "".join(f"{k} = {v}\n" for k, v in sorted(config.items())))
     record = {
         "dataset": {"name": dataset, "n_users": 100, "n_items": 50, "n_interactions": 1000},
         "loss": loss,
@@ -167,3 +176,102 @@ def test_epochs_without_validation_are_skipped_in_the_curve(tmp_path: Path):
     (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     curve = report.load_run(folder / "metrics.json").valid_ndcg
     assert [epoch for epoch, _ in curve] == [0, 2]
+
+
+# ---- grouping by operative config ----
+
+def test_runs_with_different_hyperparameters_are_separate_rows(tmp_path: Path, capsys):
+    """Issue 15.6: runs of one (dataset, loss) with different lr were averaged into one row."""
+    fake_run(tmp_path / "runs" / "ce_s0", seed=0, test=0.1)
+    fake_run(tmp_path / "runs" / "ce_s1", seed=1, test=0.3)
+    fake_run(tmp_path / "runs" / "ce_lr_s0", seed=0, test=0.9, bindings={"train.lr": "0.01"})
+    fake_run(tmp_path / "runs" / "ce_lr_ep_s0", seed=0, test=0.5,
+             bindings={"train.lr": "0.01", "train.epochs": "30"})
+    fake_run(tmp_path / "runs" / "cce_s0", loss="cce", seed=0, test=0.2)
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    rows = table_rows(text)
+    assert list(rows) == [  # a loss's rows sorted by label
+        ("beauty", "ce (train.epochs=30, train.lr=0.01)"),
+        ("beauty", "ce (train.epochs=unset, train.lr=0.001)"),
+        ("beauty", "ce (train.epochs=unset, train.lr=0.01)"),
+        ("beauty", "cce"),  # one config: no label
+        ("beauty", "popularity"),
+    ]
+    assert rows[("beauty", "ce (train.epochs=unset, train.lr=0.001)")][0] == "0.2000 ± 0.1414"
+    assert rows[("beauty", "ce (train.epochs=unset, train.lr=0.001)")][-1] == "2"
+    assert rows[("beauty", "ce (train.epochs=unset, train.lr=0.01)")][0] == "0.9000"
+    assert rows[("beauty", "ce (train.epochs=30, train.lr=0.01)")][0] == "0.5000"
+    assert "full operative config (config.gin) minus" in text and "seed" in text
+    assert "no config.gin" not in capsys.readouterr().err
+
+
+def test_seed_and_cosmetic_bindings_do_not_split_a_group(tmp_path: Path):
+    fake_run(tmp_path / "a", seed=0, bindings={"train.show_progress": "True",
+                                               "dataset.cache_dir": "'data/cache'"})
+    fake_run(tmp_path / "b", seed=1, bindings={"train.show_progress": "None",
+                                               "dataset.cache_dir": "'/tmp/cache'"})
+    rows = report.summarize([report.load_run(p) for p in report.find_metrics_files([tmp_path])])
+    assert [(r["label"], r["n"]) for r in rows] == [("ce", 2), ("popularity", None)]
+
+
+def test_config_gin_parsing_continuation_lines_and_comments(tmp_path: Path):
+    (tmp_path / "config.gin").write_text(
+        "# Parameters for train:\n# ====\ntrain.ks = (10,\n    20)\ntrain.lr = 0.001\n"
+        "train.seed = 3\n\n# Parameters for cce:\n# None.\nimport foo.bar\n")
+    config = report.read_config(tmp_path / "config.gin")
+    assert config == (("import foo.bar", ""), ("train.ks", "(10, 20)"), ("train.lr", "0.001"))
+    assert report.read_config(tmp_path / "absent.gin") is None
+
+
+def test_run_without_config_gin_is_said(tmp_path: Path, capsys):
+    fake_run(tmp_path / "runs" / "a", seed=0)
+    fake_run(tmp_path / "runs" / "old", seed=1, bindings=False)
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert set(table_rows(text)) == {("beauty", "ce"), ("beauty", "ce (no config.gin)"),
+                                     ("beauty", "popularity")}
+    assert "1 of 2 runs have no config.gin" in text
+    assert "no config.gin" in capsys.readouterr().err
+
+
+def test_coverage_section_compares_one_config_per_column(tmp_path: Path):
+    fake_run(tmp_path / "ce", loss="ce", test=0.3)
+    fake_run(tmp_path / "ce_lr", loss="ce", test=0.9, bindings={"train.lr": "0.01"})
+    fake_run(tmp_path / "cce", loss="cce", test=0.1)
+    fake_run(tmp_path / "cce_lr", loss="cce", test=0.2, bindings={"train.lr": "0.01"})
+    runs = [report.load_run(p) for p in report.find_metrics_files([tmp_path])]
+    lines = [line for line in report.coverage_section(runs).splitlines() if "| Coverage@10 |" in line]
+    # one row per lr, never the mean of both ce configs (0.6000)
+    assert [line.split(" | ")[:4] for line in lines] == [
+        ["| beauty (train.lr=0.001)", "Coverage@10", "0.3000", "0.1000"],
+        ["| beauty (train.lr=0.01)", "Coverage@10", "0.9000", "0.2000"],
+    ]
+
+
+# ---- plots ----
+
+def test_each_run_has_its_own_curve_style_and_legend_entry(tmp_path: Path, monkeypatch):
+    """Issue 15.12: several runs of one loss were drawn in one colour and one legend entry."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    for seed in range(6):
+        fake_run(tmp_path / "runs" / f"ce_s{seed}", seed=seed)
+    fake_run(tmp_path / "runs" / "cce_s0", loss="cce", seed=0)
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
+    (ax,) = [ax for fig in figures if fig is not None for ax in fig.axes
+             if ax.get_ylabel() == "validation NDCG@10"]
+    styles = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+    assert len(styles) == 7 and len(set(styles)) == 7
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(legend) == 7 and len(set(legend)) == 7
+    assert "ce seed 5" in legend and "cce seed 0" in legend
+    assert len({line.get_color() for line in ax.get_lines()}) == 2  # colour = loss

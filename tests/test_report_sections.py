@@ -176,3 +176,20 @@ def test_a_scaling_result_without_a_date_takes_the_studys(tmp_path):
     rows, envs = report_scaling.load_scaling([run / "results.json"])
     assert envs[0]["finished_utc"] == "2026-11-27T22:00:00Z"
     assert "undated" not in report.dates_line([], envs)
+
+
+def test_scaling_plot_tells_variants_of_one_loss_apart(tmp_path: Path, monkeypatch):
+    """Issue 15.12: two variants of one loss were drawn alike (same colour, same line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    rows = [ok_row("items-1m", "cce", 1_000_000, 50.0, 3.0), ok_row("items-4m", "cce", 4_000_000, 90.0, 6.0)]
+    rows += [dict(r, variant="graph") for r in rows]
+    report_scaling.plot_scaling(rows, tmp_path / "s.png", plt, {"cce": "C0"})
+    lines = figures[0].axes[0].get_lines()
+    assert len(lines) == 2 and len({(x.get_color(), x.get_linestyle()) for x in lines}) == 2
+    plt.close(figures[0])
