@@ -42,7 +42,7 @@ from core.evaluation import (
     evaluate_popularity,
 )
 from core.graph_step import GraphCaptureError, make_graph_step
-from core.losses import ce
+from core.losses import ce, loss_name as registered_name
 from core.model import SASRec
 from core.step import compile_mode, compile_model, make_optimizer, make_step, run_epoch
 
@@ -181,7 +181,7 @@ def train(
     dev = resolve_device(device)
     use_amp = amp and dev.type == "cuda"
     name = dataset_name or data.attrs.get("name", "data")
-    loss_label = loss_name or getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    loss_label = loss_name or registered_name(loss_fn)
     monitor = f"NDCG@{ks[0]}"
     eval_bs = eval_batch_size or default_eval_batch_size(data.n_items)
     eval_args = dict(batch_size=eval_bs, max_len=max_len, mask_history=mask_history, ks=ks,

@@ -1,4 +1,4 @@
-"""core.cce_split on the CPU, under the Triton interpreter (TRITON_INTERPRET=1).
+"""core.losses.kernels.cce_split on the CPU, under the Triton interpreter (TRITON_INTERPRET=1).
 
 The interpreter runs the same Triton programs with numpy, so the split forward's tiling, the
 online log-sum-exp merge, the per-item mean logit and the whole autograd function (with the
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHECK = r"""
 import json, torch
 import torch.nn.functional as F
-from core.cce_split import split_cce, split_lse
+from core.losses.kernels.cce_split import split_cce, split_lse
 
 out = {"lse": [], "grad": []}
 g = torch.Generator().manual_seed(0)
@@ -84,7 +84,7 @@ def test_split_cce_loss_and_gradients_match_float64(interpreted):
 def test_split_cce_refuses_fp32_hidden_states():
     import torch
 
-    from core.cce_split import split_cce
+    from core.losses.kernels.cce_split import split_cce
 
     with pytest.raises(ValueError, match="bf16 or fp16"):
         split_cce(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.int64), filter_eps=None)

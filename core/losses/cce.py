@@ -1,39 +1,26 @@
-"""Full-catalog losses behind one signature: ``loss(e, c, targets) -> scalar``.
+"""Apple's Cut Cross-Entropy (cut-cross-entropy), with the project's split forward pass on CUDA.
 
-Notation follows the CCE paper: ``e`` (N, D) hidden states, ``c`` (V, D) catalog (item)
-embeddings, ``targets`` (N,) item ids in [0, V) or ``IGNORE_INDEX``. Every loss is the mean
-negative log-likelihood over non-ignored targets, so swapping losses is one gin line
-(``train.loss_fn = @cce``) and never a string switch inside the model.
+cut_cross_entropy (and with it triton) is imported on the first call, not at import time, so
+``core`` imports and trains on machines without triton (macOS, CPU-only installs).
 """
 
 from __future__ import annotations
 
 import logging
 
-import gin
 import torch
-import torch.nn.functional as F
-from cut_cross_entropy import linear_cross_entropy
-from cut_cross_entropy.utils import _handle_eps
 
-from core.cce_split import split_cce
-
-IGNORE_INDEX = -100  # the value cut_cross_entropy and F.cross_entropy both skip
+from core.losses.registry import IGNORE_INDEX, register, settings_label
 
 log = logging.getLogger(__name__)
-_warned_reference = False
+_warned: set[str] = set()
 
 
-@gin.configurable
-def ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Plain softmax cross-entropy over materialized logits.
-
-    The (N, V) logits are computed in the operands' dtype (bf16 under autocast) and the
-    softmax in fp32, which is what autocast does for ``F.cross_entropy``; with fp32 operands
-    this is the fp32 reference.
-    """
-    logits = e @ c.T  # (N, V)
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+def _warn_once(message: str) -> None:
+    """Logs ``message`` the first time only: a fallback is said once per process, not per step."""
+    if message not in _warned:
+        log.warning(message)
+        _warned.add(message)
 
 
 def autocast_operands(e: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +31,14 @@ def autocast_operands(e: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, t
     return e, c
 
 
-@gin.configurable
+def _name(settings: dict) -> str:
+    """``cce`` (library filter), ``cce_exact`` (no filter), else the settings that differ."""
+    base = "cce_exact" if settings["filter_eps"] is None else "cce"
+    defaults = {"filter_eps": settings["filter_eps"] if base == "cce_exact" else "high", "forward": "split"}
+    return settings_label(base, settings, defaults)
+
+
+@register(name=_name)
 def cce(
     e: torch.Tensor,
     c: torch.Tensor,
@@ -70,22 +64,30 @@ def cce(
     if forward not in ("split", "library"):
         raise ValueError(f"cce: forward must be 'split' or 'library', not {forward!r}")
     if e.is_cuda and forward == "split":
+        from cut_cross_entropy.utils import _handle_eps
+
+        from core.losses.kernels.cce_split import split_cce
+
         # Only e is cast: the kernels cast catalog tiles as they load them.
         e = autocast_operands(e, e)[0]
         return split_cce(e, c, targets, filter_eps=_handle_eps(filter_eps, e.dtype))
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+    except ImportError:  # no triton (macOS, CPU-only installs): the same loss, materialized
+        from core.losses.ce import ce
+
+        _warn_once("cce: cut_cross_entropy cannot be imported here (no triton?); running plain "
+                   "softmax cross-entropy instead (exact gradients, materialized logits)")
+        return ce(*autocast_operands(e, c), targets)
+
     e, c = autocast_operands(e, c)
     if e.is_cuda:
         # Keyword arguments only: the PyPI release's positional order differs from the repository's.
         return linear_cross_entropy(
             e=e, c=c, targets=targets, ignore_index=IGNORE_INDEX, filter_eps=filter_eps, impl="cce"
         )
-    global _warned_reference
-    if not _warned_reference:
-        log.warning(
-            "cce: no CUDA device, running cut_cross_entropy's torch_compile reference "
-            "implementation (exact gradients, materialized logits) instead of the CCE kernel"
-        )
-        _warned_reference = True
+    _warn_once("cce: no CUDA device, running cut_cross_entropy's torch_compile reference "
+               "implementation (exact gradients, materialized logits) instead of the CCE kernel")
     return linear_cross_entropy(
         e=e, c=c, targets=targets, ignore_index=IGNORE_INDEX, impl="torch_compile"
     )

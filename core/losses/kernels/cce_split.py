@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from cut_cross_entropy.cce_backward import cce_backward_kernel
 
-IGNORE_INDEX = -100
+from core.losses.registry import IGNORE_INDEX
 _BLOCK_V = 128
 _WAVES = 4  # programs per SM to aim for: enough to hide the tiles' memory latency
 

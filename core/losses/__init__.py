@@ -1,0 +1,24 @@
+"""Full-catalog losses behind one signature: ``loss(e, c, targets) -> scalar``.
+
+Notation follows the CCE paper: ``e`` (N, D) hidden states, ``c`` (V, D) catalog (item)
+embeddings, ``targets`` (N,) item ids in [0, V) or ``IGNORE_INDEX``. Every loss is the mean
+negative log-likelihood over non-ignored targets, so swapping losses is one gin line
+(``train.loss_fn = @cce``) and never a string switch inside the model. Names come from
+``loss_name`` (``core.losses.registry``), never from a free label.
+
+Importing this package imports no triton: CUDA kernels load on their first call.
+"""
+
+from core.losses.cce import autocast_operands, cce
+from core.losses.ce import ce
+from core.losses.registry import (
+    IGNORE_INDEX,
+    LOSSES,
+    bind_to_data,
+    loss_name,
+    loss_settings,
+    register,
+)
+
+__all__ = ["IGNORE_INDEX", "LOSSES", "autocast_operands", "bind_to_data", "ce", "cce",
+           "loss_name", "loss_settings", "register"]

@@ -1,0 +1,120 @@
+"""One source for loss names: a loss registers itself, and its name comes from what is bound.
+
+Every loss is ``loss(e (N, D), c (V, D), targets (N,)) -> scalar`` (the mean NLL over targets
+that are not ``IGNORE_INDEX``), gin-configurable, and registered with ``@register``, which
+gives it
+
+- ``name(settings) -> str``: the label in metrics.json, reports and benchmarks, computed from the
+  settings the call actually uses (signature defaults, then gin bindings, then a
+  ``functools.partial``'s keywords), e.g. ``cce`` with ``filter_eps=None`` -> ``cce_exact``;
+- optionally ``bind_data(loss_fn, data) -> loss_fn``: what a loss needs from the training data
+  before the first step (e.g. item popularity for a sampler); training calls ``bind_to_data``.
+
+Adding a loss is one module in ``core/losses/`` (plus its import in ``core/losses/__init__.py``)
+and one file in ``gin/loss/``. Nothing else names losses by string.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gin
+
+IGNORE_INDEX = -100  # the value cut_cross_entropy and F.cross_entropy both skip
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: the gin-configurable function and how to name a configured call."""
+
+    fn: Callable
+    name: Callable[[dict], str]
+    bind_data: Callable | None = None
+
+
+LOSSES: dict[str, LossSpec] = {}  # function name -> spec
+
+
+def register(*, name: Callable[[dict], str] | None = None, bind_data: Callable | None = None):
+    """Decorator: makes ``fn`` gin-configurable and registers it under its ``__name__``.
+
+    ``name`` maps the call's settings (keyword-only parameters) to the label; default: the
+    function's name.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        configurable = gin.configurable(fn)
+        label = name or (lambda settings, base=fn.__name__: base)
+        LOSSES[fn.__name__] = LossSpec(configurable, label, bind_data)
+        return configurable
+
+    return wrap
+
+
+def _unwrap(loss_fn: Callable) -> tuple[Callable, dict]:
+    """(the registered function, keywords fixed by ``functools.partial`` layers)."""
+    kwargs: dict = {}
+    while isinstance(loss_fn, functools.partial):
+        kwargs = {**loss_fn.keywords, **kwargs}
+        loss_fn = loss_fn.func
+    return loss_fn, kwargs
+
+
+def spec_of(loss_fn: Callable) -> LossSpec:
+    """The registry entry of ``loss_fn`` (possibly a ``functools.partial`` of a registered loss)."""
+    fn, _ = _unwrap(loss_fn)
+    spec = LOSSES.get(getattr(fn, "__name__", ""))
+    if spec is None or inspect.unwrap(spec.fn) is not inspect.unwrap(fn):
+        raise ValueError(
+            f"{getattr(fn, '__name__', fn)!r} is not a registered loss (known: {', '.join(sorted(LOSSES))}); "
+            "register it with core.losses.registry.register"
+        )
+    return spec
+
+
+def loss_settings(loss_fn: Callable) -> dict:
+    """The keyword-only settings a call of ``loss_fn`` uses: defaults < gin bindings < partial."""
+    fn, partial_kwargs = _unwrap(loss_fn)
+    params = inspect.signature(inspect.unwrap(fn)).parameters.values()
+    settings = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    try:
+        settings.update(gin.get_bindings(fn))
+    except (ValueError, KeyError):  # not gin-configurable here (e.g. a wrapped copy)
+        pass
+    settings.update(partial_kwargs)
+    return settings
+
+
+def _registered(loss_fn: Callable) -> bool:
+    fn, _ = _unwrap(loss_fn)
+    spec = LOSSES.get(getattr(fn, "__name__", ""))
+    return spec is not None and inspect.unwrap(spec.fn) is inspect.unwrap(fn)
+
+
+def loss_name(loss_fn: Callable) -> str:
+    """The label of a configured loss, e.g. ``"cce_exact"``.
+
+    An unregistered callable (a user's own function passed from Python, a test's spy) is named
+    by its ``__name__``: what ran, though without settings.
+    """
+    if not _registered(loss_fn):
+        fn, _ = _unwrap(loss_fn)
+        return getattr(fn, "__name__", type(fn).__name__)
+    return spec_of(loss_fn).name(loss_settings(loss_fn))
+
+
+def bind_to_data(loss_fn: Callable, data) -> Callable:
+    """``loss_fn`` ready for training on ``data`` (a ``SequenceData``): most losses need nothing."""
+    if not _registered(loss_fn):
+        return loss_fn
+    spec = spec_of(loss_fn)
+    return loss_fn if spec.bind_data is None else spec.bind_data(loss_fn, data)
+
+
+def settings_label(base: str, settings: dict, defaults: dict) -> str:
+    """``base`` plus the settings that differ from ``defaults``: ``cce[forward=library]``."""
+    diff = [f"{k}={settings[k]}" for k in sorted(defaults) if k in settings and settings[k] != defaults[k]]
+    return f"{base}[{','.join(diff)}]" if diff else base
