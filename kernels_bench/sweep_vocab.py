@@ -256,6 +256,19 @@ def _point_rows(base: dict, m, note: str, floor: float, cpu: bool) -> list[dict]
     ]
 
 
+def projected_ms(
+    last: dict[tuple[str, str, str], tuple[int, float]], kind: str, name: str, v: int
+) -> tuple[float, int]:
+    """(projected median ms at catalog size ``v``, the V it is scaled from) for provider ``name``.
+
+    ``last`` maps (input kind, provider, mode) to the last (V, median ms) measured. Time grows
+    about linearly in V, so each mode's last time is scaled by v / V; the slowest mode decides
+    for all (bw's untimed forward costs a full fw). (0.0, 0) when nothing was measured yet.
+    """
+    scaled = [(t * v / v0, v0) for (k, p, _), (v0, t) in last.items() if (k, p) == (kind, name)]
+    return max(scaled, default=(0.0, 0))
+
+
 def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[dict]:
     """Every point as two tidy rows; ``on_block(rows)`` runs after each (input kind, V)."""
     device = torch.device(cfg.device)
@@ -281,13 +294,7 @@ def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[di
                 for mode in cfg.modes:
                     bar.set_postfix_str(f"{kind} V={v:,} {name} {mode}")
                     key = (kind, name, mode)
-                    # The slowest mode decides for all: bw's untimed forward costs a full fw.
-                    scaled = [
-                        (t * v / v0, v0)
-                        for (k, p, _), (v0, t) in last.items()
-                        if (k, p) == (kind, name)
-                    ]
-                    projected, from_v = max(scaled, default=(0.0, 0))
+                    projected, from_v = projected_ms(last, kind, name, v)
                     if b is None:
                         status, m, note = "oom", None, "inputs do not fit"
                     elif key in skip:

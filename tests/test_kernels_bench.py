@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import types
 
 import pandas as pd
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from core.losses import IGNORE_INDEX, ce
 from kernels_bench import sweep_vocab
 from kernels_bench.inputs import InputError, fit_catalog, load_catalog, make_inputs
-from kernels_bench.measure import floor_ms, is_oom, measure
+from kernels_bench.measure import Measurement, floor_ms, is_oom, measure
 from kernels_bench.providers import (
     PROVIDERS,
     Provider,
@@ -191,7 +190,9 @@ def test_summary_crossover_memory_ratio_and_fit():
 
 def _cli(tmp_path, *extra):
     out = tmp_path / "out"
-    argv = ["--out", str(out), "--n", "32", "--dim", "16", "--warmup-ms", "0", "--rep-ms", "1"]
+    # --max-ms inf: no point is skipped for its (wall-clock) time unless a test asks for it
+    argv = ["--out", str(out), "--n", "32", "--dim", "16", "--warmup-ms", "0", "--rep-ms", "1",
+            "--max-ms", "inf"]
     return out, sweep_vocab.main(argv + ["--no-progress", *extra])
 
 
@@ -244,26 +245,39 @@ def test_cli_records_oom_and_goes_on(tmp_path, monkeypatch):
     assert "OOM" in (out / "table.md").read_text()
 
 
+def test_projection_scales_the_slowest_mode_linearly():
+    last = {("random", "p", "fw"): (64, 10.0), ("random", "p", "bw"): (128, 30.0),
+            ("random", "q", "fw"): (64, 99.0), ("trained", "p", "fw"): (64, 99.0)}
+    assert sweep_vocab.projected_ms(last, "random", "p", 256) == (60.0, 128)  # bw: 30 * 256/128
+    assert sweep_vocab.projected_ms(last, "random", "r", 256) == (0.0, 0)  # nothing measured yet
+
+
 def test_cli_skips_providers_projected_too_slow(tmp_path, monkeypatch):
-    def slow(e, c, t):  # 10 ms per 64 catalog rows
-        e_ = e.detach().clone().requires_grad_()
-        c_ = c.detach().clone().requires_grad_()
+    """The measured times are injected (10 ms per 64 catalog rows), so no wall-clock is read:
+    V=64 takes 10 ms, V=128 is projected at 20 ms <= 25 and runs, V=512 is projected at 80 ms."""
+    sizes = []
 
-        def forward():
-            time.sleep(0.01 * c_.shape[0] / 64)
-            return ce(e_, c_, t)
+    def sized(e, c, t):  # remembers the catalog size of the point about to be measured
+        sizes.append(c.shape[0])
+        return PROVIDERS["ce_fp32"].setup(e, c, t)
 
-        return Setup(forward, (e_, c_))
+    def fake_measure(fn, **kwargs):
+        fn()  # the provider still runs once
+        ms = 10.0 * sizes[-1] / 64
+        return Measurement(ms, ms, ms, math.nan)
 
-    monkeypatch.setitem(PROVIDERS, "slow", Provider(slow, torch.float32))
+    monkeypatch.setitem(PROVIDERS, "sized", Provider(sized, torch.float32))
+    monkeypatch.setattr(sweep_vocab, "measure", fake_measure)
     monkeypatch.setattr(sweep_vocab, "CHECK_V", 50)
-    args = ["--vocab", "64,256,512", "--providers", "slow", "--inputs", "random", "--max-ms", "25"]
+    args = ["--vocab", "64,128,512,1024", "--providers", "sized", "--inputs", "random", "--max-ms", "25"]
     out, rc = _cli(tmp_path, *args)
     assert rc == 0
     df = pd.read_csv(out / "results.csv")
-    status = df[df.metric == "time_ms"].groupby("V").status.agg(set).to_dict()
-    assert status == {64: {"ok"}, 256: {"skipped"}, 512: {"skipped"}}
-    assert df[df.V == 256].note.str.contains("projected").all()
+    times = df[df.metric == "time_ms"]
+    status = times.groupby("V").status.agg(set).to_dict()
+    assert status == {64: {"ok"}, 128: {"ok"}, 512: {"skipped"}, 1024: {"skipped"}}
+    assert set(times[times.V == 128].value) == {20.0}
+    assert times[times.V == 512].note.str.contains("projected 80 ms > --max-ms 25 \\(from V=128\\)").all()
 
 
 @pytest.mark.parametrize(

@@ -133,10 +133,16 @@ def test_failure_is_recorded_moved_aside_and_not_retried_by_default(tmp_path: Pa
     assert json.loads((out / "study.json").read_text())["runs"]["oom"]["attempts"] == 2
 
 
+def step_clock(out: Path, seconds: float):
+    """A clock that reads no wall time: ``seconds`` per step started under ``out`` (each fake step
+    writes an argv.json first), so budget tests cannot depend on the machine's speed."""
+    return lambda: seconds * sum(1 for _ in out.rglob("argv.json"))
+
+
 def test_budget_stops_new_runs_and_records_them(tmp_path: Path):
     out = tmp_path / "study"
-    steps = [fake(n, out / n, code="time.sleep(0.6)") for n in ("first", "second", "third")]
-    outcomes, _lines = quiet(steps=steps, out=out, budget_s=0.3)
+    steps = [fake(n, out / n) for n in ("first", "second", "third")]
+    outcomes, _lines = quiet(steps=steps, out=out, budget_s=0.3, clock=step_clock(out, 0.6))
     assert outcomes == {"first": "done", "second": "not run", "third": "not run"}
     runs = json.loads((out / "study.json").read_text())["runs"]
     assert runs["second"]["status"] == "not run" and "budget" in runs["second"]["reason"]
@@ -172,10 +178,12 @@ def test_bench_steps_get_the_remaining_budget_and_need_their_row(tmp_path: Path)
                 expect=("items-1m", "cce"))
     wrong = fake("scaling/items-1m_ce", out / "scaling" / "items-1m_ce", code=code, kind="bench",
                  expect=("items-1m", "ce"))
-    outcomes, _lines = quiet(steps=[good, wrong], out=out, budget_s=500)
+    outcomes, _lines = quiet(steps=[wrong, good], out=out, budget_s=500, clock=step_clock(out, 7.0))
     assert outcomes == {"scaling/items-1m_cce": "done", "scaling/items-1m_ce": "incomplete"}
+    argv = json.loads((out / "scaling" / "items-1m_ce.failed-1" / "argv.json").read_text())
+    assert argv[:2] == ["--budget-s", "500"]
     argv = json.loads((out / "scaling" / "items-1m_cce" / "argv.json").read_text())
-    assert argv[0] == "--budget-s" and 490 <= float(argv[1]) <= 500
+    assert argv[:2] == ["--budget-s", "493"]  # 7 s went to the first step
     assert (out / "scaling" / "items-1m_ce.failed-1").is_dir()
 
 
