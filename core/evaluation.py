@@ -68,6 +68,19 @@ def rank_split(
     return metrics.compute()
 
 
+def score_catalog(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                  inputs: torch.Tensor, *, amp: bool) -> torch.Tensor:
+    """(B, n_items) fp32 scores of the next item after each row of ``inputs`` (B, L).
+
+    Evaluation and ``core.recommend`` both score through here. Scores are fp32 even under
+    bf16 training: bf16 scores tie often, and ties count in the target's favour (rank = 1 +
+    strictly higher), which would inflate every metric.
+    """
+    with autocast(inputs.device, amp):
+        last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
+    return last.float() @ model.catalog().float().T  # (B, n_items)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -80,19 +93,10 @@ def evaluate_model(
 
     ``rank_args`` are ``rank_split``'s keyword arguments (split, batch_size, ...).
     """
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-
-    def score(inputs: torch.Tensor) -> torch.Tensor:
-        with autocast(device, amp):
-            last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
-        # Scores in fp32 even under bf16 training: bf16 scores tie often, and ties count in
-        # the target's favour (rank = 1 + strictly higher), which would inflate every metric.
-        return last.float() @ model.catalog().float().T  # (B, n_items)
-
     try:
-        return rank_split(score, seqs, **rank_args)
+        return rank_split(lambda inputs: score_catalog(model, forward, inputs, amp=amp), seqs, **rank_args)
     finally:
         model.train(was_training)
 
