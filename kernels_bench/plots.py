@@ -4,7 +4,8 @@
 
 time.png: time vs V, log-log, one panel per mode (rows) and input kind (columns), one line per
 provider with its 20th-80th percentile band, the arithmetic floor dashed. memory.png: peak
-extra memory vs V of the fw-bw step (or the last mode swept), one panel per input kind.
+extra memory vs V of the fw-bw step (or the last mode swept), one panel per input kind; not
+written when no memory was measured (a CPU sweep), rather than an empty plot.
 """
 
 from __future__ import annotations
@@ -41,8 +42,18 @@ def _panel(ax, part: pd.DataFrame, *, band: bool, floor: bool) -> bool:
     return drawn
 
 
+MEMORY_NOT_PLOTTED = "memory.png not written: no memory was measured (a CPU sweep)"
+
+
+def memory_measured(df: pd.DataFrame) -> bool:
+    """Whether any point has a measured memory value (never on CPU, where it is NaN)."""
+    mems = df[(df.metric == "memory_mib") & (df.status == "ok")]
+    return bool(mems.value.notna().any())
+
+
 def make_plots(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Writes time.png and memory.png next to each other in ``out_dir``; returns their paths."""
+    """Writes time.png and, where memory was measured, memory.png into ``out_dir``; returns the
+    paths written."""
     df = pd.read_csv(csv_path)
     out_dir = Path(out_dir)
     kinds = list(dict.fromkeys(df["inputs"])) or ["-"]
@@ -72,13 +83,15 @@ def make_plots(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
     fig.savefig(time_png, dpi=120)
     plt.close(fig)
 
+    if not memory_measured(df):
+        return [time_png]
     mem_mode = "fw-bw" if "fw-bw" in modes else modes[-1]
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
     mems = df[(df.metric == "memory_mib") & (df["mode"] == mem_mode)]
     for j, kind in enumerate(kinds):
         ax = axes[0][j]
         if not _panel(ax, mems[mems.inputs == kind], band=False, floor=False):
-            ax.text(0.5, 0.5, "memory not measured (CPU)", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no memory measured", ha="center", transform=ax.transAxes)
         else:
             ax.legend(fontsize=8)
         ax.set_title(f"{mem_mode}, {kind} inputs")
@@ -97,5 +110,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Redraw a sweep's plots from its results.csv")
     parser.add_argument("csv", help="results.csv of a sweep; plots are written next to it")
     args = parser.parse_args()
-    for path in make_plots(args.csv, Path(args.csv).parent):
+    written = make_plots(args.csv, Path(args.csv).parent)
+    for path in written:
         print(path)
+    if not any(path.name == "memory.png" for path in written):
+        print(MEMORY_NOT_PLOTTED)

@@ -9,7 +9,11 @@ V. An out-of-memory point is recorded as ``oom`` (larger V of that provider and 
 ``skipped``, as are those whose time, scaled linearly from the last V, would pass ``--max-ms``)
 and the sweep goes on; a GPU time below the arithmetic floor is recorded as ``invalid``. Outputs, in ``runs/kernels_bench/<UTC timestamp>/`` or
 ``--out``: results.csv (tidy), correctness.csv, table.md, time.png, memory.png, summary.txt,
-config.json. Without CUDA the same command runs a small CPU sweep.
+config.json. Without CUDA the same command runs a small CPU sweep, which measures no memory:
+then no memory.png is written and summary.txt says so.
+
+Progress goes to stderr: a tqdm bar when stderr is a terminal, else one plain line per
+(input kind, V), so that a redirected log holds no carriage-return bar; ``--no-progress``: none.
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "take longer than this per call (default 2000)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress (bar or lines)")
     return p.parse_args(argv)
 
 
@@ -279,7 +283,10 @@ def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[di
     skip: dict[tuple[str, str, str], str] = {}
     last: dict[tuple[str, str, str], tuple[int, float]] = {}
     total = len(cfg.inputs) * len(cfg.vocab) * len(cfg.providers) * len(cfg.modes)
-    bar = tqdm(total=total, disable=not cfg.progress, dynamic_ncols=True, desc="sweep")
+    # A bar on a terminal only: redirected, its redraws become one long line of '\r'.
+    lines = cfg.progress and not sys.stderr.isatty()
+    bar = tqdm(total=total, disable=not cfg.progress or lines, dynamic_ncols=True, desc="sweep")
+    done = 0
     for kind in cfg.inputs:
         for v in cfg.vocab:
             bar.set_postfix_str(f"{kind} V={v:,} making inputs")
@@ -341,6 +348,10 @@ def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[di
                     floor = floor_ms(n=cfg.n, v=v, d=cfg.dim, mode=mode, tflops=tflops)
                     rows += _point_rows(base, m, note, floor, device.type == "cpu")
                     bar.update()
+                    done += 1
+            if lines:
+                print(f"sweep: {kind} inputs, V={v:,} done ({done}/{total} points)",
+                      file=sys.stderr, flush=True)
             b = None
             free_memory(device, collect=True)
             if on_block is not None:
@@ -400,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.read_csv(partial / "results.csv")
     summary = summarize(df) if len(df) else "no points were measured"
     (partial / "table.md").write_text(markdown_table(df) if len(df) else summary + "\n")
+    if not plots.memory_measured(df):
+        summary += "\n" + plots.MEMORY_NOT_PLOTTED
     (partial / "summary.txt").write_text(summary + "\n")
     plots.make_plots(partial / "results.csv", partial)
     if cfg.out.exists():

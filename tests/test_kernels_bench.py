@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from core.losses import IGNORE_INDEX, ce
-from kernels_bench import sweep_vocab
+from kernels_bench import plots, sweep_vocab
 from kernels_bench.inputs import InputError, fit_catalog, load_catalog, make_inputs
 from kernels_bench.measure import Measurement, floor_ms, is_oom, measure
 from kernels_bench.providers import (
@@ -209,13 +209,47 @@ def test_cli_writes_every_output(tmp_path, capsys):
     times = df[df.metric == "time_ms"]
     assert (times.value > 0).all() and times.floor_ms.notna().all()
     assert set(df[df.provider == "ce_bf16"].dtype) == {"bfloat16"}
-    for png in ("time.png", "memory.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # CPU: no memory measured, so no (empty) memory.png, and the summary says why
+    assert not (out / "memory.png").exists()
+    assert "memory.png not written" in (out / "summary.txt").read_text()
     table = (out / "table.md").read_text()
     assert "| V | floor | ce_fp32 | ce_bf16 |" in table and "**trained inputs**" in table
     assert pd.read_csv(out / "correctness.csv").passed.all()
     assert (out / "summary.txt").exists() and (out / "config.json").exists()
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_memory_plot_only_where_memory_was_measured(tmp_path):
+    base = dict(provider="p", mode="fw-bw", N=8, D=4, status="ok", inputs="random", device="GPU",
+                p20=1.0, p80=1.0, floor_ms=0.1)
+    rows = [dict(base, V=v, metric=metric, value=value) for v in (64, 128)
+            for metric, value in (("time_ms", 1.0), ("memory_mib", math.nan))]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    assert [p.name for p in plots.make_plots(tmp_path / "results.csv", tmp_path)] == ["time.png"]
+    assert not (tmp_path / "memory.png").exists()
+    rows[1]["value"] = rows[3]["value"] = 5.0  # measured (a GPU sweep)
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    written = plots.make_plots(tmp_path / "results.csv", tmp_path)
+    assert [p.name for p in written] == ["time.png", "memory.png"]
+    assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch, terminal):
+    """Redirected stderr (a log file) gets plain lines, never tqdm's carriage-return redraws."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    argv = ["--out", str(tmp_path / "out"), "--n", "32", "--dim", "16", "--warmup-ms", "0",
+            "--rep-ms", "1", "--max-ms", "inf", "--vocab", "64,128", "--providers", "ce_fp32",
+            "--inputs", "random", "--modes", "fw"]
+    assert sweep_vocab.main(argv) == 0
+    err = capsys.readouterr().err
+    if terminal:
+        assert "\r" in err and "sweep" in err  # the bar
+    else:
+        assert "\r" not in err
+        assert err.splitlines() == ["sweep: random inputs, V=64 done (1/2 points)",
+                                    "sweep: random inputs, V=128 done (2/2 points)"]
 
 
 def test_cli_records_oom_and_goes_on(tmp_path, monkeypatch):
@@ -307,3 +341,4 @@ def test_gpu_quick_sweep(tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert set(df.status) == {"ok"}
     assert df[df.metric == "memory_mib"].value.notna().all()
+    assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
