@@ -1,6 +1,6 @@
 """The whole training step as CUDA graphs: one launch per step instead of hundreds.
 
-Measured on an H200 (experiments/NOTES_speed.md): with the model body compiled and graphed, a
+Measured on an H200 (experiments/bench/NOTES_speed.md): with the model body compiled and graphed, a
 beauty-like step still took ~5 ms of host time to issue (batch gather, compaction, the loss's
 kernels, autograd, Adam) for ~3 ms of GPU work, so epochs were bound by Python, not the GPU.
 Here forward, loss, backward and ``optimizer.step()`` are captured once and replayed.

@@ -1,4 +1,4 @@
-"""The training step and epoch, shared by ``core.train.train`` and experiments/bench_epoch.py.
+"""The training step and epoch, shared by ``core.train.train`` and experiments/bench/bench_epoch.py.
 
 The step exists once (``make_step``): forward, the loss on the compact (N, D) block of
 non-padding positions, backward, optimizer step. Its size N is known on the host

@@ -6,7 +6,7 @@ Protocol (DESIGN.md "Training", "Evaluation", "Measurement"), identical for ever
   ``loss_fn(e, model.catalog(), targets[mask] - 1)``; its size N is known on the host
   (``train_batch_positions``), so the gather needs no device->host sync;
 - the step exists once (``core.step.make_step``), driven by ``run_epoch``: train() and
-  experiments/bench_epoch.py time the same code;
+  experiments/bench/bench_epoch.py time the same code;
 - Adam, bf16 autocast on CUDA, fp32 on CPU;
 - validation every ``eval_every`` epochs, early stopping on validation NDCG@k, test with the
   best checkpoint, the popularity baseline on the same test split and masking;

@@ -1,4 +1,4 @@
-"""experiments/bench_epoch.py: variants, outputs and their columns, bad input, cce_direct on CUDA."""
+"""experiments/bench/bench_epoch.py: variants, outputs and their columns, bad input, cce_direct on CUDA."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments import bench_epoch
-from experiments.bench_epoch import COLUMNS, BenchError, effective_variant, main, parse_variant
+from experiments.bench import bench_epoch
+from experiments.bench.bench_epoch import COLUMNS, BenchError, effective_variant, main, parse_variant
 
 
 def test_parse_variant():

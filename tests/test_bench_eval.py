@@ -1,4 +1,4 @@
-"""experiments/bench_eval.py: a CPU run, its outputs, instrumented = real evaluation, bad input."""
+"""experiments/bench/bench_eval.py: a CPU run, its outputs, instrumented = real evaluation, bad input."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from core.evaluation import (
     evaluate_popularity,
 )
 from core.model import SASRec
-from experiments.bench_eval import COLUMNS, batch_runner, main, make_score
+from experiments.bench.bench_eval import COLUMNS, batch_runner, main, make_score
 from tests.test_bench_epoch import assert_one_error_line
 
 

@@ -1,4 +1,4 @@
-"""experiments/study.py: plans, skip / move-aside / retry logic, budget and deadline, failure
+"""experiments/bench/study.py: plans, skip / move-aside / retry logic, budget and deadline, failure
 records (fake commands via ``python -c``), one real tiny run.py run, and bench_epoch's OOM row."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import bench_epoch, run, study
+from experiments import run
+from experiments.bench import bench_epoch, study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,7 +226,7 @@ def test_bench_epoch_turns_an_out_of_memory_run_into_a_row(tmp_path: Path, monke
 def test_command_line_exit_status(tmp_path: Path):
     import subprocess
 
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "study.py"), "real", "--seeds", "0",
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench" / "study.py"), "real", "--seeds", "0",
                            "--out", str(tmp_path / "s"), "--dry-run"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60, check=False)
     assert done.returncode == 0 and "study: 6 would run" in done.stdout, done.stderr

@@ -1,6 +1,6 @@
 """Epoch-time benchmark: full training epochs, CE and CCE one after the other in one process.
 
-    python experiments/bench_epoch.py --preset ml20m-like,beauty-like \\
+    python experiments/bench/bench_epoch.py --preset ml20m-like,beauty-like \\
         --variants base,static,static+compile,static+cudagraphs --losses ce,cce
 
 Each (dataset, variant, loss) run builds a fresh SASRec (seed's settings, same seed), times
@@ -36,11 +36,9 @@ import gc
 import sys
 import time
 import traceback
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import gin
 import numpy as np
 import pandas as pd
 import torch
@@ -49,14 +47,26 @@ from cut_cross_entropy.utils import _handle_eps
 
 from core import checkpoint
 from core.data.batching import DeviceSequences, n_train_batches, train_batch_positions, train_batches
-from core.data.shards import DataFormatError
-from core.data.synthetic import PRESETS
-from core.dataset_config import DataMissingError, dataset
-from core.env import environment, resolve_device
+from core.env import resolve_device
 from core.losses import autocast_operands, cce, ce
 from core.model import SASRec
 from core.graph_step import MIN_BUCKET, make_graph_step
 from core.step import compile_model, make_optimizer, make_step, run_epoch
+from experiments.bench.common import (
+    GIB,
+    BenchError,
+    count_syncs,
+    default_out,
+    environment,
+    error_row,
+    fmt,
+    load_datasets,
+    mark,
+    phase_ms,
+    split_list,
+    sync,
+    utc_now,
+)
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "cce_direct", "graph"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",
@@ -66,24 +76,6 @@ COLUMNS = ["dataset", "loss", "variant", "epoch_s", "first_epoch_s", "warmup_s",
            "positions_per_s", "peak_gib", "batch_ms", "model_ms", "loss_ms", "optimizer_ms",
            "step_ms", "host_step_ms", "syncs_per_step", "train_loss", "n_users", "n_items",
            "steps_per_epoch", "positions_per_epoch", "epochs", "error"]
-_GIB = 2**30
-REPO_ROOT = Path(__file__).resolve().parents[1]
-gin.add_config_file_search_path(str(REPO_ROOT))  # data configs include each other from the root
-
-
-class BenchError(ValueError):
-    """Bad arguments or data; printed as one ``error:`` line."""
-
-
-def default_out(kind: str) -> Path:
-    """``runs/<kind>/<UTC time>``: a benchmark's output folder when --out is not given."""
-    return Path(f"runs/{kind}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
-
-
-def error_row(err: BaseException, **keys) -> dict:
-    """The result row of a run that raised (e.g. out of memory): ``keys`` plus ``error``."""
-    first = (str(err).strip().splitlines() or [""])[0]
-    return {**keys, "error": f"{type(err).__name__}: {first}"[:200]}
 
 
 def cce_direct(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor, *,
@@ -134,27 +126,8 @@ def effective_variant(variant: str) -> str:
     return "+".join(t for t in variant.split("+") if t != "cce_direct") or "base"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _epoch_positions(data, static: bool, **batching) -> list[int] | None:
     return train_batch_positions(data, **batching) if static else None
-
-
-def _clock(device: torch.device):
-    """``mark(name)`` recording (name, CUDA event or None, host time) into a list it returns."""
-    stamps = []
-
-    def mark(name: str) -> None:
-        event = None
-        if device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-        stamps.append((name, event, time.perf_counter()))
-
-    return stamps, mark
 
 
 def _batches(data, seqs, *, static: bool, epoch: int, **batching):
@@ -174,37 +147,22 @@ def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3) 
     """
     sums = defaultdict(float)
     for i in range(skip_steps + sample_steps):
-        stamps, mark = _clock(device)
-        _sync(device)
-        mark("start")
+        stamps = []
+        sync(device)
+        mark(stamps, device, "start")
         inputs, targets, positions = next(batches)
-        mark("batch")
-        step(inputs, targets, positions, mark=mark)
-        _sync(device)
+        mark(stamps, device, "batch")
+        step(inputs, targets, positions, mark=lambda name: mark(stamps, device, name))
+        sync(device)
         if i < skip_steps:
             continue
-        for (_, ev0, t0), (name, ev1, t1) in zip(stamps, stamps[1:]):
-            ms = ev0.elapsed_time(ev1) if ev0 is not None else (t1 - t0) * 1e3
+        for name, ms in phase_ms(stamps):
             sums[{"model_forward": "model", "model_backward": "model"}.get(name, name)] += ms
         sums["host"] += (stamps[-1][2] - stamps[0][2]) * 1e3
     out = {f"{p}_ms": sums[p] / sample_steps for p in PHASES}
     out["step_ms"] = sum(out[f"{p}_ms"] for p in PHASES)
     out["host_step_ms"] = sums["host"] / sample_steps
     return out
-
-
-def count_syncs(step, batches, *, steps: int = 5) -> tuple[float, list[str]]:
-    """(syncs per step, distinct call sites) of ``steps`` steps under CUDA's sync debug mode."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for _ in range(steps):
-                step(*next(batches))
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    hits = [w for w in caught if "synchroniz" in str(w.message)]
-    return len(hits) / steps, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
 
 
 def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -> dict:
@@ -241,7 +199,7 @@ def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -
 
     # Warm-up: untimed steps of epoch 0 (its last, smaller batch too) take compilation,
     # CUDA-graph recording and Triton autotuning out of the timed epochs.
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     if args.warmup_steps:
         warm = _batches(data, seqs, static=v["static"], epoch=0, **batching)
@@ -249,64 +207,32 @@ def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -
             batch = next(warm)
             if i < args.warmup_steps or i == n_batches - 1:
                 step(*batch)
-    _sync(device)
+    sync(device)
     row["warmup_s"] = time.perf_counter() - start if args.warmup_steps else None
 
     times = []
     for epoch in range(1, args.epochs + 1):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         positions = _epoch_positions(data, v["static"], epoch=epoch, **batching)
         train_loss, _ = run_epoch(step=step, seqs=seqs, epoch=epoch, positions=positions, **batching)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     epoch_s = float(np.mean(times[1:])) if len(times) > 1 else times[0]
     row.update(first_epoch_s=times[0], epoch_s=epoch_s, steps_per_s=n_batches / epoch_s,
                positions_per_s=positions_per_epoch / epoch_s, train_loss=train_loss,
-               peak_gib=torch.cuda.max_memory_allocated(device) / _GIB if device.type == "cuda" else None)
+               peak_gib=torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None)
 
     # Not part of the timed epochs: the breakdown and the sync count, on later epochs' batches.
     later = _batches(data, seqs, static=v["static"], epoch=args.epochs + 1, **batching)
     row.update(breakdown(step, later, device=device, sample_steps=args.sample_steps))
     row["syncs_per_step"], row["sync_sites"] = (None, [])
     if device.type == "cuda":
-        row["syncs_per_step"], row["sync_sites"] = count_syncs(step, later)
+        row["syncs_per_step"], row["sync_sites"] = count_syncs(lambda: step(*next(later)), times=5)
     return row
 
 
-# --- datasets, output, command line ----------------------------------------------------------
-
-
-def load_datasets(args) -> list[tuple[str, object]]:
-    """(name, SequenceData) for every ``--preset`` and ``--gin`` data config, in order."""
-    out = []
-    overrides = {"n_users": args.n_users} if args.n_users else {}
-    for preset in args.preset:
-        if preset not in PRESETS:
-            raise BenchError(f"unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
-        ds = dataset(name=preset, synthetic_preset=preset, synthetic_overrides=overrides,
-                     cache_dir=args.cache_dir)
-        out.append((ds.name, ds.data))
-    for config in args.gin:
-        gin.clear_config()
-        try:
-            # A whole experiment config works too: only its dataset.* bindings are used.
-            gin.parse_config_files_and_bindings([config], [], skip_unknown=True)
-            ds = dataset()
-        except (DataMissingError, DataFormatError) as err:
-            raise BenchError(str(err).splitlines()[0]) from err
-        except (ValueError, OSError, SyntaxError, KeyError, TypeError) as err:
-            raise BenchError(f"bad data config {config}: {' '.join(str(err).split())}") from err
-        finally:
-            gin.clear_config()  # nothing may leak into the model or the losses
-        out.append((ds.name, ds.data))
-    return out
-
-
-def _fmt(value, digits: int) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+# --- output, command line ----------------------------------------------------------
 
 
 def markdown(rows: list[dict], env: dict) -> str:
@@ -324,7 +250,7 @@ def markdown(rows: list[dict], env: dict) -> str:
             cells = [row["dataset"], row["loss"], row["variant"], "error: " + row["error"].replace("|", "/")]
             cells += [""] * (len(head) - len(cells))
         else:
-            cells = [_fmt(row.get(k), d) for k, d in keys]
+            cells = [fmt(row.get(k), d) for k, d in keys]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"{env['device']}; torch {env['torch']}, triton {env['triton']}, "
@@ -344,24 +270,20 @@ def write_outputs(out: Path, rows: list[dict], env: dict, args, notes: list[str]
     frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=COLUMNS)
     checkpoint.write_text(frame.to_csv(index=False), out / "results.csv")
     checkpoint.write_text(table + "".join(f"\n{n}\n" for n in notes), out / "results.md")
-    env = {**env, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # read by report.py
+    env = {**env, "finished_utc": utc_now()}  # read by report.py
     checkpoint.write_json({"env": env, "args": vars(args), "notes": notes, "rows": rows},
                           out / "results.json")
     return table
 
 
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", type=_split, default=[],
+    parser.add_argument("--preset", type=split_list, default=[],
                         help="synthetic presets, comma-separated (e.g. ml20m-like,beauty-like)")
     parser.add_argument("--gin", action="append", default=[],
                         help="a data config (e.g. gin/data/ml20m_like.gin); repeatable")
-    parser.add_argument("--losses", type=_split, default=["ce", "cce"])
-    parser.add_argument("--variants", type=_split, default=["base", "static"])
+    parser.add_argument("--losses", type=split_list, default=["ce", "cce"])
+    parser.add_argument("--variants", type=split_list, default=["base", "static"])
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (first = compile)")
     parser.add_argument("--warmup-steps", type=int, default=0,
                         help="untimed steps before the timed epochs (then --epochs 1 is steady)")

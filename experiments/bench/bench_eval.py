@@ -1,7 +1,7 @@
 """Evaluation benchmark: full-catalog ranking of every user, for the model and the popularity baseline.
 
-    python experiments/bench_eval.py --preset beauty-like
-    python experiments/bench_eval.py --preset beauty-like --n-users 20000   # a quick CPU run
+    python experiments/bench/bench_eval.py --preset beauty-like
+    python experiments/bench/bench_eval.py --preset beauty-like --n-users 20000   # a quick CPU run
 
 For each dataset, scorer ("model": a freshly initialised SASRec; "popularity": the most-popular
 baseline) and split ("valid", "test") it times the evaluation train() runs, i.e.
@@ -29,7 +29,6 @@ import gc
 import sys
 import time
 import traceback
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch
 
 from core import checkpoint
 from core.data.batching import SPLITS, DeviceSequences, eval_batches, history
-from core.env import environment, resolve_device
+from core.env import resolve_device
 from core.evaluation import (
     autocast,
     count_train_users,
@@ -49,28 +48,27 @@ from core.evaluation import (
 )
 from core.metrics import RankingMetrics, popularity_scores
 from core.model import SASRec
-from experiments.bench_epoch import BenchError, default_out, error_row, load_datasets
+from experiments.bench.common import (
+    GIB,
+    BenchError,
+    count_syncs,
+    default_out,
+    environment,
+    error_row,
+    fmt,
+    load_datasets,
+    mark,
+    phase_ms,
+    split_list,
+    sync,
+    utc_now,
+)
 
 SCORERS = ("model", "popularity")
 PHASES = ("batch", "score", "history", "metrics")
 COLUMNS = ["dataset", "users", "items", "scorer", "split", "batch_size", "n_batches", "seconds",
            "users_per_s", "peak_gib", "batch_ms", "score_ms", "history_ms", "metrics_ms",
            "step_ms", "syncs_per_batch", "error"]
-_GIB = 2**30
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _mark(stamps: list, device: torch.device) -> None:
-    """Appends (CUDA event or None, host time): a phase boundary."""
-    event = None
-    if device.type == "cuda":
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-    stamps.append((event, time.perf_counter()))
 
 
 def make_score(scorer: str, model: SASRec, *, amp: bool, item_user_counts: np.ndarray):
@@ -96,7 +94,7 @@ def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict):
     """One instrumented evaluation batch at a time: returns (``run``, its RankingMetrics).
 
     ``run(stamps)`` evaluates the next batch of ``split`` (starting over after the last) and
-    appends a ``_mark`` to ``stamps`` at each phase boundary.
+    appends a ``mark`` to ``stamps`` at each phase boundary.
     """
     metrics = RankingMetrics(n_items=seqs.n_items, ks=eval_args["ks"],
                              item_user_counts=eval_args["item_user_counts"],
@@ -105,22 +103,22 @@ def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict):
 
     def run(stamps: list) -> None:
         nonlocal batches
-        _mark(stamps, seqs.device)
+        mark(stamps, seqs.device)
         batch = next(batches, None)
         if batch is None:  # not started or exhausted: start the split over
             batches = eval_batches(seqs, split=split, batch_size=eval_args["batch_size"],
                                    max_len=eval_args["max_len"])
             batch = next(batches)
         users, inputs, targets = batch
-        _mark(stamps, seqs.device)
+        mark(stamps, seqs.device)
         scores = score(inputs)  # (B, n_items)
-        _mark(stamps, seqs.device)
+        mark(stamps, seqs.device)
         if eval_args["mask_history"]:
             rows, items = history(seqs, users, split=split)
             scores[rows, items - 1] = float("-inf")  # what update(history=...) does first
-        _mark(stamps, seqs.device)
+        mark(stamps, seqs.device)
         metrics.update(scores, targets, history=None)
-        _mark(stamps, seqs.device)
+        mark(stamps, seqs.device)
 
     return run, metrics
 
@@ -130,28 +128,14 @@ def breakdown(run, *, device: torch.device, sample_batches: int) -> dict:
     sums = defaultdict(float)
     for _ in range(sample_batches):
         stamps: list = []
-        _sync(device)
+        sync(device)
         run(stamps)
-        _sync(device)
-        for phase, (ev0, t0), (ev1, t1) in zip(PHASES, stamps, stamps[1:]):
-            sums[phase] += ev0.elapsed_time(ev1) if ev0 is not None else (t1 - t0) * 1e3
+        sync(device)
+        for phase, (_, ms) in zip(PHASES, phase_ms(stamps)):
+            sums[phase] += ms
     out = {f"{p}_ms": sums[p] / sample_batches for p in PHASES}
     out["step_ms"] = sum(out[f"{p}_ms"] for p in PHASES)
     return out
-
-
-def count_syncs(run, *, batches: int = 3) -> tuple[float, list[str]]:
-    """(device->host syncs per batch, distinct call sites) under CUDA's sync debug mode."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for _ in range(batches):
-                run([])
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    hits = [w for w in caught if "synchroniz" in str(w.message)]
-    return len(hits) / batches, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
 
 
 def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dict, args,
@@ -170,7 +154,7 @@ def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dic
 
     with torch.no_grad():
         run([])  # warm-up: one untimed batch (cuBLAS handles, allocator, kernels)
-        _sync(device)
+        sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
@@ -178,9 +162,9 @@ def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dic
             metrics = evaluate_model(model, model, seqs, split=split, amp=amp, **eval_args)
         else:
             metrics = evaluate_popularity(seqs, split=split, **eval_args)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated(device) / _GIB if device.type == "cuda" else None
+        peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
         row.update(seconds=seconds, users_per_s=seqs.n_users / seconds, metrics=metrics, peak_gib=peak)
 
         # Not part of the timed pass: the per-phase breakdown and the sync count.
@@ -188,19 +172,11 @@ def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dic
             row.update(breakdown(run, device=device, sample_batches=args.sample_batches))
         row["syncs_per_batch"], row["sync_sites"] = None, []
         if device.type == "cuda":
-            row["syncs_per_batch"], row["sync_sites"] = count_syncs(run)
+            row["syncs_per_batch"], row["sync_sites"] = count_syncs(lambda: run([]), times=3)
     return row
 
 
 # --- output, command line ---------------------------------------------------------------------
-
-
-def _fmt(value, digits: int) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def markdown(rows: list[dict], env: dict) -> str:
@@ -214,11 +190,11 @@ def markdown(rows: list[dict], env: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if row.get("error"):
-            cells = [_fmt(row.get(k), 0) for k, _ in keys[:6]]
+            cells = [fmt(row.get(k), 0) for k, _ in keys[:6]]
             cells += ["error: " + row["error"].replace("|", "/")]
             cells += [""] * (len(head) - len(cells))
         else:
-            cells = [_fmt(row.get(k), d) for k, d in keys]
+            cells = [fmt(row.get(k), d) for k, d in keys]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"{env['device']}; torch {env['torch']}; {env['dtype']} model, fp32 scores; "
@@ -235,26 +211,23 @@ def write_outputs(out: Path, rows: list[dict], env: dict, args) -> str:
     frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=COLUMNS)
     checkpoint.write_text(frame.to_csv(index=False), out / "results.csv")
     checkpoint.write_text(table, out / "results.md")
+    env = {**env, "finished_utc": utc_now()}  # the result's own date
     checkpoint.write_json({"env": env, "args": vars(args), "rows": rows}, out / "results.json")
     return table
 
 
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", type=_split, default=None,
+    parser.add_argument("--preset", type=split_list, default=None,
                         help="synthetic presets, comma-separated (default beauty-like unless --gin)")
     parser.add_argument("--gin", action="append", default=[],
                         help="a data config (e.g. gin/data/beauty.gin); repeatable")
-    parser.add_argument("--scorers", type=_split, default=list(SCORERS))
-    parser.add_argument("--splits", type=_split, default=list(SPLITS))
+    parser.add_argument("--scorers", type=split_list, default=list(SCORERS))
+    parser.add_argument("--splits", type=split_list, default=list(SPLITS))
     parser.add_argument("--batch-size", type=int, default=None,
                         help="users per batch (default: default_eval_batch_size(n_items), as train())")
     parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--ks", type=_split, default=["10"], help="metric cut-offs, e.g. 10,20")
+    parser.add_argument("--ks", type=split_list, default=["10"], help="metric cut-offs, e.g. 10,20")
     parser.add_argument("--no-mask-history", dest="mask_history", action="store_false",
                         help="rank without masking each user's history (train.mask_history = False)")
     parser.add_argument("--sample-batches", type=int, default=10,

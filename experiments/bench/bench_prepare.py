@@ -6,7 +6,7 @@ so the prepare step has to time-sort) into a temporary folder, then times
 ``tools/prepare_data.py --format ml20m`` in a child process and reports its wall time and peak
 resident memory (``ru_maxrss`` of that child alone, via ``os.wait4``).
 
-    python experiments/bench_prepare.py [--preset ml20m-like] [--seed 0]
+    python experiments/bench/bench_prepare.py [--preset ml20m-like] [--seed 0]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pandas as pd
 from core.data.shards import load_sequences
 from core.data.synthetic import PRESETS, generate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_ml20m_csv(path: Path, *, preset: str, seed: int) -> None:

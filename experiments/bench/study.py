@@ -1,10 +1,10 @@
 """The results study (issue 7): named plans of runs, each in its own process, resumable.
 
-    python experiments/study.py real synthetic scaling --out $OUT/study \\
+    python experiments/bench/study.py real synthetic scaling --out $OUT/study \\
         --budget-s 420 --deadline-s 560 --drop-checkpoints [--done-in results/study_h200]
-    python experiments/study.py real --dry-run
+    python experiments/bench/study.py real --dry-run
 
-Every run is a subprocess (``experiments/run.py`` or ``experiments/bench_epoch.py``), so gin
+Every run is a subprocess (``experiments/run.py`` or ``experiments/bench/bench_epoch.py``), so gin
 state and GPU memory never carry over from one run to the next. Run ``NAME`` writes into
 ``--out``/NAME; its output (stdout and stderr) goes to ``--out``/_logs/NAME.log.
 
@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PLANS = ("real", "synthetic", "scaling")
 REAL_DATASETS = ("beauty5core", "ml100k")
 SYNTHETIC_DATASETS = ("ml20m_like", "beauty_like")
@@ -64,7 +64,7 @@ class Step:
 
     name: str
     argv: tuple[str, ...]
-    kind: str  # "run" (experiments/run.py) or "bench" (experiments/bench_epoch.py)
+    kind: str  # "run" (experiments/run.py) or "bench" (experiments/bench/bench_epoch.py)
     expect: tuple[str, str] | None = None  # bench: the (dataset, loss) row results.json must hold
 
     @property
@@ -108,7 +108,7 @@ def build_plan(plans: list[str], *, out: Path, seeds: list[int], epochs: int = 3
             for preset in scaling_presets:
                 for loss in SCALING_LOSSES:
                     name = f"scaling/{preset}_{loss}"
-                    argv = ["experiments/bench_epoch.py", "--preset", preset, "--losses", loss,
+                    argv = ["experiments/bench/bench_epoch.py", "--preset", preset, "--losses", loss,
                             "--variants", "static", "--epochs", "1", "--warmup-steps", "20",
                             "--sample-steps", "10", "--cache-dir", "data/cache",
                             "--out", str(out / name)]

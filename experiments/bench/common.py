@@ -1,0 +1,122 @@
+"""What every benchmark here shares: bad-argument errors, output folders, error rows, timing
+(device sync, phase clocks, sync counting), the datasets a benchmark runs on and the environment a result was measured in.
+
+bench_epoch.py and bench_eval.py both import from here and never from each other.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import gin
+import torch
+
+from core.data.shards import DataFormatError
+from core.data.synthetic import PRESETS
+from core.dataset_config import DataMissingError, dataset
+from core.env import environment  # noqa: F401  (re-exported: the env block of results.json)
+
+GIB = 2**30
+REPO_ROOT = Path(__file__).resolve().parents[2]
+gin.add_config_file_search_path(str(REPO_ROOT))  # data configs include each other from the root
+
+
+class BenchError(ValueError):
+    """Bad arguments or data; printed as one ``error:`` line."""
+
+
+def utc_now() -> str:
+    """The time a result was written, stored in the result itself (never scraped from logs)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def default_out(kind: str) -> Path:
+    """``runs/<kind>/<UTC time>``: a benchmark's output folder when --out is not given."""
+    return Path(f"runs/{kind}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+
+
+def error_row(err: BaseException, **keys) -> dict:
+    """The result row of a run that raised (e.g. out of memory): ``keys`` plus ``error``."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return {**keys, "error": f"{type(err).__name__}: {first}"[:200]}
+
+
+def split_list(text: str) -> list[str]:
+    """``"a, b,"`` -> ["a", "b"]: comma-separated command-line lists."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def sync(device: torch.device) -> None:
+    """Waits for the device (a no-op on the CPU): timings start and end on an idle device."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mark(stamps: list, device: torch.device, name: str = "") -> None:
+    """Appends (name, CUDA event or None, host time): a phase boundary."""
+    event = None
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+    stamps.append((name, event, time.perf_counter()))
+
+
+def phase_ms(stamps: list) -> list[tuple[str, float]]:
+    """(name of the phase's end mark, ms) between consecutive marks: CUDA event time on the
+    GPU (what the device spent, launch gaps included), the host clock on the CPU."""
+    out = []
+    for (_, ev0, t0), (name, ev1, t1) in zip(stamps, stamps[1:]):
+        out.append((name, ev0.elapsed_time(ev1) if ev0 is not None else (t1 - t0) * 1e3))
+    return out
+
+
+def count_syncs(run_once, *, times: int) -> tuple[float, list[str]]:
+    """(device->host syncs per call, distinct call sites) of ``times`` calls of ``run_once()``
+    under CUDA's sync debug mode."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(times):
+                run_once()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    hits = [w for w in caught if "synchroniz" in str(w.message)]
+    return len(hits) / times, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
+
+
+def fmt(value, digits: int) -> str:
+    """A table cell: n/a for missing values, thousands separators for numbers."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def load_datasets(args) -> list[tuple[str, object]]:
+    """(name, SequenceData) for every ``--preset`` and ``--gin`` data config, in order."""
+    out = []
+    overrides = {"n_users": args.n_users} if args.n_users else {}
+    for preset in args.preset:
+        if preset not in PRESETS:
+            raise BenchError(f"unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
+        ds = dataset(name=preset, synthetic_preset=preset, synthetic_overrides=overrides,
+                     cache_dir=args.cache_dir)
+        out.append((ds.name, ds.data))
+    for config in args.gin:
+        gin.clear_config()
+        try:
+            # A whole experiment config works too: only its dataset.* bindings are used.
+            gin.parse_config_files_and_bindings([config], [], skip_unknown=True)
+            ds = dataset()
+        except (DataMissingError, DataFormatError) as err:
+            raise BenchError(str(err).splitlines()[0]) from err
+        except (ValueError, OSError, SyntaxError, KeyError, TypeError) as err:
+            raise BenchError(f"bad data config {config}: {' '.join(str(err).split())}") from err
+        finally:
+            gin.clear_config()  # nothing may leak into the model or the losses
+        out.append((ds.name, ds.data))
+    return out
