@@ -11,9 +11,11 @@ a message). They are matched by parameter name, whatever the configurable (``tra
 with several seeds shows mean ± sample std (ddof=1). When one (dataset, loss) ran with several
 configs, each config is its own row, labelled by the bindings that differ within that (dataset,
 loss), e.g. ``cce (train.lr=0.01)``. A run without config.gin is grouped by (dataset, loss) only,
-with a warning and a line in the report. Each dataset also gets its popularity-baseline row. Writes ``DIR/report.md``,
-``DIR/valid_ndcg.png``, ``DIR/epoch_time.png`` and, when any run measured GPU memory,
-``DIR/memory.png``; prints the report.
+with a warning and a line in the report. Each dataset also gets its popularity-baseline row.
+
+Writes ``DIR/report.md``, ``DIR/valid_ndcg.png`` (one curve per run: colour = row, linestyle =
+seed, legend "loss (variant) seed S"), ``DIR/epoch_time.png`` and, when any run measured GPU
+memory, ``DIR/memory.png``; prints the report.
 
 More sections where their inputs exist:
 - "Coverage and the gradient filter": per dataset, Coverage@10, Surprisal@10 and NDCG@10 of
@@ -290,9 +292,10 @@ def summarize(runs: list[Run]) -> list[dict]:
 
 def grouping_note(runs: list[Run]) -> str:
     """Says how runs were grouped into rows (and which runs could not be checked)."""
+    ignored = ", ".join(IGNORED_PARAMS)
     note = ("Rows group runs by dataset, loss and their full operative config (config.gin) minus "
-            f"the bindings that do not change what is trained or measured ({', '.join(IGNORED_PARAMS)}); "
-            "a loss run with several configs has one row per config, labelled by the bindings that differ.")
+            f"the bindings that do not change what is trained or measured ({ignored}); a loss "
+            "run with several configs has one row per config, labelled by the bindings that differ.")
     missing = sum(r.config is None for r in runs)
     if missing:
         _warn(f"{missing} of {len(runs)} runs have no config.gin: grouped by dataset and loss only")

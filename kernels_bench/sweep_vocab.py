@@ -7,9 +7,9 @@ records the median time with 20th/80th percentiles and the peak extra memory
 (kernels_bench/measure.py), after checking every provider against a float64 reference at a small
 V. An out-of-memory point is recorded as ``oom`` (larger V of that provider and mode are then
 ``skipped``, as are those whose time, scaled linearly from the last V, would pass ``--max-ms``)
-and the sweep goes on; a GPU time below the arithmetic floor is recorded as ``invalid``. Outputs, in ``runs/kernels_bench/<UTC timestamp>/`` or
-``--out``: results.csv (tidy), correctness.csv, table.md, time.png, memory.png, summary.txt,
-config.json. Without CUDA the same command runs a small CPU sweep, which measures no memory:
+and the sweep goes on; a GPU time below the arithmetic floor is recorded as ``invalid``.
+Outputs, in ``runs/kernels_bench/<UTC timestamp>/`` or ``--out``: results.csv (tidy),
+correctness.csv, table.md, time.png, memory.png, summary.txt, config.json. Without CUDA the same command runs a small CPU sweep, which measures no memory:
 then no memory.png is written and summary.txt says so.
 
 Progress goes to stderr: a tqdm bar when stderr is a terminal, else one plain line per
