@@ -9,8 +9,9 @@ V. An out-of-memory point is recorded as ``oom`` (larger V of that provider and 
 ``skipped``, as are those whose time, scaled linearly from the last V, would pass ``--max-ms``)
 and the sweep goes on; a GPU time below the arithmetic floor is recorded as ``invalid``.
 Outputs, in ``runs/kernels_bench/<UTC timestamp>/`` or ``--out``: results.csv (tidy),
-correctness.csv, table.md, time.png, memory.png, summary.txt, config.json. Without CUDA the same command runs a small CPU sweep, which measures no memory:
-then no memory.png is written and summary.txt says so.
+correctness.csv, table.md, time.png, memory.png, summary.txt, config.json. Without CUDA the
+same command runs a small CPU sweep, which measures no memory: then no memory.png is written
+and summary.txt says so.
 
 Progress goes to stderr: a tqdm bar when stderr is a terminal, else one plain line per
 (input kind, V), so that a redirected log holds no carriage-return bar; ``--no-progress``: none.
