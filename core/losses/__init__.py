@@ -11,6 +11,8 @@ Importing this package imports no triton: CUDA kernels load on their first call.
 
 from core.losses.cce import autocast_operands, cce
 from core.losses.ce import ce
+from core.losses.flash_ce import flash_ce
+from core.losses.flex import flex_ce
 from core.losses.registry import (
     IGNORE_INDEX,
     LOSSES,
@@ -19,6 +21,7 @@ from core.losses.registry import (
     loss_settings,
     register,
 )
+from core.losses.sampled import sampled_ce
 
 __all__ = ["IGNORE_INDEX", "LOSSES", "autocast_operands", "bind_to_data", "ce", "cce",
            "loss_name", "loss_settings", "register"]

@@ -1,0 +1,278 @@
+"""sampled_ce: loss and gradients against a float64 oracle for fixed negatives, the K = V limit
+(full CE), seeded draws, the popularity sampler's distribution, bind_data, names, a training run.
+
+Tolerances: in float64 only summation order differs from the oracle (1e-10 is a wide margin);
+float32 logits over D <= 64 and K + 1 <= 61 columns round to ~1e-6 relative, so 1e-5; bf16
+operands under autocast keep 8 bits (~4e-3 per logit), as in test_losses_agreement: 2e-2.
+A broken variant (no collision mask, logQ sign flipped, ignored rows counted) is off by O(0.1-1).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import gin
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.data.shards import SequenceData
+from core.losses import IGNORE_INDEX, bind_to_data, loss_name
+from core.losses.sampled import (
+    ItemPopularity,
+    draw_negatives,
+    sampled_ce,
+    sampled_softmax_loss,
+    train_item_counts,
+)
+from experiments import run
+
+N, V, D = 37, 23, 16
+GIN_FILE = Path(__file__).resolve().parents[1] / "gin" / "loss" / "sampled_ce.gin"
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    """Names depend on gin bindings: every test starts and ends without any."""
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def make_case(seed=0, dtype=torch.float64):
+    """Operands with ignored rows, negatives that hit several rows' targets and repeat."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(N, D, generator=g, dtype=torch.float64) * 0.5
+    c = torch.randn(V, D, generator=g, dtype=torch.float64) * 0.5
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[[3, 10, 11, 30]] = IGNORE_INDEX
+    negatives = torch.randint(0, V, (12,), generator=g)
+    negatives[:3] = targets[[0, 1, 2]]  # collisions with rows 0, 1, 2 (and any row sharing them)
+    negatives[3] = negatives[4]  # a repeated negative
+    counts = torch.randint(1, 50, (V,), generator=g).double()
+    log_q = (counts / counts.sum()).log()  # (V,) a popularity log-probability
+    return e.to(dtype), c.to(dtype), targets, negatives, log_q
+
+
+def oracle(e, c, targets, negatives, log_q=None) -> torch.Tensor:
+    """Row by row in float64, as the formula reads: -log softmax over [target, unmasked negatives]."""
+    e, c = e.double(), c.double()
+    losses = []
+    for i, t in enumerate(targets.tolist()):
+        if t == IGNORE_INDEX:
+            continue
+        cols = [t] + [j for j in negatives.tolist() if j != t]  # collisions dropped = masked
+        logits = torch.stack([e[i] @ c[j] for j in cols])
+        if log_q is not None:
+            logits = logits - log_q.double()[cols]
+        losses.append(torch.logsumexp(logits, 0) - logits[0])
+    return torch.stack(losses).mean()
+
+
+def loss_and_grads(fn, e, c, *args, **kwargs):
+    e = e.detach().clone().requires_grad_()
+    c = c.detach().clone().requires_grad_()
+    loss = fn(e, c, *args, **kwargs)
+    loss.backward()
+    return loss.detach().double(), e.grad.double(), c.grad.double()
+
+
+def rel_errors(got, ref) -> list[float]:
+    """|loss - ref| / max(1, |ref|) and the gradients' relative Frobenius errors."""
+    loss_err = float((got[0] - ref[0]).abs() / max(1.0, float(ref[0].abs())))
+    return [loss_err] + [float((g - r).norm() / r.norm()) for g, r in zip(got[1:], ref[1:])]
+
+
+# --- given negatives: against the oracle ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("corrected", [False, True])
+def test_matches_the_oracle_with_collisions_and_ignored_rows(dtype, tol, corrected):
+    e, c, t, neg, log_q = make_case(dtype=dtype)
+    log_q = log_q if corrected else None
+    assert (neg.unsqueeze(0) == t.unsqueeze(1)).any(1).sum() >= 3  # the case has collisions
+    got = loss_and_grads(sampled_softmax_loss, e, c, t, neg, log_q=log_q)
+    ref = loss_and_grads(oracle, e, c, t, neg, log_q)
+    assert got[0].dtype == torch.float64 and max(rel_errors(got, ref)) < tol
+
+
+def _unmasked(e, c, t, neg, log_q=None):
+    keep = t != IGNORE_INDEX
+    logits = torch.cat([(e[keep] * c[t[keep]]).sum(1, keepdim=True), e[keep] @ c[neg].T], 1)
+    return F.cross_entropy(logits, torch.zeros(int(keep.sum()), dtype=torch.long))
+
+
+def _ignored_rows_counted(e, c, t, neg, log_q=None):
+    t = t.clone()
+    t[t == IGNORE_INDEX] = 0
+    return sampled_softmax_loss(e, c, t, neg, log_q=log_q)
+
+
+def _logq_sign_flipped(e, c, t, neg, log_q=None):
+    return sampled_softmax_loss(e, c, t, neg, log_q=-log_q)
+
+
+def _positive_uncorrected(e, c, t, neg, log_q=None):
+    correction = torch.cat([torch.zeros(len(t), 1, dtype=log_q.dtype),
+                            log_q[neg].expand(len(t), -1)], 1)
+    keep = t != IGNORE_INDEX
+    logits = torch.cat([(e[keep] * c[t[keep]]).sum(1, keepdim=True), e[keep] @ c[neg].T], 1)
+    hit = torch.cat([torch.zeros(int(keep.sum()), 1, dtype=torch.bool),
+                     neg.unsqueeze(0) == t[keep].unsqueeze(1)], 1)
+    logits = (logits - correction[keep]).masked_fill(hit, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(int(keep.sum()), dtype=torch.long))
+
+
+@pytest.mark.parametrize("broken", [_unmasked, _ignored_rows_counted, _logq_sign_flipped,
+                                    _positive_uncorrected])
+def test_the_oracle_check_catches_a_wrong_variant(broken):
+    e, c, t, neg, log_q = make_case()
+    ref = loss_and_grads(oracle, e, c, t, neg, log_q)
+    assert max(rel_errors(loss_and_grads(broken, e, c, t, neg, log_q), ref)) > 1e-2
+
+
+def test_whole_catalog_as_negatives_is_full_ce():
+    e, c, t, _, _ = make_case()
+    everything = torch.arange(V)
+    got = loss_and_grads(sampled_softmax_loss, e, c, t, everything)
+    full = loss_and_grads(lambda e, c: F.cross_entropy(e @ c.T, t, ignore_index=IGNORE_INDEX), e, c)
+    assert max(rel_errors(got, full)) < 1e-12
+
+
+def test_uniform_logq_changes_nothing():
+    """A constant correction (log 1/V in every column, the target's included) cancels."""
+    e, c, t, neg, _ = make_case()
+    plain = sampled_softmax_loss(e, c, t, neg)
+    uniform = sampled_softmax_loss(e, c, t, neg, log_q=torch.full((V,), -math.log(V), dtype=torch.float64))
+    torch.testing.assert_close(plain, uniform, rtol=1e-12, atol=0)
+
+
+def test_every_row_ignored_behaves_like_ce():
+    e, c, _, neg, _ = make_case(dtype=torch.float32)
+    none = torch.full((N,), IGNORE_INDEX)
+    from core.losses import ce
+
+    assert math.isnan(float(ce(e, c, none))) and math.isnan(float(sampled_softmax_loss(e, c, none, neg)))
+
+
+def test_autocast_logits_in_bf16_softmax_in_fp32():
+    e, c, t, neg, _ = make_case(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss_and_grads(sampled_softmax_loss, e, c, t, neg)
+    assert got[0].dtype == torch.float64  # (loss_and_grads casts); the loss itself:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert sampled_softmax_loss(e, c, t, neg).dtype == torch.float32
+    ref = loss_and_grads(oracle, e.bfloat16().float(), c.bfloat16().float(), t, neg)
+    assert max(rel_errors(got, ref)) < 2e-2
+
+
+# --- the draw --------------------------------------------------------------------------------
+
+
+def test_seeded_draws_reproduce_and_the_loss_uses_them():
+    e, c, t, _, _ = make_case(dtype=torch.float32)
+    torch.manual_seed(7)
+    first = draw_negatives(500, V, device=torch.device("cpu"))
+    torch.manual_seed(7)
+    assert torch.equal(first, draw_negatives(500, V, device=torch.device("cpu")))
+    assert first.min() >= 0 and first.max() < V and len(first.unique()) == V  # all columns reachable
+    torch.manual_seed(8)
+    assert not torch.equal(first, draw_negatives(500, V, device=torch.device("cpu")))
+
+    torch.manual_seed(7)
+    loss = sampled_ce(e, c, t, n_negatives=500)
+    torch.testing.assert_close(loss, sampled_softmax_loss(e, c, t, first), rtol=0, atol=0)
+
+
+def test_popularity_draws_follow_the_counts():
+    """Chi-square of 100,000 seeded draws against the counts (df = 5 nonzero classes - 1: the
+    0.99999 quantile is 28.5); columns of count 0 (the first and the last) are never drawn."""
+    counts = torch.tensor([0, 1, 2, 5, 10, 3, 79, 0], dtype=torch.float64)
+    cdf, _ = ItemPopularity(counts).tables(torch.device("cpu"))
+    torch.manual_seed(0)
+    draws = draw_negatives(100_000, len(counts), device=torch.device("cpu"), cdf=cdf)
+    observed = torch.bincount(draws, minlength=len(counts)).double()
+    assert observed[0] == 0 and observed[-1] == 0
+    expected = counts / counts.sum() * len(draws)
+    nz = counts > 0
+    chi2 = float(((observed[nz] - expected[nz]) ** 2 / expected[nz]).sum())
+    assert chi2 < 28.5, (observed, expected)
+    # The check has power: the uniform sampler fails it by orders of magnitude.
+    uniform = torch.bincount(draw_negatives(100_000, len(counts), device=torch.device("cpu")),
+                             minlength=len(counts)).double()
+    assert float(((uniform[nz] - expected[nz]) ** 2 / expected[nz]).sum()) > 1e4
+
+
+def test_popularity_loss_uses_its_draws_and_log_q():
+    e, c, t, _, _ = make_case(dtype=torch.float32)
+    counts = torch.arange(1, V + 1)
+    pop = ItemPopularity(counts)
+    cdf, log_q = pop.tables(torch.device("cpu"))
+    torch.manual_seed(3)
+    negatives = draw_negatives(40, V, device=torch.device("cpu"), cdf=cdf)
+    torch.manual_seed(3)
+    got = sampled_ce(e, c, t, n_negatives=40, sampler="popularity", logq=True, popularity=pop)
+    torch.testing.assert_close(got, oracle(e, c, t, negatives, log_q).float(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(log_q.double(), (counts / counts.sum()).double().log())
+
+
+# --- settings, names, bind_data --------------------------------------------------------------
+
+
+def test_names_are_a_function_of_the_settings():
+    assert loss_name(sampled_ce) == "sampled_ce_3000_uniform"
+    assert loss_name(functools.partial(sampled_ce, n_negatives=256, sampler="popularity",
+                                       logq=True)) == "sampled_ce_256_popularity_logq"
+    gin.parse_config_files_and_bindings([str(GIN_FILE)], ["sampled_ce.n_negatives = 256"],
+                                        skip_unknown=True)  # train.loss_fn: train is not imported
+    assert loss_name(sampled_ce) == "sampled_ce_256_uniform"
+
+
+@pytest.mark.parametrize("settings", [dict(n_negatives=0), dict(n_negatives=2.5),
+                                      dict(sampler="zipf"), dict(sampler="popularity")])
+def test_bad_settings_are_one_clear_error(settings):
+    e, c, t, _, _ = make_case(dtype=torch.float32)
+    with pytest.raises(ValueError, match="sampled_ce: "):
+        sampled_ce(e, c, t, **settings)
+
+
+def tiny_data() -> SequenceData:
+    """Three users; training sequences [1, 2, 3], [2, 2], [3] (the last two items held out)."""
+    seqs = [[1, 2, 3, 4, 5], [2, 2, 4, 1], [3, 1, 5]]
+    offsets = np.cumsum([0] + [len(s) for s in seqs]).astype(np.int64)
+    return SequenceData(offsets=offsets, items=np.concatenate(seqs).astype(np.int32), n_users=3, n_items=5)
+
+
+def test_bind_data_gives_the_training_counts():
+    data = tiny_data()
+    assert train_item_counts(data).tolist() == [1, 3, 2, 0, 0]  # columns = item ids 1..5
+    uniform = functools.partial(sampled_ce, n_negatives=8)
+    assert bind_to_data(uniform, data) is uniform  # nothing to bind
+    loss_fn = functools.partial(sampled_ce, n_negatives=8, sampler="popularity", logq=True)
+    bound = bind_to_data(loss_fn, data)
+    assert bound.keywords["popularity"].counts.tolist() == [1, 3, 2, 0, 0]
+    assert loss_name(bound) == loss_name(loss_fn) == "sampled_ce_8_popularity_logq"
+    e, c = torch.randn(4, 3), torch.randn(5, 3)
+    torch.manual_seed(0)
+    assert torch.isfinite(bound(e, c, torch.tensor([0, 1, 2, IGNORE_INDEX])))
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def test_a_training_run_names_its_loss(tmp_path):
+    out = tmp_path / "run"
+    bindings = [f"dataset.cache_dir = '{tmp_path / 'cache'}'",
+                "dataset.synthetic_overrides = {'n_users': 150}", "train.batch_size = 64",
+                "train.device = 'cpu'", "train.show_progress = False", "train.epochs = 1",
+                "sampled_ce.n_negatives = 64"]
+    argv = ["--gin", "gin/quickstart.gin", "--gin", "gin/loss/sampled_ce.gin", "--out", str(out)]
+    assert run.main(argv + [a for b in bindings for a in ("--gin_bindings", b)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["loss"] == "sampled_ce_64_uniform"
+    assert math.isfinite(metrics["test"]["NDCG@10"])
