@@ -1,0 +1,201 @@
+"""``flash_ce``: the project's own linear cross-entropy kernel, shaped for a catalog.
+
+The loss is attention-shaped (hidden states E (N, D) are queries, the catalog C (V, D) keys), so
+it is computed the way flash attention computes attention, tuned for what a recommender has:
+D in 32..256 and a catalog of 10^4..10^6 items scored by a few hundred to tens of thousands of
+positions. Never materializes (N, V): the forward is a lock-free online log-sum-exp split over the
+catalog (as ``cce``'s split forward); the backward recomputes the logits in two kernels, one
+per gradient (core/losses/kernels/flash_ce.py):
+
+- dE: program per (row block, catalog slice), fp32 partials (slices, N, D) summed afterwards;
+- dC: program per catalog tile, looping over every row block, each dC row written once.
+
+How it differs from Apple's CCE (``cce``): exact gradients always (no gradient filter, no
+vocabulary sort), dE accumulated in fp32 (CCE's backward accumulates it in the operand dtype
+across every catalog tile), no locks or atomics anywhere (so reruns are bit-identical: there is no
+separate deterministic mode), the catalog split in the backward as well as the forward, and tile
+sizes chosen for D <= 256 instead of language-model hidden sizes.
+
+Extra memory besides dE and dC: O(N) (LSE, weights) plus the partials, at most
+``_SPLITS_PER_SM * SMs`` slices of N fp32 LSEs and a dE partial capped at ``_MAX_PARTIAL_BYTES``.
+No host sync: nothing data-dependent reaches the host, so a training step using it can be
+captured as a CUDA graph. Ignored targets (``IGNORE_INDEX``) count for nothing; with no
+scored target at all the loss is NaN and the gradients zero, exactly as ``ce``'s.
+
+Off CUDA the kernels run only under the Triton interpreter (``TRITON_INTERPRET=1``, how the tests
+check them on a CPU); otherwise ``flash_ce`` falls back to plain ``ce`` (materialized logits,
+same loss and gradients), logged once, so every config still runs on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from core.losses.cce import _warn_once, autocast_operands
+from core.losses.registry import IGNORE_INDEX, register
+
+_SPLITS_PER_SM = 4  # programs per SM to aim for in the split kernels: hides memory latency
+_MAX_PARTIAL_BYTES = 64 * 2**20  # the (slices, N, D) fp32 dE partial stays below this
+
+# Tile sizes (BLOCK_N, BLOCK_V, num_warps, num_stages) per kernel, per padded head dim and per
+# number of rows ("few": N <= 2,048, "many" above). First guesses, untuned; see TUNED below.
+_TILES = {
+    #      kernel: (few rows,          many rows)
+    32: {"lse": ((64, 128, 4, 3), (128, 128, 8, 3)),
+         "de": ((64, 128, 4, 3), (128, 64, 8, 3)),
+         "dc": ((64, 128, 4, 3), (64, 128, 8, 3))},
+    64: {"lse": ((64, 128, 4, 3), (128, 128, 8, 3)),
+         "de": ((64, 128, 4, 3), (128, 64, 8, 3)),
+         "dc": ((64, 128, 4, 3), (64, 128, 8, 3))},
+    128: {"lse": ((64, 128, 4, 3), (128, 64, 8, 3)),
+          "de": ((64, 64, 4, 3), (64, 64, 4, 3)),
+          "dc": ((64, 64, 4, 3), (64, 64, 4, 3))},
+    256: {"lse": ((64, 64, 4, 2), (64, 64, 4, 2)),
+          "de": ((32, 64, 4, 2), (64, 32, 4, 2)),
+          "dc": ((32, 64, 4, 2), (32, 64, 4, 2))},
+}
+_FEW_ROWS = 2048
+
+
+def _block_d(d: int) -> int:
+    """The head dim padded to a power of two (tl.dot needs at least 16)."""
+    return max(16, 1 << (d - 1).bit_length())
+
+
+def tiles(kernel: str, n: int, d: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_V, num_warps, num_stages) of ``kernel`` ("lse", "de", "dc") at (N, D)."""
+    block_d = _block_d(d)
+    if block_d > 256:
+        raise ValueError(f"flash_ce: D = {d} > 256 is not supported (tiles hold a whole row)")
+    return _TILES[max(32, block_d)][kernel][0 if n <= _FEW_ROWS else 1]
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the Triton interpreter (tests): a few slices are enough to exercise the merge
+
+
+def _splits(n_tiles: int, n_blocks: int, device: torch.device, cap: int | None = None) -> tuple[int, int]:
+    """(slices, tiles per slice): enough (row block, slice) programs to fill the GPU."""
+    splits = max(1, min(n_tiles, -(-_SPLITS_PER_SM * _sm_count(device) // n_blocks), cap or n_tiles))
+    per_split = -(-n_tiles // splits)
+    return -(-n_tiles // per_split), per_split  # no slice starts past the catalog's end
+
+
+def _precision(e: torch.Tensor) -> str:
+    return "ieee" if e.dtype == torch.float32 else "tf32"  # tf32 is unused for 16-bit operands
+
+
+def lse_forward(e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(N,) fp32 row log-sum-exp of ``e @ c.T`` (``e``, ``c`` contiguous), never materialized."""
+    from core.losses.kernels import flash_ce as kernels
+
+    (n, d), v = e.shape, c.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.float32, device=e.device)
+    block_n, block_v, warps, stages = tiles("lse", n, d)
+    n_blocks = -(-n // block_n)
+    splits, per_split = _splits(-(-v // block_v), n_blocks, e.device)
+    part = torch.empty((splits, n), dtype=torch.float32, device=e.device)
+    kernels._lse_kernel[(n_blocks, splits)](
+        e, c, part, n, v, d, e.stride(0), c.stride(0), per_split,
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=_block_d(d), PRECISION=_precision(e),
+        num_warps=warps, num_stages=stages,
+    )
+    return torch.logsumexp(part, dim=0) if splits > 1 else part[0]
+
+
+def grad_e(e, c, lse, w, targets) -> torch.Tensor:
+    """dE (N, D) in ``e``'s dtype: sum over items of (softmax - onehot) * w, times C."""
+    from core.losses.kernels import flash_ce as kernels
+
+    (n, d), v = e.shape, c.shape[0]
+    if n == 0:
+        return torch.empty_like(e)
+    block_n, block_v, warps, stages = tiles("de", n, d)
+    block_d = _block_d(d)
+    n_blocks = -(-n // block_n)
+    cap = max(1, _MAX_PARTIAL_BYTES // (n * block_d * 4))
+    splits, per_split = _splits(-(-v // block_v), n_blocks, e.device, cap)
+    part = torch.empty((splits, n, block_d), dtype=torch.float32, device=e.device)
+    kernels._de_kernel[(n_blocks, splits)](
+        e, c, lse, w, targets, part, n, v, d, e.stride(0), c.stride(0), per_split,
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, PRECISION=_precision(e),
+        num_warps=warps, num_stages=stages,
+    )
+    de = part.sum(0) if splits > 1 else part[0]  # (N, BLOCK_D) fp32
+    return de[:, :d].to(e.dtype)
+
+
+def grad_c(e, c, lse, w, targets) -> torch.Tensor:
+    """dC (V, D) in ``c``'s dtype: sum over rows of (softmax - onehot)^T * w, times E."""
+    from core.losses.kernels import flash_ce as kernels
+
+    (n, d), v = e.shape, c.shape[0]
+    block_n, block_v, warps, stages = tiles("dc", n, d)
+    dc = torch.empty_like(c)
+    kernels._dc_kernel[(-(-v // block_v),)](
+        e, c, lse, w, targets, dc, n, v, d, e.stride(0), c.stride(0), dc.stride(0),
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=_block_d(d), PRECISION=_precision(e),
+        num_warps=warps, num_stages=stages,
+    )
+    return dc
+
+
+class FlashCE(torch.autograd.Function):
+    """Mean NLL over rows with a target; both passes by the kernels above."""
+
+    @staticmethod
+    def forward(ctx, e, c, targets):
+        valid = targets != IGNORE_INDEX  # (N,)
+        safe = torch.where(valid, targets, 0)  # any real item: its row's weight is 0
+        lse = lse_forward(e, c)  # (N,) fp32
+        # The target logit as the kernels see it: operands rounded to e's dtype, fp32 sum.
+        dot = (e.float() * c.index_select(0, safe).to(e.dtype).float()).sum(-1)  # (N,)
+        count = valid.sum()  # stays on the device: no host sync
+        ctx.save_for_backward(e, c, lse, safe, valid, count)
+        # 0 / 0 = NaN with no scored target, as F.cross_entropy's mean.
+        return torch.where(valid, lse - dot, 0.0).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        e, c, lse, safe, valid, count = ctx.saved_tensors
+        w = (grad * valid / count.clamp(min=1)).float().contiguous()  # (N,) row weights
+        de = grad_e(e, c, lse, w, safe) if ctx.needs_input_grad[0] else None
+        dc = grad_c(e, c, lse, w, safe) if ctx.needs_input_grad[1] else None
+        return de, dc, None
+
+
+def flash_linear_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The kernels' loss for ``e`` (N, D) bf16/fp16/fp32 and ``c`` (V, D) (cast per tile to
+    ``e``'s dtype); CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``."""
+    if e.ndim != 2 or c.ndim != 2 or e.shape[1] != c.shape[1] or targets.shape != e.shape[:1]:
+        raise ValueError(f"flash_ce: need e (N, D), c (V, D), targets (N,); got "
+                         f"{tuple(e.shape)}, {tuple(c.shape)}, {tuple(targets.shape)}")
+    if c.shape[0] == 0:
+        raise ValueError("flash_ce: empty catalog (V = 0)")
+    tiles("lse", e.shape[0], e.shape[1])  # refuses D > 256 before any launch
+    return FlashCE.apply(e.contiguous(), c.contiguous(), targets.contiguous())
+
+
+def _kernels_run_here(e: torch.Tensor) -> bool:
+    return e.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@register()
+def flash_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The project's catalog-shaped linear cross-entropy (exact gradients, see the module doc).
+
+    Under autocast only ``e`` is cast (``autocast_operands``): the kernels cast catalog tiles as
+    they load them, so an fp32 catalog is never copied and its gradient comes back in fp32.
+    """
+    if _kernels_run_here(e):
+        return flash_linear_ce(autocast_operands(e, e)[0], c, targets)
+    from core.losses.ce import ce
+
+    _warn_once("flash_ce: no CUDA device, running plain softmax cross-entropy instead "
+               "(same loss and gradients, materialized logits)")
+    return ce(*autocast_operands(e, c), targets)

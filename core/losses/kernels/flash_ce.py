@@ -1,0 +1,114 @@
+"""Triton kernels of ``flash_ce`` (core/losses/flash_ce.py): the catalog loss as attention.
+
+Hidden states ``E`` (N, D) are the queries, the catalog ``C`` (V, D) the keys; the loss needs the
+row log-sum-exp of ``E C^T`` (forward) and, backward, ``P = (softmax - onehot) * g`` against both
+operands: ``dE = P C`` and ``dC = P^T E``. Three kernels, none takes a lock or an atomic:
+
+- ``_lse_kernel``: program (row block, catalog slice): online log-sum-exp of its rows over its
+  slice's tiles, one partial LSE per (slice, row), merged by ``torch.logsumexp``.
+- ``_de_kernel``: program (row block, catalog slice): recomputes the logits of its slice and
+  accumulates ``P C`` in fp32 registers; writes a (slices, N, D) fp32 partial, summed afterwards.
+- ``_dc_kernel``: program per catalog tile: loops over every row block, recomputes the logits
+  (transposed: items x rows) and accumulates ``P^T E`` in fp32 registers; writes its dC rows once.
+
+Operands: ``E`` bf16/fp16/fp32 and ``C`` any float dtype, cast to ``E``'s dtype per tile. Logits
+and accumulators are fp32; the backward's second matmul takes ``P`` rounded to ``E``'s dtype, as
+flash attention (and plain CE under autocast) do. Rows past N, items past V and head dims past D
+are masked. A row's weight ``W`` (N,) (the upstream gradient over the number of scored rows,
+0 for ignored targets) scales its ``P``; ignored rows carry target 0 and weight 0.
+Launchers and tile sizes live in core/losses/flash_ce.py; this module is imported lazily there.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _lse_kernel(
+    E, C, PartLSE, N, V, D, stride_e, stride_c, tiles_per_split,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program (row block, slice): PartLSE[slice, rows] = log sum over the slice's items of exp(logit)."""
+    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    e = tl.load(E + offs_n[:, None] * stride_e + offs_d[None, :],
+                mask=(offs_n < N)[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+    run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_N,), tl.float32)
+    for t in range(tiles_per_split):
+        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
+        v_mask = offs_v < V
+        c = tl.load(C + offs_v[:, None] * stride_c + offs_d[None, :],
+                    mask=v_mask[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
+        logits = tl.dot(e, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_V) fp32
+        logits = tl.where(v_mask[None, :], logits, float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+        # A slice's first tile always holds items, so new_max is finite from there on.
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+        run_max = new_max
+    tl.store(PartLSE + pid_s * N + offs_n, run_max + tl.log(run_sum), mask=offs_n < N)
+
+
+@triton.jit
+def _de_kernel(
+    E, C, LSE, W, T, PartDE, N, V, D, stride_e, stride_c, tiles_per_split,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program (row block, slice): PartDE[slice, rows] = sum over the slice's items of P C (fp32)."""
+    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    n_mask = offs_n < N
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    e = tl.load(E + offs_n[:, None] * stride_e + offs_d[None, :],
+                mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+    lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)  # (BLOCK_N,)
+    w = tl.load(W + offs_n, mask=n_mask, other=0.0)  # (BLOCK_N,): 0 past N and for ignored rows
+    tgt = tl.load(T + offs_n, mask=n_mask, other=-1)  # (BLOCK_N,)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    for t in range(tiles_per_split):
+        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
+        c = tl.load(C + offs_v[:, None] * stride_c + offs_d[None, :],
+                    mask=(offs_v < V)[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
+        logits = tl.dot(e, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_V)
+        # Items past V have zero rows in c, so their P (finite) adds nothing to P C.
+        p = tl.exp(logits - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)
+        p = p * w[:, None]
+        acc = tl.dot(p.to(e.dtype), c, acc, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
+    tl.store(PartDE + (pid_s * N + offs_n[:, None]) * BLOCK_D + offs_d[None, :], acc,
+             mask=n_mask[:, None])
+
+
+@triton.jit
+def _dc_kernel(
+    E, C, LSE, W, T, DC, N, V, D, stride_e, stride_c, stride_dc,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program per catalog tile: DC[items] = sum over all rows of P^T E, written once."""
+    pid_v = tl.program_id(0)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
+    v_mask = offs_v < V
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    c = tl.load(C + offs_v[:, None] * stride_c + offs_d[None, :],
+                mask=v_mask[:, None] & d_mask[None, :], other=0.0)
+    c = c.to(E.dtype.element_ty)  # (BLOCK_V, BLOCK_D)
+    acc = tl.zeros((BLOCK_V, BLOCK_D), tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        n_mask = offs_n < N
+        e = tl.load(E + offs_n[:, None] * stride_e + offs_d[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+        lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)
+        w = tl.load(W + offs_n, mask=n_mask, other=0.0)  # rows past N get weight 0
+        tgt = tl.load(T + offs_n, mask=n_mask, other=-1)
+        logits = tl.dot(c, tl.trans(e), input_precision=PRECISION)  # (BLOCK_V, BLOCK_N)
+        p = tl.exp(logits - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)
+        p = p * w[None, :]
+        acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
+    tl.store(DC + offs_v[:, None] * stride_dc + offs_d[None, :], acc,
+             mask=v_mask[:, None] & d_mask[None, :])
