@@ -13,8 +13,6 @@ from core.losses.cce import autocast_operands, cce
 from core.losses.ce import ce
 from core.losses.flash_ce import flash_ce
 from core.losses.flex import flex_ce
-from core.losses.flash_ce import flash_ce
-from core.losses.flex import flex_ce
 from core.losses.registry import (
     IGNORE_INDEX,
     LOSSES,
