@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from core.losses import IGNORE_INDEX, cce, ce
+from core.losses import IGNORE_INDEX, cce, ce, flash_ce, flex_ce
 
 MODES = ("fw", "bw", "fw-bw")
 
@@ -100,6 +100,18 @@ def setup_cce_torch_compile(e: torch.Tensor, c: torch.Tensor, targets: torch.Ten
     return Setup(forward, (e_, c_))
 
 
+def setup_flash_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
+    """The project's own Triton kernel (core/losses/flash_ce.py): exact gradients, split catalog."""
+    e_, c_ = _leaves(e, c, torch.bfloat16)
+    return Setup(lambda: flash_ce(e_, c_, targets), (e_, c_))
+
+
+def setup_flex_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
+    """FlexAttention's log-sum-exp as the loss (core/losses/flex.py): the off-the-shelf baseline."""
+    e_, c_ = _leaves(e, c, torch.bfloat16)
+    return Setup(lambda: flex_ce(e_, c_, targets), (e_, c_))
+
+
 def setup_liger(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
     """Liger-Kernel's chunked fused linear cross-entropy.
 
@@ -128,6 +140,10 @@ PROVIDERS: dict[str, Provider] = {
     "cce_torch_compile": Provider(
         setup_cce_torch_compile, torch.bfloat16, description="cut-cross-entropy torch_compile impl"
     ),
+    "flash_ce": Provider(setup_flash_ce, torch.bfloat16, cuda_only=True,
+                         description="own Triton kernel, exact gradients"),
+    "flex_ce": Provider(setup_flex_ce, torch.bfloat16, cuda_only=True,
+                        description="FlexAttention LSE as the loss"),
     "liger": Provider(
         setup_liger,
         torch.bfloat16,
