@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.losses import IGNORE_INDEX, cce, ce
+from core.losses import IGNORE_INDEX, cce, ce, flash_ce, flex_ce
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 # How much worse than same-dtype CE that CCE may be (Apple's tests add a similar slack).
@@ -234,3 +234,121 @@ def test_split_forward_no_worse_than_library_at_recommender_shapes(shape, filter
     assert split[0] <= TOL[torch.bfloat16], f"loss error {split[0]:.3g}"
     for name, got, lib in zip(("dE", "dC"), split[1:], library[1:]):
         assert got <= 1.1 * lib + 1e-3, f"split {name} error {got:.3g} vs library's {lib:.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: flash_ce (the project's own kernel, exact gradients) and the FlexAttention loss.
+
+# D in 32..256 on top of the irregular SHAPES; GPU_SHAPES' recommender shapes (many catalog slices).
+FLASH_SHAPES = GPU_SHAPES + [(513, 4099, 32), (600, 3001, 128), (2050, 1031, 256)]
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", FLASH_SHAPES, ids=lambda s: "N%d-V%d-D%d" % s)
+def test_flash_ce_matches_float64(shape, dtype):
+    """Same tolerances as CCE; unlike CCE's backward, dE is accumulated in fp32, so the dtype
+    tolerance holds at 207,649 items too."""
+    e, c, t = make_inputs(*shape, dtype, device="cuda")
+    ref = oracle(e, c, t)
+    got = run_loss(flash_ce, e, c, t)
+    assert_close_to_oracle(got, ref, TOL[dtype], "flash_ce")
+    assert_cce_agreement(got, run_loss(ce, e, c, t), ref, CCE_SLACK[dtype])
+    assert torch.all(got.de[(t == IGNORE_INDEX).cpu()] == 0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-V%d-D%d" % s)
+def test_flash_ce_float32_operands(shape):
+    """fp32 operands without autocast: IEEE fp32 dots, the fp32 tolerance."""
+    e, c, t = make_inputs(*shape, torch.float32, device="cuda")
+    assert_close_to_oracle(run_loss(flash_ce, e, c, t), oracle(e, c, t), TOL[torch.float32], "flash_ce fp32")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_flash_ce_under_autocast_keeps_fp32_catalog_gradient():
+    e, c, t = make_inputs(252, 507, 123, torch.float32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = run_loss(flash_ce, e, c, t)
+    assert_close_to_oracle(got, oracle(e.bfloat16(), c.bfloat16(), t), TOL[torch.bfloat16], "flash_ce autocast")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("n", [0, 5])
+def test_flash_ce_without_scored_targets_matches_ce(n):
+    e, c, _ = make_inputs(max(n, 1), 300, 64, torch.bfloat16, device="cuda")
+    e, t = e[:n], torch.full((n,), IGNORE_INDEX, device="cuda")
+    got, want = run_loss(flash_ce, e, c, t), run_loss(ce, e, c, t)
+    assert got.loss.isnan() and want.loss.isnan()
+    assert got.de.shape == want.de.shape and not got.de.any() and not got.dc.any()
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("name", ["lse_unmasked_padding", "de_no_onehot", "dc_no_onehot", "dc_unweighted",
+                                  "de_last_tile_skipped"])
+def test_flash_ce_broken_kernels_are_caught_on_the_gpu(name, monkeypatch, tmp_path):
+    """The deliberately broken kernels of tests/test_flash_ce.py, compiled for the GPU."""
+    import importlib.util
+    import sys
+
+    import core.losses.kernels
+    from tests.test_flash_ce import KERNELS, MUTANTS
+
+    old, new = next((o, n) for m, o, n in MUTANTS if m == name)
+    source = KERNELS.read_text()
+    assert source.count(old) == 1
+    path = tmp_path / f"mutant_{name}.py"
+    path.write_text(source.replace(old, new))
+    spec = importlib.util.spec_from_file_location(f"mutant_{name}", path)
+    mutant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutant)
+    monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
+    monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)
+    caught = 0
+    for shape in [(252, 507, 123), (97, 1031, 64)]:
+        e, c, t = make_inputs(*shape, torch.bfloat16, device="cuda")
+        try:
+            assert_close_to_oracle(run_loss(flash_ce, e, c, t), oracle(e, c, t), TOL[torch.bfloat16], name)
+        except AssertionError:
+            caught += 1
+    assert caught, f"mutant {name} passed"
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_flash_ce_step_is_capturable_as_a_cuda_graph():
+    """No host sync: forward + backward captured once, replayed on new data, equals eager."""
+    e, c, t = make_inputs(300, 2049, 64, torch.bfloat16, device="cuda")
+    e, c = e.requires_grad_(), c.requires_grad_()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up (compiles the kernels) off the capture
+        for _ in range(2):
+            e.grad = c.grad = None
+            flash_ce(e, c, t).backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    e.grad = c.grad = None
+    with torch.cuda.graph(graph):
+        loss = flash_ce(e, c, t)
+        loss.backward()
+    e2, c2, t2 = make_inputs(300, 2049, 64, torch.bfloat16, device="cuda", seed=1)
+    with torch.no_grad():
+        e.copy_(e2), c.copy_(c2), t.copy_(t2)
+    graph.replay()
+    want = run_loss(flash_ce, e2, c2, t2)
+    assert torch.equal(loss.detach().double().cpu(), want.loss)
+    assert torch.equal(e.grad.double().cpu(), want.de) and torch.equal(c.grad.double().cpu(), want.dc)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("shape", [(252, 507, 64), (560, 207_649, 64)], ids=lambda s: "N%d-V%d-D%d" % s)
+def test_flex_ce_matches_float64(shape):
+    e, c, t = make_inputs(*shape, torch.bfloat16, device="cuda")
+    assert_close_to_oracle(run_loss(flex_ce, e, c, t), oracle(e, c, t), TOL[torch.bfloat16], "flex_ce")
