@@ -51,20 +51,28 @@ def rank_split(
     ks: Sequence[int],
     item_user_counts: np.ndarray,
     n_train_users: int,
+    users: torch.Tensor | None = None,
+    reduce: Callable[[RankingMetrics], None] | None = None,
 ) -> dict[str, float]:
     """Ranks the whole catalog for every user of ``split`` ("valid" or "test").
 
     ``score_fn(inputs (B, L)) -> (B, n_items)`` fp32 scores; they are masked in place.
     ``item_user_counts`` (``SequenceData.train_item_user_counts()``) and ``n_train_users``
     (``count_train_users``) feed Surprisal; callers compute them once per run, not per call.
+    ``users`` (default: all) and ``reduce`` (called on the metrics before ``compute``) let
+    each rank of a distributed run rank its share of the users and combine the results
+    exactly (``core.training.distributed.eval_shard``).
     """
     metrics = RankingMetrics(
         n_items=seqs.n_items, ks=ks, item_user_counts=item_user_counts, n_train_users=n_train_users
     )
-    for users, inputs, targets in eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len):
+    batches = eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len, users=users)
+    for batch_users, inputs, targets in batches:
         scores = score_fn(inputs)  # (B, n_items)
-        seen = history(seqs, users, split=split) if mask_history else None
+        seen = history(seqs, batch_users, split=split) if mask_history else None
         metrics.update(scores, targets, history=seen)
+    if reduce is not None:
+        reduce(metrics)
     return metrics.compute()
 
 

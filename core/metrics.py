@@ -93,6 +93,13 @@ class RankingMetrics:
         self._n_users = 0
         self._sums: dict[str, torch.Tensor] = {}
         self._seen: dict[int, torch.Tensor] = {}
+        # One (n_columns,) float64 row per update: the batch's sums, kept so that ranks that
+        # each ranked some batches can rebuild the single-process sums bit for bit (``state``).
+        self._batch_rows: list[torch.Tensor] = []
+
+    def _columns(self) -> list[str]:
+        """The summed quantities, in the order of ``state()``'s columns (the last: users)."""
+        return [f"{name}@{k}" for k in self.ks for name in ("HitRate", "NDCG", "MRR", "Surprisal")] + ["users"]
 
     def _add(self, key: str, value: torch.Tensor) -> None:
         """Adds a float64 scalar to a running device-side sum (no host sync per batch)."""
@@ -139,21 +146,59 @@ class RankingMetrics:
         top_valid = top_scores > float("-inf")  # (B, k_max)
         top_surprisal = self._surprisal[top_cols]  # (B, k_max) float64
 
+        row: dict[str, torch.Tensor] = {}
         for k in self.ks:
             hit = rank <= k  # (B,)
-            self._add(f"HitRate@{k}", hit.to(torch.float64).sum())
-            self._add(f"NDCG@{k}", torch.where(hit, 1.0 / torch.log2(1.0 + rank), 0.0).sum())
-            self._add(f"MRR@{k}", torch.where(hit, 1.0 / rank, 0.0).sum())
+            row[f"HitRate@{k}"] = hit.to(torch.float64).sum()
+            row[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(1.0 + rank), 0.0).sum()
+            row[f"MRR@{k}"] = torch.where(hit, 1.0 / rank, 0.0).sum()
 
             valid = top_valid[:, :k]  # (B, k)
             n_valid = valid.sum(dim=1).clamp(min=1).to(torch.float64)  # (B,)
             per_user = (top_surprisal[:, :k] * valid).sum(dim=1) / n_valid  # (B,)
-            self._add(f"Surprisal@{k}", per_user.sum())
+            row[f"Surprisal@{k}"] = per_user.sum()
 
             if k not in self._seen:
                 self._seen[k] = torch.zeros(self.n_items, dtype=torch.bool, device=device)
             self._seen[k][top_cols[:, :k][valid]] = True
+        for key, value in row.items():
+            self._add(key, value)
         self._n_users += B
+        row["users"] = torch.tensor(float(B), dtype=torch.float64, device=device)
+        self._batch_rows.append(torch.stack([row[c] for c in self._columns()]))
+
+    def state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-update sums (n_updates, n_columns) float64, recommended items (len(ks), n_items) bool).
+
+        What a distributed evaluation exchanges (``core.training.distributed.reduce_metrics``):
+        the rows are each batch's sums in update order, the last column its user count; the
+        mask says which items appeared in some top-k (Coverage). Both on CPU.
+        """
+        n_cols = len(self._columns())
+        rows = (torch.stack(self._batch_rows).cpu() if self._batch_rows
+                else torch.zeros(0, n_cols, dtype=torch.float64))
+        seen = torch.stack([self._seen[k].cpu() if k in self._seen
+                            else torch.zeros(self.n_items, dtype=torch.bool) for k in self.ks])
+        return rows, seen
+
+    def load_state(self, rows: torch.Tensor, seen: torch.Tensor) -> None:
+        """Replaces the accumulated users by ``state()``-shaped ``rows`` and ``seen``.
+
+        The rows are summed in their order, one after another, exactly as ``update`` sums
+        batches: rows from several ranks, put back into the single-process batch order, give
+        the single-process result bit for bit.
+        """
+        columns = self._columns()
+        if rows.ndim != 2 or rows.shape[1] != len(columns) or seen.shape != (len(self.ks), self.n_items):
+            raise ValueError(f"load_state: rows must be (n, {len(columns)}) and seen "
+                             f"({len(self.ks)}, {self.n_items}), got {tuple(rows.shape)}, {tuple(seen.shape)}")
+        self.reset()
+        for row in rows.to(torch.float64):
+            for key, value in zip(columns[:-1], row[:-1]):
+                self._add(key, value)
+            self._batch_rows.append(row)
+        self._n_users = int(rows[:, -1].sum()) if len(rows) else 0
+        self._seen = {k: seen[i].clone() for i, k in enumerate(self.ks)}
 
     def compute(self) -> dict[str, float]:
         """Returns {f"HitRate@{k}", f"NDCG@{k}", f"MRR@{k}", f"Coverage@{k}", f"Surprisal@{k}"}."""

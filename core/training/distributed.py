@@ -1,0 +1,283 @@
+"""torch.distributed glue: one process per rank, started by ``torchrun``.
+
+What a K-rank run changes, and why each piece is exact rather than approximate:
+
+- **Context** (``init_from_env``): rank, world size, local rank and device from torchrun's
+  environment; NCCL when every rank has a GPU of its own, gloo otherwise (CPU, or K ranks
+  sharing fewer GPUs). The process group gets an explicit timeout, so a rank that dies or
+  hangs makes the others fail with one ``DistributedError`` line instead of waiting forever.
+- **Data** (``shard_rows``, ``rank_positions``): every rank draws the same global shuffle and
+  builds the same global batch of ``train.batch_size`` rows (the global batch: the learning
+  rate is never rescaled); rank r keeps its contiguous share. K ranks together see exactly
+  the batches of a 1-rank run.
+- **Loss weighting** (``loss_scale``): the loss is a mean over the global batch's scored
+  positions, but each rank's loss is a mean over its own; DDP then averages gradients over
+  ranks. Scaling rank r's mean by ``n_r * K / N`` (all counts known on the host, so no sync)
+  makes DDP's average equal the 1-rank gradient of the global mean.
+- **Evaluation** (``eval_shard``, ``reduce_metrics``): rank r ranks the global evaluation
+  batches r, r + K, r + 2K, ...; the per-batch float64 sums are gathered and summed in the
+  global batch order, and the Coverage masks are OR-ed, so the metrics equal a 1-rank
+  evaluation bit for bit (same batches, same additions in the same order).
+- **Decisions** (``broadcast``): early stopping and the like are decided on rank 0 and sent to
+  all, so ranks can never disagree about whether to go on.
+
+Collectives on gloo run on CPU tensors (``_to_comm``): gloo's CUDA support is partial, and
+gloo is the backend used when K ranks share one GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from core.metrics import RankingMetrics
+
+DEFAULT_TIMEOUT_S = 600.0  # long enough for a slow evaluation on rank 0, short enough to notice a dead rank
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank died, hung past the timeout, or the group broke."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in the run. A 1-rank run is ``DistContext()`` (no process group)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: no process group (a plain 1-process run)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is a process group to talk to."""
+        return self.backend is not None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes the run folder and logs."""
+        return self.rank == 0
+
+
+def init_from_env(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+    """The context of this process, from torchrun's RANK / WORLD_SIZE / LOCAL_RANK.
+
+    Without WORLD_SIZE (``python experiments/run.py``) or with WORLD_SIZE=1 this starts no
+    process group and returns a 1-rank context on ``device``. ``device``: "auto" (a GPU per
+    local rank when there are GPUs), "cpu" or "cuda". NCCL needs one GPU per rank; when
+    LOCAL_WORLD_SIZE ranks share fewer GPUs, ranks share them round-robin and talk over gloo.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device not in ("auto", "cpu", "cuda") and world > 1:
+        raise ValueError(f"under torchrun the device must be 'auto', 'cpu' or 'cuda' "
+                         f"(each rank picks its own GPU), got {device!r}")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if world == 1:
+        from core.env import resolve_device
+
+        return DistContext(device=resolve_device(device), timeout_s=timeout_s)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if use_cuda:
+        n_gpus = torch.cuda.device_count()
+        if n_gpus == 0:
+            raise ValueError("device 'cuda' requested but no CUDA device is visible")
+        dev = torch.device("cuda", local_rank % n_gpus)
+        torch.cuda.set_device(dev)
+        backend = "nccl" if n_gpus >= local_world else "gloo"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return DistContext(rank=rank, world=world, local_rank=local_rank, device=dev,
+                       backend=backend, timeout_s=timeout_s)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Destroys the process group, if this context started one."""
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def collective_errors(ctx: DistContext, what: str):
+    """Turns a failed collective inside the block into one ``DistributedError`` line.
+
+    A dead peer shows up as a closed connection, a hung one as a timeout after
+    ``ctx.timeout_s``; either way this rank cannot go on, and the message says which.
+    """
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as err:
+        if isinstance(err, DistributedError) or not ctx.enabled:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedError(
+            f"rank {ctx.rank}/{ctx.world}: {what} failed: another rank died or did not answer within "
+            f"{ctx.timeout_s:g} s ({first[:200]})"
+        ) from err
+
+
+# --- splitting work -------------------------------------------------------------------------
+
+
+def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each rank's contiguous share of ``n`` things; sizes differ by at most one.
+
+    The first ``n % world`` ranks take one more. Used for batch rows and for item ranges.
+    """
+    if world < 1 or n < 0:
+        raise ValueError(f"shard_bounds: need n >= 0 and world >= 1, got n={n}, world={world}")
+    base, extra = divmod(n, world)
+    bounds, lo = [], 0
+    for r in range(world):
+        hi = lo + base + (r < extra)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+def shard_rows(rows, rank: int, world: int):
+    """Rank ``rank``'s contiguous share of a global batch (tensor or array, rows first)."""
+    lo, hi = shard_bounds(len(rows), world)[rank]
+    return rows[lo:hi]
+
+
+def rank_positions(row_positions: np.ndarray | Sequence[int], world: int) -> list[int]:
+    """Scored positions of each rank's share of one global batch, from per-row counts (host).
+
+    ``row_positions`` (B,): scored positions of each row of the global batch in batch order
+    (a user with a training sequence t scores min(len(t) - 1, max_len)).
+    """
+    counts = np.asarray(row_positions, dtype=np.int64)
+    return [int(counts[lo:hi].sum()) for lo, hi in shard_bounds(len(counts), world)]
+
+
+def loss_scale(local_positions: int, global_positions: int, world: int) -> float:
+    """Factor for this rank's mean loss so that DDP's averaged gradient is the global mean's.
+
+    Global mean = sum_r n_r * mean_r / N; DDP averages, i.e. divides the sum of the ranks'
+    gradients by K, so rank r contributes mean_r * (n_r * K / N). A rank with no positions
+    contributes 0 (its loss must still be part of the graph: see ``scaled_loss``).
+    """
+    if global_positions <= 0:
+        raise ValueError(f"loss_scale: the global batch has {global_positions} scored positions")
+    return local_positions * world / global_positions
+
+
+def scaled_loss(loss_fn, e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor, *,
+                local_positions: int, global_positions: int, world: int) -> torch.Tensor:
+    """``loss_fn(e, c, targets) * loss_scale(...)``; a zero that still reaches every parameter
+    when this rank's share holds no scored position (a mean over none would be NaN, and DDP
+    needs every rank to produce gradients for the same parameters)."""
+    if local_positions == 0:
+        return (e.sum() + c.sum()) * 0.0
+    return loss_fn(e, c, targets) * loss_scale(local_positions, global_positions, world)
+
+
+# --- collectives ----------------------------------------------------------------------------
+
+
+def _to_comm(ctx: DistContext, t: torch.Tensor) -> torch.Tensor:
+    """The tensor as the backend wants it: on the GPU for NCCL, on the CPU for gloo."""
+    return t.to(ctx.device) if ctx.backend == "nccl" else t.cpu()
+
+
+def all_gather_rows(ctx: DistContext, t: torch.Tensor, counts: Sequence[int]) -> list[torch.Tensor]:
+    """Every rank's ``t`` (counts[r], ...) -> the list of all of them, on ``t``'s device.
+
+    Row counts may differ between ranks; every rank knows them (``counts``), so the tensors
+    are padded to the largest and cut back without an extra exchange of sizes.
+    """
+    if t.shape[0] != counts[ctx.rank]:
+        raise ValueError(f"all_gather_rows: rank {ctx.rank} holds {t.shape[0]} rows, counts say {counts[ctx.rank]}")
+    longest = max(counts)
+    padded = _to_comm(ctx, torch.nn.functional.pad(t, (0, 0) * (t.ndim - 1) + (0, longest - t.shape[0])))
+    parts = [torch.empty_like(padded) for _ in range(ctx.world)]
+    with collective_errors(ctx, "all_gather"):
+        dist.all_gather(parts, padded.contiguous())
+    return [p[:n].to(t.device) for p, n in zip(parts, counts)]
+
+
+def all_reduce(ctx: DistContext, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """A reduced copy of ``t`` over all ranks (``t`` itself is left alone), on ``t``'s device."""
+    buf = _to_comm(ctx, t).clone()
+    with collective_errors(ctx, "all_reduce"):
+        dist.all_reduce(buf, op=op)
+    return buf.to(t.device)
+
+
+def broadcast(ctx: DistContext, obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (a picklable value: a decision, a dict of metrics)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    with collective_errors(ctx, "broadcast"):
+        dist.broadcast_object_list(box, src=src, device=ctx.device if ctx.backend == "nccl" else None)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    """Waits for every rank (e.g. until rank 0 has written a checkpoint)."""
+    if ctx.enabled:
+        with collective_errors(ctx, "barrier"):
+            dist.barrier()
+
+
+def mean_over_ranks(ctx: DistContext, value: float) -> float:
+    """The mean of a host float over ranks (e.g. an epoch's loss for the log)."""
+    if not ctx.enabled:
+        return value
+    return float(all_reduce(ctx, torch.tensor([value], dtype=torch.float64))[0]) / ctx.world
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+def eval_shard(n_users: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
+    """Users rank ``rank`` evaluates: the global batches rank, rank + K, ... concatenated.
+
+    ``eval_batches`` over these users with the same ``batch_size`` yields exactly those global
+    batches (every batch but the globally last is full, and that one is this rank's last), so
+    each batch's sums are those of a 1-rank evaluation. (n,) int64.
+    """
+    starts = range(rank * batch_size, n_users, world * batch_size)
+    parts = [torch.arange(lo, min(lo + batch_size, n_users)) for lo in starts]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
+
+def reduce_metrics(ctx: DistContext, metrics: RankingMetrics) -> None:
+    """Replaces each rank's ``metrics`` (filled over ``eval_shard``'s users) by the global ones.
+
+    Per-batch sums are gathered and put back in global batch order (batch g was ranked by rank
+    g % K as its (g // K)-th), then summed one after another as one process would; the
+    Coverage masks are OR-ed. The result equals a 1-rank evaluation bit for bit.
+    """
+    if not ctx.enabled:
+        return
+    rows, seen = metrics.state()  # (n_local, C) float64, (len(ks), n_items) bool
+    counts = [int(n) for n in all_reduce(
+        ctx, torch.zeros(ctx.world, dtype=torch.int64).index_fill_(0, torch.tensor(ctx.rank), len(rows)))]
+    gathered = all_gather_rows(ctx, rows, counts)
+    ordered = [gathered[g % ctx.world][g // ctx.world] for g in range(sum(counts))]
+    union = all_reduce(ctx, seen.to(torch.uint8), op=dist.ReduceOp.MAX).bool()
+    metrics.load_state(torch.stack(ordered) if ordered else rows[:0], union)
+
+
+def eval_args(ctx: DistContext, n_users: int, batch_size: int) -> dict:
+    """Extra ``rank_split`` arguments for this rank: its users and the exact reduction ({} on 1 rank)."""
+    if not ctx.enabled:
+        return {}
+    return {"users": eval_shard(n_users, batch_size, ctx.rank, ctx.world),
+            "reduce": lambda metrics: reduce_metrics(ctx, metrics)}

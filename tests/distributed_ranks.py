@@ -1,0 +1,50 @@
+"""Runs a function on K CPU ranks (gloo) in spawned processes, for the distributed tests.
+
+``run_ranks(fn, world, tmp_path, *args)`` starts ``world`` processes with torchrun's
+environment variables, calls ``fn(ctx, *args)`` in each with ``ctx`` from
+``init_from_env("cpu")`` and returns the ranks' results (torch.save'd through ``tmp_path``).
+``fn`` must be a module-level function (it is pickled by name).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun sets for a worker on one node."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, fn, args) -> None:
+    os.environ.update(rank_env(rank, world, port))
+    torch.set_num_threads(1)  # K ranks on a 2-core machine
+    from core.training.distributed import init_from_env, shutdown
+
+    ctx = init_from_env("cpu", timeout_s=timeout_s)
+    try:
+        result = fn(ctx, *args)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        shutdown(ctx)
+
+
+def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0) -> list:
+    """[fn(ctx_r, *args) for each rank r], run in ``world`` spawned gloo processes."""
+    out = Path(tmp_path) / f"ranks_{fn.__name__}_{world}"
+    out.mkdir(parents=True, exist_ok=True)
+    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, fn, args),
+                       nprocs=world, join=True, start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]

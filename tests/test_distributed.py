@@ -1,0 +1,250 @@
+"""Data-parallel pieces on 2 and 3 CPU ranks (gloo) against one process.
+
+- evaluation split over ranks equals a 1-rank evaluation bit for bit;
+- a global batch split over ranks with the weighted loss gives the 1-rank gradient under DDP
+  (and the unweighted local mean does not);
+- a rank that dies makes the others stop with one DistributedError within the timeout.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.data.batching import DeviceSequences, TrainBatches
+from core.data.shards import SequenceData
+from core.evaluation import count_train_users, evaluate_model, evaluate_popularity
+from core.losses import ce
+from core.metrics import RankingMetrics
+from core.model import SASRec
+from core.training import distributed as D
+from tests.distributed_ranks import free_port, rank_env, run_ranks
+
+N_USERS, N_ITEMS, MAX_LEN = 37, 23, 8
+
+
+def make_data(seed: int = 0) -> SequenceData:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 14, N_USERS)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = rng.integers(1, N_ITEMS + 1, offsets[-1]).astype(np.int32)
+    return SequenceData(offsets=offsets, items=items, n_users=N_USERS, n_items=N_ITEMS)
+
+
+def make_model(seed: int = 1) -> SASRec:
+    torch.manual_seed(seed)
+    return SASRec(N_ITEMS, dim=16, max_len=MAX_LEN, n_blocks=1, n_heads=2, dropout=0.0)
+
+
+# --- host-side splitting ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,world", [(0, 2), (1, 3), (7, 2), (7, 3), (9, 3), (10, 4)])
+def test_shard_bounds_cover_everything_once_and_balanced(n, world):
+    bounds = D.shard_bounds(n, world)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:]))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert max(sizes) - min(sizes) <= 1
+    rows = torch.arange(n)
+    assert torch.equal(torch.cat([D.shard_rows(rows, r, world) for r in range(world)]), rows)
+
+
+def test_rank_positions_and_loss_scale_recover_the_global_mean():
+    positions = np.array([3, 0, 5, 8, 1, 2, 7])
+    per_rank = D.rank_positions(positions, 3)
+    assert per_rank == [3 + 0 + 5, 8 + 1, 2 + 7]
+    total = int(positions.sum())
+    # sum_r mean_r * scale_r / K = sum_r sum_r / N
+    means = [10.0, 4.0, 2.5]
+    got = sum(m * D.loss_scale(n, total, 3) for m, n in zip(means, per_rank)) / 3
+    assert got == pytest.approx(sum(m * n for m, n in zip(means, per_rank)) / total)
+
+
+@pytest.mark.parametrize("n_users,batch,world", [(37, 5, 2), (37, 5, 3), (4, 5, 3), (30, 5, 3)])
+def test_eval_shard_takes_whole_global_batches_round_robin(n_users, batch, world):
+    shares = [D.eval_shard(n_users, batch, r, world) for r in range(world)]
+    assert torch.equal(torch.sort(torch.cat(shares)).values, torch.arange(n_users))
+    global_batches = [list(range(lo, min(lo + batch, n_users))) for lo in range(0, n_users, batch)]
+    for r, share in enumerate(shares):
+        local = [share[i:i + batch].tolist() for i in range(0, len(share), batch)]
+        assert local == global_batches[r::world]
+
+
+def test_metrics_state_round_trip_is_bit_exact():
+    torch.manual_seed(0)
+    counts = np.arange(N_ITEMS + 1)
+    one = RankingMetrics(n_items=N_ITEMS, ks=(1, 5), item_user_counts=counts, n_train_users=40)
+    for _ in range(4):
+        one.update(torch.randn(6, N_ITEMS), torch.randint(1, N_ITEMS + 1, (6,)))
+    copy = RankingMetrics(n_items=N_ITEMS, ks=(1, 5), item_user_counts=counts, n_train_users=40)
+    copy.load_state(*one.state())
+    assert copy.compute() == one.compute()
+    rows, seen = one.state()
+    copy.load_state(rows, torch.zeros_like(seen))  # a lost Coverage union shows
+    assert copy.compute()["Coverage@5"] == 0.0 != one.compute()["Coverage@5"]
+
+
+# --- distributed evaluation -------------------------------------------------------------------
+
+EVAL_BATCH = 5  # 37 users: 8 batches, the last one of 2 users
+
+
+def _eval_args(data: SequenceData) -> dict:
+    return dict(batch_size=EVAL_BATCH, max_len=MAX_LEN, mask_history=True, ks=(1, 5, 10),
+                item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data))
+
+
+def _evaluate(ctx: D.DistContext) -> dict:
+    data = make_data()
+    model = make_model()
+    seqs = DeviceSequences.from_data(data)
+    args = {**_eval_args(data), **D.eval_args(ctx, data.n_users, EVAL_BATCH)}
+    local = {**_eval_args(data), "users": D.eval_shard(data.n_users, EVAL_BATCH, ctx.rank, ctx.world)}
+    return {
+        "valid": evaluate_model(model, model, seqs, split="valid", amp=False, **args),
+        "test": evaluate_model(model, model, seqs, split="test", amp=False, **args),
+        "popularity": evaluate_popularity(seqs, split="test", **args),
+        "unreduced": evaluate_model(model, model, seqs, split="test", amp=False, **local),
+    }
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_evaluation_equals_one_process_exactly(world, tmp_path):
+    expected = _evaluate(D.DistContext())
+    results = run_ranks(_evaluate, world, tmp_path)
+    for rank, got in enumerate(results):
+        for split in ("valid", "test", "popularity"):
+            assert got[split] == expected[split], (rank, split)  # dict equality: every float exact
+        # the reduction is what makes them equal: one rank's own share gives other numbers
+        assert got["unreduced"] != expected["test"]
+
+
+# --- data-parallel gradients ------------------------------------------------------------------
+
+GLOBAL_BATCH = 7  # rows per global batch, not divisible by 2 or 3
+
+
+def _global_batch():
+    seqs = DeviceSequences.from_data(make_data())
+    batch = next(TrainBatches(seqs, batch_size=GLOBAL_BATCH, max_len=MAX_LEN, seed=0).epoch(1))
+    return batch.inputs, batch.targets
+
+
+def _loss_and_grads(model, inputs, targets, *, local_positions, global_positions, world):
+    hidden = model(inputs)  # (B, L, D)
+    mask = targets != 0
+    catalog = getattr(model, "module", model).catalog()  # DDP wraps the model
+    loss = D.scaled_loss(ce, hidden[mask], catalog, targets[mask] - 1,
+                         local_positions=local_positions, global_positions=global_positions, world=world)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _ddp_grads(ctx: D.DistContext) -> dict:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    inputs, targets = _global_batch()
+    row_positions = (targets != 0).sum(1).numpy()  # the loop knows these from the host
+    per_rank = D.rank_positions(row_positions, ctx.world)
+    total = int(row_positions.sum())
+    mine_in, mine_t = D.shard_rows(inputs, ctx.rank, ctx.world), D.shard_rows(targets, ctx.rank, ctx.world)
+    ddp = DDP(make_model())
+    weighted = _loss_and_grads(ddp, mine_in, mine_t, local_positions=per_rank[ctx.rank],
+                               global_positions=total, world=ctx.world)
+    # the broken variant: each rank's own mean, averaged by DDP (scale 1 everywhere)
+    plain = _loss_and_grads(ddp, mine_in, mine_t, local_positions=1, global_positions=ctx.world,
+                            world=ctx.world)
+    return {"weighted": weighted, "plain": plain, "positions": per_rank}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_global_batch_with_weighted_loss_gives_the_one_rank_gradient(world, tmp_path):
+    inputs, targets = _global_batch()
+    total = int((targets != 0).sum())
+    expected = _loss_and_grads(make_model(), inputs, targets, local_positions=total,
+                               global_positions=total, world=1)
+    results = run_ranks(_ddp_grads, world, tmp_path)
+    assert len(set(results[0]["positions"])) > 1  # ranks really hold different shares
+    for got in results:
+        for name, grad in expected.items():
+            torch.testing.assert_close(got["weighted"][f"module.{name}"], grad, rtol=1e-5, atol=1e-7)
+    worst = max((results[0]["plain"][f"module.{n}"] - g).abs().max().item() for n, g in expected.items())
+    assert worst > 1e-4  # unweighted local means are not the global mean's gradient
+
+
+def _empty_share(ctx: D.DistContext) -> dict:
+    """A global batch of 2 rows on 3 ranks: rank 2 holds no row and must still take part."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    inputs, targets = (t[:2] for t in _global_batch())
+    row_positions = (targets != 0).sum(1).numpy()
+    per_rank = D.rank_positions(row_positions, ctx.world)
+    ddp = DDP(make_model())
+    mine = [D.shard_rows(t, ctx.rank, ctx.world) for t in (inputs, targets)]
+    return _loss_and_grads(ddp, *mine, local_positions=per_rank[ctx.rank],
+                           global_positions=int(row_positions.sum()), world=ctx.world)
+
+
+def test_a_rank_without_rows_contributes_zero(tmp_path):
+    inputs, targets = (t[:2] for t in _global_batch())
+    total = int((targets != 0).sum())
+    expected = _loss_and_grads(make_model(), inputs, targets, local_positions=total,
+                               global_positions=total, world=1)
+    for got in run_ranks(_empty_share, 3, tmp_path):
+        for name, grad in expected.items():
+            torch.testing.assert_close(got[f"module.{name}"], grad, rtol=1e-5, atol=1e-7)
+
+
+# --- a dead rank ------------------------------------------------------------------------------
+
+TIMEOUT_S = 10.0
+
+
+def _die_or_wait(rank: int, world: int, port: int, out_dir: str, how: str) -> None:
+    os.environ.update(rank_env(rank, world, port))
+    torch.set_num_threads(1)
+    ctx = D.init_from_env("cpu", timeout_s=TIMEOUT_S)
+    if rank == 1:
+        if how == "dies":
+            os._exit(3)  # without a word, as a killed or crashed worker would
+        time.sleep(4 * TIMEOUT_S)  # stuck (a deadlock, a lost device): the others must not wait
+        os._exit(4)
+    start = time.perf_counter()
+    try:
+        D.all_reduce(ctx, torch.ones(3))
+        message = "no error"
+    except D.DistributedError as err:
+        message = str(err)
+    Path(out_dir, f"rank{rank}.txt").write_text(f"{time.perf_counter() - start:.1f}\n{message}")
+    os._exit(0)  # the group is broken: no orderly shutdown to wait for
+
+
+@pytest.mark.parametrize("how", ["dies", "hangs"])
+def test_a_dead_or_stuck_rank_stops_the_others_with_one_clear_error(how, tmp_path):
+    spawn = multiprocessing.get_context("spawn")
+    port = free_port()
+    procs = [spawn.Process(target=_die_or_wait, args=(r, 3, port, str(tmp_path), how)) for r in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        for rank in (0, 2):
+            procs[rank].join(timeout=TIMEOUT_S + 40)
+            assert not procs[rank].is_alive(), f"rank {rank} hung instead of failing"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    for rank in (0, 2):
+        seconds, message = Path(tmp_path, f"rank{rank}.txt").read_text().split("\n", 1)
+        assert message.startswith(f"rank {rank}/3: all_reduce failed: another rank died"), message
+        assert "\n" not in message
+        assert float(seconds) <= TIMEOUT_S + 5
