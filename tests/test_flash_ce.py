@@ -26,11 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "core" / "losses" / "kernels" / "flash_ce.py"
 
 # (N, V, D, dtype): few and many rows (both tile-table rows), D = 16..256 incl. non-powers of
-# two, V never a tile multiple, many catalog slices (N = 130, V = 1,000), one row.
+# two, V never a tile multiple, many catalog slices (N = 130, V = 1,000), row slices in dC
+# (N = 300, V = 40), one row. The broken kernels run on the first four.
 CASES = [
     (5, 129, 24, "float32"),
     (37, 300, 64, "float32"),
     (130, 1000, 32, "float16"),
+    (300, 40, 16, "float32"),
     (20, 70, 128, "float32"),
     (9, 150, 256, "float16"),
     (1, 33, 7, "float32"),
@@ -54,9 +56,12 @@ MUTANTS = [
      "p = p * w[None, :]", "p = p"),
     ("de_last_tile_skipped",  # each dE slice stops one tile early
      "for t in range(tiles_per_split):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
-     " + tl.arange(0, BLOCK_V).to(tl.int64)\n        c = tl.load(",
+     " + tl.arange(0, BLOCK_V)\n        c = tl.load(",
      "for t in range(tiles_per_split - 1):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
-     " + tl.arange(0, BLOCK_V).to(tl.int64)\n        c = tl.load("),
+     " + tl.arange(0, BLOCK_V)\n        c = tl.load("),
+    ("dc_row_slice_overlap",  # dC row slices each run one block into the next slice
+     "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split)",
+     "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split + BLOCK_N)"),
 ]
 
 CHECK = r"""
@@ -127,7 +132,7 @@ for name, old, new in mutants:
     spec.loader.exec_module(mod)
     core.losses.kernels.flash_ce = mod
     sys.modules["core.losses.kernels.flash_ce"] = mod
-    out["mutants"][name] = [errors(*case) for case in cases[:3]]
+    out["mutants"][name] = [errors(*case) for case in cases[:4]]
 print(json.dumps(out))
 """
 

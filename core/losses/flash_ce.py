@@ -8,7 +8,8 @@ catalog (as ``cce``'s split forward); the backward recomputes the logits in two 
 per gradient (core/losses/kernels/flash_ce.py):
 
 - dE: program per (row block, catalog slice), fp32 partials (slices, N, D) summed afterwards;
-- dC: program per catalog tile, looping over every row block, each dC row written once.
+- dC: program per catalog tile, looping over every row block, each dC row written once (with
+  few catalog tiles and many rows, the rows are cut into slices too, fp32 partials summed).
 
 How it differs from Apple's CCE (``cce``): exact gradients always (no gradient filter, no
 vocabulary sort), dE accumulated in fp32 (CCE's backward accumulates it in the operand dtype
@@ -17,7 +18,7 @@ separate deterministic mode), the catalog split in the backward as well as the f
 sizes chosen for D <= 256 instead of language-model hidden sizes.
 
 Extra memory besides dE and dC: O(N) (LSE, weights) plus the partials, at most
-``_SPLITS_PER_SM * SMs`` slices of N fp32 LSEs and a dE partial capped at ``_MAX_PARTIAL_BYTES``.
+``_SPLITS_PER_SM * SMs`` slices of N fp32 LSEs and dE / dC partials capped at ``_MAX_PARTIAL_BYTES``.
 No host sync: nothing data-dependent reaches the host, so a training step using it can be
 captured as a CUDA graph. Ignored targets (``IGNORE_INDEX``) count for nothing; with no
 scored target at all the loss is NaN and the gradients zero, exactly as ``ce``'s.
@@ -79,7 +80,8 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _splits(n_tiles: int, n_blocks: int, device: torch.device, cap: int | None = None) -> tuple[int, int]:
-    """(slices, tiles per slice): enough (row block, slice) programs to fill the GPU."""
+    """(slices, tiles per slice): cut ``n_tiles`` tiles into slices so that ``n_blocks`` times
+    the slices fill the GPU (at most ``cap`` slices)."""
     splits = max(1, min(n_tiles, -(-_SPLITS_PER_SM * _sm_count(device) // n_blocks), cap or n_tiles))
     per_split = -(-n_tiles // splits)
     return -(-n_tiles // per_split), per_split  # no slice starts past the catalog's end
@@ -136,12 +138,25 @@ def grad_c(e, c, lse, w, targets) -> torch.Tensor:
 
     (n, d), v = e.shape, c.shape[0]
     block_n, block_v, warps, stages = tiles("dc", n, d)
-    dc = torch.empty_like(c)
-    kernels._dc_kernel[(-(-v // block_v),)](
-        e, c, lse, w, targets, dc, n, v, d, e.stride(0), c.stride(0), dc.stride(0),
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=_block_d(d), PRECISION=_precision(e),
+    block_d = _block_d(d)
+    v_tiles = -(-v // block_v)
+    # Row slices only where catalog tiles alone leave the GPU idle (small catalogs, many rows).
+    cap = max(1, _MAX_PARTIAL_BYTES // (v * block_d * 4))
+    row_splits, blocks_per_split = _splits(max(1, -(-n // block_n)), v_tiles, e.device, cap)
+    if row_splits == 1:
+        out = dc = torch.empty_like(c)
+        strides = (0, dc.stride(0))
+    else:
+        out = torch.empty((row_splits, v, block_d), dtype=torch.float32, device=e.device)
+        strides = out.stride()[:2]
+    kernels._dc_kernel[(v_tiles, row_splits)](
+        e, c, lse, w, targets, out, n, v, d, e.stride(0), c.stride(0), *strides,
+        blocks_per_split * block_n,
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, PRECISION=_precision(e),
         num_warps=warps, num_stages=stages,
     )
+    if row_splits > 1:
+        dc = out.sum(0)[:, :d].to(c.dtype)
     return dc
 
 
