@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from core.losses import IGNORE_INDEX, cce, ce, flash_ce, flex_ce
+from core.losses.sampled import draw_negatives, sampled_softmax_loss
 
 MODES = ("fw", "bw", "fw-bw")
 
@@ -34,6 +35,8 @@ class Setup:
 
     forward: Callable[[], torch.Tensor]  # () -> scalar loss, recording autograd
     leaves: tuple[torch.Tensor, torch.Tensor]  # (e (N, D), c (V, D)) in the provider's dtype
+    # (e64, c64) -> the float64 loss this provider computes; None: full-catalog CE.
+    reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Provider:
     cuda_only: bool = False
     module: str | None = None  # optional package it needs
     description: str = ""
+    logit_columns: int | None = None  # logits per row when not V (sampled: K + 1): the floor's V
 
 
 def _leaves(e: torch.Tensor, c: torch.Tensor, dtype: torch.dtype):
@@ -112,6 +116,46 @@ def setup_flex_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Se
     return Setup(lambda: flex_ce(e_, c_, targets), (e_, c_))
 
 
+def _sampled_reference(e64, c64, targets, negatives) -> torch.Tensor:
+    """float64 sampled softmax from the FULL logits' columns (another path than the loss's
+    gather-then-multiply): the target's, then the negatives', accidental hits masked."""
+    keep = targets != IGNORE_INDEX
+    t = targets[keep]
+    logits = e64[keep] @ c64.T  # (n, V)
+    neg = logits[:, negatives].masked_fill(negatives == t.unsqueeze(1), float("-inf"))
+    sampled = torch.cat([logits.gather(1, t.unsqueeze(1)), neg], dim=1)  # (n, K + 1)
+    return torch.nn.functional.cross_entropy(sampled, torch.zeros_like(t))
+
+
+def setup_sampled_ce(n_negatives: int) -> Callable[..., Setup]:
+    """Sampled softmax CE over ``n_negatives`` uniform negatives, bf16 operands (as autocast).
+
+    Each forward draws its own negatives, as each training step does (the draw is part of the
+    cost); the correctness gate compares with the float64 sampled loss on the last forward's
+    negatives, since this loss is not full CE.
+    """
+
+    def setup(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
+        e_, c_ = _leaves(e, c, torch.bfloat16)
+        last: dict[str, torch.Tensor] = {}
+
+        def forward() -> torch.Tensor:
+            last["negatives"] = draw_negatives(n_negatives, c_.shape[0], device=e_.device)
+            return sampled_softmax_loss(e_, c_, targets, last["negatives"])
+
+        return Setup(forward, (e_, c_),
+                     lambda e64, c64: _sampled_reference(e64, c64, targets, last["negatives"]))
+
+    return setup
+
+
+def _sampled_provider(n_negatives: int) -> Provider:
+    """Named as the loss registry names it (``sampled_ce_256_uniform``); its logits are
+    (N, K + 1) whatever V, and so is its arithmetic floor."""
+    return Provider(setup_sampled_ce(n_negatives), torch.bfloat16, logit_columns=n_negatives + 1,
+                    description=f"sampled softmax, {n_negatives:,} uniform negatives")
+
+
 def setup_liger(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
     """Liger-Kernel's chunked fused linear cross-entropy.
 
@@ -144,6 +188,7 @@ PROVIDERS: dict[str, Provider] = {
                          description="own Triton kernel, exact gradients"),
     "flex_ce": Provider(setup_flex_ce, torch.bfloat16, cuda_only=True,
                         description="FlexAttention LSE as the loss"),
+    **{f"sampled_ce_{k}_uniform": _sampled_provider(k) for k in (256, 3000)},
     "liger": Provider(
         setup_liger,
         torch.bfloat16,
@@ -222,7 +267,10 @@ def check_provider(
         e_, c_ = setup.leaves
         e64 = e_.detach().double().requires_grad_()
         c64 = c_.detach().double().requires_grad_()
-        ref = torch.nn.functional.cross_entropy(e64 @ c64.T, targets, ignore_index=IGNORE_INDEX)
+        if setup.reference is not None:
+            ref = setup.reference(e64, c64)
+        else:
+            ref = torch.nn.functional.cross_entropy(e64 @ c64.T, targets, ignore_index=IGNORE_INDEX)
         ref.backward()
         loss, ref_value = float(loss.detach()), float(ref.detach())
         loss_err = abs(loss - ref_value) / max(1.0, abs(ref_value))

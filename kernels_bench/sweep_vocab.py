@@ -302,6 +302,7 @@ def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[di
                 for mode in cfg.modes:
                     bar.set_postfix_str(f"{kind} V={v:,} {name} {mode}")
                     key = (kind, name, mode)
+                    cols = PROVIDERS[name].logit_columns or v  # the arithmetic floor's V
                     projected, from_v = projected_ms(last, kind, name, v)
                     if b is None:
                         status, m, note = "oom", None, "inputs do not fit"
@@ -315,7 +316,7 @@ def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[di
                         skip[key] = note
                     else:
                         status, m, note = _run_point(name, mode, b, cfg)
-                        floor = floor_ms(n=cfg.n, v=v, d=cfg.dim, mode=mode, tflops=tflops)
+                        floor = floor_ms(n=cfg.n, v=cols, d=cfg.dim, mode=mode, tflops=tflops)
                         if status == "ok" and device.type == "cuda" and m.time_ms < floor:
                             # Faster than the matmuls it must do: the timed call skipped work
                             # (seen with a compiled backward re-run under retain_graph).
@@ -346,7 +347,7 @@ def run_sweep(cfg: SweepConfig, catalog, env: dict, *, on_block=None) -> list[di
                         "matmul_tflops": tflops,
                         "timestamp": stamp,
                     }
-                    floor = floor_ms(n=cfg.n, v=v, d=cfg.dim, mode=mode, tflops=tflops)
+                    floor = floor_ms(n=cfg.n, v=cols, d=cfg.dim, mode=mode, tflops=tflops)
                     rows += _point_rows(base, m, note, floor, device.type == "cpu")
                     bar.update()
                     done += 1

@@ -30,6 +30,16 @@ from core.losses.sampled import (
     train_item_counts,
 )
 from experiments import run
+from kernels_bench.inputs import make_inputs
+from kernels_bench.measure import floor_ms
+from kernels_bench.providers import (
+    PROVIDERS,
+    Provider,
+    Setup,
+    _leaves,
+    _sampled_reference,
+    check_provider,
+)
 
 N, V, D = 37, 23, 16
 GIN_FILE = Path(__file__).resolve().parents[1] / "gin" / "loss" / "sampled_ce.gin"
@@ -260,6 +270,52 @@ def test_bind_data_gives_the_training_counts():
     e, c = torch.randn(4, 3), torch.randn(5, 3)
     torch.manual_seed(0)
     assert torch.isfinite(bound(e, c, torch.tensor([0, 1, 2, IGNORE_INDEX])))
+
+
+# --- kernels_bench providers ----------------------------------------------------------------
+
+
+def _bench_inputs():
+    """The sweep's gate shape (V = 1000, N = 256, one target in 8 ignored), trained-like logits
+    (peaked softmax: an accidental hit left unmasked moves the loss by O(0.1))."""
+    b = make_inputs("trained", n=256, v=1000, d=64, device=torch.device("cpu"), seed=1)
+    targets = b.targets.clone()
+    targets[::8] = IGNORE_INDEX
+    return b, targets
+
+
+@pytest.mark.parametrize("k", [256, 3000])
+def test_providers_pass_the_gate_and_floor_on_k_columns(k):
+    b, targets = _bench_inputs()
+    torch.manual_seed(0)
+    check = check_provider(f"sampled_ce_{k}_uniform", b.e, b.c, targets)
+    assert check.passed, check
+    spec = PROVIDERS[f"sampled_ce_{k}_uniform"]
+    assert spec.logit_columns == k + 1 and not spec.cuda_only
+    # The arithmetic floor counts K + 1 columns: at a large catalog, V's floor would be 1000x off.
+    assert floor_ms(n=256, v=spec.logit_columns, d=64, mode="fw", tflops=1.0) < 1e-3 * floor_ms(
+        n=256, v=2**22, d=64, mode="fw", tflops=1.0)
+
+
+def test_the_gate_rejects_a_sampled_provider_without_the_collision_mask():
+    b, targets = _bench_inputs()
+
+    def unmasked(e, c, t):
+        e_, c_ = _leaves(e, c, torch.bfloat16)
+        last = {}
+
+        def forward():
+            last["negatives"] = neg = draw_negatives(256, len(c_), device=e_.device)
+            keep = t != IGNORE_INDEX
+            logits = torch.cat([(e_[keep] * c_[t[keep]]).sum(1, keepdim=True),
+                                e_[keep] @ c_[neg].T], 1).float()
+            return F.cross_entropy(logits, torch.zeros(int(keep.sum()), dtype=torch.long))
+
+        return Setup(forward, (e_, c_), lambda e64, c64: _sampled_reference(e64, c64, t, last["negatives"]))
+
+    torch.manual_seed(0)
+    bad = check_provider("unmasked", b.e, b.c, targets, provider=Provider(unmasked, torch.bfloat16))
+    assert not bad.passed and bad.loss_err > bad.tol_loss
 
 
 # --- training --------------------------------------------------------------------------------
