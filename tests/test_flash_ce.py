@@ -47,11 +47,11 @@ MUTANTS = [
     ("lse_unmasked_padding",  # padded items (logit 0) enter the log-sum-exp
      'logits = tl.where(v_mask[None, :], logits, float("-inf"))', "logits = logits"),
     ("de_no_onehot",  # dE forgets the target's -1
-     "p = tl.exp(logits - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)",
-     "p = tl.exp(logits - lse[:, None])"),
+     "p = tl.exp2(logits * LOG2E - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)",
+     "p = tl.exp2(logits * LOG2E - lse[:, None])"),
     ("dc_no_onehot",  # dC forgets the target's -1
-     "p = tl.exp(logits - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)",
-     "p = tl.exp(logits - lse[None, :])"),
+     "p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)",
+     "p = tl.exp2(logits * LOG2E - lse[None, :])"),
     ("dc_unweighted",  # dC ignores the row weights (ignored rows and the 1/count mean)
      "p = p * w[None, :]", "p = p"),
     ("de_last_tile_skipped",  # each dE slice stops one tile early

@@ -25,6 +25,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# exp(x) = exp2(x * LOG2E): the hardware has exp2, and with the row's LSE pre-scaled the
+# exponent is one fused multiply-add per logit.
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
 
 @triton.jit
 def _lse_kernel(
@@ -47,11 +52,12 @@ def _lse_kernel(
                     mask=v_mask[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
         logits = tl.dot(e, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_V) fp32
         logits = tl.where(v_mask[None, :], logits, float("-inf"))
+        logits = logits * LOG2E  # base-2 units from here on
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         # A slice's first tile always holds items, so new_max is finite from there on.
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+        run_sum = run_sum * tl.exp2(run_max - new_max) + tl.sum(tl.exp2(logits - new_max[:, None]), axis=1)
         run_max = new_max
-    tl.store(PartLSE + pid_s * N + offs_n, run_max + tl.log(run_sum), mask=offs_n < N)
+    tl.store(PartLSE + pid_s * N + offs_n, (run_max + tl.log2(run_sum)) * LN2, mask=offs_n < N)
 
 
 @triton.jit
@@ -67,7 +73,7 @@ def _de_kernel(
     d_mask = offs_d < D
     e = tl.load(E + offs_n[:, None].to(tl.int64) * stride_e + offs_d[None, :],
                 mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-    lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)  # (BLOCK_N,)
+    lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0) * LOG2E  # (BLOCK_N,) base 2
     w = tl.load(W + offs_n, mask=n_mask, other=0.0)  # (BLOCK_N,): 0 past N and for ignored rows
     tgt = tl.load(T + offs_n, mask=n_mask, other=-1).to(tl.int32)  # (BLOCK_N,)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
@@ -77,7 +83,7 @@ def _de_kernel(
                     mask=(offs_v < V)[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
         logits = tl.dot(e, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_V)
         # Items past V have zero rows in c, so their P (finite) adds nothing to P C.
-        p = tl.exp(logits - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)
+        p = tl.exp2(logits * LOG2E - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)
         p = p * w[:, None]
         acc = tl.dot(p.to(e.dtype), c, acc, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
     tl.store(PartDE + (pid_s * N + offs_n[:, None].to(tl.int64)) * BLOCK_D + offs_d[None, :], acc,
@@ -109,11 +115,11 @@ def _dc_kernel(
         n_mask = offs_n < row_end
         e = tl.load(E + offs_n[:, None].to(tl.int64) * stride_e + offs_d[None, :],
                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-        lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)
+        lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0) * LOG2E  # base 2
         w = tl.load(W + offs_n, mask=n_mask, other=0.0)  # rows past the slice get weight 0
         tgt = tl.load(T + offs_n, mask=n_mask, other=-1).to(tl.int32)
         logits = tl.dot(c, tl.trans(e), input_precision=PRECISION)  # (BLOCK_V, BLOCK_N)
-        p = tl.exp(logits - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)
+        p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)
         p = p * w[None, :]
         acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
     tl.store(DC + pid_s * stride_dc_split + offs_v[:, None].to(tl.int64) * stride_dc + offs_d[None, :],
