@@ -202,6 +202,8 @@ def all_gather_rows(ctx: DistContext, t: torch.Tensor, counts: Sequence[int]) ->
     """
     if t.shape[0] != counts[ctx.rank]:
         raise ValueError(f"all_gather_rows: rank {ctx.rank} holds {t.shape[0]} rows, counts say {counts[ctx.rank]}")
+    if not ctx.enabled:
+        return [t]
     longest = max(counts)
     padded = _to_comm(ctx, torch.nn.functional.pad(t, (0, 0) * (t.ndim - 1) + (0, longest - t.shape[0])))
     parts = [torch.empty_like(padded) for _ in range(ctx.world)]
@@ -212,6 +214,8 @@ def all_gather_rows(ctx: DistContext, t: torch.Tensor, counts: Sequence[int]) ->
 
 def all_reduce(ctx: DistContext, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """A reduced copy of ``t`` over all ranks (``t`` itself is left alone), on ``t``'s device."""
+    if not ctx.enabled:
+        return t.clone()
     buf = _to_comm(ctx, t).clone()
     with collective_errors(ctx, "all_reduce"):
         dist.all_reduce(buf, op=op)

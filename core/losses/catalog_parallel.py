@@ -1,0 +1,224 @@
+"""Catalog-parallel softmax cross-entropy and item lookup: the item table split by item range.
+
+Why: at tens of millions of items the table, its Adam state and the loss's pass over the
+catalog no longer fit or pay on one device. Here rank r of K holds only the items of
+``item_range(V, r, K)`` (V / K rows, its Adam state with them), and
+
+- ``catalog_parallel_ce(e, c_shard, targets, ctx=...)``: every rank gathers all ranks' hidden
+  states E (N, D) and targets, computes the log-sum-exp of E against ITS shard and the target
+  logits that fall in its shard, and one all-gather of those (N,) pairs lets every rank finish
+  lse = logsumexp over the shards (max-subtracted) and the global mean loss. Backward
+  recomputes the shard's softmax with the global lse: dC stays on its owner, and the partial
+  dE of every shard is summed and sent to the rank whose rows they are (reduce-scatter on
+  NCCL, all-reduce and slice on gloo).
+- ``sharded_lookup(ids, table_shard, ctx=...)``: the input embedding of a catalog-parallel
+  model. Ids are gathered, every rank fills the rows it owns, and the sums go back to the rank
+  that asked; backward gathers the output gradients and each owner adds them to its rows.
+
+Scaling under DDP: the replicated model body is averaged over ranks by DDP, so the gradient a
+rank sends into it must be K times its share. ``e_grad_scale = K`` does that for dE;
+``table_grad_scale = 1 / K`` undoes it for the lookups' gradients, which arrive scaled by K
+and are summed on the owner. With both at 1 the functions give the plain gradients of the
+global mean loss (what the tests compare against 1-rank CE).
+
+The shard's log-sum-exp is the project's split kernel (``core.losses.kernels.cce_split.split_lse``)
+on CUDA with bf16/fp16 hidden states, else plain torch in row chunks; the backward is plain
+torch in row chunks (CE's math on the shard, (chunk, V / K) logits at a time). A fused backward
+would feed cut-cross-entropy's ``cce_backward_kernel`` the global lse; not done yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+from core.losses.registry import IGNORE_INDEX
+from core.training.distributed import DistContext, _to_comm, all_gather_rows, collective_errors, shard_bounds
+
+_CHUNK_ELEMENTS = 2**26  # logits per chunk: 256 MiB in fp32
+
+
+def item_range(n_items: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) catalog columns (item id - 1) that rank ``rank`` owns; sizes differ by at most one."""
+    if n_items < world:
+        raise ValueError(f"catalog-parallel needs at least one item per rank: {n_items} items, {world} ranks")
+    return shard_bounds(n_items, world)[rank]
+
+
+def _row_counts(ctx: DistContext, n: int, counts: Sequence[int] | None) -> list[int]:
+    """Every rank's row count: ``counts`` when the caller knows them (host), else exchanged."""
+    if counts is not None:
+        return [int(c) for c in counts]
+    if not ctx.enabled:
+        return [n]
+    mine = torch.zeros(ctx.world, dtype=torch.int64)
+    mine[ctx.rank] = n
+    buf = _to_comm(ctx, mine)
+    with collective_errors(ctx, "all_reduce of row counts"):
+        dist.all_reduce(buf)
+    return [int(c) for c in buf.cpu()]
+
+
+def _chunks(n: int, width: int):
+    """Row slices of at most ``_CHUNK_ELEMENTS / width`` rows covering 0..n."""
+    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    return (slice(lo, min(lo + step, n)) for lo in range(0, n, step))
+
+
+def _logits(e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """fp32 logits as ``ce`` computes them: the product in the operands' dtype, then fp32."""
+    return (e @ c.to(e.dtype).T).float()
+
+
+def shard_lse(e: torch.Tensor, c_shard: torch.Tensor) -> torch.Tensor:
+    """(N,) fp32 log-sum-exp of ``e`` (N, D) against this rank's items ``c_shard`` (V_k, D)."""
+    if e.is_cuda and e.dtype in (torch.bfloat16, torch.float16):
+        from core.losses.kernels.cce_split import split_lse
+
+        return split_lse(e, c_shard)[0]
+    out = torch.empty(e.shape[0], dtype=torch.float32, device=e.device)
+    for rows in _chunks(e.shape[0], c_shard.shape[0]):
+        out[rows] = torch.logsumexp(_logits(e[rows], c_shard), dim=1)
+    return out
+
+
+def _combine(parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, 2, N) per-shard (lse, target logit) -> global (lse (N,), target logit (N,)).
+
+    lse = M + log(sum_k exp(lse_k - M)), M the max over shards (``torch.logsumexp``): without
+    the max, exp overflows for logits above ~88 in fp32. The target logit comes from the one
+    shard that owns the target; the others send 0.
+    """
+    return torch.logsumexp(parts[:, 0], dim=0), parts[:, 1].sum(0)
+
+
+def _sum_to_owner(ctx: DistContext, partial: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """Sums ``partial`` (sum(counts), D) over ranks and returns this rank's rows (counts[rank], D).
+
+    Rows [sum(counts[:r]), sum(counts[:r+1])) belong to rank r. NCCL: one reduce-scatter of the
+    blocks padded to the longest; gloo (no reduce-scatter): an all-reduce, then the slice.
+    """
+    lo = sum(counts[: ctx.rank])
+    if not ctx.enabled:
+        return partial
+    if ctx.backend == "nccl":
+        longest = max(counts)
+        blocks = partial.new_zeros(ctx.world, longest, partial.shape[1])
+        for r, part in enumerate(partial.split(list(counts))):
+            blocks[r, : len(part)] = part
+        out = partial.new_empty(longest, partial.shape[1])
+        with collective_errors(ctx, "reduce_scatter"):
+            dist.reduce_scatter_tensor(out, blocks.flatten(0, 1))
+        return out[: counts[ctx.rank]]
+    buf = _to_comm(ctx, partial).contiguous()
+    with collective_errors(ctx, "all_reduce"):
+        dist.all_reduce(buf)
+    return buf[lo : lo + counts[ctx.rank]].to(partial.device)
+
+
+class _CatalogParallelCE(torch.autograd.Function):
+    """Global mean NLL over the rows of all ranks; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, e, c_shard, targets, dctx, counts, e_grad_scale):
+        lo, hi = dctx.shard
+        all_e = torch.cat(all_gather_rows(dctx.ctx, e, counts))  # (N, D)
+        all_t = torch.cat(all_gather_rows(dctx.ctx, targets, counts))  # (N,)
+        valid = all_t != IGNORE_INDEX
+        mine = valid & (all_t >= lo) & (all_t < hi)  # targets this rank's shard holds
+        local = torch.where(mine, all_t - lo, 0)  # (N,) shard column (0 where not mine)
+        # (N,) fp32: operands rounded to e's dtype, products summed in fp32 (as the split CCE does)
+        dot = (all_e.float() * c_shard.index_select(0, local).to(all_e.dtype).float()).sum(-1)
+        target_logit = torch.where(mine, dot, 0.0)
+        part = torch.stack([shard_lse(all_e, c_shard), target_logit])  # (2, N)
+        parts = torch.stack(all_gather_rows(dctx.ctx, part.T.contiguous(), [part.shape[1]] * dctx.ctx.world))
+        lse, t_logit = _combine(parts.transpose(1, 2))  # (N,), (N,)
+        weight = valid.float() / valid.sum().clamp(min=1)  # (N,): the global mean, no host sync
+        ctx.save_for_backward(all_e, c_shard, lse, local, mine, weight)
+        ctx.dctx, ctx.counts, ctx.e_grad_scale = dctx, counts, e_grad_scale
+        return ((lse - t_logit) * weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        all_e, c_shard, lse, local, mine, weight = ctx.saved_tensors
+        scale = grad * weight  # (N,)
+        de_all = torch.zeros(all_e.shape, dtype=torch.float32, device=all_e.device)  # (N, D)
+        dc = torch.zeros(c_shard.shape, dtype=torch.float32, device=c_shard.device)  # (V_k, D)
+        for rows in _chunks(all_e.shape[0], c_shard.shape[0]):
+            e = all_e[rows]
+            # d loss / d logits = (softmax - one_hot) * weight, this shard's columns only
+            g = torch.exp(_logits(e, c_shard) - lse[rows, None])  # (n, V_k)
+            hit = mine[rows].nonzero().squeeze(1)
+            g[hit, local[rows][hit]] -= 1.0
+            g *= scale[rows, None]
+            de_all[rows] = g @ c_shard.float()
+            dc += g.T @ e.float()
+        de = _sum_to_owner(ctx.dctx.ctx, de_all, ctx.counts) * ctx.e_grad_scale
+        return de.to(all_e.dtype), dc.to(c_shard.dtype), None, None, None, None
+
+
+class _Shard:
+    """What the autograd functions need besides tensors: the context and this rank's item range."""
+
+    def __init__(self, ctx: DistContext, n_items: int):
+        self.ctx = ctx
+        self.shard = item_range(n_items, ctx.rank, ctx.world)
+
+
+def catalog_parallel_ce(e: torch.Tensor, c_shard: torch.Tensor, targets: torch.Tensor, *,
+                        ctx: DistContext, n_items: int, counts: Sequence[int] | None = None,
+                        e_grad_scale: float = 1.0) -> torch.Tensor:
+    """Softmax cross-entropy over the whole catalog with the table split over ranks.
+
+    ``e`` (N_r, D) this rank's hidden states, ``c_shard`` (V_r, D) this rank's items
+    (``item_range(n_items, rank, world)``), ``targets`` (N_r,) GLOBAL catalog columns
+    (item id - 1) or ``IGNORE_INDEX``. Returns the mean NLL over every rank's non-ignored
+    targets, the same value on every rank. ``counts``: every rank's N_r when known on the host
+    (saves one small exchange). ``e_grad_scale``: see the module docstring (K under DDP).
+    """
+    lo, hi = item_range(n_items, ctx.rank, ctx.world)
+    if c_shard.shape[0] != hi - lo:
+        raise ValueError(f"rank {ctx.rank} owns items [{lo}, {hi}) but got a shard of {c_shard.shape[0]} rows")
+    counts = _row_counts(ctx, e.shape[0], counts)
+    return _CatalogParallelCE.apply(e, c_shard, targets, _Shard(ctx, n_items), counts, e_grad_scale)
+
+
+class _ShardedLookup(torch.autograd.Function):
+    """Rows of a table split over ranks, for ids held by every rank; see ``sharded_lookup``."""
+
+    @staticmethod
+    def forward(ctx, ids, table_shard, dctx, counts, table_grad_scale):
+        lo, hi = dctx.shard
+        all_ids = torch.cat(all_gather_rows(dctx.ctx, ids, counts))  # (M,)
+        col = all_ids - 1  # catalog column; padding (id 0) -> -1, owned by nobody
+        mine = (col >= lo) & (col < hi)
+        rows = torch.where(mine, col - lo, 0)
+        partial = table_shard.index_select(0, rows) * mine[:, None]  # (M, D): zero where not mine
+        ctx.save_for_backward(rows, mine)
+        ctx.dctx, ctx.counts, ctx.table_grad_scale = dctx, counts, table_grad_scale
+        ctx.table_shape = table_shard.shape
+        return _sum_to_owner(dctx.ctx, partial, counts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, mine = ctx.saved_tensors
+        all_grad = torch.cat(all_gather_rows(ctx.dctx.ctx, grad.contiguous(), ctx.counts))  # (M, D)
+        d_table = grad.new_zeros(ctx.table_shape)
+        d_table.index_add_(0, rows[mine], all_grad[mine])
+        return None, d_table * ctx.table_grad_scale, None, None, None
+
+
+def sharded_lookup(ids: torch.Tensor, table_shard: torch.Tensor, *, ctx: DistContext, n_items: int,
+                   counts: Sequence[int] | None = None, table_grad_scale: float = 1.0) -> torch.Tensor:
+    """Item embeddings of ``ids`` (any shape, item ids 1..n_items, 0 = padding -> zeros).
+
+    The embedding rows live on their owners (``item_range``): ``table_shard`` (V_r, D) is this
+    rank's. Returns (*ids.shape, D). ``counts``: every rank's ``ids.numel()`` when known.
+    ``table_grad_scale``: 1 / K under DDP (see the module docstring).
+    """
+    flat = ids.reshape(-1)
+    counts = _row_counts(ctx, flat.numel(), counts)
+    out = _ShardedLookup.apply(flat, table_shard, _Shard(ctx, n_items), counts, table_grad_scale)
+    return out.view(*ids.shape, table_shard.shape[1])

@@ -1,0 +1,163 @@
+"""Catalog-parallel CE and sharded item lookup on 1, 2 and 3 CPU ranks against plain CE.
+
+Loss, dE and dC (the shards concatenated) within float32 noise; catalogs not divisible by K,
+ignored targets, a rank without rows; broken variants (the combine without its max, dE not
+summed over ranks, lookups not summed) must fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.losses import IGNORE_INDEX, ce
+from core.losses import catalog_parallel as CP
+from core.training.distributed import DistContext, shard_bounds
+from tests.distributed_ranks import run_ranks
+
+D_MODEL = 12
+SCALE = 10.0  # logits of ~35 (std); row 1 five times that: exp overflows fp32 without the max
+ROWS = {1: [9], 2: [6, 4], 3: [6, 0, 5]}  # hidden states per rank (a rank may hold none)
+
+
+def make_inputs(n_items: int, rows: list[int]):
+    """Global E (N, D), C (V, D), targets (N,) with ignored ones, ids (sum rows, 3) for lookups."""
+    g = torch.Generator().manual_seed(n_items * 100 + len(rows))
+    n = sum(rows)
+    e = torch.randn(n, D_MODEL, generator=g) * SCALE
+    e[1] *= 5
+    c = torch.randn(n_items, D_MODEL, generator=g)
+    targets = torch.randint(0, n_items, (n,), generator=g)
+    targets[::4] = IGNORE_INDEX
+    ids = torch.randint(0, n_items + 1, (n, 3), generator=g)  # 0 = padding
+    ids[0] = torch.tensor([0, n_items, 1])  # the padding id and both ends of the catalog
+    upstream = torch.randn(n, 3, D_MODEL, generator=g)  # a fixed gradient into the lookups
+    return e, c, targets, ids, upstream
+
+
+def reference(n_items: int, rows: list[int]) -> dict:
+    e, c, targets, ids, upstream = make_inputs(n_items, rows)
+    e.requires_grad_()
+    c.requires_grad_()
+    loss = ce(e, c, targets)
+    loss.backward()
+    table = torch.cat([torch.zeros(1, D_MODEL), c.detach()]).requires_grad_()
+    looked = F.embedding(ids, table)
+    (looked * upstream).sum().backward()
+    return {"loss": loss.detach(), "de": e.grad, "dc": c.grad, "lookup": looked.detach(),
+            "dtable": table.grad[1:]}
+
+
+def _mutate(mutant: str | None) -> None:
+    if mutant == "combine_without_max":
+        CP._combine = lambda parts: (torch.log(torch.exp(parts[:, 0]).sum(0)), parts[:, 1].sum(0))
+    elif mutant == "no_sum_to_owner":  # each rank keeps its own partial rows: nothing summed
+        def keep(ctx, partial, counts):
+            lo = sum(counts[: ctx.rank])
+            return partial[lo : lo + counts[ctx.rank]]
+        CP._sum_to_owner = keep
+
+
+def _on_rank(ctx: DistContext, n_items: int, rows: list[int], host_counts: bool, mutant: str | None):
+    _mutate(mutant)
+    e, c, targets, ids, upstream = make_inputs(n_items, rows)
+    lo_row, hi_row = sum(rows[: ctx.rank]), sum(rows[: ctx.rank + 1])
+    lo, hi = CP.item_range(n_items, ctx.rank, ctx.world)
+    my_e = e[lo_row:hi_row].clone().requires_grad_()
+    shard = c[lo:hi].clone().requires_grad_()
+    counts = rows if host_counts else None
+    loss = CP.catalog_parallel_ce(my_e, shard, targets[lo_row:hi_row], ctx=ctx, n_items=n_items, counts=counts)
+    loss.backward()
+    table = c[lo:hi].clone().requires_grad_()
+    looked = CP.sharded_lookup(ids[lo_row:hi_row], table, ctx=ctx, n_items=n_items,
+                               counts=None if counts is None else [3 * r for r in rows])
+    (looked * upstream[lo_row:hi_row]).sum().backward()
+    return {"loss": loss.detach(), "de": my_e.grad, "dc": shard.grad, "lookup": looked.detach(),
+            "dtable": table.grad}
+
+
+def gather(results: list[dict]) -> dict:
+    """The ranks' pieces put together the way a 1-rank run holds them."""
+    return {"losses": [r["loss"] for r in results],
+            **{key: torch.cat([r[key] for r in results]) for key in ("de", "dc", "lookup", "dtable")}}
+
+
+def assert_matches(got: dict, expected: dict) -> None:
+    for loss in got["losses"]:
+        torch.testing.assert_close(loss, expected["loss"], rtol=1e-5, atol=1e-5)
+    for key in ("de", "dc", "lookup", "dtable"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_item_ranges_cover_the_catalog():
+    assert [CP.item_range(11, r, 3) for r in range(3)] == [(0, 4), (4, 8), (8, 11)]
+    assert shard_bounds(11, 3) == [(0, 4), (4, 8), (8, 11)]
+    with pytest.raises(ValueError, match="at least one item per rank"):
+        CP.item_range(2, 0, 3)
+
+
+def test_one_rank_is_plain_ce():
+    """K = 1 (no process group): the same function is CE over the whole table."""
+    expected = reference(11, ROWS[1])
+    assert_matches(gather([_on_rank(DistContext(), 11, ROWS[1], True, None)]), expected)
+
+
+def test_the_shard_lse_is_chunked_like_the_whole():
+    e, c, *_ = make_inputs(11, [40])
+    old = CP._CHUNK_ELEMENTS
+    try:
+        CP._CHUNK_ELEMENTS = 3 * 11  # 3 rows per chunk: 14 chunks, the last one partial
+        torch.testing.assert_close(CP.shard_lse(e, c), torch.logsumexp(e @ c.T, dim=1))
+    finally:
+        CP._CHUNK_ELEMENTS = old
+
+
+@pytest.mark.parametrize("world,n_items,host_counts", [(2, 11, True), (3, 11, True), (3, 13, False)])
+def test_catalog_parallel_equals_one_rank_ce(world, n_items, host_counts, tmp_path):
+    expected = reference(n_items, ROWS[world])
+    got = gather(run_ranks(_on_rank, world, tmp_path, n_items, ROWS[world], host_counts, None))
+    assert_matches(got, expected)
+
+
+@pytest.mark.parametrize("mutant,broken", [("combine_without_max", "loss"), ("no_sum_to_owner", "de")])
+def test_broken_variants_fail(mutant, broken, tmp_path):
+    expected = reference(11, ROWS[2])
+    got = gather(run_ranks(_on_rank, 2, tmp_path, 11, ROWS[2], True, mutant))
+    with pytest.raises(AssertionError):
+        assert_matches(got, expected)
+    if broken == "loss":
+        assert not torch.isfinite(got["losses"][0])
+    else:
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(got["de"], expected["de"], rtol=1e-4, atol=1e-5)
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(got["lookup"], expected["lookup"], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_scales_reach_only_the_replicated_side():
+    """e_grad_scale multiplies dE only; table_grad_scale the lookups' table gradient only."""
+    e, c, targets, ids, upstream = make_inputs(11, ROWS[1])
+    grads = []
+    for e_scale, t_scale in ((1.0, 1.0), (3.0, 0.5)):
+        my_e, shard, table = e.clone().requires_grad_(), c.clone().requires_grad_(), c.clone().requires_grad_()
+        CP.catalog_parallel_ce(my_e, shard, targets, ctx=DistContext(), n_items=11,
+                               e_grad_scale=e_scale).backward()
+        (CP.sharded_lookup(ids, table, ctx=DistContext(), n_items=11, table_grad_scale=t_scale)
+         * upstream).sum().backward()
+        grads.append((my_e.grad, shard.grad, table.grad))
+    (de1, dc1, dt1), (de3, dc3, dt3) = grads
+    torch.testing.assert_close(de3, 3 * de1)
+    torch.testing.assert_close(dc3, dc1)
+    torch.testing.assert_close(dt3, 0.5 * dt1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_shard_lse_uses_the_split_kernel_on_cuda():
+    """bf16 hidden states on CUDA go through the split LSE kernel; it matches torch's fp32 LSE."""
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(300, 64, generator=g).cuda().bfloat16()
+    c = torch.randn(1003, 64, generator=g).cuda() * 0.1
+    expected = torch.logsumexp(e.float() @ c.bfloat16().float().T, dim=1)
+    torch.testing.assert_close(CP.shard_lse(e, c), expected, rtol=1e-4, atol=1e-3)
