@@ -1,16 +1,21 @@
 """Which data a run trains on, bound by gin: ``dataset.name``, ``dataset.path`` and friends.
 
-Three sources, exactly one per config:
-- ``path``: a directory of prepared shards (``tools/prepare_data.py`` wrote it);
-- ``raw``: a provider's file, prepared once into ``cache_dir`` and reused by later runs;
+Sources, one per config:
+- ``path`` alone: a folder of prepared shards (``tools/prepare_data.py`` wrote it);
+- ``raw``: a provider's file, prepared once (``core.data.prepare.prepare``, the same function
+  as the tool) into ``path`` when given, else into ``cache_dir``, and reused by later runs.
+  With ``download = True`` (the seed's Beauty and ML-20M configs) a missing raw file is first
+  downloaded from its provider (checksums where known, a progress bar on a terminal);
 - ``synthetic_preset``: a ``core.data.synthetic`` preset, written once into ``cache_dir``.
 
-Missing data raises ``DataMissingError`` whose message is one line with the command that gets
-it; ``experiments/run.py`` prints it as ``error: ...`` before any run folder exists.
+Missing data raises ``DataMissingError`` whose message is one line saying what to get from
+where and the command that does it; ``experiments/run.py`` prints it as ``error: ...`` before
+any run folder exists. What the function downloads or prepares is said on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +26,9 @@ from pathlib import Path
 
 import gin
 
-from core.data.shards import DataFormatError, SequenceData, load_sequences
+from core.data.download import SOURCES, DownloadError, fetch, how_to_get
+from core.data.prepare import Recipe, prepare
+from core.data.shards import DataFormatError, SequenceData, load_sequences, rebuild_command
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +66,92 @@ def _digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _load_cached(cache: Path, build) -> SequenceData:
-    """Loads ``cache``, building it first with ``build(cache)`` when absent or stale.
+@contextlib.contextmanager
+def _said_on_stderr():
+    """Shows this package's INFO lines (downloading, preparing) on stderr while nothing else does.
 
-    A cache left by an older data format is rebuilt rather than reported: it is ours.
-    Two runs racing to build the same cache are fine: shard writes are atomic and refuse an
-    existing directory, so the loser simply loads the winner's output.
+    Runs configure logging only once training starts; data work comes before that.
+    """
+    logger = logging.getLogger("core")
+    if logger.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _load_cached(cache: Path, recipe: Recipe) -> SequenceData:
+    """Loads ``cache``, preparing ``recipe`` into it first when absent or unusable.
+
+    A cache of an older data format (or a corrupted one) is rebuilt rather than reported: it
+    is ours. Two runs racing to build the same cache are fine: shard writes are atomic and
+    refuse an existing directory, so the loser simply loads the winner's output.
     """
     if cache.exists():
         try:
             return load_sequences(cache)
         except DataFormatError as err:
-            log.warning("dataset cache %s is stale (%s): rebuilding it", cache, err)
+            log.warning("dataset cache %s is unusable (%s): rebuilding it", cache, err)
             shutil.rmtree(cache)
-    cache.parent.mkdir(parents=True, exist_ok=True)
     try:
-        out = build(cache)
-    except Exception:
+        prepare(recipe, cache, progress=sys.stderr.isatty())
+    except FileExistsError:
         if not cache.exists():
             raise
-        out = cache
-    return load_sequences(out if out is not None else cache)
+    return load_sequences(cache)
+
+
+def _check_recipe_matches(data: SequenceData, recipe: Recipe, folder: Path) -> None:
+    """Refuses prepared data whose filters or duplicate rule differ from the config's."""
+    want = {"filters": {"min_user": recipe.min_user, "min_item": recipe.min_item, "iterative": True},
+            "duplicates dropped": not recipe.keep_duplicates}
+    have = {"filters": data.attrs.get("filters"),
+            "duplicates dropped": (data.attrs.get("duplicates") or {}).get("dropped")}
+    if want != have:
+        raise DataFormatError(
+            f"{folder} was prepared with {have}, the config asks for {want}: point dataset.path "
+            f"elsewhere or {rebuild_command(data.attrs, folder)}"
+        )
+
+
+def _get_raw(name: str, raw: str, raw_file: Path, recipe: Recipe, command: str | None) -> None:
+    """Downloads the missing raw file when the config allows it; else one-line DataMissingError.
+
+    ``command`` is the tools/prepare_data.py line that gets and prepares the data (None when the
+    data is prepared into the cache: running again does that).
+    """
+    source = name if name in SOURCES and SOURCES[name]["fmt"] == recipe.fmt else None
+    if source is None:
+        if recipe.download:
+            raise ValueError(f"dataset '{name}': dataset.download fetches {', '.join(SOURCES)} (with their "
+                             f"format), not '{name}' ({recipe.fmt})")
+        raise DataMissingError(
+            f"dataset '{name}': raw file {raw} not found; put the file there or bind another one: "
+            f"--gin_bindings \"dataset.raw = 'FILE'\""
+        )
+    get = how_to_get(source, raw)
+    if not recipe.download:
+        how = f"get it with: {command} (or {get})" if command else get
+        raise DataMissingError(
+            f"dataset '{name}': raw file {raw} not found; {how}, or let the run download it: "
+            f"--gin_bindings 'dataset.download = True'"
+        )
+    log.info("dataset '%s': %s is missing, downloading it from %s", name, raw, recipe.url or SOURCES[source]["url"])
+    try:
+        fetch(source, raw_file, url=recipe.url, progress=sys.stderr.isatty())
+    except DownloadError as err:
+        then = f"or on a machine with internet: {command}" if command else "then run again"
+        raise DataMissingError(
+            f"dataset '{name}': cannot download {raw} ({' '.join(str(err).split())}); {get}, {then}"
+        ) from None
 
 
 @gin.configurable
@@ -92,29 +164,32 @@ def dataset(
     columns: dict | None = None,
     min_user: int = 3,
     min_item: int = 3,
+    keep_duplicates: bool = False,
+    download: bool = False,
+    download_url: str | None = None,
     synthetic_preset: str | None = None,
     synthetic_overrides: dict | None = None,
     cache_dir: str = "data/cache",
     prepare_hint: str | None = None,
 ) -> Dataset:
-    """Loads the configured dataset (see the module docstring for the three sources).
+    """Loads the configured dataset, preparing (and downloading) it first where the config says.
 
-    ``fmt``, ``columns``, ``min_user`` and ``min_item`` go to ``core.data.prepare`` for a raw
-    file; ``synthetic_overrides`` (e.g. ``{"n_users": 500}``; ``seed`` allowed) go to
-    ``core.data.synthetic.write_synthetic``. ``prepare_hint`` is the command printed when
-    ``path`` is missing (defaults to a ``tools/prepare_data.py`` line built from ``fmt``).
+    See the module docstring for the sources. ``fmt``, ``columns``, ``min_user``, ``min_item``
+    and ``keep_duplicates`` describe how a raw file is prepared; ``download`` lets a missing raw
+    file of the seed's datasets (``name`` beauty or ml20m) be fetched, ``download_url`` from a
+    mirror. ``synthetic_overrides`` (e.g. ``{"n_users": 500}``; ``seed`` allowed) go to
+    ``core.data.synthetic.write_synthetic``. ``prepare_hint`` replaces the command printed when
+    a ``path``-only dataset is missing.
     """
-    given = [p for p in (path, raw, synthetic_preset) if p is not None]
-    if len(given) != 1:
-        raise ValueError(
-            f"dataset '{name}': set exactly one of dataset.path, dataset.raw, "
-            f"dataset.synthetic_preset (got {len(given)})"
-        )
+    if synthetic_preset is not None and (path is not None or raw is not None):
+        raise ValueError(f"dataset '{name}': dataset.synthetic_preset goes without dataset.path and dataset.raw")
+    if synthetic_preset is None and path is None and raw is None:
+        raise ValueError(f"dataset '{name}': set dataset.path, dataset.raw or dataset.synthetic_preset")
     cache_root = Path(cache_dir).expanduser()
+    target = None if path is None else resolve_path(path)
 
-    if path is not None:
-        shard_dir = resolve_path(path)
-        if not shard_dir.exists():
+    if raw is None and synthetic_preset is None:
+        if not target.exists():
             hint = prepare_hint or (
                 f"python tools/prepare_data.py --format {fmt or 'FORMAT'} --raw RAW_FILE --out {path}"
             )
@@ -122,30 +197,35 @@ def dataset(
                 f"dataset '{name}': no prepared data at {path}; get it with: {hint} "
                 f"(or point the config elsewhere: --gin_bindings \"dataset.path = 'DIR'\")"
             )
-        return Dataset(name, load_sequences(shard_dir), shard_dir)
+        return Dataset(name, load_sequences(target), target)
 
     if raw is not None:
         raw_file = resolve_path(raw)
-        if not raw_file.is_file():
-            raise DataMissingError(
-                f"dataset '{name}': raw file {raw} not found; put the file there or bind "
-                f"another one: --gin_bindings \"dataset.raw = 'FILE'\""
-            )
-        from core.data.prepare import prepare_dataset
+        recipe = Recipe(fmt=fmt or "", raw=raw_file, columns=columns, min_user=min_user, min_item=min_item,
+                        keep_duplicates=keep_duplicates, download=download, url=download_url)
+        try:
+            recipe.check()
+        except DataFormatError as err:
+            raise ValueError(f"dataset '{name}': {err}") from None
+        if target is not None and target.exists():
+            data = load_sequences(target)
+            _check_recipe_matches(data, recipe, target)
+            return Dataset(name, data, target)
+        command = None if path is None else (
+            f"python tools/prepare_data.py --format {fmt} --download --raw {raw} --out {path}")
+        with _said_on_stderr():
+            if not raw_file.is_file():
+                _get_raw(name, raw, raw_file, recipe, command)
+            if target is not None:
+                prepare(recipe, target, progress=sys.stderr.isatty())
+                return Dataset(name, load_sequences(target), target)
+            stat = raw_file.stat()
+            key = _digest([str(raw_file.resolve()), stat.st_size, stat.st_mtime_ns, fmt, columns,
+                           min_user, min_item, keep_duplicates])
+            cache = cache_root / f"{name}-{key}"
+            return Dataset(name, _load_cached(cache, recipe), cache)
 
-        stat = raw_file.stat()
-        key = _digest([str(raw_file.resolve()), stat.st_size, stat.st_mtime_ns, fmt, columns,
-                       min_user, min_item])
-        cache = cache_root / f"{name}-{key}"
-
-        def build(out_dir: Path) -> Path:
-            log.info("preparing %s from %s into %s (once; later runs reuse it)", name, raw, out_dir)
-            return prepare_dataset(raw=raw_file, fmt=fmt, out_dir=out_dir, min_user=min_user,
-                                   min_item=min_item, columns=columns, progress=sys.stderr.isatty())
-
-        return Dataset(name, _load_cached(cache, build), cache)
-
-    from core.data.synthetic import PRESETS, write_synthetic
+    from core.data.synthetic import PRESETS
 
     if synthetic_preset not in PRESETS:
         raise ValueError(
@@ -154,10 +234,6 @@ def dataset(
         )
     overrides = dict(synthetic_overrides or {})
     cache = cache_root / f"synthetic-{synthetic_preset}-{_digest(overrides)}"
-
-    def build_synthetic(out_dir: Path) -> Path:
-        log.info("writing synthetic preset %s into %s (once; later runs reuse it)",
-                 synthetic_preset, out_dir)
-        return write_synthetic(out_dir, preset=synthetic_preset, **overrides)
-
-    return Dataset(name, _load_cached(cache, build_synthetic), cache)
+    recipe = Recipe(fmt="synthetic", preset=synthetic_preset, seed=overrides.pop("seed", 0), overrides=overrides)
+    with _said_on_stderr():
+        return Dataset(name, _load_cached(cache, recipe), cache)

@@ -1,4 +1,7 @@
-"""HDF5 shards: round trip, split accessors, atomic writes, stale/foreign/mixed files."""
+"""HDF5 shards: round trip with raw ids, split accessors, atomic writes, checksums, modes,
+stale/foreign/mixed files."""
+
+import os
 
 import h5py
 import numpy as np
@@ -63,11 +66,84 @@ def corrupt(tmp_path, edit):
     return str(err.value)
 
 
-def test_stale_version(tmp_path):
+def test_raw_ids_round_trip(tmp_path):
+    offsets, items, n_items = small(n_users=5, n_items=6)
+    users = np.array(["007", "7", "Zoë", "A1B2", "-3"])  # strings as read: "007" is not "7"
+    item_ids = np.array([2**62, -5, 0, 17, 3, 9], dtype=np.int64)  # int64 beyond int32, 0 a real id
+    data = load_sequences(write_shards(tmp_path / "ds", offsets=offsets, items=items, n_items=n_items,
+                                       attrs={}, user_ids=users, item_ids=item_ids, users_per_shard=2))
+    assert data.user_ids.tolist() == users.tolist() and data.user_ids.dtype.kind == "U"
+    assert data.item_ids.dtype == np.int64 and data.item_ids[1:].tolist() == item_ids.tolist()
+    assert data.item_ids[0] == 0 and len(data.item_ids) == n_items + 1  # index 0: the padding slot
+    assert data.user_index(["Zoë", "007"]).tolist() == [2, 0]
+    with pytest.raises(DataFormatError, match="unknown user id '8'"):
+        data.user_index(["8"])
+
+
+def test_ids_default_to_the_internal_ones(tmp_path):
+    offsets, items, n_items = small(n_users=4)
+    data = load_sequences(write_shards(tmp_path / "ds", offsets=offsets, items=items, n_items=n_items, attrs={}))
+    assert data.user_ids.tolist() == [0, 1, 2, 3] and data.item_ids.tolist() == list(range(n_items + 1))
+    assert data.user_index(["2", 3]).tolist() == [2, 3]  # integer ids looked up from text too
+    in_memory = SequenceData(offsets=offsets, items=items, n_users=4, n_items=n_items)
+    assert in_memory.item_ids.tolist() == list(range(n_items + 1))
+
+
+def test_stale_version_names_the_rebuild_command(tmp_path):
     def edit(out):
-        with h5py.File(out / "shard_00001.h5", "a") as f:
-            f.attrs["format_version"] = FORMAT_VERSION - 1
-    assert "stale format version" in corrupt(tmp_path, edit)
+        for shard in out.glob("*.h5"):
+            with h5py.File(shard, "a") as f:
+                f.attrs["format_version"] = 1
+                f.attrs["source"] = "amazon:ratings_Beauty.csv"
+    message = corrupt(tmp_path, edit)
+    assert "\n" not in message and "stale data format version 1" in message
+    assert f"rebuild it: rm -r {tmp_path / 'ds'} && python tools/prepare_data.py --format amazon --raw " in message
+
+
+def data_region(path, name):
+    """(byte offset, size) of dataset ``name``'s first chunk (or contiguous data) in an HDF5 file."""
+    with h5py.File(path, "r") as f:
+        dset = f[name]
+        if dset.chunks is None:
+            return dset.id.get_offset(), dset.id.get_storage_size()
+        info = dset.id.get_chunk_info(0)
+        return info.byte_offset, info.size
+
+
+@pytest.mark.parametrize("name", ["items", "offsets", "user_ids"])
+def test_a_flipped_byte_inside_the_data_is_refused(tmp_path, name):
+    """Issue 15.4: a single flipped byte in a shard used to load (and train) silently."""
+    def flip(out):
+        shard = out / "shard_00001.h5"
+        start, size = data_region(shard, name)
+        raw = bytearray(shard.read_bytes())
+        raw[start + size // 2] ^= 0x01
+        shard.write_bytes(bytes(raw))
+    message = corrupt(tmp_path, flip)
+    assert "\n" not in message and "checksum mismatch" in message and repr(name) in message
+    assert "shard_00001.h5" in message and "rebuild it:" in message
+
+
+def test_a_flipped_byte_in_the_item_ids_is_refused(tmp_path):
+    def flip(out):
+        path = out / "item_ids.h5"
+        start, size = data_region(path, "item_ids")
+        raw = bytearray(path.read_bytes())
+        raw[start + size // 2] ^= 0x10
+        path.write_bytes(bytes(raw))
+    assert "checksum mismatch in 'item_ids'" in corrupt(tmp_path, flip)
+
+
+def test_prepared_data_gets_ordinary_modes(tmp_path):
+    """Issue 15.10: prepared folders came out 0700 (mkdtemp's private mode)."""
+    offsets, items, n_items = small()
+    mask = os.umask(0o022)
+    try:
+        out = write_shards(tmp_path / "ds", offsets=offsets, items=items, n_items=n_items, attrs={})
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
 
 
 def test_foreign_hdf5_and_non_hdf5(tmp_path):

@@ -51,13 +51,13 @@ def test_missing_prepared_data_names_the_prepare_command(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "experiments/run.py", "--gin", "gin/ml20m_ce.gin", "--out", str(out),
-         "--gin_bindings", f"dataset.path = '{tmp_path / 'no_ml20m'}'"],
+         "--gin_bindings", f"dataset.path = '{tmp_path / 'no_ml20m'}'", "--gin_bindings", "dataset.download = False"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     line = _one_error_line(proc.stderr)
-    assert "python tools/prepare_data.py --format ml20m --download" in line and "--out data/ml20m" in line
+    assert "python tools/prepare_data.py --format ml20m --download" in line and f"--out {tmp_path / 'no_ml20m'}" in line
     assert not out.exists()
 
 

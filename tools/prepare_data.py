@@ -7,7 +7,9 @@ Examples::
     python tools/prepare_data.py --format generic --raw log.tsv --columns user=uid,item=sku,time=ts --out data/mine
     python tools/prepare_data.py --format synthetic --preset tiny --out data/tiny
 
-Bad input prints one ``error: ...`` line and exits 1 with nothing written to --out.
+The work is ``core.data.prepare.prepare`` (the same function a run calls for a configured
+dataset). Bad input prints one ``error: ...`` line and exits 1 with nothing written to --out;
+bad arguments exit 2.
 """
 
 from __future__ import annotations
@@ -18,13 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
-from core.data.download import fetch
-from core.data.prepare import check_filters, prepare_dataset
+from core.data.prepare import Recipe, prepare
 from core.data.readers import FORMATS
 from core.data.shards import STATS_FILE, DataFormatError
-from core.data.synthetic import PRESETS, write_synthetic
-
-DOWNLOADS = {"ml20m": "ml20m", "amazon": "beauty"}  # --format -> what --download fetches
+from core.data.synthetic import PRESETS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,8 +34,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-user", type=int, default=3, help="k-core: interactions per user (>= 3)")
     p.add_argument("--min-item", type=int, default=3, help="k-core: interactions per item")
     p.add_argument("--single-pass", action="store_true", help="filter once instead of to a fixed point")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="keep exact duplicate (user, item, time) rows (dropped and counted by default)")
     p.add_argument("--columns", help="generic format: user=COL,item=COL[,time=COL]")
-    p.add_argument("--download", action="store_true", help="fetch ML-20M (ml20m) or Amazon Beauty (amazon) to --raw")
+    p.add_argument("--download", action="store_true",
+                   help="fetch ML-20M (ml20m) or Amazon Beauty (amazon) to --raw unless it exists")
     p.add_argument("--url", help="download from this address instead of the official one")
     p.add_argument("--preset", choices=tuple(PRESETS), help="synthetic preset")
     p.add_argument("--seed", type=int, default=0, help="synthetic seed")
@@ -44,61 +46,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be rejected before any work starts."""
-    if args.out.exists():
-        raise FileExistsError(f"output directory already exists: {args.out}")
+def recipe(args: argparse.Namespace) -> Recipe:
     if args.fmt == "synthetic":
-        if args.preset is None or args.raw is not None or args.download:
-            raise DataFormatError("--format synthetic takes --preset (and --seed), not --raw or --download")
-        return
-    if args.raw is None:
-        raise DataFormatError("--raw is required")
-    if args.download and args.fmt not in DOWNLOADS:
-        raise DataFormatError(f"--download fetches ml20m or amazon (Beauty), not {args.fmt}")
-    if args.url and not args.download:
-        raise DataFormatError("--url goes with --download")
-    if args.columns and args.fmt != "generic":
-        raise DataFormatError("--columns applies to --format generic only")
-    check_filters(args.min_user, args.min_item)
+        return Recipe(fmt="synthetic", preset=args.preset, seed=args.seed, raw=args.raw, download=args.download)
+    return Recipe(fmt=args.fmt, raw=args.raw, columns=args.columns, min_user=args.min_user,
+                  min_item=args.min_item, iterative=not args.single_pass,
+                  keep_duplicates=args.keep_duplicates, download=args.download, url=args.url)
 
 
 def summary(out: Path) -> str:
     stats = json.loads((out / STATS_FILE).read_text())
     length = stats["length"]
+    dropped = (stats.get("duplicates") or {}).get("rows", 0) if (stats.get("duplicates") or {}).get("dropped") else 0
     return (
         f"prepared {out}: {stats['n_users']:,} users, {stats['n_items']:,} items, "
         f"{stats['n_interactions']:,} interactions; sequence length min {length['min']}, "
         f"median {length['median']:g}, mean {length['mean']:.1f}, max {length['max']}"
+        + (f"; {dropped:,} exact duplicate rows dropped" if dropped else "")
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    progress = not args.quiet
     try:
-        check_args(args)
-        if args.fmt == "synthetic":
-            out = write_synthetic(args.out, preset=args.preset, seed=args.seed)
-        else:
-            if args.download:
-                if args.raw.exists():
-                    logging.info("%s exists: using it instead of downloading", args.raw)
-                else:
-                    fetch(DOWNLOADS[args.fmt], args.raw, url=args.url, progress=progress)
-            out = prepare_dataset(
-                raw=args.raw,
-                fmt=args.fmt,
-                out_dir=args.out,
-                min_user=args.min_user,
-                min_item=args.min_item,
-                iterative=not args.single_pass,
-                columns=args.columns,
-                progress=progress,
-            )
-    except (DataFormatError, OSError, ValueError) as err:  # DownloadError and FileExistsError are OSErrors
+        recipe(args).check()
+    except DataFormatError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        out = prepare(recipe(args), args.out, progress=not args.quiet and sys.stderr.isatty())
+    except (DataFormatError, OSError, ValueError) as err:  # DownloadError and FileExistsError are OSErrors
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     print(summary(out))
     return 0

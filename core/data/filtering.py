@@ -1,7 +1,8 @@
 """Filtering, renumbering and grouping of interaction logs; all numpy, no per-row Python.
 
-``kcore`` keeps users with >= min_user and items with >= min_item interactions, repeated until
-nothing changes (the k-core: the unique largest subset where every count holds). ``to_csr``
+``duplicates`` marks exact copies of an earlier (user, item, time) row. ``kcore`` keeps users
+with >= min_user and items with >= min_item interactions, repeated until nothing changes (the
+k-core: the unique largest subset where every count holds). ``to_csr``
 renumbers the survivors (users 0..n-1, items 1..n, 0 = padding) and sorts each user's
 interactions by time with a stable sort, so that ties keep file order.
 """
@@ -9,6 +10,21 @@ interactions by time with a stable sort, so that ties keep file order.
 from __future__ import annotations
 
 import numpy as np
+
+
+def duplicates(user: np.ndarray, item: np.ndarray, time: np.ndarray | None) -> np.ndarray:
+    """(n,) bool: rows repeating an earlier row's exact (user, item, time); the first copy is kept.
+
+    Without timestamps (file order is time) a repeated (user, item) is a repeat interaction,
+    not a copy, so nothing is marked.
+    """
+    dup = np.zeros(len(user), dtype=bool)
+    if time is None or len(user) < 2:
+        return dup
+    order = np.lexsort((time, item, user))  # stable: equal rows keep file order, first copy first
+    u, i, t = user[order], item[order], time[order]
+    dup[order[1:]] = (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])
+    return dup
 
 
 def kcore(

@@ -4,7 +4,10 @@ Every reader returns a ``RawLog`` whose users and items are codes 0..n-1 in asce
 the raw ids (so numbering never depends on row order) and whose ``time`` is None where the
 format has no timestamp (file order is then time). Reading uses pandas' C parser with explicit
 dtypes and only the needed columns: 20M rows stay within a few hundred MB. ``.gz`` files are
-decompressed on the fly. Any problem in the file becomes a DataFormatError naming it.
+decompressed on the fly; a UTF-8 byte-order mark is skipped. Timestamps and MovieLens ids are
+int64; generic and user-item ids are kept as read (int64 when every id of the column is a plain
+integer that fits, else strings: "007" stays "007"). Any problem in the file becomes a
+DataFormatError naming it, with the line number where there is one.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _first_line(path: Path) -> str:
             raise DataFormatError(f"{path}: corrupt or truncated compressed file ({err})") from None
     if not line.strip():
         raise DataFormatError(f"{path}: empty file (or an empty first line)")
-    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+    return line.decode("utf-8-sig", errors="replace").rstrip("\r\n")
 
 
 def _lines_before_data(kwargs: dict) -> int:
@@ -67,30 +70,60 @@ def _lines_before_data(kwargs: dict) -> int:
     return int(kwargs.get("header", "infer") == "infer") + kwargs.get("skiprows", 0)
 
 
-def _diagnose(path: Path, kwargs: dict, numeric: list[str]) -> str:
-    """Finds the first missing or non-numeric value after a typed parse failed (error path only)."""
+_INTEGER = r"\s*[-+]?[0-9]+\s*"
+
+
+def _not_int64(text: pd.Series) -> np.ndarray:
+    """(n,) bool: strings that are not an integer within int64 (19+ digits checked exactly)."""
+    bad = ~text.str.fullmatch(_INTEGER).fillna(False).to_numpy()
+    long = np.flatnonzero(~bad & (text.str.len().to_numpy() > 19))
+    for row in long:  # rare: only values with 19 or more characters
+        bad[row] = not -(2**63) <= int(text.iloc[row]) < 2**63
+    return bad
+
+
+def _diagnose(path: Path, kwargs: dict, numeric: list[str], err: Exception) -> str:
+    """Finds the first missing, non-numeric or out-of-range value after a typed parse failed.
+
+    Error path only: reads the file again as text, chunk by chunk, to name the line.
+    """
+    dtypes = kwargs.get("dtype") or {}
+    integer = [c for c in numeric if c in dtypes and np.issubdtype(np.dtype(dtypes[c]), np.integer)]
     kwargs = {**kwargs, "dtype": str, "chunksize": 1_000_000}
     header_lines = _lines_before_data(kwargs)
     with _open(path, progress=False) as f:
         for chunk in pd.read_csv(f, **kwargs):
             for col in chunk.columns:
-                missing = chunk[col].isna().to_numpy()
-                bad = missing.copy()
+                text = chunk[col]
+                missing = text.isna().to_numpy()
+                non_numeric = np.zeros(len(text), dtype=bool)
                 if col in numeric:
-                    bad |= pd.to_numeric(chunk[col], errors="coerce").isna().to_numpy()
+                    non_numeric = pd.to_numeric(text, errors="coerce").isna().to_numpy() & ~missing
+                out_of_range = np.zeros(len(text), dtype=bool)
+                if col in integer:
+                    out_of_range = _not_int64(text) & ~missing & ~non_numeric
+                bad = missing | non_numeric | out_of_range
                 if bad.any():
                     row = int(np.argmax(bad))
                     line = int(chunk.index[row]) + 1 + header_lines
-                    what = "missing value" if missing[row] else f"non-numeric value {chunk[col].iloc[row]!r}"
+                    value = text.iloc[row]
+                    if missing[row]:
+                        what = "missing value"
+                    elif non_numeric[row]:
+                        what = f"non-numeric value {value!r}"
+                    elif "." in value or "e" in value.lower():
+                        what = f"non-integer value {value!r}"
+                    else:
+                        what = f"value {value!r} beyond the 64-bit integer range"
                     return f"{path} line {line}: {what} in column {col!r}"
-    return f"{path}: unparseable values"
+    return f"{path}: unparseable values ({' '.join(str(err).split())})"
 
 
 def _read_table(path: Path, *, progress: bool, numeric: list[str], **kwargs) -> pd.DataFrame:
     """pd.read_csv with every failure mode turned into one clear DataFormatError."""
     try:
         with _open(path, progress) as f:
-            frame = pd.read_csv(f, engine="c", **kwargs)
+            frame = pd.read_csv(f, engine="c", encoding="utf-8-sig", **kwargs)
     except DataFormatError:
         raise
     except pd.errors.EmptyDataError:
@@ -99,10 +132,10 @@ def _read_table(path: Path, *, progress: bool, numeric: list[str], **kwargs) -> 
         raise DataFormatError(f"{path}: corrupt or truncated compressed file ({err})") from None
     except pd.errors.ParserError as err:
         raise DataFormatError(f"{path}: malformed delimited file ({str(err).strip()})") from None
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:  # OverflowError: a value beyond int64
         if "Usecols do not match" in str(err):
             raise DataFormatError(f"{path}: {err}") from None
-        raise DataFormatError(_diagnose(path, kwargs, numeric)) from None
+        raise DataFormatError(_diagnose(path, {"encoding": "utf-8-sig", **kwargs}, numeric, err)) from None
     if frame.empty:
         raise DataFormatError(f"{path}: no interactions in file")
     for col in frame.columns:
@@ -110,6 +143,16 @@ def _read_table(path: Path, *, progress: bool, numeric: list[str], **kwargs) -> 
             line = int(np.argmax(frame[col].isna().to_numpy())) + 1 + _lines_before_data(kwargs)
             raise DataFormatError(f"{path} line {line}: missing value in column {col!r}")
     return frame
+
+
+def _as_read(ids: pd.Series) -> pd.Series:
+    """Id strings -> int64 when every one is a plain integer that fits, else the strings.
+
+    Plain means no sign, no leading zero: "007" and "7" are then two different ids, as written.
+    """
+    if ids.str.fullmatch(r"0|-?[1-9][0-9]{0,17}").all():  # up to 18 digits always fits int64
+        return ids.astype(np.int64)
+    return ids
 
 
 def _to_log(user: pd.Series, item: pd.Series, time: pd.Series | None) -> RawLog:
@@ -134,7 +177,7 @@ def read_ml20m(path: str | os.PathLike, *, progress: bool = True) -> RawLog:
     """MovieLens-20M ``ratings.csv``: header ``userId,movieId,rating,timestamp``."""
     path = Path(path)
     _require_columns(path, _first_line(path).split(","), ["userId", "movieId", "timestamp"])
-    cols = {"userId": np.int32, "movieId": np.int32, "timestamp": np.int64}
+    cols = {"userId": np.int64, "movieId": np.int64, "timestamp": np.int64}
     frame = _read_table(path, progress=progress, numeric=list(cols), usecols=list(cols), dtype=cols)
     return _to_log(frame["userId"], frame["movieId"], frame["timestamp"])
 
@@ -198,7 +241,9 @@ def read_generic(path: str | os.PathLike, *, columns: str | dict | None = None, 
     if columns is None and mapping["time"] not in found:
         mapping.pop("time")  # the default mapping treats a missing timestamp as "use file order"
     _require_columns(path, found, list(mapping.values()))
-    dtype = {mapping["time"]: np.float64} if "time" in mapping else None
+    dtype = {mapping["user"]: str, mapping["item"]: str}
+    if "time" in mapping:
+        dtype[mapping["time"]] = np.float64
     frame = _read_table(
         path,
         progress=progress,
@@ -210,7 +255,7 @@ def read_generic(path: str | os.PathLike, *, columns: str | dict | None = None, 
     time = frame[mapping["time"]] if "time" in mapping else None
     if time is not None and (time == np.round(time)).all() and np.abs(time).max() < 2**53:
         time = time.astype(np.int64)
-    return _to_log(frame[mapping["user"]], frame[mapping["item"]], time)
+    return _to_log(_as_read(frame[mapping["user"]]), _as_read(frame[mapping["item"]]), time)
 
 
 def read_user_item(path: str | os.PathLike, *, progress: bool = True) -> RawLog:
@@ -224,9 +269,10 @@ def read_user_item(path: str | os.PathLike, *, progress: bool = True) -> RawLog:
             "header (use --format generic --columns ... for a file with one)"
         )
     frame = _read_table(
-        path, progress=progress, numeric=[], sep=r"\s+", header=None, usecols=[0, 1], names=["user", "item"]
+        path, progress=progress, numeric=[], sep=r"\s+", header=None, usecols=[0, 1], names=["user", "item"],
+        dtype=str,
     )
-    return _to_log(frame["user"], frame["item"], None)
+    return _to_log(_as_read(frame["user"]), _as_read(frame["item"]), None)
 
 
 def read_log(path: str | os.PathLike, *, fmt: str, columns: str | dict | None = None, progress: bool = True) -> RawLog:

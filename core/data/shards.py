@@ -1,23 +1,36 @@
 """HDF5 sequence shards: the one on-disk format every later piece reads.
 
-A prepared dataset is a folder::
+A prepared dataset (format version 2) is a folder::
 
     shard_00000.h5 ... shard_NNNNN.h5   users [user_start, user_end) each, CSR layout
+    item_ids.h5                         the catalog's raw item ids
     stats.json                          sizes and sequence-length statistics, for people
 
-Each shard holds ``offsets`` (n_shard_users+1,) int64, local to the shard, and ``items``
-(n_shard_interactions,) int32 with ids 1..n_items in time order (0 is padding and never
-stored). Every shard carries the dataset attributes (format version, n_users, n_items,
-filters, source hash, ...) plus its own user range and a write id shared by all shards of one
-write, so that shards of two different writes can never be mixed silently.
+Each shard holds, for its users only:
+
+- ``offsets`` (n_shard_users+1,) int64, local to the shard;
+- ``items`` (n_shard_interactions,) int32, ids 1..n_items in time order (0 is padding, never stored);
+- ``user_ids`` (n_shard_users,): the raw id of each of its users.
+
+``item_ids.h5`` holds ``item_ids`` (n_items+1,): the raw id of internal item i at index i; index
+0 is the padding slot (0 or ""), never a catalog item. So internal user u <-> ``user_ids[u]``
+and internal item i <-> ``item_ids[i]`` (``SequenceData`` has both, concatenated over shards).
+
+Raw ids are stored as read: int64 (on disk int32 where they fit) when every raw id of the
+column is an integer that fits in int64 (MovieLens, numeric columns, synthetic data), else as
+strings (UTF-8, fixed-length bytes on disk, numpy ``str`` arrays in memory). Both round-trip.
+
+Every dataset carries HDF5's fletcher32 checksum filter, so a flipped byte inside the data is
+refused on load. Every file carries the dataset attributes (format version, n_users, n_items,
+filters, source hash, ...) plus a write id shared by all files of one write, so that files of
+two different writes can never be mixed silently. Folders are written atomically
+(``core.atomic.atomic_dir``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +39,45 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-FORMAT_VERSION = 1
+from core.atomic import atomic_dir
+
+FORMAT_VERSION = 2  # 2: raw user/item ids, fletcher32 checksums
 KIND = "sasrec-cce/sequence-shards"  # marks our files; anything else is foreign
 MIN_SEQ_LEN = 3  # leave-one-out needs a training item, a validation and a test target
 STATS_FILE = "stats.json"
+ITEM_IDS_FILE = "item_ids.h5"
 _SHARD_GLOB = "shard_*.h5"
-# Attributes of the dataset as a whole (the same in every shard); the rest are per shard.
+_CHUNK = 1 << 20  # elements per HDF5 chunk: each chunk carries its own checksum
+# Attributes of the dataset as a whole (the same in every file); the rest are per shard.
 _DATASET_ATTRS = ("kind", "format_version", "write_id", "n_users", "n_items", "n_interactions", "n_shards")
 
 
 class DataFormatError(ValueError):
-    """Bad input data or a stale/foreign prepared dataset; the message names the problem."""
+    """Bad input data or a stale/foreign/corrupted prepared dataset; the message names the problem."""
+
+
+def raw_ids(values) -> np.ndarray:
+    """Raw ids as stored: int64 if every value is an integer that fits in int64, else ``str``.
+
+    ``values`` is what a reader found (a numpy array or pandas Index of ints, strings, floats or
+    Python objects); floats and anything else become their ``str`` (e.g. ``"1.5"``).
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind == "i":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "u" and (len(arr) == 0 or arr.max() <= np.iinfo(np.int64).max):
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "O" and all(type(v) is int and -(2**63) <= v < 2**63 for v in arr):
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "U":
+        return arr
+    return np.array([str(v) for v in arr.tolist()], dtype=str)
+
+
+def _padded(ids: np.ndarray) -> np.ndarray:
+    """``ids`` with the padding slot (0 or "") in front: index i is then internal item i."""
+    pad = np.zeros(1, dtype=np.int64) if ids.dtype.kind == "i" else np.array([""])
+    return np.concatenate([pad, ids])
 
 
 @dataclass(frozen=True)
@@ -45,6 +86,8 @@ class SequenceData:
 
     ``items[offsets[u]:offsets[u+1]]`` is user u's sequence; the training sequence is
     ``seq[:-2]``, the validation target ``seq[-2]`` and the test target ``seq[-1]``.
+    Raw ids: internal user u is ``user_ids[u]``, internal item i is ``item_ids[i]``
+    (``item_ids[0]`` is the padding slot). Left out, they default to the internal ids.
     """
 
     offsets: np.ndarray  # (n_users+1,) int64
@@ -52,6 +95,19 @@ class SequenceData:
     n_users: int
     n_items: int
     attrs: dict = field(default_factory=dict)
+    user_ids: np.ndarray | None = None  # (n_users,) int64 or str
+    item_ids: np.ndarray | None = None  # (n_items+1,) int64 or str, [0] = padding
+
+    def __post_init__(self):
+        if self.user_ids is None:
+            object.__setattr__(self, "user_ids", np.arange(self.n_users, dtype=np.int64))
+        if self.item_ids is None:
+            object.__setattr__(self, "item_ids", np.arange(self.n_items + 1, dtype=np.int64))
+        if len(self.user_ids) != self.n_users or len(self.item_ids) != self.n_items + 1:
+            raise DataFormatError(
+                f"raw ids: {len(self.user_ids)} user ids for {self.n_users} users, "
+                f"{len(self.item_ids)} item ids for {self.n_items} items + padding"
+            )
 
     def lengths(self) -> np.ndarray:
         """Full sequence length per user, (n_users,) int64."""
@@ -64,6 +120,29 @@ class SequenceData:
     def test_targets(self) -> np.ndarray:
         """Last item per user, (n_users,) int64."""
         return self.items[self.offsets[1:] - 1].astype(np.int64)
+
+    def user_index(self, raw: list | np.ndarray) -> np.ndarray:
+        """Internal user indices (k,) int64 of the raw user ids ``raw`` (e.g. lines of a file).
+
+        Strings are accepted for integer ids ("42" -> 42). Raises DataFormatError naming the
+        first raw id that is not a user of this dataset.
+        """
+        raw = np.asarray(raw)
+        if self.user_ids.dtype.kind == "i" and raw.dtype.kind != "i":
+            try:
+                raw = np.array([int(str(v).strip()) for v in raw.tolist()], dtype=np.int64)
+            except (ValueError, OverflowError):
+                bad = next(v for v in raw.tolist() if not str(v).strip().lstrip("-").isdigit())
+                raise DataFormatError(f"unknown user id {bad!r} (this dataset's user ids are integers)") from None
+        elif self.user_ids.dtype.kind != "i":
+            raw = raw.astype(str)
+        order = np.argsort(self.user_ids, kind="stable")
+        pos = np.searchsorted(self.user_ids, raw, sorter=order)
+        pos = np.minimum(pos, len(order) - 1)
+        found = self.user_ids[order[pos]] == raw
+        if not found.all():
+            raise DataFormatError(f"unknown user id {raw[~found][0].item()!r}: not a user of this dataset")
+        return order[pos].astype(np.int64)
 
     def train_item_user_counts(self) -> np.ndarray:
         """(n_items+1,) int64: distinct users having each item in their TRAIN sequence."""
@@ -129,6 +208,57 @@ def _from_attr(value):
     return value
 
 
+def _put(f: h5py.File, name: str, data: np.ndarray) -> None:
+    """One checksummed dataset; raw ids narrowed to int32 or UTF-8 bytes on disk."""
+    if data.dtype.kind == "U":
+        data = np.char.encode(data, "utf-8")
+        if data.dtype.itemsize == 0:
+            data = data.astype("S1")
+    elif name.endswith("_ids") and len(data) and np.iinfo(np.int32).min <= data.min() and data.max() <= np.iinfo(np.int32).max:
+        data = data.astype(np.int32)
+    f.create_dataset(name, data=data, chunks=(max(1, min(len(data), _CHUNK)),), fletcher32=True)
+
+
+def _get(f: h5py.File, path: Path, name: str, rebuild: str) -> np.ndarray:
+    """Reads one dataset, verifying its checksum: a corrupted chunk becomes one clear line."""
+    if name not in f:
+        raise DataFormatError(f"{path}: lacks its {name!r} array; {rebuild}")
+    dset = f[name]
+    if not dset.fletcher32:
+        raise DataFormatError(f"{path}: {name!r} carries no checksum (not written by this code); {rebuild}")
+    try:
+        data = dset[()]
+    except OSError:  # HDF5's "filter returned failure during read": fletcher32 mismatch
+        raise DataFormatError(f"{path}: checksum mismatch in {name!r}: the file is corrupted; {rebuild}") from None
+    if data.dtype.kind == "S":
+        return np.char.decode(data, "utf-8")
+    return data.astype(np.int64) if name.endswith("_ids") else data
+
+
+def rebuild_command(attrs: dict, folder: Path) -> str:
+    """``rebuild it: rm -r FOLDER && python tools/prepare_data.py ...`` from a dataset's attributes."""
+    source = str(attrs.get("source", ""))
+    fmt, _, raw_name = source.partition(":")
+    if fmt == "synthetic":
+        recipe = attrs.get("synthetic") or {}
+        args = f"--format synthetic --preset {recipe.get('preset') or 'PRESET'} --seed {recipe.get('seed', 0)}"
+    else:
+        raw = attrs.get("raw_path") or f"PATH/TO/{raw_name or 'RAW_FILE'}"
+        args = f"--format {fmt or 'FORMAT'} --raw {raw}"
+        filters = attrs.get("filters") or {}
+        for key, flag in (("min_user", "--min-user"), ("min_item", "--min-item")):
+            if filters.get(key, 3) != 3:
+                args += f" {flag} {filters[key]}"
+        if filters.get("iterative") is False:
+            args += " --single-pass"
+        if fmt == "generic":
+            columns = attrs.get("columns")
+            args += " --columns " + (",".join(f"{k}={v}" for k, v in columns.items()) if columns else "MAPPING")
+        if (attrs.get("duplicates") or {}).get("dropped") is False:
+            args += " --keep-duplicates"
+    return f"rebuild it: rm -r {folder} && python tools/prepare_data.py {args} --out {folder}"
+
+
 def write_shards(
     out_dir: str | os.PathLike,
     *,
@@ -136,22 +266,29 @@ def write_shards(
     items: np.ndarray,
     n_items: int,
     attrs: dict,
+    user_ids: np.ndarray | None = None,
+    item_ids: np.ndarray | None = None,
     users_per_shard: int = 50_000,
     progress: bool = False,
 ) -> Path:
-    """Writes a CSR dataset as HDF5 shards plus stats.json into a NEW folder ``out_dir``.
+    """Writes a CSR dataset as HDF5 shards, item_ids.h5 and stats.json into a NEW folder ``out_dir``.
 
-    Atomic: everything is written to a temporary sibling folder that is renamed at the end,
-    so a crash or an error never leaves a half-written dataset. ``attrs`` (filters, source,
-    source_hash, ...) are stored in every shard. Raises FileExistsError if out_dir exists.
+    ``user_ids`` (n_users,) and ``item_ids`` (n_items,) are the raw ids of the internal users
+    0.. and items 1.. (see ``raw_ids``); left out, the internal ids themselves are stored.
+    Atomic (``atomic_dir``): a crash or an error never leaves a half-written dataset. ``attrs``
+    (filters, source, source_hash, ...) are stored in every file. Raises FileExistsError if
+    out_dir exists.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"output directory already exists: {out_dir}")
     offsets = np.asarray(offsets, dtype=np.int64)
     items = np.asarray(items, dtype=np.int32)
     _check_csr(offsets, items, n_items, "write_shards")
     n_users = len(offsets) - 1
+    user_ids = np.arange(n_users, dtype=np.int64) if user_ids is None else raw_ids(user_ids)
+    item_ids = np.arange(n_items + 1, dtype=np.int64) if item_ids is None else _padded(raw_ids(item_ids))
+    if len(user_ids) != n_users or len(item_ids) != n_items + 1:
+        raise ValueError(f"write_shards: {len(user_ids)} user ids for {n_users} users, "
+                         f"{len(item_ids) - 1} item ids for {n_items} items")
     bounds = list(range(0, n_users, users_per_shard)) + [n_users]
     dataset_attrs = {
         "kind": KIND,
@@ -165,53 +302,52 @@ def write_shards(
     clash = set(attrs) & set(dataset_attrs)
     if clash:
         raise ValueError(f"attrs may not override {sorted(clash)}")
+    file_attrs = {key: _attr_value(value) for key, value in {**attrs, **dataset_attrs}.items()}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for shard, (lo, hi) in enumerate(
             tqdm(list(zip(bounds[:-1], bounds[1:])), desc="writing shards", disable=not progress)
         ):
             with h5py.File(tmp / f"shard_{shard:05d}.h5", "w") as f:
-                f.create_dataset("offsets", data=offsets[lo : hi + 1] - offsets[lo])
-                f.create_dataset("items", data=items[offsets[lo] : offsets[hi]])
-                for key, value in {**attrs, **dataset_attrs}.items():
-                    f.attrs[key] = _attr_value(value)
+                _put(f, "offsets", offsets[lo : hi + 1] - offsets[lo])
+                _put(f, "items", items[offsets[lo] : offsets[hi]])
+                _put(f, "user_ids", user_ids[lo:hi])
+                f.attrs.update(file_attrs)
                 f.attrs["shard"] = shard
                 f.attrs["user_start"] = lo
                 f.attrs["user_end"] = hi
+        with h5py.File(tmp / ITEM_IDS_FILE, "w") as f:
+            _put(f, "item_ids", item_ids)
+            f.attrs.update(file_attrs)
         stats = {**sequence_stats(offsets, n_items), "format_version": FORMAT_VERSION, **attrs}
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
-        os.rename(tmp, out_dir)  # atomic on one filesystem; fails if out_dir appeared meanwhile
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
-def _read_shard(path: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+def _open_checked(path: Path, folder: Path):
+    """Opens one of our files, refusing foreign and stale ones with one line each."""
     try:
-        with h5py.File(path, "r") as f:
-            attrs = {key: _from_attr(value) for key, value in f.attrs.items()}
-            if attrs.get("kind") != KIND:
-                raise DataFormatError(f"{path}: not a sasrec-cce sequence shard (foreign HDF5 file)")
-            if attrs.get("format_version") != FORMAT_VERSION:
-                raise DataFormatError(
-                    f"{path}: stale format version {attrs.get('format_version')} (this code reads "
-                    f"{FORMAT_VERSION}); prepare the dataset again with tools/prepare_data.py"
-                )
-            if "offsets" not in f or "items" not in f:
-                raise DataFormatError(f"{path}: shard lacks its offsets/items arrays")
-            return attrs, f["offsets"][()], f["items"][()]
+        f = h5py.File(path, "r")
     except OSError as err:  # h5py's error for a file that is not HDF5 or is truncated
-        raise DataFormatError(f"{path}: cannot read as HDF5 ({err})") from None
+        raise DataFormatError(f"{path}: cannot read as HDF5 ({' '.join(str(err).split())})") from None
+    attrs = {key: _from_attr(value) for key, value in f.attrs.items()}
+    if attrs.get("kind") != KIND:
+        f.close()
+        raise DataFormatError(f"{path}: not a sasrec-cce sequence shard (foreign HDF5 file)")
+    if attrs.get("format_version") != FORMAT_VERSION:
+        f.close()
+        raise DataFormatError(
+            f"{folder}: stale data format version {attrs.get('format_version')} (this code reads "
+            f"{FORMAT_VERSION}: raw ids, checksums); {rebuild_command(attrs, folder)}"
+        )
+    return f, attrs
 
 
 def load_sequences(path: str | os.PathLike) -> SequenceData:
-    """Reads and validates a dataset folder written by ``write_shards``.
+    """Reads and validates a dataset folder written by ``write_shards``, raw ids included.
 
-    Raises DataFormatError with a clear message on a missing folder, a foreign or stale file,
-    missing or mixed shards, or inconsistent arrays.
+    Raises DataFormatError with a one-line message on a missing folder, a foreign, stale or
+    corrupted (checksum) file, missing or mixed shards, or inconsistent arrays.
     """
     path = Path(path)
     if not path.is_dir():
@@ -219,29 +355,46 @@ def load_sequences(path: str | os.PathLike) -> SequenceData:
     files = sorted(path.glob(_SHARD_GLOB))
     if not files:
         raise DataFormatError(f"{path}: no {_SHARD_GLOB} files; not a prepared dataset")
-    shards = [_read_shard(f) for f in files]
-    first = shards[0][0]
-    if len(files) != first["n_shards"]:
-        raise DataFormatError(f"{path}: found {len(files)} shards, the dataset has {first['n_shards']}")
-    offsets_parts, items_parts, next_user = [np.zeros(1, np.int64)], [], 0
-    for file, (attrs, offsets, items) in zip(files, shards):
-        if any(attrs.get(k) != first[k] for k in _DATASET_ATTRS):
-            raise DataFormatError(f"{file}: shard belongs to a different write than {files[0].name}")
+    offsets_parts, items_parts, user_id_parts, next_user, first = [np.zeros(1, np.int64)], [], [], 0, None
+    for file in files:
+        f, attrs = _open_checked(file, path)
+        with f:
+            first = first or attrs
+            rebuild = rebuild_command(first, path)
+            if len(files) != first["n_shards"]:
+                raise DataFormatError(f"{path}: found {len(files)} shards, the dataset has {first['n_shards']}")
+            if any(attrs.get(k) != first[k] for k in _DATASET_ATTRS):
+                raise DataFormatError(f"{file}: shard belongs to a different write than {files[0].name}")
+            offsets, items, user_ids = (_get(f, file, name, rebuild) for name in ("offsets", "items", "user_ids"))
         if attrs["user_start"] != next_user or len(offsets) != attrs["user_end"] - attrs["user_start"] + 1:
             raise DataFormatError(f"{file}: user range does not continue the previous shard")
+        if len(user_ids) != len(offsets) - 1:
+            raise DataFormatError(f"{file}: {len(user_ids)} user ids for {len(offsets) - 1} users")
         _check_csr(offsets.astype(np.int64), items, first["n_items"], str(file))
         offsets_parts.append(offsets[1:].astype(np.int64) + offsets_parts[-1][-1])
         items_parts.append(items.astype(np.int32, copy=False))
+        user_id_parts.append(user_ids)
         next_user = attrs["user_end"]
     offsets = np.concatenate(offsets_parts)
     if next_user != first["n_users"] or offsets[-1] != first["n_interactions"]:
         raise DataFormatError(f"{path}: shards hold {next_user} users / {offsets[-1]} items, attributes say otherwise")
+
+    ids_file = path / ITEM_IDS_FILE
+    if not ids_file.is_file():
+        raise DataFormatError(f"{path}: no {ITEM_IDS_FILE} (the raw item ids); {rebuild}")
+    f, attrs = _open_checked(ids_file, path)
+    with f:
+        if attrs.get("write_id") != first["write_id"]:
+            raise DataFormatError(f"{ids_file}: belongs to a different write than {files[0].name}")
+        item_ids = _get(f, ids_file, "item_ids", rebuild)
+
     per_shard = ("shard", "user_start", "user_end")
-    attrs = {k: v for k, v in first.items() if k not in per_shard}
     return SequenceData(
         offsets=offsets,
         items=np.concatenate(items_parts),
         n_users=int(first["n_users"]),
         n_items=int(first["n_items"]),
-        attrs=attrs,
+        attrs={k: v for k, v in first.items() if k not in per_shard},
+        user_ids=np.concatenate(user_id_parts),
+        item_ids=item_ids,
     )
