@@ -74,6 +74,31 @@ def test_scaling_plan_is_one_bench_process_per_preset_and_loss(tmp_path: Path):
     assert args.out == str(tmp_path / "scaling" / "items-1m_ce") and steps[1].expect == ("items-1m", "ce")
 
 
+def test_sampled_plan_binds_the_sampled_loss_on_the_ce_configs(tmp_path: Path):
+    import gin
+
+    from core.losses import loss_name, sampled_ce
+
+    steps = study.build_plan(["sampled"], out=tmp_path, seeds=[0, 1], epochs=2)
+    names = [s.name for s in steps]
+    variants = [f"sampled_ce_{k}_{sampler}" for k in (256, 3000) for sampler in ("uniform", "popularity")]
+    assert names == ([f"{d}_{v}_s{seed}" for seed in (0, 1) for d in ("beauty5core", "ml100k") for v in variants]
+                     + [f"{d}_{v}_s0" for d in ("ml20m_like", "beauty_like") for v in variants])
+    for step in (steps[names.index("ml100k_sampled_ce_256_popularity_s1")],
+                 steps[names.index("beauty_like_sampled_ce_3000_uniform_s0")]):
+        args = run._parse_args(list(step.argv[1:]))
+        assert (ROOT / args.gin[0]).is_file() and args.gin[0].endswith("_ce.gin")
+        gin.clear_config()
+        try:  # the bindings parse, and the run's loss is named as the run
+            gin.parse_config_files_and_bindings([str(ROOT / args.gin[0])], args.gin_bindings)
+            assert loss_name(sampled_ce) in step.name
+            assert gin.query_parameter("train.loss_fn").selector == "sampled_ce"
+        finally:
+            gin.clear_config()
+    synthetic = run._parse_args(list(steps[-1].argv[1:])).gin_bindings
+    assert synthetic[:3] == ["train.seed = 0", "train.epochs = 2", "train.eval_every = 2"]
+
+
 @pytest.mark.parametrize("argv, message", [(["nope"], "unknown plan nope"),
                                            (["real", "--seeds", ""], "--seeds needs"),
                                            (["real", "--only", "zzz*"], "matches no run"),

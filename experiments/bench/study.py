@@ -21,6 +21,11 @@ Plans (run in the order given, each ordered so that what matters most finishes f
   one (CCE on 10M items, about 2,000 steps, may take most of one) and an out-of-memory CE is
   one row with its error. Variant ``static`` (what ``train()`` runs), 1 timed epoch after 20
   warm-up steps. Names like ``scaling/items-4m_ce``.
+- ``sampled`` (issue 14): sampled softmax CE, K in {256, 3000} x {uniform, popularity}
+  negatives (``gin/loss/sampled_ce.gin``'s settings bound on top of each dataset's ``_ce`` gin
+  file): the ``real`` datasets x ``--seeds`` to early stopping, seed 0 of every config first,
+  then the ``synthetic`` presets as that plan runs them. Names like
+  ``beauty5core_sampled_ce_256_popularity_s1`` (the loss's registry name in the middle).
 
 A run is complete when its folder holds metrics.json (bench: a results.json with its row);
 complete runs are skipped. A folder without it (a crash, a killed call) is moved aside to
@@ -45,12 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PLANS = ("real", "synthetic", "scaling")
+PLANS = ("real", "synthetic", "scaling", "sampled")
 REAL_DATASETS = ("beauty5core", "ml100k")
 SYNTHETIC_DATASETS = ("ml20m_like", "beauty_like")
 LOSSES = ("ce", "cce", "cce_exact")
 SCALING_PRESETS = ("items-1m", "items-4m", "items-10m")
 SCALING_LOSSES = ("cce", "ce")  # CCE first: it is the one expected to fit
+SAMPLED = tuple((k, sampler) for k in (256, 3000) for sampler in ("uniform", "popularity"))
 TAIL_LINES = 15
 
 
@@ -80,6 +86,16 @@ def _run_step(name: str, gin_file: str, bindings: list[str], extra: list[str], o
     return Step(name, tuple(argv), "run")
 
 
+def _synthetic_bindings(seed: int, epochs: int) -> list[str]:
+    """``epochs`` epochs with one validation, at the end: epoch time and peak memory."""
+    return [f"train.seed = {seed}", f"train.epochs = {epochs}", f"train.eval_every = {epochs}"]
+
+
+def _sampled_bindings(k: int, sampler: str) -> list[str]:
+    return ["train.loss_fn = @sampled_ce", f"sampled_ce.n_negatives = {k}",
+            f"sampled_ce.sampler = '{sampler}'"]
+
+
 def build_plan(plans: list[str], *, out: Path, seeds: list[int], epochs: int = 3,
                binds: list[str] = (), scaling_presets: list[str] = SCALING_PRESETS,
                scaling_users: int | None = None) -> list[Step]:
@@ -100,10 +116,18 @@ def build_plan(plans: list[str], *, out: Path, seeds: list[int], epochs: int = 3
         elif plan == "synthetic":
             for data in SYNTHETIC_DATASETS:
                 for loss in LOSSES:
-                    bindings = [f"train.seed = {seeds[0]}", f"train.epochs = {epochs}",
-                                f"train.eval_every = {epochs}"]
                     steps.append(_run_step(f"{data}_{loss}_s{seeds[0]}", f"gin/{data}_{loss}.gin",
-                                           bindings, list(binds), out))
+                                           _synthetic_bindings(seeds[0], epochs), list(binds), out))
+        elif plan == "sampled":
+            runs = [(data, [f"train.seed = {seed}"], seed) for seed in seeds for data in REAL_DATASETS]
+            runs += [(data, _synthetic_bindings(seeds[0], epochs), seeds[0])
+                     for data in SYNTHETIC_DATASETS]
+            for data, bindings, seed in runs:
+                for k, sampler in SAMPLED:
+                    steps.append(_run_step(f"{data}_sampled_ce_{k}_{sampler}_s{seed}",
+                                           f"gin/{data}_ce.gin",
+                                           [*bindings, *_sampled_bindings(k, sampler)],
+                                           list(binds), out))
         else:
             for preset in scaling_presets:
                 for loss in SCALING_LOSSES:
@@ -318,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plans", nargs="+", help=f"plan names, run in this order: {', '.join(PLANS)}")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="study folder")
-    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (real plan)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the synthetic plan")
+    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (real, sampled plans)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the synthetic runs")
     parser.add_argument("--bind", action="append", default=[],
                         help="a gin binding passed to every run.py run (repeatable)")
     parser.add_argument("--budget-s", type=float, default=None, help="start no new run after this")
