@@ -231,6 +231,47 @@ def test_popularity_loss_uses_its_draws_and_log_q():
     torch.testing.assert_close(log_q.double(), (counts / counts.sum()).double().log())
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_the_draw_and_the_loss_are_capturable_as_a_cuda_graph(sampler):
+    """No host sync: forward and backward captured once (after an eager warm-up on a side
+    stream, as core's graph step does); every replay draws fresh negatives, a seeded replay
+    repeats its draw, and the replayed loss is the eager loss on the replay's negatives."""
+    dev = torch.device("cuda")
+    e, c, t, _, _ = make_case(dtype=torch.float32)
+    e, c, t = e.to(dev).requires_grad_(), c.to(dev).requires_grad_(), t.to(dev)
+    pop = ItemPopularity(torch.arange(1, V + 1))
+    cdf, log_q = pop.tables(dev) if sampler == "popularity" else (None, None)
+    registered = functools.partial(sampled_ce, n_negatives=64, sampler=sampler, logq=True, popularity=pop)
+
+    def step():
+        negatives = draw_negatives(64, V, device=dev, cdf=cdf)
+        loss = sampled_softmax_loss(e, c, t, negatives, log_q=log_q)
+        (loss + registered(e, c, t)).backward()
+        return negatives, loss.detach()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    e.grad = c.grad = None
+    with torch.cuda.graph(graph):
+        negatives, loss = step()
+
+    torch.manual_seed(1)
+    graph.replay()
+    first = negatives.clone()
+    torch.testing.assert_close(loss, sampled_softmax_loss(e.detach(), c.detach(), t, first, log_q=log_q))
+    graph.replay()
+    assert not torch.equal(first, negatives)
+    torch.manual_seed(1)
+    graph.replay()
+    assert torch.equal(first, negatives)
+
+
 # --- settings, names, bind_data --------------------------------------------------------------
 
 
