@@ -100,38 +100,36 @@ def test_stale_version_names_the_rebuild_command(tmp_path):
     assert f"rebuild it: rm -r {tmp_path / 'ds'} && python tools/prepare_data.py --format amazon --raw " in message
 
 
-def data_region(path, name):
-    """(byte offset, size) of dataset ``name``'s first chunk (or contiguous data) in an HDF5 file."""
+def change_middle_value(path, name, still_valid=False):
+    """Changes one byte of the middle element of dataset ``name`` (its first chunk) in the file.
+
+    ``still_valid``: the element (an item id) becomes another id in range, so that only a
+    checksum can tell; else its lowest byte is flipped.
+    """
     with h5py.File(path, "r") as f:
         dset = f[name]
-        if dset.chunks is None:
-            return dset.id.get_offset(), dset.id.get_storage_size()
-        info = dset.id.get_chunk_info(0)
-        return info.byte_offset, info.size
+        if dset.chunks is None:  # contiguous (format 1)
+            start, n = dset.id.get_offset(), dset.shape[0]
+        else:
+            start, n = dset.id.get_chunk_info(0).byte_offset, dset.chunks[0]
+        middle = start + (n // 2) * dset.dtype.itemsize  # lowest byte: little-endian
+        value = int(dset[n // 2])
+    raw = bytearray(path.read_bytes())
+    raw[middle] = (1 if value != 1 else 2) if still_valid else raw[middle] ^ 0x01
+    path.write_bytes(bytes(raw))
 
 
 @pytest.mark.parametrize("name", ["items", "offsets", "user_ids"])
-def test_a_flipped_byte_inside_the_data_is_refused(tmp_path, name):
-    """Issue 15.4: a single flipped byte in a shard used to load (and train) silently."""
-    def flip(out):
-        shard = out / "shard_00001.h5"
-        start, size = data_region(shard, name)
-        raw = bytearray(shard.read_bytes())
-        raw[start + size // 2] ^= 0x01
-        shard.write_bytes(bytes(raw))
-    message = corrupt(tmp_path, flip)
+def test_a_changed_byte_inside_the_data_is_refused(tmp_path, name):
+    """Issue 15.4: a single changed byte in a shard used to load (and train) silently."""
+    message = corrupt(tmp_path, lambda out: change_middle_value(out / "shard_00001.h5", name, name == "items"))
     assert "\n" not in message and "checksum mismatch" in message and repr(name) in message
     assert "shard_00001.h5" in message and "rebuild it:" in message
 
 
-def test_a_flipped_byte_in_the_item_ids_is_refused(tmp_path):
-    def flip(out):
-        path = out / "item_ids.h5"
-        start, size = data_region(path, "item_ids")
-        raw = bytearray(path.read_bytes())
-        raw[start + size // 2] ^= 0x10
-        path.write_bytes(bytes(raw))
-    assert "checksum mismatch in 'item_ids'" in corrupt(tmp_path, flip)
+def test_a_changed_byte_in_the_item_ids_is_refused(tmp_path):
+    message = corrupt(tmp_path, lambda out: change_middle_value(out / "item_ids.h5", "item_ids"))
+    assert "checksum mismatch in 'item_ids'" in message
 
 
 def test_prepared_data_gets_ordinary_modes(tmp_path):
