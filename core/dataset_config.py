@@ -111,14 +111,17 @@ def _load_cached(cache: Path, recipe: Recipe) -> SequenceData:
 
 def _check_recipe_matches(data: SequenceData, recipe: Recipe, folder: Path) -> None:
     """Refuses prepared data whose filters or duplicate rule differ from the config's."""
-    want = {"filters": {"min_user": recipe.min_user, "min_item": recipe.min_item, "iterative": True},
-            "duplicates dropped": not recipe.keep_duplicates}
-    have = {"filters": data.attrs.get("filters"),
-            "duplicates dropped": (data.attrs.get("duplicates") or {}).get("dropped")}
-    if want != have:
+    filters = data.attrs.get("filters") or {}
+    have = {"min_user": filters.get("min_user"), "min_item": filters.get("min_item"),
+            "iterative": filters.get("iterative"),
+            "keep_duplicates": not (data.attrs.get("duplicates") or {}).get("dropped", True)}
+    want = {"min_user": recipe.min_user, "min_item": recipe.min_item, "iterative": True,
+            "keep_duplicates": recipe.keep_duplicates}
+    differ = [f"{key} {have[key]} (config: {want[key]})" for key in want if have[key] != want[key]]
+    if differ:
         raise DataFormatError(
-            f"{folder} was prepared with {have}, the config asks for {want}: point dataset.path "
-            f"elsewhere or {rebuild_command(data.attrs, folder)}"
+            f"{folder} was prepared with {', '.join(differ)}: remove it (rm -r {folder}) and run again "
+            f"to prepare it as configured, or point dataset.path elsewhere"
         )
 
 

@@ -1,0 +1,82 @@
+"""dataset(): caches it owns are rebuilt when stale or corrupted; prepared folders it does not own
+are refused with the command that rebuilds them; temporaries of killed writers are swept."""
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from core.data.shards import DataFormatError
+from core.dataset_config import dataset
+
+
+def ratings(path, n_users=6):
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{i},1,{t}\n" for u in range(1, n_users + 1) for t, i in enumerate((10, 20, 30, 40))))
+    return path
+
+
+def own_message(err) -> str:
+    """The error's own message, without the line gin appends ("In call to configurable ...")."""
+    return str(err.value).split("\n  In call to configurable")[0]
+
+
+def make_stale(folder):
+    for path in folder.glob("*.h5"):
+        with h5py.File(path, "a") as f:
+            f.attrs["format_version"] = 1
+
+
+def test_a_stale_or_corrupted_cache_is_rebuilt(tmp_path):
+    config = dict(name="tiny", synthetic_preset="tiny", synthetic_overrides={"n_users": 50},
+                  cache_dir=str(tmp_path / "cache"))
+    first = dataset(**config)
+    make_stale(first.source)
+    again = dataset(**config)
+    assert again.source == first.source and np.array_equal(again.data.items, first.data.items)
+    assert again.data.attrs["format_version"] == 2
+
+
+def test_a_stale_prepared_folder_is_refused_with_the_rebuild_command(tmp_path):
+    raw = ratings(tmp_path / "r.csv")
+    out = tmp_path / "prepared"
+    dataset(name="x", raw=str(raw), fmt="ml20m", path=str(out))
+    make_stale(out)
+    with pytest.raises(DataFormatError) as err:
+        dataset(name="x", raw=str(raw), fmt="ml20m", path=str(out))
+    message = own_message(err)
+    assert "\n" not in message and "stale data format version 1" in message
+    assert f"rebuild it: rm -r {out} && python tools/prepare_data.py --format ml20m --raw {raw} --out {out}" in message
+
+
+def test_prepared_data_with_other_filters_is_refused(tmp_path):
+    raw = ratings(tmp_path / "r.csv")
+    out = tmp_path / "prepared"
+    dataset(name="x", raw=str(raw), fmt="ml20m", path=str(out))
+    with pytest.raises(DataFormatError, match=r"was prepared with min_user 3 \(config: 4\): remove it \(rm -r "):
+        dataset(name="x", raw=str(raw), fmt="ml20m", path=str(out), min_user=4)
+    with pytest.raises(DataFormatError, match=r"keep_duplicates False \(config: True\)"):
+        dataset(name="x", raw=str(raw), fmt="ml20m", path=str(out), keep_duplicates=True)
+
+
+def test_keep_duplicates_is_a_separate_cache(tmp_path):
+    raw = tmp_path / "r.csv"
+    raw.write_text(ratings(tmp_path / "once.csv").read_text() + "1,10,1,0\n")  # one exact copy
+    common = dict(name="x", raw=str(raw), fmt="ml20m", cache_dir=str(tmp_path / "cache"))
+    assert len(dataset(**common).data.items) == 24
+    assert len(dataset(**common, keep_duplicates=True).data.items) == 25
+
+
+def test_temporaries_of_dead_writers_are_swept_from_the_cache(tmp_path):
+    """Issue 15.10: a killed writer's hidden temporary stayed forever (under any cache name)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    cache = tmp_path / "cache"
+    left = cache / f".synthetic-tiny-0123456789.tmp-{int(dead.stdout)}-abc"
+    left.mkdir(parents=True)
+    (left / "shard_00000.h5").write_bytes(b"partial")
+    alive = cache / ".other.tmp-1-xyz"  # pid 1 runs: its temporary is left alone
+    alive.mkdir()
+    dataset(name="tiny", synthetic_preset="tiny", synthetic_overrides={"n_users": 50}, cache_dir=str(cache))
+    assert not left.exists() and alive.exists()
