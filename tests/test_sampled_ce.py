@@ -290,6 +290,9 @@ def test_bad_settings_are_one_clear_error(settings):
     e, c, t, _, _ = make_case(dtype=torch.float32)
     with pytest.raises(ValueError, match="sampled_ce: "):
         sampled_ce(e, c, t, **settings)
+    if "n_negatives" in settings or settings["sampler"] != "popularity":  # before the first step
+        with pytest.raises(ValueError, match="sampled_ce: "):
+            bind_to_data(functools.partial(sampled_ce, **settings), tiny_data())
 
 
 def tiny_data() -> SequenceData:

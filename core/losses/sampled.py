@@ -20,9 +20,10 @@ Decisions (the issue-14 brief asked for them to be written down):
   repeated items. Items that never occur in training are never drawn.
 - ``logq=True`` subtracts log q from every logit, the target's included: TensorFlow's
   ``_compute_sampled_logits(subtract_log_q=True)`` convention (``true_logits -= log(Q)`` and
-  ``sampled_logits -= log(Q)``; Jean et al. 2015, Bengio & Senecal 2008). Its expected count
-  K * q differs from q by log K in every column, which cancels in the softmax. For the uniform
-  sampler every column moves by the same constant, so ``logq`` changes nothing there (tested).
+  ``sampled_logits -= log(Q)``; Jean et al. 2015, Bengio & Senecal 2008). TensorFlow's Q is
+  the expected count K * q, which moves every column by the same log K more: that cancels in
+  the softmax, so log q is subtracted here. For the uniform sampler every column moves by the
+  same constant, so ``logq`` changes nothing there (tested).
 - Autocast as ``ce``: logits in the operands' (autocast) dtype, the softmax in fp32; the
   correction and the mask are applied in fp32.
 """
@@ -30,6 +31,7 @@ Decisions (the issue-14 brief asked for them to be written down):
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -144,9 +146,20 @@ def _name(settings: dict) -> str:
     return f"sampled_ce_{settings['n_negatives']}_{settings['sampler']}{logq}"
 
 
+def _check_settings(n_negatives, sampler) -> None:
+    if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 1:
+        raise ValueError(f"sampled_ce: n_negatives must be a positive integer, not {n_negatives!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampled_ce: sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+
+
 def _bind_popularity(loss_fn, data):
-    """The popularity sampler's counts from ``data``'s training split, built once; uniform: as is."""
-    if loss_settings(loss_fn)["sampler"] != "popularity":
+    """The popularity sampler's counts from ``data``'s training split, built once; uniform: as is.
+
+    Bad settings fail here, before the first step."""
+    settings = loss_settings(loss_fn)
+    _check_settings(settings["n_negatives"], settings["sampler"])
+    if settings["sampler"] != "popularity":
         return loss_fn
     return functools.partial(loss_fn, popularity=ItemPopularity(train_item_counts(data)))
 
@@ -169,10 +182,7 @@ def sampled_ce(
     calls before the first step). ``logq``: subtract the log sampling probability from every
     logit (see the module docstring).
     """
-    if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 1:
-        raise ValueError(f"sampled_ce: n_negatives must be a positive integer, not {n_negatives!r}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampled_ce: sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    _check_settings(n_negatives, sampler)
     if sampler == "uniform":
         # logq: log q = -log V in every column, which cancels in the softmax.
         negatives = draw_negatives(n_negatives, c.shape[0], device=e.device)
