@@ -110,8 +110,8 @@ def lse_forward(e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(part, dim=0) if splits > 1 else part[0]
 
 
-def grad_e(e, c, lse, w, targets) -> torch.Tensor:
-    """dE (N, D) in ``e``'s dtype: sum over items of (softmax - onehot) * w, times C."""
+def grad_e(e, c, lse, w, scale, targets) -> torch.Tensor:
+    """dE (N, D) in ``e``'s dtype: sum over items of (softmax - onehot) * w * scale, times C."""
     from core.losses.kernels import flash_ce as kernels
 
     (n, d), v = e.shape, c.shape[0]
@@ -124,7 +124,7 @@ def grad_e(e, c, lse, w, targets) -> torch.Tensor:
     splits, per_split = _splits(-(-v // block_v), n_blocks, e.device, cap)
     part = torch.empty((splits, n, block_d), dtype=torch.float32, device=e.device)
     kernels._de_kernel[(n_blocks, splits)](
-        e, c, lse, w, targets, part, n, v, d, e.stride(0), c.stride(0), per_split,
+        e, c, lse, w, scale, targets, part, n, v, d, e.stride(0), c.stride(0), per_split,
         BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, PRECISION=_precision(e),
         num_warps=warps, num_stages=stages,
     )
@@ -132,8 +132,8 @@ def grad_e(e, c, lse, w, targets) -> torch.Tensor:
     return de[:, :d].to(e.dtype)
 
 
-def grad_c(e, c, lse, w, targets) -> torch.Tensor:
-    """dC (V, D) in ``c``'s dtype: sum over rows of (softmax - onehot)^T * w, times E."""
+def grad_c(e, c, lse, w, scale, targets) -> torch.Tensor:
+    """dC (V, D) in ``c``'s dtype: sum over rows of (softmax - onehot)^T * w * scale, times E."""
     from core.losses.kernels import flash_ce as kernels
 
     (n, d), v = e.shape, c.shape[0]
@@ -150,7 +150,7 @@ def grad_c(e, c, lse, w, targets) -> torch.Tensor:
         out = torch.empty((row_splits, v, block_d), dtype=torch.float32, device=e.device)
         strides = out.stride()[:2]
     kernels._dc_kernel[(v_tiles, row_splits)](
-        e, c, lse, w, targets, out, n, v, d, e.stride(0), c.stride(0), *strides,
+        e, c, lse, w, scale, targets, out, n, v, d, e.stride(0), c.stride(0), *strides,
         blocks_per_split * block_n,
         BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, PRECISION=_precision(e),
         num_warps=warps, num_stages=stages,
@@ -178,9 +178,12 @@ class FlashCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         e, c, lse, safe, valid, count = ctx.saved_tensors
-        w = (grad * valid / count.clamp(min=1)).float().contiguous()  # (N,) row weights
-        de = grad_e(e, c, lse, w, safe) if ctx.needs_input_grad[0] else None
-        dc = grad_c(e, c, lse, w, safe) if ctx.needs_input_grad[1] else None
+        w = (grad * valid / count.clamp(min=1)).float()  # (N,) row weights
+        # Weights up to 2**15 and their scale apart: rounded P stays clear of fp16's subnormals.
+        scale = (w.abs().amax() if w.numel() else w.new_ones(())).clamp_min(1e-30) / 2**15  # ()
+        w = (w / scale).contiguous()
+        de = grad_e(e, c, lse, w, scale, safe) if ctx.needs_input_grad[0] else None
+        dc = grad_c(e, c, lse, w, scale, safe) if ctx.needs_input_grad[1] else None
         return de, dc, None
 
 

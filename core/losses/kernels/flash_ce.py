@@ -16,7 +16,11 @@ Operands: ``E`` bf16/fp16/fp32 and ``C`` any float dtype, cast to ``E``'s dtype 
 and accumulators are fp32; the backward's second matmul takes ``P`` rounded to ``E``'s dtype, as
 flash attention (and plain CE under autocast) do. Rows past N, items past V and head dims past D
 are masked. A row's weight ``W`` (N,) (the upstream gradient over the number of scored rows,
-0 for ignored targets) scales its ``P``; ignored rows carry target 0 and weight 0.
+0 for ignored targets) scales its ``P``; ignored rows carry target 0 and weight 0. The weights
+come divided by ``Scale`` (a device scalar: max |weight| / 2**15), so the largest rounded ``P``
+entries are near 2**15: softmax entries of ~1/V would otherwise be fp16 subnormals (1/V times
+1/N is below fp16's smallest normal at V = 207,649), and the accumulators are multiplied by
+``Scale`` before the store.
 Launchers and tile sizes live in core/losses/flash_ce.py; this module is imported lazily there.
 """
 
@@ -27,8 +31,8 @@ import triton.language as tl
 
 # exp(x) = exp2(x * LOG2E): the hardware has exp2, and with the row's LSE pre-scaled the
 # exponent is one fused multiply-add per logit.
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -62,7 +66,7 @@ def _lse_kernel(
 
 @triton.jit
 def _de_kernel(
-    E, C, LSE, W, T, PartDE, N, V, D, stride_e, stride_c, tiles_per_split,
+    E, C, LSE, W, Scale, T, PartDE, N, V, D, stride_e, stride_c, tiles_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Program (row block, slice): PartDE[slice, rows] = sum over the slice's items of P C (fp32)."""
@@ -86,13 +90,14 @@ def _de_kernel(
         p = tl.exp2(logits * LOG2E - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)
         p = p * w[:, None]
         acc = tl.dot(p.to(e.dtype), c, acc, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
+    acc = acc * tl.load(Scale)
     tl.store(PartDE + (pid_s * N + offs_n[:, None].to(tl.int64)) * BLOCK_D + offs_d[None, :], acc,
              mask=n_mask[:, None])
 
 
 @triton.jit
 def _dc_kernel(
-    E, C, LSE, W, T, DC, N, V, D, stride_e, stride_c, stride_dc_split, stride_dc, rows_per_split,
+    E, C, LSE, W, Scale, T, DC, N, V, D, stride_e, stride_c, stride_dc_split, stride_dc, rows_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Program (catalog tile, row slice): DC[slice, items] = sum over the slice's rows of P^T E.
@@ -122,5 +127,6 @@ def _dc_kernel(
         p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)
         p = p * w[None, :]
         acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
+    acc = acc * tl.load(Scale)
     tl.store(DC + pid_s * stride_dc_split + offs_v[:, None].to(tl.int64) * stride_dc + offs_d[None, :],
              acc, mask=v_mask[:, None] & d_mask[None, :])
