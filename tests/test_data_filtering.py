@@ -1,9 +1,9 @@
-"""k-core filter (fixed point and maximality against a slow reference) and CSR grouping."""
+"""k-core filter (fixed point and maximality against a slow reference), exact duplicates and CSR grouping."""
 
 import numpy as np
 import pytest
 
-from core.data.filtering import compact, kcore, time_order, to_csr
+from core.data.filtering import compact, duplicates, kcore, time_order, to_csr
 
 
 def reference_kcore(rows, min_user, min_item):
@@ -76,3 +76,18 @@ def test_to_csr_renumbers_from_one():
     assert offsets.tolist() == [0, 3, 6] and n_items == 3
     assert kept_users.tolist() == [2, 4] and kept_items.tolist() == [5, 6, 8]
     assert items.tolist() == [2, 2, 1, 1, 3, 3]  # user 2: times 7, 8, 9; user 4: times 1, 2, 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_duplicates_match_a_set_oracle(seed):
+    """Later exact copies of (user, item, time) are marked, the first copy kept, in file order."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    user, item = rng.integers(0, 6, n).astype(np.int32), rng.integers(0, 5, n).astype(np.int32)
+    time = rng.integers(0, 4, n) if seed % 2 else rng.integers(0, 4, n) / 2.0  # int and float times
+    seen, expected = set(), []
+    for row in zip(user.tolist(), item.tolist(), time.tolist()):
+        expected.append(row in seen)
+        seen.add(row)
+    assert duplicates(user, item, time).tolist() == expected
+    assert not duplicates(user, item, None).any()  # without time, repeats are interactions

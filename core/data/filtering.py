@@ -1,4 +1,4 @@
-"""Filtering, renumbering and grouping of interaction logs; all numpy, no per-row Python.
+"""Filtering, renumbering and grouping of interaction logs; numpy (and a pandas hash), no per-row Python.
 
 ``duplicates`` marks exact copies of an earlier (user, item, time) row. ``kcore`` keeps users
 with >= min_user and items with >= min_item interactions, repeated until nothing changes (the
@@ -10,20 +10,24 @@ interactions by time with a stable sort, so that ties keep file order.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def duplicates(user: np.ndarray, item: np.ndarray, time: np.ndarray | None) -> np.ndarray:
     """(n,) bool: rows repeating an earlier row's exact (user, item, time); the first copy is kept.
 
     Without timestamps (file order is time) a repeated (user, item) is a repeat interaction,
-    not a copy, so nothing is marked.
+    not a copy, so nothing is marked. Only rows whose (user, item) pair repeats (found by
+    hashing, linear time) are sorted, so a log without repeats costs one hash pass.
     """
     dup = np.zeros(len(user), dtype=bool)
     if time is None or len(user) < 2:
         return dup
-    order = np.lexsort((time, item, user))  # stable: equal rows keep file order, first copy first
-    u, i, t = user[order], item[order], time[order]
-    dup[order[1:]] = (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])
+    pair = user.astype(np.int64) * (int(item.max()) + 1) + item  # (n,) one code per (user, item)
+    maybe = np.flatnonzero(pd.Series(pair).duplicated(keep=False).to_numpy())  # ascending: file order
+    order = maybe[np.lexsort((time[maybe], pair[maybe]))]  # stable: the first copy comes first
+    p, t = pair[order], time[order]
+    dup[order[1:]] = (p[1:] == p[:-1]) & (t[1:] == t[:-1])
     return dup
 
 
