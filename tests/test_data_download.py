@@ -110,7 +110,8 @@ def test_cli_download_then_prepare(server, tmp_path):
 
 def beauty_log(root, n_users=40):
     """A Beauty-like ratings file (no header, string ids) served by the test server."""
-    rows = "".join(f"U{u:03d},B{(u * 3 + k) % 17:02d},5.0,{1000 + 10 * u + k}\n" for u in range(n_users) for k in range(5))
+    rows = "".join(f"U{u:03d},B{(u * 3 + k) % 17:02d},5.0,{1000 + 10 * u + k}\n"
+                   for u in range(n_users) for k in range(5))
     (root / "ratings_Beauty.csv").write_text(rows)
     return rows
 

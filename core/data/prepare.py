@@ -90,19 +90,15 @@ def prepare_dataset(
     copies = duplicates(rawlog.user, rawlog.item, rawlog.time)
     n_copies = int(copies.sum())
     if n_copies:
-        log.info("%s %d exact duplicate (user, item, time) rows%s", "kept" if keep_duplicates else "dropped",
-                 n_copies, " (keep_duplicates)" if keep_duplicates else "")
-    unique = np.arange(len(copies), dtype=np.int64) if keep_duplicates else np.flatnonzero(~copies)
+        log.info("%s %d exact duplicate (user, item, time) rows", "kept (keep_duplicates)" if keep_duplicates
+                 else "dropped", n_copies)
+    rows = np.flatnonzero(~copies) if n_copies and not keep_duplicates else None  # None: all rows
     del copies
-    keep = unique[kcore(
-        rawlog.user[unique],
-        rawlog.item[unique],
-        min_user=min_user,
-        min_item=min_item,
-        iterative=iterative,
-        n_users=n_raw_users,
-        n_items=n_raw_items,
-    )]
+    user, item = (rawlog.user, rawlog.item) if rows is None else (rawlog.user[rows], rawlog.item[rows])
+    keep = kcore(user, item, min_user=min_user, min_item=min_item, iterative=iterative,
+                 n_users=n_raw_users, n_items=n_raw_items)  # (n_kept,) indices into ``rows``
+    keep = keep if rows is None else rows[keep]  # indices into the raw log
+    del user, item, rows
     if not iterative:
         # One pass may leave users below min_user; the split needs them whole, so drop those
         # users (items may then fall below min_item: that is what single-pass means).

@@ -214,8 +214,8 @@ def _put(f: h5py.File, name: str, data: np.ndarray) -> None:
         data = np.char.encode(data, "utf-8")
         if data.dtype.itemsize == 0:
             data = data.astype("S1")
-    elif name.endswith("_ids") and len(data) and np.iinfo(np.int32).min <= data.min() and data.max() <= np.iinfo(np.int32).max:
-        data = data.astype(np.int32)
+    elif name.endswith("_ids") and len(data) and -(2**31) <= data.min() and data.max() < 2**31:
+        data = data.astype(np.int32)  # loaded back as int64
     f.create_dataset(name, data=data, chunks=(max(1, min(len(data), _CHUNK)),), fletcher32=True)
 
 
