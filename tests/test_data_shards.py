@@ -75,16 +75,12 @@ def test_raw_ids_round_trip(tmp_path):
     assert data.user_ids.tolist() == users.tolist() and data.user_ids.dtype.kind == "U"
     assert data.item_ids.dtype == np.int64 and data.item_ids[1:].tolist() == item_ids.tolist()
     assert data.item_ids[0] == 0 and len(data.item_ids) == n_items + 1  # index 0: the padding slot
-    assert data.user_index(["Zoë", "007"]).tolist() == [2, 0]
-    with pytest.raises(DataFormatError, match="unknown user id '8'"):
-        data.user_index(["8"])
 
 
 def test_ids_default_to_the_internal_ones(tmp_path):
     offsets, items, n_items = small(n_users=4)
     data = load_sequences(write_shards(tmp_path / "ds", offsets=offsets, items=items, n_items=n_items, attrs={}))
     assert data.user_ids.tolist() == [0, 1, 2, 3] and data.item_ids.tolist() == list(range(n_items + 1))
-    assert data.user_index(["2", 3]).tolist() == [2, 3]  # integer ids looked up from text too
     in_memory = SequenceData(offsets=offsets, items=items, n_users=4, n_items=n_items)
     assert in_memory.item_ids.tolist() == list(range(n_items + 1))
 

@@ -121,29 +121,6 @@ class SequenceData:
         """Last item per user, (n_users,) int64."""
         return self.items[self.offsets[1:] - 1].astype(np.int64)
 
-    def user_index(self, raw: list | np.ndarray) -> np.ndarray:
-        """Internal user indices (k,) int64 of the raw user ids ``raw`` (e.g. lines of a file).
-
-        Strings are accepted for integer ids ("42" -> 42). Raises DataFormatError naming the
-        first raw id that is not a user of this dataset.
-        """
-        raw = np.asarray(raw)
-        if self.user_ids.dtype.kind == "i" and raw.dtype.kind != "i":
-            try:
-                raw = np.array([int(str(v).strip()) for v in raw.tolist()], dtype=np.int64)
-            except (ValueError, OverflowError):
-                bad = next(v for v in raw.tolist() if not str(v).strip().lstrip("-").isdigit())
-                raise DataFormatError(f"unknown user id {bad!r} (this dataset's user ids are integers)") from None
-        elif self.user_ids.dtype.kind != "i":
-            raw = raw.astype(str)
-        order = np.argsort(self.user_ids, kind="stable")
-        pos = np.searchsorted(self.user_ids, raw, sorter=order)
-        pos = np.minimum(pos, len(order) - 1)
-        found = self.user_ids[order[pos]] == raw
-        if not found.all():
-            raise DataFormatError(f"unknown user id {raw[~found][0].item()!r}: not a user of this dataset")
-        return order[pos].astype(np.int64)
-
     def train_item_user_counts(self) -> np.ndarray:
         """(n_items+1,) int64: distinct users having each item in their TRAIN sequence."""
         lengths = self.lengths()
