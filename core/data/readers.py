@@ -145,25 +145,34 @@ def _read_table(path: Path, *, progress: bool, numeric: list[str], **kwargs) -> 
     return frame
 
 
-def _as_read(ids: pd.Series) -> pd.Series:
-    """Id strings -> int64 when every one is a plain integer that fits, else the strings.
+def _codes(ids: pd.Series, *, text: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (n,) int32, distinct ids (m,)): codes 0..m-1 follow ascending raw ids.
 
-    Plain means no sign, no leading zero: "007" and "7" are then two different ids, as written.
+    ``text``: ``ids`` are strings as written (generic, user-item); they become int64 when every
+    distinct one is a plain integer that fits (no "+", no leading zero: "007" and "7" stay two
+    ids, as written), else they stay strings. Checks and sorting touch only the distinct ids.
     """
-    if ids.str.fullmatch(r"0|-?[1-9][0-9]{0,17}").all():  # up to 18 digits always fits int64
-        return ids.astype(np.int64)
-    return ids
+    codes, distinct = pd.factorize(ids)  # one hash pass, first-seen order
+    distinct = np.asarray(distinct)
+    if distinct.dtype == object:  # strings (numpy's str sorts like Python's, fast)
+        distinct = distinct.astype(str)
+    if text and pd.Series(distinct).str.fullmatch(r"0|-?[1-9][0-9]{0,17}").all():  # <= 18 digits fits int64
+        distinct = distinct.astype(np.int64)
+    order = np.argsort(distinct, kind="stable")
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return rank[codes], distinct[order]
 
 
-def _to_log(user: pd.Series, item: pd.Series, time: pd.Series | None) -> RawLog:
-    user_codes, user_ids = pd.factorize(user, sort=True)
-    item_codes, item_ids = pd.factorize(item, sort=True)
+def _to_log(user: pd.Series, item: pd.Series, time: pd.Series | None, *, text_ids: bool = False) -> RawLog:
+    user_codes, user_ids = _codes(user, text=text_ids)
+    item_codes, item_ids = _codes(item, text=text_ids)
     return RawLog(
-        user=user_codes.astype(np.int32),
-        item=item_codes.astype(np.int32),
+        user=user_codes,
+        item=item_codes,
         time=None if time is None else time.to_numpy(),
-        user_ids=np.asarray(user_ids),
-        item_ids=np.asarray(item_ids),
+        user_ids=user_ids,
+        item_ids=item_ids,
     )
 
 
@@ -255,7 +264,7 @@ def read_generic(path: str | os.PathLike, *, columns: str | dict | None = None, 
     time = frame[mapping["time"]] if "time" in mapping else None
     if time is not None and (time == np.round(time)).all() and np.abs(time).max() < 2**53:
         time = time.astype(np.int64)
-    return _to_log(_as_read(frame[mapping["user"]]), _as_read(frame[mapping["item"]]), time)
+    return _to_log(frame[mapping["user"]], frame[mapping["item"]], time, text_ids=True)
 
 
 def read_user_item(path: str | os.PathLike, *, progress: bool = True) -> RawLog:
@@ -272,7 +281,7 @@ def read_user_item(path: str | os.PathLike, *, progress: bool = True) -> RawLog:
         path, progress=progress, numeric=[], sep=r"\s+", header=None, usecols=[0, 1], names=["user", "item"],
         dtype=str,
     )
-    return _to_log(_as_read(frame["user"]), _as_read(frame["item"]), None)
+    return _to_log(frame["user"], frame["item"], None, text_ids=True)
 
 
 def read_log(path: str | os.PathLike, *, fmt: str, columns: str | dict | None = None, progress: bool = True) -> RawLog:
