@@ -222,3 +222,71 @@ def sharded_lookup(ids: torch.Tensor, table_shard: torch.Tensor, *, ctx: DistCon
     counts = _row_counts(ctx, flat.numel(), counts)
     out = _ShardedLookup.apply(flat, table_shard, _Shard(ctx, n_items), counts, table_grad_scale)
     return out.view(*ids.shape, table_shard.shape[1])
+
+
+# --- the model's item table, sharded ------------------------------------------------------------
+
+
+class ShardedItemEmbedding(torch.nn.Module):
+    """SASRec's item table (input embedding and output head) holding only this rank's items.
+
+    ``weight`` is (V_r + 1, D): an unused zero row 0 (SASRec's padding row), then the rows of
+    ``item_range(n_items, rank, K)``, so ``SASRec.catalog()`` (``item_emb.weight[1:]``) is this
+    rank's shard and Adam keeps V / K rows of state. Lookups go through ``sharded_lookup``.
+
+    Checkpoints hold the whole table: ``state_dict`` gathers the shards into the (V + 1, D)
+    weight of a 1-rank model and ``load_state_dict`` takes this rank's rows of it, so a run
+    folder looks the same for any K (``load_run``, ``recommend`` need no change).
+    """
+
+    def __init__(self, full_weight: torch.Tensor, *, ctx: DistContext, n_items: int):
+        super().__init__()
+        self.ctx, self.n_items = ctx, n_items
+        self.lo, self.hi = item_range(n_items, ctx.rank, ctx.world)
+        if full_weight.shape[0] != n_items + 1:
+            raise ValueError(f"expected the (n_items + 1, D) table, got {tuple(full_weight.shape)}")
+        shard = torch.zeros(self.hi - self.lo + 1, full_weight.shape[1], dtype=full_weight.dtype,
+                            device=full_weight.device)
+        shard[1:] = full_weight.detach()[1 + self.lo : 1 + self.hi]
+        self.weight = torch.nn.Parameter(shard)
+        self.counts: list[int] | None = None  # every rank's ids.numel() in the next forward, if known
+        self.grad_scale = 1.0 / ctx.world  # DDP's convention: see the module docstring
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(*ids.shape, D) embeddings; every rank must call it together (it is a collective)."""
+        return sharded_lookup(ids, self.weight[1:], ctx=self.ctx, n_items=self.n_items,
+                              counts=self.counts, table_grad_scale=self.grad_scale)
+
+    def full_weight(self) -> torch.Tensor:
+        """The whole (n_items + 1, D) table (padding row zero), on every rank; a collective."""
+        shards = all_gather_rows(self.ctx, self.weight.detach()[1:], self._sizes())
+        return torch.cat([self.weight.new_zeros(1, self.weight.shape[1]), *shards])
+
+    def _sizes(self) -> list[int]:
+        return [hi - lo for lo, hi in shard_bounds(self.n_items, self.ctx.world)]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.full_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        full = state_dict[key]
+        if full.shape != (self.n_items + 1, self.weight.shape[1]):
+            error_msgs.append(f"{key}: expected the whole table {(self.n_items + 1, self.weight.shape[1])}, "
+                              f"got {tuple(full.shape)}")
+            return
+        with torch.no_grad():
+            self.weight[1:].copy_(full[1 + self.lo : 1 + self.hi])
+
+    def gather_state(self, state: torch.Tensor) -> torch.Tensor:
+        """A (V_r + 1, D) per-row tensor of this shard (e.g. Adam's exp_avg) -> the whole table's."""
+        shards = all_gather_rows(self.ctx, state[1:].contiguous(), self._sizes())
+        return torch.cat([state[:1], *shards])
+
+    def slice_state(self, full: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``gather_state``: this rank's rows of a whole-table tensor."""
+        return torch.cat([full[:1], full[1 + self.lo : 1 + self.hi]])

@@ -285,3 +285,163 @@ def eval_args(ctx: DistContext, n_users: int, batch_size: int) -> dict:
         return {}
     return {"users": eval_shard(n_users, batch_size, ctx.rank, ctx.world),
             "reduce": lambda metrics: reduce_metrics(ctx, metrics)}
+
+
+# --- a data-parallel (and catalog-parallel) run -----------------------------------------------
+
+
+class _DDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP that still answers ``catalog()``, which the step calls on the model it is given."""
+
+    def catalog(self) -> torch.Tensor:
+        return self.module.catalog()
+
+
+class DataParallel:
+    """``fit``'s view of the ranks of a torchrun run (``core.training.loop.SingleProcess``'s members).
+
+    - ``prepare(model)``: the model the step trains: DDP around it; with ``catalog_parallel``
+      the item table is first replaced by this rank's shard (``ShardedItemEmbedding``), which
+      DDP leaves alone (its gradients are exact on their owner), and the optimizer's state for
+      it is gathered into / sliced from whole-table checkpoints.
+    - ``loss(loss_fn)``: this rank's loss for the current batch share: the local mean scaled by
+      ``loss_scale``, or the catalog-parallel CE of the whole global batch.
+    - ``batches``: this rank's share of each global batch (``shard_rows``), with its counts.
+    - ``mean``, ``eval_args``, ``evaluating``, ``decide``, ``barrier``, ``rng_state``: the
+      epoch loss over ranks, the evaluation split and reduced exactly (with the whole table
+      gathered while it runs under catalog-parallel), early stopping decided by rank 0, waiting
+      for rank 0's files, and every rank's RNG in the checkpoint.
+    """
+
+    def __init__(self, ctx: DistContext, *, catalog_parallel: bool = False):
+        if not ctx.enabled:
+            raise ValueError("DataParallel needs a process group (start the run with torchrun)")
+        self.ctx = ctx
+        self.writer = ctx.is_main
+        self.device = ctx.device
+        self.catalog_parallel = catalog_parallel
+        self._table = None  # the ShardedItemEmbedding, under catalog_parallel
+        self._counts: list[int] = []  # every rank's scored positions in the current global batch
+
+    # --- building ---
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model the step should train (DDP); ``model`` itself keeps plain state-dict keys."""
+        if self.catalog_parallel:
+            from core.losses.catalog_parallel import ShardedItemEmbedding
+
+            self._table = ShardedItemEmbedding(model.item_emb.weight, ctx=self.ctx, n_items=model.n_items)
+            model.item_emb = self._table
+            # the shard differs on every rank and its gradient is already exact: DDP must not average it
+            _DDP._set_params_and_buffers_to_ignore_for_model(model, ["item_emb.weight"])
+        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        return _DDP(model, device_ids=device_ids)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Checkpoints of ``optimizer`` hold the whole table's Adam state (catalog-parallel)."""
+        if self._table is None:
+            return
+        table = self._table
+        index = next(i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])
+                     if p is table.weight)
+
+        def gather(opt, state_dict):
+            per_param = state_dict["state"].get(index)
+            if per_param is not None:  # a copy: the packed state shares its dicts with the optimizer
+                state_dict["state"][index] = {k: table.gather_state(v) if _per_row(v, table) else v
+                                              for k, v in per_param.items()}
+            return state_dict
+
+        def slice_(opt, state_dict):
+            per_param = state_dict["state"].get(index)
+            if per_param is not None:
+                state_dict = {**state_dict, "state": {**state_dict["state"], index: {
+                    k: table.slice_state(v) if _is_whole(v, table) else v for k, v in per_param.items()}}}
+            return state_dict
+
+        optimizer.register_state_dict_post_hook(gather)
+        optimizer.register_load_state_dict_pre_hook(slice_)
+
+    def loss(self, loss_fn):
+        """The loss the step calls for this rank's share of the current global batch."""
+        ctx = self.ctx
+        if self.catalog_parallel:
+            from core.losses.catalog_parallel import catalog_parallel_ce
+
+            n_items = self._table.n_items
+
+            def cp_loss(e, c, targets):
+                return catalog_parallel_ce(e, c, targets, ctx=ctx, n_items=n_items, counts=self._counts,
+                                           e_grad_scale=ctx.world)
+            return cp_loss
+
+        def dp_loss(e, c, targets):
+            return scaled_loss(loss_fn, e, c, targets, local_positions=self._counts[ctx.rank],
+                               global_positions=sum(self._counts), world=ctx.world)
+        return dp_loss
+
+    # --- the epoch ---
+
+    def batches(self, batches):
+        """This rank's share of each global batch (a ``Batch`` with this share's positions)."""
+        for batch in batches:
+            rows = getattr(batch, "row_positions", None)
+            if rows is None:  # counted from the targets: one host sync per step on CUDA
+                rows = (batch.targets != 0).sum(1).cpu().numpy()
+            self._counts = rank_positions(rows, self.ctx.world)
+            if self._table is not None:  # ids per rank for the sharded lookup: rows x L
+                length = batch.inputs.shape[1]
+                self._table.counts = [(hi - lo) * length for lo, hi in shard_bounds(len(rows), self.ctx.world)]
+            mine = {k: shard_rows(getattr(batch, k), self.ctx.rank, self.ctx.world)
+                    for k in ("inputs", "targets", "row_positions") if hasattr(batch, k)}
+            yield batch._replace(positions=self._counts[self.ctx.rank], **mine)
+
+    def mean(self, value: float) -> float:
+        return mean_over_ranks(self.ctx, value)
+
+    # --- evaluation, decisions, files ---
+
+    def eval_args(self, n_users: int, batch_size: int) -> dict:
+        return eval_args(self.ctx, n_users, batch_size)
+
+    @contextlib.contextmanager
+    def evaluating(self, model: torch.nn.Module):
+        """Evaluation ranks each user against the whole catalog: under catalog-parallel the
+        table is gathered (V x D on each rank) for as long as the block lasts."""
+        if self._table is None or model.item_emb is not self._table:
+            yield
+            return
+        full = torch.nn.Embedding.from_pretrained(self._table.full_weight(), freeze=True, padding_idx=0)
+        model.item_emb = full
+        try:
+            yield
+        finally:
+            model.item_emb = self._table
+
+    def decide(self, value):
+        """Rank 0's ``value`` (e.g. "stop early") on every rank."""
+        return broadcast(self.ctx, value)
+
+    def barrier(self) -> None:
+        barrier(self.ctx)
+
+    def rng_state(self, state: dict) -> list:
+        """Every rank's RNG state (rank 0 writes them all into the checkpoint)."""
+        box: list = [None] * self.ctx.world
+        with collective_errors(self.ctx, "all_gather_object"):
+            dist.all_gather_object(box, state)
+        return box
+
+    def own_rng_state(self, saved):
+        """This rank's entry of ``rng_state``'s list."""
+        if not isinstance(saved, list) or len(saved) != self.ctx.world:
+            raise ValueError(f"the checkpoint holds RNG states of another number of ranks, not {self.ctx.world}")
+        return saved[self.ctx.rank]
+
+
+def _per_row(t, table) -> bool:
+    return isinstance(t, torch.Tensor) and t.shape == table.weight.shape
+
+
+def _is_whole(t, table) -> bool:
+    return isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == table.n_items + 1

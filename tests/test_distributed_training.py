@@ -1,0 +1,116 @@
+"""DataParallel (data- and catalog-parallel) driving a few Adam steps on 2 and 3 CPU ranks vs 1.
+
+A plain step (forward, compact block, loss, backward, Adam) over ``TrainBatches``: the same
+parameters, Adam state and evaluation as one process within float32 noise; checkpoints of a
+catalog-parallel model hold the whole table and its whole Adam state, and loading them back
+continues training as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from core.data.batching import DeviceSequences, TrainBatches
+from core.evaluation import count_train_users, evaluate_model
+from core.losses import ce
+from core.model import SASRec
+from core.training import distributed as D
+from tests.distributed_ranks import run_ranks
+from tests.test_distributed import make_data
+
+N_ITEMS, MAX_LEN, BATCH, STEPS = 23, 8, 7, 3
+
+
+def make_model() -> SASRec:
+    torch.manual_seed(3)
+    return SASRec(N_ITEMS, dim=16, max_len=MAX_LEN, n_blocks=1, n_heads=2, dropout=0.0)
+
+
+def _step(net, model, optimizer, loss_fn, batch) -> float:
+    hidden = net(batch.inputs)  # (B, L, D)
+    mask = batch.targets != 0
+    loss = loss_fn(hidden[mask], model.catalog(), batch.targets[mask] - 1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _train(ctx: D.DistContext, catalog_parallel: bool, resume_after: int | None = None) -> dict:
+    data = make_data()
+    seqs = DeviceSequences.from_data(data)
+    model = make_model()
+    parallel = D.DataParallel(ctx, catalog_parallel=catalog_parallel) if ctx.enabled else None
+    net = parallel.prepare(model) if parallel else model
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
+    loss_fn = parallel.loss(ce) if parallel else ce
+    if parallel:
+        parallel.attach(optimizer)
+    batches = TrainBatches(seqs, batch_size=BATCH, max_len=MAX_LEN, seed=0).epoch(1)
+    if parallel:
+        batches = parallel.batches(batches)
+    losses = []
+    for i, batch in enumerate(batches):
+        if i == STEPS:
+            break
+        if i == resume_after:  # a checkpoint round trip in the middle of training
+            # copies, as torch.save makes: a state dict shares memory with the live tensors
+            saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+            model.load_state_dict({k: torch.zeros_like(v) for k, v in saved_model.items()})
+            assert not model.item_emb.weight.any()  # the load reached this rank's shard
+            model.load_state_dict(saved_model)
+            optimizer.load_state_dict(saved_opt)
+        loss = _step(net, model, optimizer, loss_fn, batch)
+        losses.append(parallel.mean(loss) if parallel else loss)
+    args = dict(batch_size=5, max_len=MAX_LEN, mask_history=True, ks=(5,),
+                item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data))
+    if parallel:
+        args.update(parallel.eval_args(data.n_users, 5))
+        with parallel.evaluating(model):
+            metrics = evaluate_model(model, model, seqs, split="valid", amp=False, **args)
+    else:
+        metrics = evaluate_model(model, model, seqs, split="valid", amp=False, **args)
+    opt_state = optimizer.state_dict()["state"]
+    names = [name for name, _ in model.named_parameters()]
+    return {"losses": losses, "model": model.state_dict(), "metrics": metrics,
+            "adam": {f"{names[i]} {k}": v for i, s in opt_state.items() for k, v in s.items() if k != "step"},
+            "shard_rows": model.item_emb.weight.shape[0]}
+
+
+def _comparable(key: str, value: torch.Tensor) -> torch.Tensor:
+    """The key bias shifts every attention logit of a query alike: its gradient is 0 up to
+    rounding, and Adam turns rounding noise into steps of ~lr. Only its q and v parts count."""
+    if "attn.qkv.bias" not in key:
+        return value
+    dim = value.shape[0] // 3
+    return torch.cat([value[:dim], value[2 * dim:]])
+
+
+def assert_same_training(got: dict, expected: dict) -> None:
+    assert got["losses"] == pytest.approx(expected["losses"], rel=1e-5)
+    for part, atol in (("model", 1e-6), ("adam", 1e-8)):
+        assert got[part].keys() == expected[part].keys()
+        for key, value in expected[part].items():
+            torch.testing.assert_close(_comparable(key, got[part][key]), _comparable(key, value),
+                                       rtol=1e-4, atol=atol, msg=key)
+    assert got["metrics"] == pytest.approx(expected["metrics"], abs=1e-9)
+
+
+@pytest.mark.parametrize("world,catalog_parallel", [(2, False), (3, False), (2, True), (3, True)])
+def test_k_ranks_train_like_one(world, catalog_parallel, tmp_path):
+    expected = _train(D.DistContext(), False)
+    results = run_ranks(_train, world, tmp_path, catalog_parallel)
+    for got in results:
+        assert_same_training(got, expected)
+    if catalog_parallel:  # each rank held V / K rows (+ the unused padding row), not V + 1
+        assert sorted(r["shard_rows"] - 1 for r in results) == sorted(
+            hi - lo for lo, hi in D.shard_bounds(N_ITEMS, world))
+
+
+def test_catalog_parallel_checkpoint_round_trip(tmp_path):
+    expected = _train(D.DistContext(), False)
+    for got in run_ranks(_train, 2, tmp_path, True, 1):
+        assert_same_training(got, expected)
