@@ -103,6 +103,10 @@ class SASRec(nn.Module):
             raise ValueError(f"n_items must be >= 1, got {n_items}")
         self.n_items = n_items
         self.max_len = max_len
+        # The constructor's arguments: checkpoints record them, so a trained model can be
+        # rebuilt without gin (core.training.load_run).
+        self.settings = dict(n_items=n_items, dim=dim, max_len=max_len, n_blocks=n_blocks,
+                             n_heads=n_heads, dropout=dropout)
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)
         self.emb_dropout = nn.Dropout(dropout)

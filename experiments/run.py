@@ -1,33 +1,21 @@
 """One training run from gin files: python experiments/run.py --gin gin/beauty_cce.gin.
 
-Writes into --out (default runs/<gin stem>-<UTC time>): config.gin (the operative config),
-metrics.json, history.jsonl, log.txt, checkpoint.pt, best.pt. Bad configs and missing data
-stop with one ``error:`` line before any run folder exists.
+Writes into --out (default runs/<gin stem>-<UTC time>) the run folder of
+``core.training.run_folder``: config.gin (the operative config), metrics.json, history.jsonl,
+log.txt, checkpoint.pt, best.pt. Bad settings, a busy or unusable folder and missing data stop
+with one ``error:`` line (exit 2 for bad arguments or settings, 1 otherwise) before anything
+is written; ``--resume`` first checks the new bindings against the checkpoint's settings.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import gin
-
-# Imported for their gin registrations (SASRec, ce, cce, dataset) as well as for use.
-import core.losses  # noqa: F401
-import core.model  # noqa: F401
-from core import checkpoint
-from core.data.shards import DataFormatError
-from core.dataset_config import DataMissingError, dataset
-from core.train import TrainingError, train
-
-train_configurable = gin.external_configurable(train, name="train")
-
 # Configs include each other as 'gin/base/train.gin': found from the repository root too.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-gin.add_config_file_search_path(str(REPO_ROOT))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,8 +25,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a binding such as \"train.epochs = 3\" (repeatable, applied last)")
     parser.add_argument("--out", help="run folder (default: runs/<gin stem>-<UTC time>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its checkpoint.pt "
-                             "(without --gin: with the run's own config.gin)")
+                        help="continue the run in --out from its checkpoint.pt (without --gin: with "
+                             "the run's own config.gin); only epochs, patience, eval_every, "
+                             "nan_check_every, show_progress, device and eval_batch_size may change")
     args = parser.parse_args(argv)
     if args.resume and not args.out:
         parser.error("--resume needs --out DIR (the run to continue)")
@@ -53,6 +42,15 @@ def _one_line(err: BaseException) -> str:
     """The error's own message: gin appends "In call to configurable ..." lines to it."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def _portable(path: Path) -> Path:
+    """``path`` relative to the repository root when it lies inside it (so a run folder names
+    no absolute path of this machine); ``load_run`` resolves it from there again."""
+    try:
+        return Path(path).resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        return Path(path)
 
 
 def _summary(metrics: dict, out: Path) -> str:
@@ -74,7 +72,15 @@ def _summary(metrics: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parses the command line, runs one training, returns the exit status."""
-    args = _parse_args(argv)
+    args = _parse_args(argv)  # --help and argument errors answer before torch is imported
+    import gin
+
+    from core.data.shards import DataFormatError
+    from core.dataset_config import DataMissingError, dataset
+    from core.training import RunFolder, RunFolderBusy, RunFolderError, TrainingError
+    from core.training.loop import train_configurable
+
+    gin.add_config_file_search_path(str(REPO_ROOT))
     missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
     if missing:  # before gin, which logs its own search failures on top of ours
         print(f"error: gin file not found: {', '.join(missing)}", file=sys.stderr)
@@ -88,36 +94,30 @@ def main(argv: list[str] | None = None) -> int:
 
     stem = Path(args.gin[-1]).stem
     out = Path(args.out or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
-    if not args.resume and (out / "checkpoint.pt").exists():
-        print(f"error: {out} already holds a run; pass --resume to continue it or another --out",
-              file=sys.stderr)
-        return 2
-
-    # Data first: a missing dataset must not leave an empty run folder behind.
+    folder = RunFolder(out, config_text=gin.config_str())  # config.gin: once the checks pass
     try:
+        folder.precheck(resume=args.resume)  # before loading data: cheap refusals first
         data = dataset()
+        metrics = train_configurable(data=data.data, dataset_name=data.name, out_dir=folder,
+                                     data_path=_portable(data.source), resume=args.resume)
     except (DataMissingError, DataFormatError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
-    except ValueError as err:  # an inconsistent dataset.* binding
+    except RunFolderBusy as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except RunFolderError as err:  # an existing run, a changed resume, a path that cannot be one
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except TrainingError as err:  # the run itself failed; log.txt says why
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, AssertionError) as err:
+        # A setting train(), the model, the data config or the device refused (e.g.
+        # train.epochs = 'abc', dim not divisible by n_heads): nothing was written.
         print(f"error: bad gin config: {_one_line(err)}", file=sys.stderr)
         return 2
-
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_text(gin.config_str(), out / "config.gin")  # kept even if training crashes
-    try:
-        metrics = train_configurable(data=data.data, dataset_name=data.name, out_dir=out,
-                                     resume=args.resume)
-    except (TrainingError, ValueError, AssertionError) as err:
-        # TrainingError: the run itself failed; ValueError/AssertionError: a setting the model,
-        # metrics or device refused (e.g. dim not divisible by n_heads, no CUDA for 'cuda').
-        bad_setting = not isinstance(err, TrainingError)
-        print(f"error: {'bad gin config: ' if bad_setting else ''}{_one_line(err)}", file=sys.stderr)
-        if created and not (out / "checkpoint.pt").exists():
-            shutil.rmtree(out)  # nothing was trained: leave no partial run folder
-        return 2 if bad_setting else 1
-    checkpoint.write_text(gin.operative_config_str(), out / "config.gin")
+    folder.write_config(gin.operative_config_str())  # with every default that ran
     print(_summary(metrics, out))
     return 0
 

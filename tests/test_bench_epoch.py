@@ -1,4 +1,5 @@
-"""experiments/bench/bench_epoch.py: variants, outputs and their columns, bad input, cce_direct on CUDA."""
+"""experiments/bench/bench_epoch.py: variants, outputs and their columns, bad input, and that it
+times what train() runs (same gin config -> the same losses)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,41 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
+from experiments import run
 from experiments.bench import bench_epoch
-from experiments.bench.bench_epoch import COLUMNS, BenchError, effective_variant, main, parse_variant
+from experiments.bench.bench_epoch import COLUMNS, BenchError, main, parse_variant
 
 
 def test_parse_variant():
-    assert parse_variant("base") == {"static": False, "mode": None, "cce_direct": False, "graph": False}
-    assert parse_variant("static+cudagraphs+cce_direct") == {
-        "static": True, "mode": "reduce-overhead", "cce_direct": True, "graph": False}
-    assert parse_variant("graph") == {"static": True, "mode": None, "cce_direct": False, "graph": True}
-    assert parse_variant("static+compile")["mode"] == "default"
-    assert parse_variant("autotune")["mode"] == "max-autotune-no-cudagraphs"
-    for bad in ("fast", "base+static", "compile+cudagraphs", "", "graph+cudagraphs", "graph+cce_direct"):
+    base = parse_variant("base")
+    assert (base.host_positions, base.compile, base.cuda_graph) == (False, False, False)
+    assert parse_variant("static+cudagraphs").compile == "reduce-overhead"
+    assert parse_variant("static").host_positions and not parse_variant("static").compile
+    graph = parse_variant("graph", graph_min_bucket=64)
+    assert graph.cuda_graph and graph.host_positions and graph.graph_min_bucket == 64
+    assert parse_variant("static+compile").compile == "default"
+    assert parse_variant("autotune").compile == "max-autotune-no-cudagraphs"
+    for bad in ("fast", "base+static", "compile+cudagraphs", "", "graph+cudagraphs", "cce_direct"):
         with pytest.raises(BenchError):
             parse_variant(bad)
-    assert effective_variant("static+cce_direct") == "static"
-    assert effective_variant("cce_direct") == "base"
 
 
-def test_runs_on_cpu_and_writes_the_table(tmp_path, capsys):
+@pytest.fixture
+def configs(tmp_path):
+    """(the quickstart config, the same with CCE) and bindings for 300 tiny users on the CPU."""
+    cce = tmp_path / "tiny_cce.gin"
+    cce.write_text("include 'gin/quickstart.gin'\ninclude 'gin/loss/cce.gin'\n")
+    bindings = ["dataset.synthetic_overrides = {'n_users': 300}", f"dataset.cache_dir = '{tmp_path / 'cache'}'",
+                "train.device = 'cpu'", "train.batch_size = 64"]
+    return ["gin/quickstart.gin", str(cce)], [a for b in bindings for a in ("--gin_bindings", b)]
+
+
+def test_runs_on_cpu_and_writes_the_table(tmp_path, capsys, configs):
+    (ce_gin, cce_gin), bindings = configs
     out = tmp_path / "bench"
-    status = main(["--preset", "tiny", "--n-users", "300", "--losses", "ce,cce",
-                   "--variants", "base,static+cce_direct", "--epochs", "2", "--sample-steps", "3",
-                   "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    status = main(["--gin", ce_gin, "--gin", cce_gin, *bindings, "--variants", "base,static",
+                   "--epochs", "2", "--sample-steps", "3", "--out", str(out)])
     assert status == 0
     captured = capsys.readouterr()
     assert "no CUDA device" in captured.err  # the one CPU line
@@ -38,9 +49,9 @@ def test_runs_on_cpu_and_writes_the_table(tmp_path, capsys):
 
     frame = pd.read_csv(out / "results.csv")
     assert list(frame.columns) == COLUMNS
-    # CE runs "static+cce_direct" as plain "static"; CCE runs it as asked.
     assert list(zip(frame["loss"], frame["variant"])) == [
-        ("ce", "base"), ("cce", "base"), ("ce", "static"), ("cce", "static+cce_direct")]
+        ("ce", "base"), ("ce", "static"), ("cce", "base"), ("cce", "static")]
+    assert (frame["dataset"] == "tiny").all()
     assert (frame["epoch_s"] > 0).all() and (frame["positions_per_s"] > 0).all()
     assert frame["peak_gib"].isna().all() and frame["syncs_per_step"].isna().all()  # CPU
     assert frame["error"].isna().all()
@@ -50,6 +61,8 @@ def test_runs_on_cpu_and_writes_the_table(tmp_path, capsys):
     # Same data, same seed: every variant sees the same positions in the same number of steps.
     assert frame["positions_per_epoch"].nunique() == 1 and frame["steps_per_epoch"].nunique() == 1
     assert (frame["steps_per_s"] * frame["epoch_s"]).round().eq(frame["steps_per_epoch"]).all()
+    # base (mask gather) and static (host counts) train bit for bit alike
+    assert frame["train_loss"][0] == frame["train_loss"][1] and frame["train_loss"][2] == frame["train_loss"][3]
 
     report = json.loads((out / "results.json").read_text())
     assert {"device", "torch", "triton", "cut_cross_entropy", "dtype", "seed"} <= set(report["env"])
@@ -57,55 +70,53 @@ def test_runs_on_cpu_and_writes_the_table(tmp_path, capsys):
     assert (out / "results.md").read_text().startswith("| dataset | loss | variant |")
 
 
-def test_a_failing_run_becomes_an_error_row(tmp_path, capsys, monkeypatch):
-    def broken(e, c, targets):
-        raise RuntimeError("kernel exploded\nsecond line")
+def test_it_times_what_train_runs(tmp_path, configs):
+    """One gin config, two drivers: the benchmark's epoch-2 loss is train()'s, bit for bit."""
+    (ce_gin, _), bindings = configs
+    assert main(["--gin", ce_gin, *bindings, "--variants", "static", "--epochs", "2",
+                 "--sample-steps", "1", "--out", str(tmp_path / "bench")]) == 0
+    bench_loss = pd.read_csv(tmp_path / "bench" / "results.csv")["train_loss"][0]
+    assert run.main(["--gin", ce_gin, *bindings, "--gin_bindings", "train.epochs = 2",
+                     "--gin_bindings", "train.show_progress = False", "--out", str(tmp_path / "run")]) == 0
+    history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert float(history[1]["train_loss"]) == pytest.approx(bench_loss, rel=1e-12, abs=0)
 
-    monkeypatch.setattr(bench_epoch, "cce_direct", broken)
+
+def test_a_failing_run_becomes_an_error_row(tmp_path, capsys, monkeypatch, configs):
+    (ce_gin, cce_gin), bindings = configs
+    real_build = bench_epoch.build
+
+    def build(data, **kwargs):
+        if kwargs["loss_fn"].__name__ == "cce":
+            raise RuntimeError("kernel exploded\nsecond line")
+        return real_build(data, **kwargs)
+
+    monkeypatch.setattr(bench_epoch, "build", build)
     out = tmp_path / "bench"
-    assert main(["--preset", "tiny", "--n-users", "300", "--variants", "static+cce_direct",
-                 "--epochs", "1", "--sample-steps", "2", "--cache-dir", str(tmp_path / "cache"),
-                 "--out", str(out)]) == 0
+    assert main(["--gin", ce_gin, "--gin", cce_gin, *bindings, "--variants", "static",
+                 "--epochs", "1", "--sample-steps", "2", "--out", str(out)]) == 0
     frame = pd.read_csv(out / "results.csv")
     assert frame["error"].isna().tolist() == [True, False]  # CE ran; CCE failed and said why
+    assert frame["loss"].tolist() == ["ce", "cce"]
     assert frame["error"][1] == "RuntimeError: kernel exploded"
     assert "error: RuntimeError: kernel exploded" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--preset", "tiny", "--variants", "base+turbo"], "bad variant"),
-    (["--preset", "huge-like"], "unknown preset"),
-    (["--preset", "tiny", "--losses", "ce,bce"], "--losses"),
-    ([], "--preset"),
-    (["--gin", "gin/data/does_not_exist.gin"], "bad data config"),
+    (["--gin", "gin/quickstart.gin", "--variants", "base+turbo"], "bad variant"),
+    (["--gin", "gin/quickstart.gin", "--gin_bindings", "train.nope = 1"], "bad gin config"),
+    (["--gin", "gin/quickstart.gin", "--gin_bindings", "train.device = 'tpu:9'"], "train.device"),
+    ([], "--gin"),
+    (["--gin", "gin/data/does_not_exist.gin"], "bad gin config"),
 ])
 def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, argv, message):
     assert_one_error_line(main, argv, message, tmp_path, capsys)
 
 
-def assert_one_error_line(main, argv, message, tmp_path, capsys):
+def assert_one_error_line(main, argv, message, tmp_path, capsys, *extra):
     """A benchmark's ``main(argv)`` exits 2 with one ``error:`` line and writes nothing."""
     out = tmp_path / "bench"
-    assert main([*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert main([*argv, "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
     assert not out.exists()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the CCE kernel)")
-def test_cce_direct_equals_cce_on_cuda():
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    e = torch.randn(1000, 64, device="cuda", generator=gen, requires_grad=True)
-    c = torch.randn(5003, 64, device="cuda", generator=gen, requires_grad=True)
-    targets = torch.randint(0, 5003, (1000,), device="cuda", generator=gen)
-    results = []
-    for fn in (bench_epoch.cce, bench_epoch.cce_direct):
-        e.grad = c.grad = None
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fn(e, c, targets)
-        loss.backward()
-        results.append((loss.detach(), e.grad.clone(), c.grad.clone()))
-    # The same kernels; only the order of the kernels' locked accumulations may differ.
-    for a, b in zip(*results):
-        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-2 * a.abs().max().item())

@@ -112,7 +112,7 @@ def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, spli
     (["--gin", "gin/data/does_not_exist.gin"], "bad data config"),
 ])
 def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, argv, message):
-    assert_one_error_line(main, argv, message, tmp_path, capsys)
+    assert_one_error_line(main, argv, message, tmp_path, capsys, "--cache-dir", str(tmp_path / "cache"))
 
 
 @pytest.mark.gpu

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.batching import DeviceSequences, eval_batches, history, n_train_batches, train_batches
+from core.data.batching import (
+    DeviceSequences,
+    TrainBatches,
+    context_windows,
+    eval_batches,
+    history,
+    training_users,
+)
 from core.data.shards import SequenceData
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -37,26 +44,30 @@ def reference_train(data, u, max_len):
 def test_train_batches_match_reference(device, max_len):
     data = make_data()
     seqs = DeviceSequences.from_data(data, device)
-    batches = list(train_batches(seqs, batch_size=8, max_len=max_len, epoch=2, seed=5))
+    batcher = TrainBatches(seqs, batch_size=8, max_len=max_len, seed=5)
+    batches = list(batcher.epoch(2))
     eligible = [u for u in range(data.n_users) if len(seq(data, u)) - 2 >= 2]
     assert len(eligible) < data.n_users  # the skip rule is exercised
-    assert len(batches) == n_train_batches(seqs, batch_size=8) == -(-len(eligible) // 8)
+    assert training_users(data.offsets).tolist() == eligible
+    assert len(batches) == len(batcher) == -(-len(eligible) // 8)
+    assert batcher.sequences_per_epoch == len(eligible)
     rows = []
-    for inputs, targets in batches:
+    for inputs, targets, positions in batches:
+        assert positions == int((targets != 0).sum())  # counted on the host, no device read
         assert inputs.dtype == targets.dtype == torch.int64 and inputs.shape[1] == max_len
         assert inputs.device.type == device
         rows += list(zip(inputs.tolist(), targets.tolist()))
     # Every eligible user exactly once; rows match the reference windows.
     expected = sorted(reference_train(data, u, max_len) for u in eligible)
     assert sorted((tuple(i), tuple(t)) for i, t in rows) == sorted((tuple(i), tuple(t)) for i, t in expected)
-    for inputs, targets in batches:
+    for inputs, targets, _ in batches:
         assert torch.equal(inputs == 0, targets == 0)  # padding aligned
 
 
 def test_targets_are_next_items():
     data = make_data(1)
     seqs = DeviceSequences.from_data(data)
-    inputs, targets = next(train_batches(seqs, batch_size=64, max_len=30, epoch=0, seed=0))
+    inputs, targets, _ = next(TrainBatches(seqs, batch_size=64, max_len=30, seed=0).epoch(0))
     pairs = {(a, b) for u in range(data.n_users) for a, b in zip(seq(data, u)[:-3], seq(data, u)[1:-2])}
     mask = inputs > 0
     assert {(a, b) for a, b in zip(inputs[mask].tolist(), targets[mask].tolist())} <= pairs
@@ -66,7 +77,7 @@ def test_order_is_seeded_by_seed_and_epoch():
     seqs = DeviceSequences.from_data(make_data())
 
     def first_rows(epoch, seed):
-        return [b[0].tolist() for b in train_batches(seqs, batch_size=8, max_len=6, epoch=epoch, seed=seed)]
+        return [b.inputs.tolist() for b in TrainBatches(seqs, batch_size=8, max_len=6, seed=seed).epoch(epoch)]
 
     assert first_rows(3, 1) == first_rows(3, 1)
     assert first_rows(3, 1) != first_rows(4, 1) and first_rows(3, 1) != first_rows(3, 2)
@@ -107,3 +118,20 @@ def test_eval_defaults_to_all_users_and_checks_split():
     assert targets.tolist() == data.valid_targets().tolist()
     with pytest.raises(ValueError):
         next(eval_batches(seqs, split="train", batch_size=4, max_len=3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_full_context_is_every_interaction(device):
+    """What a recommendation looks at: the whole sequence (and its history), not a split's part."""
+    data = make_data(4)
+    seqs = DeviceSequences.from_data(data, device)
+    users = torch.tensor([3, 0, 20], device=device)
+    windows = context_windows(seqs, users, split="full", max_len=5)
+    assert windows.tolist() == [left_pad(seq(data, u), 5) for u in users.tolist()]
+    rows, items = history(seqs, users, split="full")
+    assert sorted(zip(rows.tolist(), items.tolist())) == sorted(
+        (r, i) for r, u in enumerate(users.tolist()) for i in seq(data, u))
+    with pytest.raises(ValueError):
+        context_windows(seqs, users, split="train", max_len=5)
+    with pytest.raises(ValueError):  # "full" has no target to evaluate against
+        next(eval_batches(seqs, split="full", batch_size=4, max_len=3))

@@ -1,4 +1,5 @@
-"""core.graph_step: the padded, fixed-shape step body (CPU) and the captured step (GPU)."""
+"""core.training.step's whole-step CUDA graphs: the padded, fixed-shape step body (CPU) and the
+captured step (GPU)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ import json
 import pytest
 import torch
 
-from core.data.batching import DeviceSequences, train_batch_positions, train_batches
+from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
-from core.graph_step import bucket_size, make_graph_step, padded_compact_index, step_body
 from core.losses import cce, ce
 from core.model import SASRec
-from core.step import compact_index, make_optimizer, make_step, run_epoch
-from core.train import TrainingError, train
+from core.training import TrainingError, train
+from core.training.step import (
+    StepSettings,
+    _eager_step,
+    bucket_size,
+    compact_index,
+    make_step,
+    padded_compact_index,
+    run_epoch,
+    step_body,
+)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -52,14 +61,13 @@ def _model(device="cpu"):
 def test_padded_body_trains_like_the_eager_step(data, loss_fn):
     """Padding rows to the batch size and slots to a bucket leaves loss and update unchanged."""
     seqs = DeviceSequences.from_data(data, "cpu")
-    inputs, targets = next(train_batches(seqs, batch_size=50, max_len=20, epoch=1, seed=0))
-    positions = int((targets != 0).sum())
+    inputs, targets, positions = next(TrainBatches(seqs, batch_size=50, max_len=20, seed=0).epoch(1))
 
     # SGD with lr 0: compare gradients (Adam would amplify rounding noise in near-zero ones).
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = make_step(model=model, forward=model, optimizer=opt, loss_fn=loss_fn, amp=False)(
-        inputs, targets, positions)
+    loss = _eager_step(model, model, opt, loss_fn, amp=False, pad_to=None, cudagraphs=False,
+                       host_positions=True)(inputs, targets, positions)
 
     padded_model = _model()
     padded_opt = torch.optim.SGD(padded_model.parameters(), lr=0.0)
@@ -74,11 +82,12 @@ def test_padded_body_trains_like_the_eager_step(data, loss_fn):
 def test_cuda_graph_needs_cuda_and_excludes_compile(data, tmp_path, caplog):
     fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
                 max_len=20, device="cpu", show_progress=False)
-    with pytest.raises(TrainingError, match="cuda_graph"):
+    with pytest.raises(ValueError, match="cuda_graph"):
         train(data=data, out_dir=tmp_path / "both", epochs=1, cuda_graph=True, compile=True, **fast)
     assert not (tmp_path / "both").exists()
-    with pytest.raises(ValueError, match="CUDA"):
-        make_graph_step(model=_model(), optimizer=None, loss_fn=ce, amp=False, batch_size=4, max_len=20)
+    step = make_step(_model(), ce, lr=1e-3, weight_decay=0.0, batch_size=4, max_len=20,
+                     settings=StepSettings(cuda_graph=True))
+    assert step.kind == "eager" and "no CUDA device" in step.warning
     train(data=data, out_dir=tmp_path / "cpu", epochs=1, cuda_graph=True, **fast)  # eager, warned
     assert "cuda_graph: no CUDA device" in (tmp_path / "cpu" / "log.txt").read_text()
 
@@ -94,19 +103,13 @@ def test_graphed_epochs_follow_the_eager_ones(data, loss_fn):
     catalog tile) pairs the filter may skip in the last row block, so the filtered gradients
     legitimately differ a little (measured on an H200: weights 2.2e-3 apart, relative, after
     8 Adam steps; exact CCE 1.25e-3; CE < 1e-3); the filtered loss trajectory is checked below."""
-    seqs = DeviceSequences.from_data(data, "cuda")
-    batching = dict(batch_size=64, max_len=20, seed=0)
+    batches = TrainBatches(DeviceSequences.from_data(data, "cuda"), batch_size=64, max_len=20, seed=0)
     results = []
     for graphed in (False, False, True):
         model = _model("cuda")
-        opt = make_optimizer(model, lr=1e-3, weight_decay=0.0, capturable=graphed)
-        if graphed:
-            step = make_graph_step(model=model, optimizer=opt, loss_fn=loss_fn, amp=True,
-                                   batch_size=64, max_len=20, min_bucket=16)
-        else:
-            step = make_step(model=model, forward=model, optimizer=opt, loss_fn=loss_fn, amp=True)
-        losses = [run_epoch(step=step, seqs=seqs, epoch=e, positions=train_batch_positions(data, epoch=e, **batching),
-                            **batching)[0] for e in (1, 2)]
+        step = make_step(model, loss_fn, lr=1e-3, weight_decay=0.0, batch_size=64, max_len=20,
+                         settings=StepSettings(cuda_graph=graphed, graph_min_bucket=16))
+        losses = [run_epoch(step, batches.epoch(e), device=model.catalog().device)[0] for e in (1, 2)]
         results.append((losses, model.item_emb.weight.detach().clone()))
     (eager, w_eager), (_, w_again), (graph, w_graph) = results
     assert graph == pytest.approx(eager, rel=2e-3)
@@ -121,17 +124,13 @@ def test_graphed_epochs_follow_the_eager_ones(data, loss_fn):
 @pytest.mark.gpu
 @requires_cuda
 def test_graphed_filtered_cce_loss_follows_the_eager_one(data):
-    seqs = DeviceSequences.from_data(data, "cuda")
-    batching = dict(batch_size=64, max_len=20, seed=0)
+    batches = TrainBatches(DeviceSequences.from_data(data, "cuda"), batch_size=64, max_len=20, seed=0)
     losses = []
     for graphed in (False, True):
         model = _model("cuda")
-        opt = make_optimizer(model, lr=1e-3, weight_decay=0.0, capturable=graphed)
-        step = (make_graph_step(model=model, optimizer=opt, loss_fn=cce, amp=True, batch_size=64,
-                                max_len=20, min_bucket=16) if graphed else
-                make_step(model=model, forward=model, optimizer=opt, loss_fn=cce, amp=True))
-        losses.append([run_epoch(step=step, seqs=seqs, epoch=e, **batching,
-                                 positions=train_batch_positions(data, epoch=e, **batching))[0]
+        step = make_step(model, cce, lr=1e-3, weight_decay=0.0, batch_size=64, max_len=20,
+                         settings=StepSettings(cuda_graph=graphed, graph_min_bucket=16))
+        losses.append([run_epoch(step, batches.epoch(e), device=model.catalog().device)[0]
                        for e in (1, 2)])
     assert losses[1] == pytest.approx(losses[0], rel=2e-3)
 
@@ -147,13 +146,13 @@ def test_train_with_cuda_graph_runs_and_records(data, tmp_path):
 
 
 def test_a_step_that_cannot_be_captured_is_a_one_line_training_error(data, tmp_path, monkeypatch):
-    from core import train as train_module
-    from core.graph_step import GraphCaptureError
+    from core.training import loop
+    from core.training.step import GraphCaptureError
 
-    def uncapturable(**_):
+    def uncapturable(*_, **__):
         raise GraphCaptureError("cuda_graph: the training step could not be captured (test)")
 
-    monkeypatch.setattr(train_module, "run_epoch", uncapturable)
+    monkeypatch.setattr(loop, "run_epoch", uncapturable)
     fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
                 max_len=20, device="cpu", show_progress=False)
     with pytest.raises(TrainingError, match="could not be captured"):

@@ -69,8 +69,10 @@ def test_scaling_plan_is_one_bench_process_per_preset_and_loss(tmp_path: Path):
     assert [s.name for s in steps] == [f"scaling/items-{n}_{loss}" for n in ("1m", "4m", "10m")
                                        for loss in ("cce", "ce")]
     args = bench_epoch._parse_args(list(steps[1].argv[1:]))  # bench_epoch accepts the flags
-    assert (args.preset, args.losses, args.variants) == (["items-1m"], ["ce"], ["static"])
-    assert (args.epochs, args.warmup_steps, args.n_users) == (1, 20, 1000)
+    assert (args.gin, args.variants) == (["gin/items_1m_ce.gin"], ["static"])
+    assert all((ROOT / s.argv[2]).is_file() for s in steps)  # the configs training runs
+    assert (args.epochs, args.warmup_steps) == (1, 20)
+    assert args.gin_bindings == ["dataset.synthetic_overrides = {'n_users': 1000}"]
     assert args.out == str(tmp_path / "scaling" / "items-1m_ce") and steps[1].expect == ("items-1m", "ce")
 
 
@@ -230,17 +232,21 @@ def test_a_real_tiny_run_through_run_py(tmp_path: Path, capsys):
 
 def test_bench_epoch_turns_an_out_of_memory_run_into_a_row(tmp_path: Path, monkeypatch, capsys):
     """What the scaling plan relies on: CE out of memory is a row with its error, not a crash."""
-    def fake_bench_one(data, seqs, *, name, loss, variant, args, device):
+    def fake_bench_one(config, *, variant, args):
+        loss = bench_epoch.loss_name(bench_epoch._train_settings()["loss_fn"])
         if loss == "ce":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 61.04 GiB")
-        return {"dataset": name, "loss": loss, "variant": variant, "epoch_s": 1.0, "error": None,
-                "n_items": int(data.n_items)}
+        return {"dataset": config.name, "loss": loss, "variant": variant, "epoch_s": 1.0, "error": None,
+                "n_items": int(config.data.n_items)}
 
     monkeypatch.setattr(bench_epoch, "bench_one", fake_bench_one)
     out = tmp_path / "bench"
-    status = bench_epoch.main(["--preset", "tiny", "--n-users", "150", "--losses", "cce,ce",
-                               "--variants", "static", "--cache-dir", str(tmp_path / "cache"),
-                               "--device", "cpu", "--out", str(out)])
+    cce = tmp_path / "tiny_cce.gin"
+    cce.write_text("include 'gin/quickstart.gin'\ninclude 'gin/loss/cce.gin'\n")
+    bindings = ["dataset.synthetic_overrides = {'n_users': 150}", f"dataset.cache_dir = '{tmp_path / 'cache'}'",
+                "train.device = 'cpu'"]
+    status = bench_epoch.main(["--gin", str(cce), "--gin", "gin/quickstart.gin", "--variants", "static",
+                               *[a for b in bindings for a in ("--gin_bindings", b)], "--out", str(out)])
     assert status == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows[1]["loss"] == "ce" and rows[1]["error"].startswith("OutOfMemoryError: CUDA out of memory")

@@ -1,4 +1,4 @@
-"""core.train: run folder, resume equivalence, NaN guard, early stopping, the compact loss block."""
+"""core.training: run folder, resume equivalence, NaN guard, early stopping, the compact loss block."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from core import checkpoint
-from core.data.batching import DeviceSequences, n_train_batches, train_batch_positions, train_batches
+from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
 from core.losses import ce
 from core.model import SASRec
-from core.step import compact_index, make_optimizer, make_step, run_epoch
-from core.train import TrainingDiverged, TrainingError, train
+from core.training import RunFolderError, TrainingDiverged, TrainingError, train
+from core.training.step import StepSettings, _eager_step, compact_index, make_step, run_epoch
 
 METRIC_KEYS = {"HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10"}
 DIM = 32
@@ -41,7 +41,7 @@ def test_run_folder_and_metrics(data, tmp_path):
     assert {"dataset", "loss", "valid", "test", "popularity_test", "epoch_time_s", "first_epoch_time_s",
             "peak_memory_gib", "epochs", "best_epoch", "env"} <= set(on_disk)
     assert on_disk["dataset"] == {"name": "tiny200", "n_users": 200, "n_items": data.n_items,
-                                  "n_interactions": len(data.items)}
+                                  "n_interactions": len(data.items), "path": None}
     assert on_disk["loss"] == "ce"
     for split in ("valid", "test", "popularity_test"):
         assert set(on_disk[split]) == METRIC_KEYS
@@ -88,29 +88,49 @@ def test_a_resumed_runs_first_epoch_stays_out_of_the_mean_epoch_time(data, tmp_p
 
 
 def test_resume_refuses_a_missing_or_foreign_checkpoint(data, tmp_path):
-    with pytest.raises(TrainingError, match="no checkpoint"):
-        train(data=data, out_dir=tmp_path, epochs=1, resume=True, **FAST)
-    train(data=data, out_dir=tmp_path, epochs=1, **FAST)
-    with pytest.raises(TrainingError, match="another setup"):
-        train(data=data, out_dir=tmp_path, epochs=2, resume=True, **{**FAST, "batch_size": 32})
+    with pytest.raises(RunFolderError, match="no checkpoint"):
+        train(data=data, out_dir=tmp_path / "r", epochs=1, resume=True, **FAST)
+    assert not (tmp_path / "r").exists()
+    train(data=data, out_dir=tmp_path / "r", epochs=1, **FAST)
+    with pytest.raises(RunFolderError, match="train.batch_size is 32 here but the run trained with 64"):
+        train(data=data, out_dir=tmp_path / "r", epochs=2, resume=True, **{**FAST, "batch_size": 32})
 
 
-def _nan_loss(e, c, targets):
-    return ce(e, c, targets) * float("nan")
+def _nan_after(calls: int):
+    """CE that turns NaN from its ``calls``-th call on: one loss function for the whole run,
+    so a resume sees the same loss setting."""
+    count = [0]
+
+    def ce_then_nan(e, c, targets):
+        count[0] += 1
+        return ce(e, c, targets) * (float("nan") if count[0] > calls else 1.0)
+
+    return ce_then_nan
 
 
 @pytest.mark.parametrize("nan_check_every", [0, 1])
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, nan_check_every):
-    train(data=data, out_dir=tmp_path, epochs=1, **FAST)
-    good = checkpoint.load_torch(tmp_path / "checkpoint.pt")
-    with pytest.raises(TrainingDiverged, match="epoch 2: training loss is nan"):
-        train(data=data, out_dir=tmp_path, epochs=3, resume=True, loss_fn=_nan_loss, loss_name="ce",
+    loss_fn = _nan_after(4)  # 4 batches per epoch: epoch 2 diverges
+    with pytest.raises(TrainingDiverged, match="epoch 2: training loss is nan") as info:
+        train(data=data, out_dir=tmp_path, epochs=3, loss_fn=loss_fn,
               nan_check_every=nan_check_every, **FAST)
+    assert "still holds the last good epoch (1)" in str(info.value)
     after = checkpoint.load_torch(tmp_path / "checkpoint.pt")
     assert after["epoch"] == 1
-    assert all(torch.equal(good["model"][k], after["model"][k]) for k in good["model"])
     assert (tmp_path / "best.pt").is_file()
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1
+    # log.txt says why the run ended (issue 15.8)
+    assert "run ended: TrainingDiverged: epoch 2: training loss is nan" in (tmp_path / "log.txt").read_text()
+
+
+def test_nan_in_the_first_epoch_says_no_checkpoint_exists(data, tmp_path):
+    """Issue 15.8: the message was "checkpoint.pt still holds the last good epoch (0)"."""
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written") as info:
+        train(data=data, out_dir=tmp_path, epochs=2, loss_fn=_nan_after(0), **FAST)
+    assert "last good epoch" not in str(info.value)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    log = (tmp_path / "log.txt").read_text()
+    assert "run ended: TrainingDiverged" in log and "no checkpoint was written" in log
 
 
 def test_early_stopping_on_validation_ndcg(data, tmp_path):
@@ -132,7 +152,8 @@ def test_loss_sees_a_compact_block_of_real_positions(data, tmp_path):
 
     metrics = train(data=data, out_dir=tmp_path, epochs=1, loss_fn=spy, **FAST)
     assert metrics["loss"] == "spy"
-    assert len(seen) == n_train_batches(DeviceSequences.from_data(data, "cpu"), batch_size=64)
+    assert len(seen) == len(TrainBatches(DeviceSequences.from_data(data, "cpu"), batch_size=64,
+                                         max_len=20, seed=0))
     assert min(s[1] for s in seen) >= 0 and max(s[2] for s in seen) < data.n_items
     # Every non-padding position, and nothing else, reaches the loss.
     assert sum(s[0] for s in seen) == metrics["positions_per_epoch"]
@@ -176,11 +197,12 @@ def test_train_reproduces_the_numbers_from_before_the_refactor(data, tmp_path):
 
 @pytest.mark.parametrize("batch_size,max_len", [(64, 20), (7, 3), (200, 50)])
 def test_host_positions_match_the_device_mask(data, batch_size, max_len):
-    seqs = DeviceSequences.from_data(data, "cpu")
+    batches = TrainBatches(DeviceSequences.from_data(data, "cpu"), batch_size=batch_size,
+                           max_len=max_len, seed=3)
     for epoch in (1, 2):
-        args = dict(batch_size=batch_size, max_len=max_len, epoch=epoch, seed=3)
-        counts = [int((t != 0).sum()) for _, t in train_batches(seqs, **args)]
-        assert train_batch_positions(data, **args) == counts
+        counts = [(b.positions, int((b.targets != 0).sum())) for b in batches.epoch(epoch)]
+        assert [host for host, _ in counts] == [device for _, device in counts]
+        assert sum(host for host, _ in counts) == batches.positions_per_epoch
 
 
 def test_compact_index_equals_the_boolean_mask():
@@ -196,37 +218,33 @@ def test_compact_index_equals_the_boolean_mask():
 
 def _fresh(seed=0, **model_args):
     torch.manual_seed(seed)
-    model = SASRec(n_items=500, dim=DIM, n_blocks=1, max_len=20, **model_args)
-    return model, make_optimizer(model, lr=1e-3, weight_decay=0.0)
+    return SASRec(n_items=500, dim=DIM, n_blocks=1, max_len=20, **model_args)
 
 
 def test_sync_free_and_mask_steps_train_bit_for_bit_alike(data):
-    seqs = DeviceSequences.from_data(data, "cpu")
-    batching = dict(batch_size=64, max_len=20, seed=0)
+    batches = TrainBatches(DeviceSequences.from_data(data, "cpu"), batch_size=64, max_len=20, seed=0)
     results = []
-    for static in (False, True):
-        model, opt = _fresh()
-        step = make_step(model=model, forward=model, optimizer=opt, loss_fn=ce, amp=False)
-        losses = []
-        for epoch in (1, 2):
-            positions = train_batch_positions(data, epoch=epoch, **batching) if static else None
-            losses.append(run_epoch(step=step, seqs=seqs, epoch=epoch, positions=positions, **batching)[0])
+    for host_positions in (False, True):
+        model = _fresh()
+        step = make_step(model, ce, lr=1e-3, weight_decay=0.0, batch_size=64, max_len=20,
+                         settings=StepSettings(host_positions=host_positions))
+        losses = [run_epoch(step, batches.epoch(epoch), device=torch.device("cpu"))[0] for epoch in (1, 2)]
         results.append((losses, model.state_dict()))
     (a, sa), (b, sb) = results
     assert a == b
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _one_step(data, **step_args):
+def _one_step(data, pad_to=None, mark=False):
     """Loss and gradients of one step (lr 0: the step leaves the weights alone) on batch 0."""
-    model, _ = _fresh(dropout=0.0)
+    model = _fresh(dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     seqs = DeviceSequences.from_data(data, "cpu")
-    inputs, targets = next(train_batches(seqs, batch_size=50, max_len=20, epoch=1, seed=0))
+    batch = next(TrainBatches(seqs, batch_size=50, max_len=20, seed=0).epoch(1))
     marks = []
-    mark = marks.append if step_args.pop("mark", False) else None
-    step = make_step(model=model, forward=model, optimizer=opt, loss_fn=ce, amp=False, **step_args)
-    loss = step(inputs, targets, int((targets != 0).sum()), mark=mark)
+    step = _eager_step(model, model, opt, ce, amp=False, pad_to=pad_to, cudagraphs=False,
+                       host_positions=True)
+    loss = step(batch.inputs, batch.targets, batch.positions, marks.append if mark else None)
     return loss, {k: p.grad.clone() for k, p in model.named_parameters()}, marks
 
 
@@ -242,7 +260,7 @@ def test_padding_the_last_batch_and_timing_marks_change_nothing(data):
 
 
 def test_a_bad_compile_mode_fails_before_the_run_folder(data, tmp_path):
-    with pytest.raises(TrainingError, match="train.compile"):
+    with pytest.raises(ValueError, match="train.compile"):
         train(data=data, out_dir=tmp_path / "run", epochs=1, compile="fastest", **FAST)
     assert not (tmp_path / "run").exists()
 

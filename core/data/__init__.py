@@ -13,7 +13,8 @@ from core.data.prepare import Recipe, prepare, prepare_dataset
 from core.data.shards import FORMAT_VERSION, DataFormatError, SequenceData, load_sequences, write_shards
 from core.data.synthetic import PRESETS, generate, write_synthetic
 
-_BATCHING = ("DeviceSequences", "eval_batches", "history", "n_train_batches", "train_batches")
+_BATCHING = ("Batch", "DeviceSequences", "TrainBatches", "context_windows", "eval_batches", "history",
+             "training_users")
 
 __all__ = [
     "FORMAT_VERSION",

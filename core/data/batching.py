@@ -9,7 +9,7 @@ with the data on the GPU batches are built there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -17,7 +17,14 @@ from torch import Tensor
 
 from core.data.shards import SequenceData
 
-SPLITS = ("valid", "test")
+SPLITS = ("valid", "test")  # evaluation splits; contexts add "full" (every interaction)
+
+
+def training_users(offsets: np.ndarray) -> np.ndarray:
+    """(n_train_users,) int64: the users who train, i.e. whose training sequence (all but the
+    last two items) has >= 2 items: one input and its next item as target. The one place this
+    rule is written; every count of training sequences or positions derives from it."""
+    return np.flatnonzero(np.diff(offsets) - 2 >= 2).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -26,18 +33,20 @@ class DeviceSequences:
 
     offsets: Tensor  # (n_users+1,) int64
     items: Tensor  # (n_interactions,) int32, ids 1..n_items
-    train_users: Tensor  # (n_train_users,) int64: users whose train sequence has >= 2 items
+    train_users: Tensor  # (n_train_users,) int64: ``training_users``, on the device
+    train_lengths: np.ndarray  # (n_train_users,) int64 on the host: their training lengths
     n_users: int
     n_items: int
 
     @classmethod
     def from_data(cls, data: SequenceData, device: torch.device | str = "cpu") -> "DeviceSequences":
         """Copies ``data`` to ``device`` (items stay int32: half the memory of int64)."""
-        train_len = np.diff(data.offsets) - 2
+        users = training_users(data.offsets)
         return cls(
             offsets=torch.from_numpy(np.ascontiguousarray(data.offsets, dtype=np.int64)).to(device),
             items=torch.from_numpy(np.ascontiguousarray(data.items, dtype=np.int32)).to(device),
-            train_users=torch.from_numpy(np.flatnonzero(train_len >= 2).astype(np.int64)).to(device),
+            train_users=torch.from_numpy(users).to(device),
+            train_lengths=(np.diff(data.offsets)[users] - 2).astype(np.int64),
             n_users=data.n_users,
             n_items=data.n_items,
         )
@@ -60,54 +69,68 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def n_train_batches(seqs: DeviceSequences, *, batch_size: int) -> int:
-    """Number of batches ``train_batches`` yields per epoch (the last one may be smaller)."""
-    return -(-len(seqs.train_users) // batch_size)
+class Batch(NamedTuple):
+    """One training batch. ``positions`` = ``(targets != 0).sum()``, counted on the host from
+    the sequence lengths, so a step can size its compact (N, D) block without a device sync."""
+
+    inputs: Tensor  # (B, L) int64, left-padded with 0
+    targets: Tensor  # (B, L) int64: targets[:, j] is the item after inputs[:, j]; 0 = none
+    positions: int
 
 
-def train_batches(
-    seqs: DeviceSequences, *, batch_size: int, max_len: int, epoch: int, seed: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yields (inputs (B, L), targets (B, L)) int64 over a seeded permutation of training users.
+class TrainBatches:
+    """The training batches of every epoch: owns the shuffle and the per-batch position counts.
 
-    For a user's train sequence t: inputs = last max_len of t[:-1], targets = last max_len of
-    t[1:], so targets[:, j] is the item after inputs[:, j]; both are 0 where padded. Users with
-    fewer than 2 training items are skipped.
+    ``epoch(e)`` draws one permutation of the training users from ``epoch_generator(seed, e)``
+    (on the CPU: the same order on any device and after a resume) and yields ``Batch``es of
+    ``batch_size`` users (the last may be smaller). For a user's training sequence t:
+    inputs = last max_len of t[:-1], targets = last max_len of t[1:]; a user scores
+    min(len(t) - 1, max_len) positions. A data-parallel run would split each global batch here.
     """
-    perm = torch.randperm(len(seqs.train_users), generator=epoch_generator(seed, epoch)).to(seqs.device)
-    users = seqs.train_users[perm]
-    for lo in range(0, len(users), batch_size):
-        u = users[lo : lo + batch_size]  # (B,)
-        start = seqs.offsets[u]
-        train_end = seqs.offsets[u + 1] - 2  # exclusive end of the train sequence
-        inputs = _windows(seqs, start, train_end - 1, max_len)  # (B, L)
-        targets = _windows(seqs, start + 1, train_end, max_len)  # (B, L)
-        yield inputs, targets
+
+    def __init__(self, seqs: DeviceSequences, *, batch_size: int, max_len: int, seed: int):
+        self.seqs, self.batch_size, self.max_len, self.seed = seqs, batch_size, max_len, seed
+        self.scored = np.minimum(seqs.train_lengths - 1, max_len)  # (n_train_users,) host
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return -(-len(self.scored) // self.batch_size)
+
+    @property
+    def sequences_per_epoch(self) -> int:
+        return len(self.scored)
+
+    @property
+    def positions_per_epoch(self) -> int:
+        return int(self.scored.sum())
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The batches of ``epoch``, in its seeded order."""
+        seqs = self.seqs
+        perm = torch.randperm(len(self.scored), generator=epoch_generator(self.seed, epoch))
+        scored = self.scored[perm.numpy()]  # (n_train_users,) host, in batch order
+        users = seqs.train_users[perm.to(seqs.device)]
+        for lo in range(0, len(users), self.batch_size):
+            u = users[lo : lo + self.batch_size]  # (B,)
+            start = seqs.offsets[u]
+            train_end = seqs.offsets[u + 1] - 2  # exclusive end of the train sequence
+            inputs = _windows(seqs, start, train_end - 1, self.max_len)  # (B, L)
+            targets = _windows(seqs, start + 1, train_end, self.max_len)  # (B, L)
+            yield Batch(inputs, targets, int(scored[lo : lo + self.batch_size].sum()))
 
 
-def train_batch_positions(
-    data: SequenceData, *, batch_size: int, max_len: int, epoch: int, seed: int
-) -> list[int]:
-    """Scored positions (non-zero targets) of each batch ``train_batches`` yields, from the host.
-
-    Same arguments, same permutation (drawn again from ``epoch_generator``), so entry i is
-    ``(targets != 0).sum()`` of batch i without reading anything back from the device: a
-    training step can size its compact (N, D) block without a host sync.
-    """
-    train_len = np.diff(data.offsets) - 2
-    used = train_len[train_len >= 2]  # the users of DeviceSequences.train_users, in order
-    perm = torch.randperm(len(used), generator=epoch_generator(seed, epoch)).numpy()
-    positions = np.minimum(used[perm] - 1, max_len)  # a user scores min(len(train) - 1, L) items
-    if not len(positions):
-        return []
-    return np.add.reduceat(positions, np.arange(0, len(positions), batch_size)).tolist()
+def _context_end(seqs: DeviceSequences, users: Tensor, split: str) -> Tensor:
+    """Exclusive end of what the model may see: the train sequence ("valid"), + the valid
+    target ("test"), or every interaction ("full": what a recommendation looks at)."""
+    if split not in (*SPLITS, "full"):
+        raise ValueError(f"split must be one of {(*SPLITS, 'full')}, got {split!r}")
+    return seqs.offsets[users + 1] - {"valid": 2, "test": 1, "full": 0}[split]
 
 
-def _eval_end(seqs: DeviceSequences, users: Tensor, split: str) -> Tensor:
-    """Exclusive end of what the model may see: the train sequence (valid) or + valid target (test)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return seqs.offsets[users + 1] - (2 if split == "valid" else 1)
+def context_windows(seqs: DeviceSequences, users: Tensor, *, split: str, max_len: int) -> Tensor:
+    """(B, max_len) int64: the last ``max_len`` items each of ``users`` (B,) may see for
+    ``split`` ("valid", "test" or "full"), left-padded with 0: the model's input."""
+    return _windows(seqs, seqs.offsets[users], _context_end(seqs, users, split), max_len)
 
 
 def eval_batches(
@@ -126,22 +149,24 @@ def eval_batches(
     if users is None:
         users = torch.arange(seqs.n_users, device=seqs.device)
     users = torch.as_tensor(users, dtype=torch.int64).to(seqs.device)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     for lo in range(0, len(users), batch_size):
         u = users[lo : lo + batch_size]
-        end = _eval_end(seqs, u, split)
-        inputs = _windows(seqs, seqs.offsets[u], end, max_len)
-        yield u, inputs, seqs.items[end].long()
+        inputs = context_windows(seqs, u, split=split, max_len=max_len)  # (B, L)
+        yield u, inputs, seqs.items[_context_end(seqs, u, split)].long()
 
 
 def history(seqs: DeviceSequences, users: Tensor, *, split: str) -> tuple[Tensor, Tensor]:
     """(rows, items) int64 pairs: every item each user saw before the ``split`` target.
 
     ``rows`` index into ``users`` (0..B-1). "valid": the train sequence; "test": train + the
-    validation target. Output size depends on the data, so this syncs once on CUDA.
+    validation target; "full": everything. Output size depends on the data, so this syncs
+    once on CUDA.
     """
     users = torch.as_tensor(users, dtype=torch.int64).to(seqs.device)
     start = seqs.offsets[users]
-    counts = _eval_end(seqs, users, split) - start  # (B,)
+    counts = _context_end(seqs, users, split) - start  # (B,)
     rows = torch.repeat_interleave(torch.arange(len(users), device=seqs.device), counts)  # (H,)
     first = torch.cumsum(counts, 0) - counts  # (B,) where each row's pairs begin
     pos = start[rows] + torch.arange(len(rows), device=seqs.device) - first[rows]

@@ -1,66 +1,69 @@
-"""Epoch-time benchmark: full training epochs, CE and CCE one after the other in one process.
+"""Epoch-time benchmark: full training epochs of the configs training runs, variant by variant.
 
-    python experiments/bench/bench_epoch.py --preset ml20m-like,beauty-like \\
-        --variants base,static,static+compile,static+cudagraphs --losses ce,cce
+    python experiments/bench/bench_epoch.py --gin gin/ml20m_like_ce.gin --gin gin/ml20m_like_cce.gin \
+        --variants base,static,static+compile,static+cudagraphs,graph
 
-Each (dataset, variant, loss) run builds a fresh SASRec (seed's settings, same seed), times
-``--epochs`` full training epochs through ``core.step``'s ``make_step``/``run_epoch`` (what train() runs)
-(GPU synchronized, evaluation excluded), then a separate instrumented pass of
-``--sample-steps`` steps gives the per-step breakdown (CUDA events at phase boundaries; the host
-clock on the CPU), and on CUDA a few steps under ``torch.cuda.set_sync_debug_mode`` count the
-device->host syncs per step and where they happen. Variants are ``+``-joined tokens:
+Each ``--gin`` file is an experiment config as ``experiments/run.py`` takes it (data, model,
+loss, ``train.*`` settings; ``--gin_bindings`` apply to all of them, e.g. ``"train.device =
+'cpu'"`` or ``"dataset.synthetic_overrides = {'n_users': 1000}"``). For each (config, variant)
+it builds the run with ``core.training.loop.build`` (what ``train`` builds: same model, step,
+batches and seed), times ``--epochs`` full training epochs through ``run_epoch`` (GPU
+synchronized, evaluation excluded), then a separate instrumented pass of ``--sample-steps``
+steps gives the per-step breakdown (CUDA events at phase boundaries; the host clock on the
+CPU), and on CUDA a few steps under ``torch.cuda.set_sync_debug_mode`` count the device->host
+syncs per step and where they happen. Variants are ``+``-joined tokens that set the step
+(``core.training.step.StepSettings``) instead of the config's ``train.compile`` /
+``train.cuda_graph``:
 
-- ``base``: the pre-issue-6 step (boolean-mask gather: one sync per step), eager model;
-- ``static``: the compact block sized from the host (``train_batch_positions``): no sync;
+- ``base``: the boolean-mask gather of the compact block (one sync per step), eager model;
+- ``static``: the compact block sized from the host's position counts: no sync (what
+  ``train`` runs by default);
 - ``compile`` / ``autotune`` / ``cudagraphs``: the model body under torch.compile with mode
   "default" / "max-autotune-no-cudagraphs" / "reduce-overhead" (CUDA graphs), last batch padded;
 - ``graph``: the whole step (forward, loss, backward, Adam) captured as CUDA graphs, one per
-  bucket of scored positions (``core.graph_step``; implies ``static``; eager on a CPU). The
-  breakdown then shows the whole replay under "model ms".
-- ``cce_direct``: CCE through the library's own forward and autograd function with
-  ``valids=None``, skipping the ``nonzero()`` (a sync) that ``linear_cross_entropy`` runs on
-  every call. Without it, CCE rows run ``core.losses.cce`` (its default split forward). CCE rows
-  only: for CE the variant runs without it (once, labelled so: "static+cce_direct" -> "static").
+  bucket of scored positions (``train.cuda_graph``; eager on a CPU). The breakdown then shows
+  the whole replay under "model ms".
 
 Columns: ``epoch_s`` is the mean over the timed epochs after the first; with ``--epochs 1``
 it is that one epoch, which is steady state only after ``--warmup-steps`` (untimed steps of an
 extra epoch, its last batch included, that absorb compilation and autotuning; ``warmup_s``).
-Writes results.csv, results.md and results.json (rows, environment, arguments, sync sites)
-into ``--out`` after every run, and prints the Markdown table last.
+The loss column is the bound loss's registry name. Writes results.csv, results.md and
+results.json (rows, environment, arguments, sync sites) into ``--out`` after every run, and
+prints the Markdown table last.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import sys
 import time
 import traceback
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+import gin
 import numpy as np
 import pandas as pd
 import torch
-from cut_cross_entropy.cce import CCEParams, LinearCrossEntropyFunction
-from cut_cross_entropy.utils import _handle_eps
 
 from core import checkpoint
-from core.data.batching import DeviceSequences, n_train_batches, train_batch_positions, train_batches
-from core.env import resolve_device
-from core.losses import autocast_operands, cce, ce
-from core.model import SASRec
-from core.graph_step import MIN_BUCKET, make_graph_step
-from core.step import compile_model, make_optimizer, make_step, run_epoch
+from core.data.shards import DataFormatError
+from core.dataset_config import DataMissingError, dataset
+from core.losses import loss_name
+from core.training.loop import _device, build, train, train_configurable
+from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
 from experiments.bench.common import (
     GIB,
+    REPO_ROOT,
     BenchError,
     count_syncs,
     default_out,
     environment,
     error_row,
     fmt,
-    load_datasets,
     mark,
     phase_ms,
     split_list,
@@ -68,43 +71,30 @@ from experiments.bench.common import (
     utc_now,
 )
 
-TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "cce_direct", "graph"}
+TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "graph"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",
                   "cudagraphs": "reduce-overhead"}
+assert set(COMPILE_TOKENS.values()) <= set(COMPILE_MODES)
 PHASES = ("batch", "model", "loss", "optimizer")
 COLUMNS = ["dataset", "loss", "variant", "epoch_s", "first_epoch_s", "warmup_s", "steps_per_s",
            "positions_per_s", "peak_gib", "batch_ms", "model_ms", "loss_ms", "optimizer_ms",
            "step_ms", "host_step_ms", "syncs_per_step", "train_loss", "n_users", "n_items",
            "steps_per_epoch", "positions_per_epoch", "epochs", "error"]
-
-
-def cce_direct(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor, *,
-               filter_eps: float | str | None = "high") -> torch.Tensor:
-    """``core.losses.cce`` without the library's per-call ``nonzero()`` (one device sync).
-
-    ``linear_cross_entropy`` finds the non-ignored targets with ``nonzero()`` and, when there
-    are none to drop, passes ``valids=None`` on; the compact block never holds an ignored
-    target, so this calls the same autograd function with ``valids=None`` directly: the same
-    kernels and numbers, no sync. Proposed for core/losses.py if it measures faster.
-    """
-    if not e.is_cuda:
-        return cce(e, c, targets, filter_eps=filter_eps)
-    e, c = autocast_operands(e, c)  # the Triton kernel is not autocast-aware
-    params = CCEParams(targets=targets.contiguous(), valids=None, softcap=None, reduction="mean",
-                       filter_eps=_handle_eps(filter_eps, e.dtype), shift=False,
-                       batch_shape=targets.size())
-    return LinearCrossEntropyFunction.apply(e.contiguous(), c, params)
+# train's keywords that build the run (the rest: schedule, evaluation, run folder)
+BUILD_KEYS = ("model_fn", "loss_fn", "batch_size", "max_len", "lr", "weight_decay", "seed")
 
 
 def cce_autotune() -> bool:
     """Whether cut-cross-entropy autotunes its tiles (env CCE_AUTOTUNE=1, read at its import)."""
-    from cut_cross_entropy import tl_autotune
-
+    try:
+        from cut_cross_entropy import tl_autotune
+    except ImportError:  # no triton (a CPU-only install): nothing to tune
+        return False
     return bool(tl_autotune._AUTOTUNE)
 
 
-def parse_variant(variant: str) -> dict:
-    """``"static+cudagraphs"`` -> {"static": True, "mode": "reduce-overhead", "cce_direct": False}."""
+def parse_variant(variant: str, *, amp: bool = True, graph_min_bucket: int = MIN_BUCKET) -> StepSettings:
+    """``"static+cudagraphs"`` -> StepSettings(compile="reduce-overhead"); raises BenchError."""
     tokens = variant.split("+")
     unknown = set(tokens) - TOKENS
     if unknown or not variant or ("base" in tokens and len(tokens) > 1):
@@ -113,29 +103,61 @@ def parse_variant(variant: str) -> dict:
     modes = [COMPILE_TOKENS[t] for t in tokens if t in COMPILE_TOKENS]
     if len(modes) > 1:
         raise BenchError(f"bad variant {variant!r}: at most one of {sorted(COMPILE_TOKENS)}")
-    if "graph" in tokens and (modes or "cce_direct" in tokens):
+    if "graph" in tokens and modes:
         raise BenchError(f"bad variant {variant!r}: 'graph' captures the whole eager step; it "
-                         "takes neither a compile mode nor cce_direct (the library path cannot "
-                         "take padded, ignored slots)")
-    return {"static": "static" in tokens or "graph" in tokens, "mode": modes[0] if modes else None,
-            "cce_direct": "cce_direct" in tokens, "graph": "graph" in tokens}
+                         "takes no compile mode")
+    return StepSettings(amp=amp, compile=modes[0] if modes else False, cuda_graph="graph" in tokens,
+                        graph_min_bucket=graph_min_bucket, host_positions="base" not in tokens)
 
 
-def effective_variant(variant: str) -> str:
-    """The variant without ``cce_direct`` (what a CE row runs): "static+cce_direct" -> "static"."""
-    return "+".join(t for t in variant.split("+") if t != "cce_direct") or "base"
+@dataclass
+class Config:
+    """One ``--gin`` config, checked: its dataset and the ``train`` settings that build a run."""
+
+    path: str
+    name: str
+    data: object  # SequenceData
+    device: torch.device
 
 
-def _epoch_positions(data, static: bool, **batching) -> list[int] | None:
-    return train_batch_positions(data, **batching) if static else None
+def _train_settings() -> dict:
+    """``train``'s keywords as the parsed gin config sets them (defaults where it does not)."""
+    defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **gin.get_bindings(train_configurable)}
 
 
-def _batches(data, seqs, *, static: bool, epoch: int, **batching):
-    """(inputs, targets, positions or None) of epochs ``epoch``, ``epoch + 1``, ... without end."""
+def _parse(path: str, bindings: list[str]) -> None:
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings([path], bindings, skip_unknown=False)
+    except (ValueError, OSError, SyntaxError, KeyError, TypeError) as err:
+        raise BenchError(f"bad gin config {path}: {' '.join(str(err).split())}") from err
+
+
+def load_configs(paths: list[str], bindings: list[str]) -> list[Config]:
+    """Parses every config and loads its data before any run: bad input fails up front."""
+    out = []
+    for path in paths:
+        if not Path(path).exists() and not (REPO_ROOT / path).exists():
+            raise BenchError(f"bad gin config {path}: no such file")
+        _parse(path, bindings)
+        try:
+            ds = dataset()
+            device = _device(_train_settings()["device"])
+        except (DataMissingError, DataFormatError) as err:
+            raise BenchError(str(err).splitlines()[0]) from err
+        except (ValueError, TypeError) as err:
+            raise BenchError(f"bad gin config {path}: {str(err).splitlines()[0]}") from err
+        out.append(Config(path, ds.name, ds.data, device))
+    gin.clear_config()
+    return out
+
+
+def _endless(batches, epoch: int):
+    """The batches of epochs ``epoch``, ``epoch + 1``, ... without end."""
     while True:
-        positions = _epoch_positions(data, static, epoch=epoch, **batching)
-        for i, (inputs, targets) in enumerate(train_batches(seqs, epoch=epoch, **batching)):
-            yield inputs, targets, None if positions is None else positions[i]
+        yield from batches.epoch(epoch)
         epoch += 1
 
 
@@ -150,9 +172,9 @@ def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3) 
         stamps = []
         sync(device)
         mark(stamps, device, "start")
-        inputs, targets, positions = next(batches)
+        batch = next(batches)
         mark(stamps, device, "batch")
-        step(inputs, targets, positions, mark=lambda name: mark(stamps, device, name))
+        step(batch.inputs, batch.targets, batch.positions, mark=lambda name: mark(stamps, device, name))
         sync(device)
         if i < skip_steps:
             continue
@@ -165,47 +187,32 @@ def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3) 
     return out
 
 
-def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -> dict:
-    """One (dataset, loss, variant) run -> a row of COLUMNS (plus ``sync_sites``)."""
-    v = parse_variant(variant)
-    label = f"{variant} (CCE_AUTOTUNE)" if loss == "cce" and cce_autotune() else variant
-    if v["graph"] and args.graph_min_bucket != MIN_BUCKET:
+def bench_one(config: Config, *, variant: str, args) -> dict:
+    """One (config, variant) run -> a row of COLUMNS (plus ``sync_sites``); gin holds the config."""
+    settings, data, device = _train_settings(), config.data, config.device
+    step_settings = parse_variant(variant, amp=settings["amp"], graph_min_bucket=args.graph_min_bucket)
+    loss = loss_name(settings["loss_fn"])
+    label = f"{variant} (CCE_AUTOTUNE)" if loss.startswith("cce") and cce_autotune() else variant
+    if step_settings.cuda_graph and args.graph_min_bucket != MIN_BUCKET:
         label += f" (min bucket {args.graph_min_bucket})"
-    row = {"dataset": name, "loss": loss, "variant": label, "n_users": int(data.n_users),
+    row = {"dataset": config.name, "loss": loss, "variant": label, "n_users": int(data.n_users),
            "n_items": int(data.n_items), "epochs": args.epochs, "error": None}
     torch.compiler.reset()  # every run compiles (and pays for it) from a clean state
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(args.seed)
-    model = SASRec(n_items=data.n_items, max_len=args.max_len).to(device)
-    loss_fn = {"ce": ce, "cce": cce_direct if v["cce_direct"] else cce}[loss]
-    graphed = v["graph"] and device.type == "cuda"
-    optimizer = make_optimizer(model, lr=args.lr, weight_decay=0.0, capturable=graphed)
-    if graphed:
-        step = make_graph_step(model=model, optimizer=optimizer, loss_fn=loss_fn, amp=True,
-                               batch_size=args.batch_size, max_len=args.max_len,
-                               min_bucket=args.graph_min_bucket)
-    else:  # "graph" on a CPU: the eager static step (there are no CUDA graphs to capture)
-        step = make_step(model=model, forward=compile_model(model, v["mode"] or False),
-                         optimizer=optimizer, loss_fn=loss_fn, amp=device.type == "cuda",
-                         pad_to=args.batch_size if v["mode"] else None,
-                         cudagraphs=v["mode"] == "reduce-overhead")
-    batching = dict(batch_size=args.batch_size, max_len=args.max_len, seed=args.seed)
-    n_batches = n_train_batches(seqs, batch_size=args.batch_size)
-    positions_per_epoch = sum(train_batch_positions(data, epoch=1, **batching))
-    row.update(steps_per_epoch=n_batches, positions_per_epoch=positions_per_epoch)
+    run = build(data, device=device, step=step_settings, **{k: settings[k] for k in BUILD_KEYS})
+    step, batches = run.step, run.batches
+    row.update(steps_per_epoch=len(batches), positions_per_epoch=batches.positions_per_epoch)
 
     # Warm-up: untimed steps of epoch 0 (its last, smaller batch too) take compilation,
     # CUDA-graph recording and Triton autotuning out of the timed epochs.
     sync(device)
     start = time.perf_counter()
     if args.warmup_steps:
-        warm = _batches(data, seqs, static=v["static"], epoch=0, **batching)
-        for i in range(n_batches):
-            batch = next(warm)
-            if i < args.warmup_steps or i == n_batches - 1:
+        for i, batch in enumerate(batches.epoch(0)):
+            if i < args.warmup_steps or i == len(batches) - 1:
                 step(*batch)
     sync(device)
     row["warmup_s"] = time.perf_counter() - start if args.warmup_steps else None
@@ -214,17 +221,16 @@ def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -
     for epoch in range(1, args.epochs + 1):
         sync(device)
         start = time.perf_counter()
-        positions = _epoch_positions(data, v["static"], epoch=epoch, **batching)
-        train_loss, _ = run_epoch(step=step, seqs=seqs, epoch=epoch, positions=positions, **batching)
+        train_loss, _ = run_epoch(step, batches.epoch(epoch), device=device)
         sync(device)
         times.append(time.perf_counter() - start)
     epoch_s = float(np.mean(times[1:])) if len(times) > 1 else times[0]
-    row.update(first_epoch_s=times[0], epoch_s=epoch_s, steps_per_s=n_batches / epoch_s,
-               positions_per_s=positions_per_epoch / epoch_s, train_loss=train_loss,
+    row.update(first_epoch_s=times[0], epoch_s=epoch_s, steps_per_s=len(batches) / epoch_s,
+               positions_per_s=batches.positions_per_epoch / epoch_s, train_loss=train_loss,
                peak_gib=torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None)
 
     # Not part of the timed epochs: the breakdown and the sync count, on later epochs' batches.
-    later = _batches(data, seqs, static=v["static"], epoch=args.epochs + 1, **batching)
+    later = _endless(batches, args.epochs + 1)
     row.update(breakdown(step, later, device=device, sample_steps=args.sample_steps))
     row["syncs_per_step"], row["sync_sites"] = (None, [])
     if device.type == "cuda":
@@ -232,7 +238,7 @@ def bench_one(data, seqs, *, name: str, loss: str, variant: str, args, device) -
     return row
 
 
-# --- output, command line ----------------------------------------------------------
+# --- output, command line ---------------------------------------------------------------------
 
 
 def markdown(rows: list[dict], env: dict) -> str:
@@ -278,24 +284,15 @@ def write_outputs(out: Path, rows: list[dict], env: dict, args, notes: list[str]
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", type=split_list, default=[],
-                        help="synthetic presets, comma-separated (e.g. ml20m-like,beauty-like)")
     parser.add_argument("--gin", action="append", default=[],
-                        help="a data config (e.g. gin/data/ml20m_like.gin); repeatable")
-    parser.add_argument("--losses", type=split_list, default=["ce", "cce"])
+                        help="an experiment config (e.g. gin/beauty_like_cce.gin); repeatable")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="a binding applied to every config, e.g. \"train.device = 'cpu'\"")
     parser.add_argument("--variants", type=split_list, default=["base", "static"])
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (first = compile)")
     parser.add_argument("--warmup-steps", type=int, default=0,
                         help="untimed steps before the timed epochs (then --epochs 1 is steady)")
     parser.add_argument("--sample-steps", type=int, default=50, help="steps of the breakdown")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-users", type=int, default=None,
-                        help="override the presets' number of users (quick CPU runs)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache-dir", default="data/cache", help="where presets are written once")
     parser.add_argument("--graph-min-bucket", type=int, default=MIN_BUCKET,
                         help="'graph' variant: smallest size step of the compact block (fewer, "
                              "larger buckets = fewer graphs, more padding)")
@@ -306,54 +303,47 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs every (dataset, variant, loss), writes the outputs, prints the table last."""
+    """Runs every (config, variant), writes the outputs, prints the table last."""
     args = _parse_args(argv)
     try:
         for variant in args.variants:
             parse_variant(variant)
-        if not set(args.losses) <= {"ce", "cce"} or not args.losses:
-            raise BenchError(f"--losses must be ce and/or cce, got {','.join(args.losses)}")
-        if min(args.epochs, args.batch_size, args.max_len, args.sample_steps, args.graph_min_bucket) < 1 or args.warmup_steps < 0:
-            raise BenchError("--epochs, --batch-size, --max-len, --sample-steps and --graph-min-bucket must be >= 1")
-        if not args.preset and not args.gin:
-            raise BenchError("give --preset NAME[,NAME] and/or --gin DATA_CONFIG")
-        device = resolve_device(args.device)
-        datasets = load_datasets(args)
+        if min(args.epochs, args.sample_steps, args.graph_min_bucket) < 1 or args.warmup_steps < 0:
+            raise BenchError("--epochs, --sample-steps and --graph-min-bucket must be >= 1, "
+                             "--warmup-steps >= 0")
+        if not args.gin:
+            raise BenchError("give --gin CONFIG (repeatable), e.g. --gin gin/beauty_like_cce.gin")
+        configs = load_configs(args.gin, args.gin_bindings)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    device = configs[0].device
     if device.type != "cuda":
         print("note: no CUDA device: CPU timings (fp32, CCE's reference implementation) only "
               "check that the benchmark runs", file=sys.stderr)
 
     out = Path(args.out) if args.out else default_out("bench_epoch")
+    _parse(configs[0].path, args.gin_bindings)
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
-                      seed=args.seed)
+                      seed=_train_settings()["seed"])
     env["cce_autotune"] = cce_autotune()
     rows, notes, began = [], [], time.perf_counter()
-    for name, data in datasets:
-        seqs = DeviceSequences.from_data(data, device)
-        done = set()
-        for requested in args.variants:
-            for loss in args.losses:
-                # cce_direct changes the CCE call only: a CE row runs the variant without it, once.
-                variant = requested if loss == "cce" else effective_variant(requested)
-                if (loss, variant) in done:
-                    continue
-                done.add((loss, variant))
-                if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
-                    notes.append(f"skipped (over --budget-s): {name} {loss} {variant}")
-                    continue
-                print(f"[{time.perf_counter() - began:6.0f} s] {name} {loss} {variant}", file=sys.stderr)
-                try:
-                    row = bench_one(data, seqs, name=name, loss=loss, variant=variant, args=args,
-                                    device=device)
-                except Exception as err:  # one failing variant must not cost the others
-                    traceback.print_exc()
-                    row = error_row(err, dataset=name, loss=loss, variant=variant)
-                rows.append(row)
-                write_outputs(out, rows, env, args, notes)
-        del seqs
+    for config in configs:
+        for variant in args.variants:
+            _parse(config.path, args.gin_bindings)  # the model and the loss read their bindings
+            if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
+                notes.append(f"skipped (over --budget-s): {config.path} {variant}")
+                continue
+            print(f"[{time.perf_counter() - began:6.0f} s] {config.path} {variant}", file=sys.stderr)
+            try:
+                row = bench_one(config, variant=variant, args=args)
+            except Exception as err:  # one failing variant must not cost the others
+                traceback.print_exc()
+                row = error_row(err, dataset=config.name, loss=loss_name(_train_settings()["loss_fn"]),
+                                variant=variant)
+            rows.append(row)
+            write_outputs(out, rows, env, args, notes)
+    gin.clear_config()
     table = write_outputs(out, rows, env, args, notes)
     print(f"wrote {out}/results.csv, results.md, results.json", file=sys.stderr)
     print(table + "".join(f"{n}\n" for n in notes), end="")

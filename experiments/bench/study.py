@@ -132,12 +132,13 @@ def build_plan(plans: list[str], *, out: Path, seeds: list[int], epochs: int = 3
             for preset in scaling_presets:
                 for loss in SCALING_LOSSES:
                     name = f"scaling/{preset}_{loss}"
-                    argv = ["experiments/bench/bench_epoch.py", "--preset", preset, "--losses", loss,
+                    gin_file = f"gin/{preset.replace('-', '_')}_{loss}.gin"  # items-1m -> items_1m
+                    argv = ["experiments/bench/bench_epoch.py", "--gin", gin_file,
                             "--variants", "static", "--epochs", "1", "--warmup-steps", "20",
-                            "--sample-steps", "10", "--cache-dir", "data/cache",
-                            "--out", str(out / name)]
+                            "--sample-steps", "10", "--out", str(out / name)]
                     if scaling_users:
-                        argv += ["--n-users", str(scaling_users)]
+                        argv += ["--gin_bindings",
+                                 f"dataset.synthetic_overrides = {{'n_users': {scaling_users}}}"]
                     steps.append(Step(name, tuple(argv), "bench", expect=(preset, loss)))
     return steps
 

@@ -1,0 +1,418 @@
+"""Training: ``train`` (the settings users bind, ``train.epochs`` and friends) groups its
+keywords, builds the run (``build``: the same code the epoch benchmark times) and hands it to
+``fit``, the epoch loop.
+
+Protocol (DESIGN.md "Training", "Evaluation", "Measurement"), identical for every loss:
+- batches are built on the device (``TrainBatches``), each with its scored positions counted
+  on the host, so the step gathers the compact (N, D) block without a device->host sync;
+- the step (``core.training.step``): forward, ``loss_fn(e, model.catalog(), targets - 1)``,
+  backward, Adam; bf16 autocast on CUDA, fp32 on the CPU;
+- validation every ``eval_every`` epochs, early stopping on validation NDCG@k, test with the
+  best checkpoint, the popularity baseline on the same test split and masking;
+- epoch time with the GPU synchronized and evaluation excluded; peak memory of training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gin
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core import checkpoint as ckpt
+from core.data.batching import Batch, DeviceSequences, TrainBatches
+from core.data.shards import SequenceData
+from core.env import environment, resolve_device
+from core.evaluation import count_train_users, default_eval_batch_size, evaluate_model, evaluate_popularity
+from core.losses import bind_to_data, ce, loss_name, loss_settings
+from core.losses.registry import _unwrap
+from core.model import SASRec
+from core.training.errors import TrainingDiverged, TrainingError
+from core.training.run_folder import RunFolder, model_settings
+from core.training.step import GraphCaptureError, Step, StepSettings, make_step, run_epoch
+
+log = logging.getLogger(__name__)
+
+_GIB = 2**30
+
+
+# --- settings, grouped ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how watched a run trains: what a ``--resume`` may change."""
+
+    epochs: int = 200
+    patience: int = 10  # evaluations without a new best validation NDCG@ks[0] before stopping
+    eval_every: int = 1  # validate every this many epochs (and after the last one)
+    nan_check_every: int = 0  # also check the loss every this many steps (one sync); 0: per epoch
+    show_progress: bool | None = None  # None: a progress bar only when stderr is a terminal
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Full-catalog ranking of one split, for the model and for the popularity baseline."""
+
+    ks: tuple[int, ...]
+    mask_history: bool
+    batch_size: int
+    max_len: int
+    item_user_counts: np.ndarray
+    n_train_users: int
+
+    def _args(self) -> dict:
+        return dict(batch_size=self.batch_size, max_len=self.max_len, mask_history=self.mask_history,
+                    ks=self.ks, item_user_counts=self.item_user_counts, n_train_users=self.n_train_users)
+
+    def model(self, model: torch.nn.Module, seqs: DeviceSequences, split: str, amp: bool) -> dict:
+        return evaluate_model(model, model, seqs, split=split, amp=amp, **self._args())
+
+    def popularity(self, seqs: DeviceSequences, split: str) -> dict:
+        return evaluate_popularity(seqs, split=split, **self._args())
+
+
+class SingleProcess:
+    """``fit``'s view of the other processes of a run: here there are none.
+
+    A data-parallel run (issue 13) passes an object with the same members: ``batches`` keeps
+    this process's share of each global batch, ``mean`` averages a number over the processes
+    and ``writer`` says whether this process writes the run folder.
+    """
+
+    writer = True
+
+    def batches(self, batches: Iterable[Batch]) -> Iterable[Batch]:
+        return batches
+
+    def mean(self, value: float) -> float:
+        return value
+
+
+@dataclass
+class Built:
+    """What a run trains, built from its settings: ``build``'s result."""
+
+    model: torch.nn.Module
+    step: Step
+    batches: TrainBatches
+    seqs: DeviceSequences
+    device: torch.device
+    amp: bool  # bf16 autocast in effect (CUDA only)
+
+
+def build(data: SequenceData, *, model_fn: Callable[..., torch.nn.Module], loss_fn: Callable,
+          batch_size: int, max_len: int, lr: float, weight_decay: float, seed: int,
+          device: torch.device, step: StepSettings) -> Built:
+    """Seeds every RNG, puts the data on ``device``, builds the model, its step and the batches.
+
+    ``model_fn`` is called with ``n_items`` and ``max_len`` (passed from here so that batches
+    and positions can never disagree); ``loss_fn`` is bound to the data first (``bind_to_data``).
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    seqs = DeviceSequences.from_data(data, device)
+    model = model_fn(n_items=data.n_items, max_len=max_len).to(device)
+    train_step = make_step(model, bind_to_data(loss_fn, data), lr=lr, weight_decay=weight_decay,
+                           settings=step, batch_size=batch_size, max_len=max_len)
+    batches = TrainBatches(seqs, batch_size=batch_size, max_len=max_len, seed=seed)
+    return Built(model, train_step, batches, seqs, device, step.amp and device.type == "cuda")
+
+
+# --- train: the settings users bind -------------------------------------------------------------
+
+
+def train(
+    *,
+    data: SequenceData,
+    out_dir: str | Path | RunFolder,
+    dataset_name: str | None = None,
+    data_path: str | Path | None = None,
+    model_fn: Callable[..., torch.nn.Module] = SASRec,
+    loss_fn: Callable = ce,
+    epochs: int = 200,
+    batch_size: int = 256,
+    max_len: int = 50,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    patience: int = 10,
+    eval_every: int = 1,
+    mask_history: bool = True,
+    ks: Sequence[int] = (10,),
+    seed: int = 0,
+    device: str = "auto",
+    amp: bool = True,
+    eval_batch_size: int | None = None,
+    resume: bool = False,
+    compile: bool | str = False,
+    cuda_graph: bool = False,
+    show_progress: bool | None = None,
+    nan_check_every: int = 0,
+    parallel: SingleProcess | None = None,
+) -> dict:
+    """Trains ``model_fn(n_items=..., max_len=max_len)`` with ``loss_fn``; returns metrics.json's dict.
+
+    ``data`` is a SequenceData (leave-one-out split inside); ``out_dir`` the run folder;
+    ``dataset_name`` / ``data_path`` are recorded (``load_run`` reloads the data from the path).
+    ``loss_fn(e (N, D), c (V, D), targets (N,)) -> scalar``; its name in metrics.json is
+    ``core.losses.loss_name(loss_fn)``. ``compile``: torch.compile the model body (True or a
+    mode); ``cuda_graph``: the whole step as CUDA graphs (see ``StepSettings``). ``resume``:
+    continue from checkpoint.pt (the result equals an uninterrupted run's, bit for bit on the
+    CPU); only the ``Schedule``'s settings, ``device`` and ``eval_batch_size`` may change.
+    Every bad value raises ValueError naming its ``train.*`` setting before anything is written.
+
+    Raises:
+        TrainingDiverged: NaN/inf training loss (checkpoint.pt keeps the last good epoch).
+        RunFolderError: the folder refuses (an existing run, a changed resume, a bad path).
+        TrainingError: out of device memory, a step that cannot be captured.
+    """
+    _check_values(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr,
+                  weight_decay=weight_decay, patience=patience, eval_every=eval_every, ks=ks,
+                  seed=seed, eval_batch_size=eval_batch_size, nan_check_every=nan_check_every,
+                  n_items=data.n_items)
+    ks = tuple(int(k) for k in ks)
+    schedule = Schedule(epochs, patience, eval_every, nan_check_every, show_progress)
+    dev = _device(device)
+    run = build(data, model_fn=model_fn, loss_fn=loss_fn, batch_size=batch_size, max_len=max_len,
+                lr=lr, weight_decay=weight_decay, seed=seed, device=dev,
+                step=StepSettings(amp=amp, compile=compile, cuda_graph=cuda_graph))
+    evaluation = Evaluation(ks, mask_history, eval_batch_size or default_eval_batch_size(data.n_items),
+                            max_len, data.train_item_user_counts(), count_train_users(data))
+    name = dataset_name or data.attrs.get("name", "data")
+    settings = {  # what a resume must not change: checked against the checkpoint's
+        "data.name": name, "data.n_users": int(data.n_users), "data.n_items": int(data.n_items),
+        "data.n_interactions": int(len(data.items)), **_model_and_loss_settings(run.model, loss_fn),
+        **{f"train.{k}": v for k, v in dict(
+            batch_size=batch_size, max_len=max_len, lr=lr, weight_decay=weight_decay, seed=seed,
+            amp=amp, compile=compile, cuda_graph=cuda_graph, mask_history=mask_history, ks=ks).items()},
+    }
+    folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
+    record = {"name": name, "data_path": None if data_path is None else str(data_path),
+              "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
+              "settings": settings, "model_settings": model_settings(run.model), "seed": seed}
+    return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
+               resume=resume, parallel=parallel or SingleProcess())
+
+
+# ``train`` as gin's configurable "train" (what gin files bind: train.epochs, train.loss_fn, ...),
+# for experiments/run.py and the epoch benchmark. A wrapped copy: ``train`` itself stays plain.
+train_configurable = gin.external_configurable(train, name="train")
+
+
+# --- fit: the epoch loop ----------------------------------------------------------------------
+
+
+def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evaluation, record: dict,
+        resume: bool, parallel: SingleProcess) -> dict:
+    """Trains ``run`` epoch by epoch into ``folder``: validation, early stopping, checkpoints,
+    then the test of the best model; returns (and writes) metrics.json's dict.
+
+    ``record``: what the checkpoints and metrics.json record about the run (``train`` makes it).
+    """
+    model, step, batches, dev = run.model, run.step, run.batches, run.device
+    monitor, loss = f"NDCG@{evaluation.ks[0]}", record["loss"]
+    history, best, bad_evals, stopped, start_epoch = [], {"metric": -math.inf, "epoch": 0, "valid": None}, 0, False, 1
+    saved = {"settings": record["settings"], "model_settings": record["model_settings"],
+             "data_path": record["data_path"]}
+    with folder.open(resume=resume, settings=record["settings"], writer=parallel.writer) as state:
+        if state is not None:
+            model.load_state_dict(state["model"])
+            step.optimizer.load_state_dict(state["optimizer"])
+            ckpt.set_rng_state(state["rng"])
+            history, best, bad_evals, stopped = state["history"], state["best"], state["bad_evals"], state["stopped"]
+            start_epoch = state["epoch"] + 1
+            log.info("resumed %s at epoch %d (best %s %.4f at epoch %d)", folder.path, state["epoch"],
+                     monitor, best["metric"], best["epoch"])
+        data = record["settings"]
+        if step.warning:
+            log.warning(step.warning)
+        log.info("%s: %d users, %d items, %d interactions; %s loss on %s (%s step); %d steps/epoch, "
+                 "%d scored positions/epoch", record["name"], data["data.n_users"], data["data.n_items"],
+                 data["data.n_interactions"], loss, dev, step.kind, len(batches), batches.positions_per_epoch)
+
+        for epoch in range(start_epoch, schedule.epochs + 1):
+            if stopped:
+                break
+            # --- train one epoch (synchronized wall time, evaluation excluded) ---
+            progress = tqdm(total=batches.sequences_per_epoch, desc=f"epoch {epoch}", unit="seq",
+                            unit_scale=True, leave=False, file=sys.stderr,
+                            disable=None if schedule.show_progress is None else not schedule.show_progress)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)  # training peak, evaluation excluded
+            _sync(dev)
+            start = time.perf_counter()
+            try:
+                train_loss, steps = run_epoch(step, parallel.batches(batches.epoch(epoch)), device=dev,
+                                              nan_check_every=schedule.nan_check_every, progress=progress)
+            except torch.OutOfMemoryError as err:
+                # Expected for CE on huge catalogs (the (N, V) logits): a result, not a crash.
+                raise TrainingError(f"out of device memory in epoch {epoch} ({loss}, {data['data.n_items']} "
+                                    f"items, batch {data['train.batch_size']}): {str(err).splitlines()[0]}") from err
+            except GraphCaptureError as err:  # a setting that cannot work: one line, no traceback
+                raise TrainingError(str(err)) from err
+            finally:
+                progress.close()
+            _sync(dev)
+            seconds = time.perf_counter() - start
+            train_loss = parallel.mean(train_loss)
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(_diverged(folder, epoch, train_loss, steps, start_epoch))
+            positions = batches.positions_per_epoch
+            row = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": seconds,
+                   "positions_per_s": positions / seconds,
+                   "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / _GIB if dev.type == "cuda" else None,
+                   "valid": None,
+                   # the first epoch of a process (a fresh or a resumed run) pays compilation
+                   # and autotuning again: it stays out of the steady-state mean
+                   "warmup": epoch == start_epoch}
+
+            # --- validate, keep the best, stop early ---
+            if epoch % schedule.eval_every == 0 or epoch == schedule.epochs:
+                row["valid"] = valid = evaluation.model(model, run.seqs, "valid", run.amp)
+                if valid[monitor] > best["metric"]:
+                    best, bad_evals = {"metric": valid[monitor], "epoch": epoch, "valid": valid}, 0
+                    folder.save_best({"model": model.state_dict(), "epoch": epoch, "best": best, **saved})
+                else:
+                    bad_evals += 1
+                    stopped = bad_evals >= schedule.patience
+            history.append(row)
+            folder.save_checkpoint({
+                "model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "epoch": epoch,
+                "rng": ckpt.rng_state(), "best": best, "bad_evals": bad_evals, "stopped": stopped,
+                "history": history, **saved})
+            folder.write_history(history)
+            valid_msg = f"valid {monitor} {row['valid'][monitor]:.4f}" if row["valid"] else "no eval"
+            log.info("epoch %d: loss %.4f, %.2f s (%.0f positions/s), %s, best %.4f at epoch %d%s",
+                     epoch, train_loss, seconds, positions / seconds, valid_msg, best["metric"],
+                     best["epoch"], "; early stop" if stopped else "")
+
+        # --- test with the best checkpoint ---
+        if best["epoch"] == 0:
+            raise TrainingError("no validation ran, so there is no best checkpoint to test")
+        model.load_state_dict(folder.best_model_state(dev))
+        test = evaluation.model(model, run.seqs, "test", run.amp)
+        popularity = evaluation.popularity(run.seqs, "test")
+        log.info("test (best epoch %d): %s", best["epoch"], _fmt(test))
+        log.info("popularity test: %s", _fmt(popularity))
+        metrics = _metrics(record, history, best, stopped, test, popularity, run)
+        folder.write_metrics(metrics)
+        log.info("run ended: %s after %d epochs", "early stop" if stopped else "all epochs done", len(history))
+        return metrics
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test: dict,
+             popularity: dict, run: Built) -> dict:
+    """metrics.json. Epoch time (DESIGN.md): the mean after the first epoch, the first
+    (compilation, autotuning) on its own; after a resume the resumed process's first epoch is
+    left out too; with one epoch there is no steady-state figure (null)."""
+    s = record["settings"]
+    times = [r["epoch_time_s"] for r in history]
+    steady = [r["epoch_time_s"] for r in history if not r.get("warmup", r["epoch"] == 1)]
+    peaks = [r["peak_memory_gib"] for r in history if r["peak_memory_gib"] is not None]
+    return {
+        "dataset": {"name": record["name"], "n_users": s["data.n_users"], "n_items": s["data.n_items"],
+                    "n_interactions": s["data.n_interactions"], "path": record["data_path"]},
+        "loss": record["loss"],
+        "loss_settings": record["loss_settings"],
+        "valid": best["valid"],
+        "test": test,
+        "popularity_test": popularity,
+        "epoch_time_s": float(np.mean(steady)) if steady else None,
+        "first_epoch_time_s": times[0],
+        "peak_memory_gib": max(peaks) if peaks else None,
+        "epochs": len(history),
+        "best_epoch": best["epoch"],
+        "early_stopped": stopped,
+        "steps_per_epoch": len(run.batches),
+        "positions_per_epoch": run.batches.positions_per_epoch,
+        "env": environment(device=run.device, dtype="bfloat16" if run.amp else "float32", seed=record["seed"]),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the run's date
+    }
+
+
+def _diverged(folder: RunFolder, epoch: int, loss: float, steps: int, start_epoch: int) -> str:
+    """The NaN stop's message, true in every case: which epoch the checkpoint holds, if any."""
+    if folder.checkpoint.exists():
+        kept = f"{folder.checkpoint} still holds the last good epoch ({epoch - 1})"
+    else:
+        kept = "no checkpoint was written (it diverged in the first epoch)"
+    return f"epoch {epoch}: training loss is {loss} after {steps} steps; stopped. {kept}"
+
+
+def _model_and_loss_settings(model: torch.nn.Module, loss_fn: Callable) -> dict:
+    """The model's class and constructor arguments and the loss's name and settings, keyed
+    as their gin bindings (``SASRec.dim``, ``cce.filter_eps``) so a refusal names them."""
+    spec = model_settings(model)
+    cls = spec["class"].rsplit(".", 1)[1]
+    out = {"train.model_fn": spec["class"]}
+    out.update({f"{cls}.{k}": v for k, v in spec["kwargs"].items() if k not in ("n_items", "max_len")})
+    out["train.loss_fn"] = loss_name(loss_fn)
+    base = getattr(_unwrap(loss_fn)[0], "__name__", "loss")
+    out.update({f"{base}.{k}": v for k, v in _jsonable(loss_settings(loss_fn)).items()})
+    return out
+
+
+def _jsonable(settings: dict) -> dict:
+    """Settings as JSON values: numbers, strings, booleans and None stay, the rest become str."""
+    plain = (int, float, str, bool, type(None))
+    return {k: v if isinstance(v, plain) else str(v) for k, v in settings.items()}
+
+
+def _check_values(*, n_items: int, **values) -> None:
+    """Raises ValueError naming the ``train.*`` setting of the first bad value."""
+    def is_int(v, low):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+    def is_number(v):
+        return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    rules = {"epochs": (lambda v: is_int(v, 1), "an integer >= 1"),
+             "batch_size": (lambda v: is_int(v, 1), "an integer >= 1"),
+             "max_len": (lambda v: is_int(v, 1), "an integer >= 1"),
+             "patience": (lambda v: is_int(v, 1), "an integer >= 1"),
+             "eval_every": (lambda v: is_int(v, 1), "an integer >= 1"),
+             "nan_check_every": (lambda v: is_int(v, 0), "an integer >= 0"),
+             "seed": (lambda v: is_int(v, 0) and v < 2**32, "an integer in [0, 2**32)"),
+             "lr": (is_number, "a finite number >= 0"),
+             "weight_decay": (is_number, "a finite number >= 0"),
+             "eval_batch_size": (lambda v: v is None or is_int(v, 1), "None or an integer >= 1"),
+             "ks": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                    and all(is_int(k, 1) and k <= n_items for k in v),
+                    f"a non-empty tuple of integers in [1, {n_items}] (the catalog)")}
+    for name, value in values.items():
+        ok, what = rules[name]
+        if not ok(value):
+            raise ValueError(f"train.{name} must be {what}, got {value!r}")
+
+
+def _device(device: str) -> torch.device:
+    """``train.device`` -> a usable torch.device, or ValueError naming the setting."""
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device = {device!r}, but this machine has no CUDA device")
+    return dev
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())

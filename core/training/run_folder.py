@@ -1,0 +1,317 @@
+"""A run folder: what one training run leaves behind, and the rules that keep it true.
+
+    log.txt        the run's log (every process that worked on it, appended), and why it ended
+    config.gin     the operative gin config (experiments/run.py), written only after the checks
+    history.jsonl  one record per epoch, rewritten whole with every checkpoint
+    checkpoint.pt  the last finished epoch: model, optimizer, RNG, early-stopping state
+    best.pt        the model of the best validation epoch
+    metrics.json   the final result
+    .lock          pid and host of the process writing the folder (an advisory flock)
+
+Both checkpoints carry ``settings`` (what the run trained with: data, model class and its
+constructor arguments, batch size, max_len, optimizer, loss and its settings, seed, ...) and
+``model_settings`` (class + kwargs), so ``load_run`` rebuilds the model without gin and
+``--resume`` refuses any change the resumed state would silently ignore or that breaks the
+checkpoint, naming the setting, before anything is written. Settings a resume may change:
+epochs, patience, eval_every, nan_check_every, show_progress, device and the evaluation batch
+size (they are not in ``settings``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import importlib
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core import checkpoint as ckpt
+from core.atomic import _pid_alive
+from core.training.errors import RunFolderBusy, RunFolderError
+
+log = logging.getLogger(__name__)
+
+LOCK = ".lock"
+
+
+class RunFolder:
+    """The files of one run (see the module docstring); ``open`` is the way in."""
+
+    def __init__(self, path: str | Path, *, config_text: str | None = None):
+        self.path = Path(path)
+        self.config_text = config_text  # written as config.gin once the checks have passed
+        self.log = self.path / "log.txt"
+        self.config = self.path / "config.gin"
+        self.history = self.path / "history.jsonl"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.best = self.path / "best.pt"
+        self.metrics = self.path / "metrics.json"
+        self._notes: list[str] = []  # warnings from before log.txt exists
+        self.writer = True  # False on data-parallel ranks other than 0: ``open`` sets it
+
+    # --- before anything is written ---
+
+    def precheck(self, *, resume: bool) -> None:
+        """Refuses, without writing, a path that cannot become a run folder, a fresh run over
+        an existing one, and a resume without a checkpoint. Cheap: run.py calls it before
+        loading data; ``open`` calls it again under the lock."""
+        existing = next(p for p in (self.path, *self.path.parents) if p.exists() or p == Path(p.anchor))
+        if not existing.is_dir():
+            raise RunFolderError(f"cannot make run folder {self.path}: {existing} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunFolderError(f"cannot make run folder {self.path}: {existing} is not writable")
+        if resume and not self.checkpoint.exists():
+            raise RunFolderError(f"--resume: no checkpoint at {self.checkpoint}")
+        if not resume and self.checkpoint.exists():
+            raise RunFolderError(f"{self.path} already holds a run; pass --resume to continue it "
+                                 "or choose another --out")
+
+    def check_resume(self, settings: dict) -> dict:
+        """The checkpoint to resume, if it was written with ``settings``; else one line naming
+        the first setting that differs."""
+        state = ckpt.load_torch(self.checkpoint, map_location="cpu")  # RNG states stay on the CPU
+        saved = state.get("settings")
+        if saved is None:
+            raise RunFolderError(f"--resume: {self.checkpoint} predates recorded settings and "
+                                 "cannot be checked; start a new run")
+        for key in [*settings, *(k for k in saved if k not in settings)]:  # data, model, loss, ...
+            old, new = saved.get(key, "(unset)"), settings.get(key, "(unset)")
+            if old != new:
+                raise RunFolderError(
+                    f"--resume: {key} is {new!r} here but the run trained with {old!r}; a resumed "
+                    "run keeps its own settings (drop the binding, or start a new run elsewhere)")
+        return state
+
+    # --- the session ---
+
+    @contextlib.contextmanager
+    def open(self, *, resume: bool, settings: dict, writer: bool = True) -> Iterator[dict | None]:
+        """Takes the lock, checks (``precheck``, ``check_resume``), writes config.gin and sends
+        the ``core`` loggers to log.txt; yields the checkpoint to resume (None for a fresh run).
+
+        A refused or failed start leaves nothing behind: a folder this call created is removed
+        again unless a checkpoint exists by then. An error inside the block is written to
+        log.txt as why the run ended. ``writer`` False (a data-parallel rank other than 0):
+        no lock, no files, the checks only.
+        """
+        self.writer = writer
+        if not writer:
+            self.precheck(resume=resume)
+            yield self.check_resume(settings) if resume else None
+            return
+        self.precheck(resume=resume)
+        created = self._make()
+        lock = None
+        try:
+            lock = self._lock()
+            self.precheck(resume=resume)  # again: another process may have written meanwhile
+            state = self.check_resume(settings) if resume else None
+            if self.config_text is not None:
+                self.write_config(self.config_text)
+            with self._logging():
+                for note in self._notes:
+                    log.warning(note)
+                yield state
+        except RunFolderBusy:
+            raise  # the folder is another run's
+        except (RunFolderError, ValueError, TypeError, AssertionError):
+            # A refused start or a bad setting leaves nothing; a run that failed later (a
+            # TrainingError) keeps its folder, whose log.txt says why it ended.
+            if not self.checkpoint.exists():
+                for folder in created:  # deepest first
+                    if folder == self.path:
+                        shutil.rmtree(folder, ignore_errors=True)
+                    else:
+                        _rmdir(folder)
+            raise
+        finally:
+            if lock is not None:
+                self._unlock(lock)
+
+    def _make(self) -> list[Path]:
+        """Creates the folder; returns the directories this call created, deepest first."""
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir()
+        except FileExistsError:
+            if not self.path.is_dir():
+                raise RunFolderError(f"cannot make run folder {self.path}: it is a file") from None
+            return [p for p in missing if p != self.path]  # another process made it just now
+        except OSError as err:
+            raise RunFolderError(f"cannot make run folder {self.path}: {err.strerror or err}") from None
+        return missing
+
+    def _lock(self):
+        """An exclusive flock on ``.lock``, which then holds "pid host". A lock file naming a
+        dead process of this host is stale: taken over, with a warning in log.txt."""
+        me = socket.gethostname()
+        f = open(self.path / LOCK, "a+")
+        f.seek(0)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except OSError as err:
+            held = False
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                owner = " ".join(f.read().split()) or "unknown"
+                f.close()
+                raise RunFolderBusy(f"{self.path} is in use (pid, host: {owner}): another run is "
+                                    "writing it; wait for it to end or choose another --out") from None
+            self._notes.append(f"no flock on this file system ({err.strerror}): relying on {LOCK}")
+        owner = f.read().split()
+        pid, host = (int(owner[0]), owner[1]) if len(owner) == 2 and owner[0].isdigit() else (None, None)
+        if not held and host == me and pid != os.getpid() and _pid_alive(pid):
+            f.close()
+            raise RunFolderBusy(f"{self.path} is in use by pid {pid} on {host}: another run is "
+                                "writing it; wait for it to end or choose another --out")
+        if pid is not None and pid != os.getpid():
+            self._notes.append(f"took over the stale lock of pid {pid} on {host} (that run ended "
+                               f"without releasing {self.path / LOCK})")
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} {me}\n")
+        f.flush()
+        return f
+
+    @staticmethod
+    def _unlock(f) -> None:
+        f.seek(0)
+        f.truncate()  # an empty lock file: the folder is free, nothing stale to report
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+    @contextlib.contextmanager
+    def _logging(self):
+        """The ``core`` loggers go to log.txt (appended) and stderr while the run lasts; an
+        exception is recorded in log.txt only (the caller prints its own one-line error)."""
+        logger = logging.getLogger("core")
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+        to_file, to_err = logging.FileHandler(self.log), logging.StreamHandler(sys.stderr)
+        for handler in (to_file, to_err):
+            handler.setFormatter(fmt)
+            logger.addHandler(handler)
+        old_level, old_propagate = logger.level, logger.propagate
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # a root handler (gin's logging.error adds one) would say it twice
+        try:
+            yield
+        except BaseException as err:
+            message = " ".join(str(err).split()) or type(err).__name__
+            to_file.handle(logger.makeRecord("core.training", logging.ERROR, __file__, 0,
+                                             "run ended: %s: %s", (type(err).__name__, message), None))
+            raise
+        finally:
+            logger.setLevel(old_level)
+            logger.propagate = old_propagate
+            for handler in (to_file, to_err):
+                logger.removeHandler(handler)
+                handler.close()
+
+    # --- what a run writes ---
+
+    def write_config(self, text: str) -> None:
+        """config.gin: the config that ran (run.py rewrites it with every default at the end)."""
+        if self.writer:
+            ckpt.write_text(text, self.config)
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.writer:
+            ckpt.save_torch(state, self.checkpoint)
+
+    def save_best(self, state: dict) -> None:
+        if self.writer:
+            ckpt.save_torch(state, self.best)
+
+    def best_model_state(self, device: torch.device) -> dict:
+        return ckpt.load_torch(self.best, map_location=device)["model"]
+
+    def write_history(self, history: list[dict]) -> None:
+        """history.jsonl, rewritten whole so that it always matches checkpoint.pt after a resume."""
+        if self.writer:
+            ckpt.write_text("".join(json.dumps(r) + "\n" for r in history), self.history)
+
+    def write_metrics(self, metrics: dict) -> None:
+        if self.writer:
+            ckpt.write_json(metrics, self.metrics)
+
+
+def _rmdir(folder: Path) -> None:
+    """Removes ``folder`` if it is empty (a parent this run created and nothing else uses)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+# --- the settings a checkpoint records --------------------------------------------------------
+
+
+def model_settings(model: torch.nn.Module) -> dict:
+    """{"class": import path, "kwargs": constructor arguments}: enough to rebuild the model.
+
+    The kwargs come from the model's own ``settings`` dict (SASRec keeps one); a model without
+    it records only ``n_items`` and ``max_len`` and cannot be rebuilt by ``load_run``.
+    """
+    cls = type(model)
+    kwargs = dict(getattr(model, "settings", None) or
+                  {"n_items": getattr(model, "n_items", None), "max_len": getattr(model, "max_len", None)})
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": kwargs}
+
+
+def build_model(settings: dict) -> torch.nn.Module:
+    """The model ``model_settings`` describes, freshly initialised."""
+    module, _, name = settings["class"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**settings["kwargs"])
+
+
+@dataclass
+class Run:
+    """A trained run, loaded: the best model (eval mode), the data it trained on, its results."""
+
+    path: Path
+    model: torch.nn.Module
+    data: object  # core.data.shards.SequenceData
+    metrics: dict | None  # None while the run has not finished
+    settings: dict
+
+
+def load_run(run_dir: str | Path, *, device: str | torch.device = "auto") -> Run:
+    """Rebuilds a run's best model (best.pt's weights, no gin needed) and loads its data.
+
+    The data comes from the shard folder the run recorded (relative paths are tried from the
+    working directory, then from the repository root). Raises RunFolderError in one line.
+    """
+    from core.data.shards import load_sequences
+    from core.dataset_config import resolve_path
+    from core.env import resolve_device
+
+    folder = RunFolder(run_dir)
+    if not folder.best.exists():
+        raise RunFolderError(f"{folder.path}: no best.pt (not a run folder, or no validation ran yet)")
+    state = ckpt.load_torch(folder.best, map_location="cpu")
+    if "model_settings" not in state:
+        raise RunFolderError(f"{folder.best} predates checkpoints that carry the model's settings; "
+                             "train the run again to use it")
+    model = build_model(state["model_settings"])
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(str(device))).eval()
+    if not state.get("data_path"):
+        raise RunFolderError(f"{folder.path}: the run did not record where its data is")
+    data = load_sequences(resolve_path(state["data_path"]))
+    if (data.n_users, data.n_items) != (state["settings"]["data.n_users"], state["settings"]["data.n_items"]):
+        raise RunFolderError(f"{state['data_path']}: {data.n_users} users, {data.n_items} items now, "
+                             "not what the run trained on")
+    metrics = None
+    if folder.metrics.exists():
+        metrics = json.loads(folder.metrics.read_text())
+    return Run(folder.path, model, data, metrics, state["settings"])

@@ -1,0 +1,333 @@
+"""The training step, the one place it exists: eager, with a torch.compile'd body, or the whole
+step captured as CUDA graphs. ``train`` and experiments/bench/bench_epoch.py both build it with
+``make_step`` and drive it with ``run_epoch``, so the benchmark times what training runs.
+
+Every variant computes the same thing: forward, ``loss_fn(e, model.catalog(), item_id - 1)``
+on the compact (N, D) block of non-padding positions, backward, Adam. N is known on the host
+(``core.data.batching.Batch.positions``), so gathering the block needs no device->host sync.
+
+Why CUDA graphs (measured on an H200, experiments/bench/NOTES_speed.md): with the model body
+compiled and graphed, a beauty-like step still took ~5 ms of host time to issue (batch
+gather, compaction, the loss's kernels, autograd, Adam) for ~3 ms of GPU work, so epochs were
+bound by Python, not the GPU. The graphed step captures forward, loss, backward and
+``optimizer.step()`` once per size and replays them. What a graph needs, and how it gets it:
+- static shapes: batches are padded to ``batch_size`` rows, the compact block to ``n_pad``,
+  the batch's count rounded up to one of a few sizes (``bucket_size``), one graph per size;
+  padded slots get ``IGNORE_INDEX`` targets and add nothing to the loss or the gradients;
+- no host syncs: the slot count is compared on the device (``padded_compact_index``) and the
+  loss must be sync-free (``ce``, ``cce``'s default split forward; ``cce(forward="library")``
+  calls ``nonzero()`` and fails at capture);
+- static memory: gradients stay allocated (zeroed in place) and Adam runs with
+  ``capturable=True`` so its step counter lives on the device.
+The first batch of each size runs eagerly on a side stream (its real training step; it also
+compiles kernels and allocates gradients and optimizer state), then the same step is
+captured: capture records without executing, so no batch is trained twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from core.data.batching import Batch
+from core.evaluation import autocast
+from core.losses import IGNORE_INDEX
+
+# torch.compile modes of ``train.compile``; True means "default". "reduce-overhead" adds CUDA
+# graphs (the model body only: the compact block's size changes every batch).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+# Graphed step, positions: the smallest size step. Every captured size keeps memory in the
+# graphs' pool, so small batches share few, padded graphs. beauty-like CCE on an H200
+# (bench_epoch, one call): min bucket 64 -> 7.18 s, 0.77 GiB; 256 -> 7.38 s, 0.64 GiB;
+# 1024 -> 7.81 s, 0.48 GiB.
+MIN_BUCKET = 1024
+
+_PROGRESS_REFRESH_S = 2.0  # the bar's loss costs one device sync per refresh
+
+
+class GraphCaptureError(RuntimeError):
+    """The step could not be captured (e.g. a loss that syncs with the host)."""
+
+
+def compile_mode(compile: bool | str | None) -> str | None:
+    """``train.compile`` -> a torch.compile mode, or None for eager."""
+    if compile is False or compile is None:
+        return None
+    mode = "default" if compile is True else compile
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How the step runs; what it computes is the same for every setting.
+
+    - ``amp``: bf16 autocast on CUDA (the CPU always runs fp32).
+    - ``compile``: torch.compile the model body (True or a mode of ``COMPILE_MODES``); the
+      last, smaller batch is padded to keep one shape.
+    - ``cuda_graph``: the whole step as CUDA graphs, one per bucket of positions (CUDA only;
+      elsewhere the eager step runs, with a warning). Instead of ``compile``.
+    - ``graph_min_bucket``: the graphed step's smallest bucket (fewer, larger = less memory).
+    - ``host_positions``: gather the compact block with the host's position count (no sync);
+      False gathers with the boolean mask, one sync per step (the benchmark's "base" variant).
+    """
+
+    amp: bool = True
+    compile: bool | str = False
+    cuda_graph: bool = False
+    graph_min_bucket: int = MIN_BUCKET
+    host_positions: bool = True
+
+    def __post_init__(self):
+        mode = compile_mode(self.compile)
+        if self.cuda_graph and mode:
+            raise ValueError("train.cuda_graph captures the whole step and replaces train.compile: "
+                             "set only one of them")
+        if self.graph_min_bucket < 1:
+            raise ValueError(f"graph_min_bucket must be >= 1, got {self.graph_min_bucket}")
+
+
+@dataclass
+class Step:
+    """``step(inputs, targets, positions, mark=None) -> loss`` (a device scalar: no sync) and
+    the optimizer it updates (checkpoints save its state). ``kind`` names the variant."""
+
+    run: Callable[..., torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    kind: str
+    warning: str | None = None  # a setting that could not apply here (logged by the loop)
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, positions: int,
+                 mark: Callable[[str], None] | None = None) -> torch.Tensor:
+        return self.run(inputs, targets, positions, mark)
+
+
+def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam, the same for every loss: fused on CUDA (one kernel for all parameters), foreach
+    elsewhere. ``capturable``: step counters on the device, as a CUDA-graphed step needs."""
+    on_cuda = next(model.parameters()).is_cuda
+    kind = {"fused": True, "capturable": capturable} if on_cuda else {"foreach": True}
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **kind)
+
+
+def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_decay: float,
+              settings: StepSettings, batch_size: int, max_len: int) -> Step:
+    """The step for ``settings`` on the model's device, with its Adam optimizer.
+
+    ``mark(name)`` (timing only) is called after each phase: "model_forward", "loss"
+    (compaction, loss forward and backward), "model_backward", "optimizer"; the graphed step
+    has no inside and marks all four after its replay.
+    """
+    device = next(model.parameters()).device
+    amp = settings.amp and device.type == "cuda"
+    graphed = settings.cuda_graph and device.type == "cuda"
+    warning = None
+    if settings.cuda_graph and not graphed:
+        warning = f"train.cuda_graph: no CUDA device ({device}), running the eager step"
+    optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, capturable=graphed)
+    if graphed:
+        run = _graph_step(model, optimizer, loss_fn, amp=amp, batch_size=batch_size,
+                          max_len=max_len, min_bucket=settings.graph_min_bucket)
+        return Step(run, optimizer, f"whole-step CUDA graphs (min bucket {settings.graph_min_bucket})")
+    mode = compile_mode(settings.compile)
+    # dynamic=False: every batch is padded to batch_size rows, so one graph serves the run.
+    forward = model if mode is None else torch.compile(model, mode=mode, dynamic=False)
+    run = _eager_step(model, forward, optimizer, loss_fn, amp=amp,
+                      pad_to=batch_size if mode else None, cudagraphs=mode == "reduce-overhead",
+                      host_positions=settings.host_positions)
+    return Step(run, optimizer, "eager" if mode is None else f"compiled body ({mode})", warning)
+
+
+# --- compaction -----------------------------------------------------------------------------
+
+
+def compact_index(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) int64 flat indices of ``mask``'s True entries in row-major order, without a sync.
+
+    What ``mask.flatten().nonzero()`` gives, but sized by the caller (``n`` = the number of True
+    entries, known on the host), so the device never has to report a count back. Real entries
+    go to slots 0..n-1 in order; the rest all land on the spare slot n, which is dropped.
+    """
+    flat = mask.flatten()  # (B*L,)
+    if not flat.is_cuda and n != int(flat.sum()):  # free on the CPU: catches a wrong count in tests
+        raise ValueError(f"compact_index: the mask has {int(flat.sum())} True entries, not {n}")
+    slot = torch.where(flat, flat.cumsum(0) - 1, n)  # (B*L,)
+    index = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
+    index.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))
+    return index[:n]
+
+
+def padded_compact_index(mask: torch.Tensor, n_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index (n_pad,), valid (n_pad,)): True positions of ``mask`` first, in order, then filler.
+
+    ``n_pad`` must be at least the number of True entries. Filler slots point at position 0
+    and are marked invalid on the device, so nothing here needs the count on the host.
+    """
+    flat = mask.flatten()  # (B*L,)
+    rank = flat.cumsum(0)  # (B*L,): 1-based slot of each True entry
+    slot = torch.where(flat, rank - 1, n_pad)
+    index = torch.zeros(n_pad + 1, dtype=torch.int64, device=flat.device)
+    index.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))
+    valid = torch.arange(n_pad, device=flat.device) < rank[-1]
+    return index[:n_pad], valid
+
+
+def bucket_size(positions: int, min_bucket: int = MIN_BUCKET) -> int:
+    """``positions`` rounded up to a multiple of 1/16 of the next power of two (and of
+    ``min_bucket``): at most 12.5% padding, at most 8 graphs per doubling of the batch size."""
+    step = max(min_bucket, (1 << max(positions - 1, 1).bit_length()) // 16)
+    return max(step, -(-positions // step) * step)
+
+
+# --- eager (optionally compiled body) ---------------------------------------------------------
+
+
+def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | None,
+                cudagraphs: bool, host_positions: bool) -> Callable[..., torch.Tensor]:
+    """The eager step. ``pad_to`` pads a smaller (last) batch with empty rows so a compiled
+    body sees one shape: empty rows have no targets and SASRec's rows never interact, so loss
+    and gradients are the unpadded batch's (only dropout draws differ). ``cudagraphs`` tells
+    CUDA-graph trees where each step begins (``reduce-overhead``). With ``mark`` the backward
+    pass runs in two parts (the loss's, then the body's) so that each can be timed."""
+    device = next(model.parameters()).device
+
+    def step(inputs, targets, positions, mark=None):
+        if pad_to is not None and inputs.shape[0] < pad_to:
+            rows = (0, 0, 0, pad_to - inputs.shape[0])  # (B, L) -> (pad_to, L), zeros = padding
+            inputs, targets = F.pad(inputs, rows), F.pad(targets, rows)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast(device, amp):
+            hidden = forward(inputs)  # (B, L, D)
+            head_in = hidden
+            if mark is not None:
+                mark("model_forward")
+                head_in = hidden.detach().requires_grad_()
+            mask = targets != 0  # (B, L): positions with a real next item
+            if host_positions:
+                index = compact_index(mask, positions)  # (N,)
+                e = head_in.flatten(0, 1).index_select(0, index)  # (N, D)
+                t = targets.flatten().index_select(0, index)  # (N,)
+            else:  # the boolean mask: its data-sized output makes the host wait once per step
+                e, t = head_in[mask], targets[mask]  # (N, D), (N,)
+            loss = loss_fn(e, model.catalog(), t - 1)  # catalog column = item id - 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if mark is not None:
+            mark("loss")
+            hidden.backward(head_in.grad)
+            mark("model_backward")
+        optimizer.step()
+        if mark is not None:
+            mark("optimizer")
+        return loss.detach()
+
+    return step
+
+
+# --- whole step as CUDA graphs ----------------------------------------------------------------
+
+
+def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
+              inputs: torch.Tensor, targets: torch.Tensor, n_pad: int, amp: bool) -> torch.Tensor:
+    """One step on fixed-shape tensors: forward, loss on ``n_pad`` slots, backward, Adam."""
+    optimizer.zero_grad(set_to_none=False)  # the gradient buffers must keep their addresses
+    # cache_enabled=False: autocast's weight-cast cache must not outlive a captured region.
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+        hidden = model(inputs)  # (B, L, D)
+        index, valid = padded_compact_index(targets != 0, n_pad)  # (n_pad,), (n_pad,)
+        e = hidden.flatten(0, 1).index_select(0, index)  # (n_pad, D)
+        t = torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
+        loss = loss_fn(e, model.catalog(), t)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_len: int,
+                min_bucket: int) -> Callable[..., torch.Tensor]:
+    """The step replayed as CUDA graphs (one per bucket of positions, captured on first use).
+    ``optimizer`` must be Adam with ``capturable=True``."""
+    device = next(model.parameters()).device
+    static_inputs = torch.zeros((batch_size, max_len), dtype=torch.int64, device=device)
+    static_targets = torch.zeros_like(static_inputs)
+    graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+    pool = torch.cuda.graph_pool_handle()  # one memory pool: graphs replay one at a time
+
+    def body(n_pad: int) -> torch.Tensor:
+        return step_body(model, optimizer, loss_fn, inputs=static_inputs, targets=static_targets,
+                         n_pad=n_pad, amp=amp)
+
+    def capture(n_pad: int) -> torch.Tensor:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            loss = body(n_pad)  # this batch's real step, run eagerly
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=pool):
+                out = body(n_pad)
+        except RuntimeError as err:
+            raise GraphCaptureError(
+                "cuda_graph: the training step could not be captured (a host sync in the loss? "
+                f"ce and cce's default split forward are sync-free): {str(err).splitlines()[0]}"
+            ) from err
+        graphs[n_pad] = (graph, out)
+        return loss
+
+    def step(inputs, targets, positions, mark=None):
+        rows = inputs.shape[0]
+        static_inputs[:rows].copy_(inputs)
+        static_targets[:rows].copy_(targets)
+        if rows < batch_size:  # the last, smaller batch: empty rows have no targets
+            static_inputs[rows:].zero_()
+            static_targets[rows:].zero_()
+        n_pad = bucket_size(positions, min_bucket)
+        if n_pad in graphs:
+            graph, out = graphs[n_pad]
+            graph.replay()
+            loss = out.clone()  # ``out`` is overwritten by the next replay
+        else:
+            loss = capture(n_pad)
+        if mark is not None:
+            for phase in ("model_forward", "loss", "model_backward", "optimizer"):
+                mark(phase)
+        return loss
+
+    return step
+
+
+# --- one epoch ------------------------------------------------------------------------------
+
+
+def run_epoch(step: Callable[..., torch.Tensor], batches: Iterable[Batch], *, device: torch.device,
+              nan_check_every: int = 0, progress: tqdm | None = None) -> tuple[float, int]:
+    """One pass of ``step`` over ``batches`` -> (mean batch loss, steps).
+
+    No host sync inside the epoch (the loss sum stays on the device) except the optional NaN
+    check every ``nan_check_every`` steps (then it returns early with a NaN loss) and the
+    progress bar's loss, refreshed at most every couple of seconds and only when a bar is shown.
+    """
+    loss_sum = torch.zeros((), device=device)
+    steps = 0
+    last_refresh = time.perf_counter()
+    for batch in batches:
+        loss_sum += step(batch.inputs, batch.targets, batch.positions)
+        steps += 1
+        if nan_check_every and steps % nan_check_every == 0 and not torch.isfinite(loss_sum):
+            return float("nan"), steps
+        if progress is not None:
+            progress.update(batch.inputs.shape[0])
+            if not progress.disable and time.perf_counter() - last_refresh > _PROGRESS_REFRESH_S:
+                progress.set_postfix(loss=f"{loss_sum.item() / steps:.4f}", refresh=False)
+                last_refresh = time.perf_counter()
+    return (loss_sum / max(steps, 1)).item(), steps

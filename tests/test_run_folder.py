@@ -1,0 +1,220 @@
+"""Run folders that never lie (issue 15): resume checks before any write, the lock, bad values as
+one error line with no folder left, and load_run rebuilding a trained model without gin."""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import checkpoint
+from core.data.batching import DeviceSequences
+from core.data.shards import load_sequences
+from core.data.synthetic import write_synthetic
+from core.evaluation import count_train_users, default_eval_batch_size, evaluate_model
+from core.model import SASRec
+from core.training import RunFolderBusy, load_run, train
+from experiments import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Bindings for a fast quickstart: 150 tiny users, CPU, no progress bar."""
+    cache = tmp_path_factory.mktemp("cache")
+    bindings = [f"dataset.cache_dir = '{cache}'", "dataset.synthetic_overrides = {'n_users': 150}",
+                "train.batch_size = 64", "train.device = 'cpu'", "train.show_progress = False"]
+    return [arg for b in bindings for arg in ("--gin_bindings", b)]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished one-epoch quickstart run (copied per test by ``_copy``)."""
+    out = tmp_path_factory.mktemp("runs") / "done"
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny,
+                     "--gin_bindings", "train.epochs = 1"]) == 0
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+def _error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# --- issue 15.1 / 15.2: --resume checks the new bindings before writing anything ---------------
+
+
+@pytest.mark.parametrize("binding, setting", [
+    ("SASRec.dim = 32", "SASRec.dim"),  # a traceback once, and the folder could not resume again
+    ("SASRec.dropout = 0.5", "SASRec.dropout"),
+    ("train.batch_size = 128", "train.batch_size"),  # refused, yet config.gin said 128
+    ("train.lr = 0.01", "train.lr"),  # silently trained with the old lr
+    ("train.weight_decay = 0.1", "train.weight_decay"),
+    ("train.seed = 1", "train.seed"),
+    ("train.loss_fn = @cce", "train.loss_fn"),
+    ("train.max_len = 20", "train.max_len"),
+    ("dataset.synthetic_overrides = {'n_users': 140}", "data.n_users"),
+])
+def test_a_resume_that_changes_the_run_is_refused_before_any_write(finished, tmp_path, capsys,
+                                                                   binding, setting):
+    out = _copy(finished, tmp_path / "run")
+    before = _files(out)
+    status = run.main(["--resume", "--out", str(out), "--gin_bindings", "train.epochs = 2",
+                       "--gin_bindings", binding])
+    assert status == 2
+    line = _error_line(capsys)
+    assert f"--resume: {setting} is" in line and "the run trained with" in line
+    assert _files(out) == before  # config.gin, checkpoints, log.txt: all untouched
+
+
+def test_a_resume_may_change_the_schedule_and_config_gin_says_so(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path / "run")
+    assert run.main(["--resume", "--out", str(out), "--gin_bindings", "train.epochs = 2",
+                     "--gin_bindings", "train.patience = 3", "--gin_bindings", "train.eval_every = 1",
+                     "--gin_bindings", "train.eval_batch_size = 7",
+                     "--gin_bindings", "train.nan_check_every = 5"]) == 0
+    config = (out / "config.gin").read_text()
+    assert "train.epochs = 2" in config and "train.eval_batch_size = 7" in config
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+# --- issue 15.3: one process at a time ---------------------------------------------------------
+
+
+def test_a_live_lock_refuses_with_one_line_and_touches_nothing(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path / "run")
+    with open(out / ".lock", "a+") as held:  # another run, still writing
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"{os.getpid()} {socket.gethostname()}\n")
+        held.flush()
+        before = _files(out)
+        assert run.main(["--resume", "--out", str(out), "--gin_bindings", "train.epochs = 2"]) == 1
+        assert "is in use" in _error_line(capsys)
+        assert _files(out) == before
+        # a fresh run with the same --out at the same time: refused as well
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        with open(fresh / ".lock", "a+") as other:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(RunFolderBusy):
+                train(data=load_sequences(_tiny_data(tmp_path)), out_dir=fresh, epochs=1, **FAST)
+            assert sorted(p.name for p in fresh.iterdir()) == [".lock"]
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path / "run")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".lock").write_text(f"{dead.pid} {socket.gethostname()}\n")  # killed -9 mid-run
+    assert run.main(["--resume", "--out", str(out), "--gin_bindings", "train.epochs = 2"]) == 0
+    assert f"took over the stale lock of pid {dead.pid}" in (out / "log.txt").read_text()
+    assert (out / ".lock").read_text() == ""  # released at the end
+
+
+# --- issue 15.7: every bad value is one error line, exit 2, no folder --------------------------
+
+
+@pytest.mark.parametrize("binding", ["train.epochs = 'abc'", "train.lr = 'fast'", "train.batch_size = 0",
+                                     "train.max_len = 0", "train.epochs = 0", "train.lr = -1.0",
+                                     "train.seed = -3", "train.eval_batch_size = 0",
+                                     "train.device = 'tpu:9'", "train.compile = 'fastest'"])
+def test_a_bad_value_is_one_error_line_and_leaves_no_folder(tiny, tmp_path, capsys, binding):
+    out = tmp_path / "runs" / "r"
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny,
+                     "--gin_bindings", binding]) == 2
+    name = binding.split(" =")[0]
+    assert name in _error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_out_under_a_regular_file_is_one_error_line(tiny, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(tmp_path / "file" / "r"), *tiny]) == 2
+    assert "is a file" in _error_line(capsys)
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_unwritable_out_is_one_error_line(tiny, tmp_path, capsys):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert run.main(["--gin", "gin/quickstart.gin", "--out", str(locked / "r"), *tiny]) == 2
+        assert "not writable" in _error_line(capsys)
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+# --- issue 15.12: --help answers without torch --------------------------------------------------
+
+
+def test_run_help_imports_neither_torch_nor_the_cce_package():
+    code = ("import runpy, sys\nsys.argv = ['experiments/run.py', '--help']\n"
+            "try:\n    runpy.run_path('experiments/run.py', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'cut_cross_entropy', 'triton') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--resume" in done.stdout and done.stdout.splitlines()[-1] == "[]"
+
+
+# --- load_run: checkpoints carry the model's settings -------------------------------------------
+
+FAST = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1, dropout=0.1), batch_size=64,
+            max_len=20, device="cpu", show_progress=False)
+
+
+def _tiny_data(tmp_path: Path) -> Path:
+    folder = tmp_path / "tiny200"
+    if not folder.exists():
+        write_synthetic(folder, preset="tiny", n_users=200)
+    return folder
+
+
+def test_load_run_rebuilds_the_best_model_without_gin(tmp_path):
+    folder = _tiny_data(tmp_path)
+    data = load_sequences(folder)
+    metrics = train(data=data, out_dir=tmp_path / "run", data_path=folder, epochs=2, **FAST)
+    best = checkpoint.load_torch(tmp_path / "run" / "best.pt")
+    assert best["model_settings"] == {
+        "class": "core.model.SASRec",
+        "kwargs": {"n_items": data.n_items, "dim": 32, "max_len": 20, "n_blocks": 1, "n_heads": 1,
+                   "dropout": 0.1}}
+    assert checkpoint.load_torch(tmp_path / "run" / "checkpoint.pt")["model_settings"] == best["model_settings"]
+
+    loaded = load_run(tmp_path / "run", device="cpu")
+    assert not loaded.model.training and loaded.metrics == metrics
+    assert (loaded.data.n_users, loaded.data.n_items) == (data.n_users, data.n_items)
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[k], best["model"][k]) for k in best["model"])
+    # The rebuilt model gives the run's own test metrics.
+    seqs = DeviceSequences.from_data(loaded.data, "cpu")
+    test = evaluate_model(loaded.model, loaded.model, seqs, split="test", amp=False,
+                          batch_size=default_eval_batch_size(data.n_items),
+                          max_len=20, mask_history=True, ks=(10,),
+                          item_user_counts=data.train_item_user_counts(),
+                          n_train_users=count_train_users(data))
+    assert test == metrics["test"]
+    assert metrics["loss"] == "ce" and metrics["loss_settings"] == {}
+    assert metrics["dataset"]["path"] == str(folder)
