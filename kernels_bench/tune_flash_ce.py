@@ -8,8 +8,9 @@ each kernel is timed through its launcher (``lse_forward``, ``grad_e``, ``grad_c
 plus its small torch merge) with ``triton.testing.do_bench``. All candidates are first compiled
 by parallel worker processes at the same shapes (Triton's on-disk cache), so the timing loop
 does not wait on the compiler. Then the best table is applied and each kernel, and the whole
-loss (forward + backward), is timed at the issue's shapes (D = 64), with achieved TFLOP/s and
-the peak extra memory. Writes tune.csv, best.json, breakdown.csv under ``--out``; prints the
+loss (forward + backward, eagerly and replayed from a CUDA graph), is timed at the issue's shapes
+(D = 64), with achieved TFLOP/s (5 matmuls: 10 N V D flops) and the peak memory above the
+operands (dE and dC included; their size is printed beside it). Writes tune.csv, best.json, breakdown.csv under ``--out``; prints the
 best table (a Python literal for ``_TILES``) and the breakdown. CUDA only.
 """
 
@@ -168,17 +169,27 @@ def breakdown(out: Path, d: int = 64) -> None:
             flash_ce(e, c, t).backward()
 
         total = do_bench(step, warmup=5, rep=50, grad_to_none=[e, c])
+        graph_ms = float("nan")
+        try:  # the same step replayed from a CUDA graph: GPU time without launch overhead
+            graph = torch.cuda.CUDAGraph()
+            e.grad = c.grad = None
+            with torch.cuda.graph(graph):
+                step()
+            graph_ms = do_bench(graph.replay, warmup=5, rep=50)
+        except Exception as err:
+            print(f"graph capture failed: {type(err).__name__}: {err}", flush=True)
         e.grad = c.grad = None
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        grads = (e.numel() + c.numel()) * 2  # dE and dC themselves, bf16
-        extra = (torch.cuda.max_memory_allocated() - base - grads) / 2**20
+        grads_mib = (e.numel() + c.numel()) * 2 / 2**20  # dE and dC themselves, bf16
+        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20  # grads included
         flops = 2 * n * v * d * 5  # forward 1 matmul, dE 2, dC 2
         row = dict(N=n, V=v, D=d, fwd_ms=ms["lse"], de_ms=ms["de"], dc_ms=ms["dc"], total_ms=total,
-                   tflops=flops / total / 1e9, extra_mib=extra)
+                   graph_ms=graph_ms, tflops=flops / total / 1e9, graph_tflops=flops / graph_ms / 1e9,
+                   peak_mib=peak_mib, grads_mib=grads_mib)
         lines.append(row)
         print(" ".join(f"{k}={x:.4g}" if isinstance(x, float) else f"{k}={x}" for k, x in row.items()),
               flush=True)
