@@ -365,14 +365,17 @@ def test_the_gate_rejects_a_sampled_provider_without_the_collision_mask():
 # --- training --------------------------------------------------------------------------------
 
 
-def test_a_training_run_names_its_loss(tmp_path):
+@pytest.mark.parametrize("sampler, logq", [("uniform", False), ("popularity", True)])
+def test_a_training_run_names_its_loss(sampler, logq, tmp_path):
+    """One epoch through experiments/run.py: training binds the popularity counts itself."""
     out = tmp_path / "run"
     bindings = [f"dataset.cache_dir = '{tmp_path / 'cache'}'",
                 "dataset.synthetic_overrides = {'n_users': 150}", "train.batch_size = 64",
                 "train.device = 'cpu'", "train.show_progress = False", "train.epochs = 1",
-                "sampled_ce.n_negatives = 64"]
+                "sampled_ce.n_negatives = 64", f"sampled_ce.sampler = '{sampler}'",
+                f"sampled_ce.logq = {logq}"]
     argv = ["--gin", "gin/quickstart.gin", "--gin", "gin/loss/sampled_ce.gin", "--out", str(out)]
     assert run.main(argv + [a for b in bindings for a in ("--gin_bindings", b)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["loss"] == "sampled_ce_64_uniform"
+    assert metrics["loss"] == f"sampled_ce_64_{sampler}" + ("_logq" if logq else "")
     assert math.isfinite(metrics["test"]["NDCG@10"])
