@@ -365,17 +365,33 @@ def test_the_gate_rejects_a_sampled_provider_without_the_collision_mask():
 # --- training --------------------------------------------------------------------------------
 
 
+def _train(out, cache, *bindings, resume=False) -> int:
+    """experiments/run.py on 150 'tiny' users, CPU, 64 uniform negatives unless bound otherwise."""
+    bindings = [f"dataset.cache_dir = '{cache}'", "dataset.synthetic_overrides = {'n_users': 150}",
+                "train.batch_size = 64", "train.device = 'cpu'", "train.show_progress = False",
+                "sampled_ce.n_negatives = 64", *bindings]
+    gin_files = [] if resume else ["--gin", "gin/quickstart.gin", "--gin", "gin/loss/sampled_ce.gin"]
+    return run.main([*gin_files, "--out", str(out), *(["--resume"] if resume else []),
+                     *(a for b in bindings for a in ("--gin_bindings", b))])
+
+
 @pytest.mark.parametrize("sampler, logq", [("uniform", False), ("popularity", True)])
 def test_a_training_run_names_its_loss(sampler, logq, tmp_path):
     """One epoch through experiments/run.py: training binds the popularity counts itself."""
     out = tmp_path / "run"
-    bindings = [f"dataset.cache_dir = '{tmp_path / 'cache'}'",
-                "dataset.synthetic_overrides = {'n_users': 150}", "train.batch_size = 64",
-                "train.device = 'cpu'", "train.show_progress = False", "train.epochs = 1",
-                "sampled_ce.n_negatives = 64", f"sampled_ce.sampler = '{sampler}'",
-                f"sampled_ce.logq = {logq}"]
-    argv = ["--gin", "gin/quickstart.gin", "--gin", "gin/loss/sampled_ce.gin", "--out", str(out)]
-    assert run.main(argv + [a for b in bindings for a in ("--gin_bindings", b)]) == 0
+    assert _train(out, tmp_path / "cache", "train.epochs = 1", f"sampled_ce.sampler = '{sampler}'",
+                  f"sampled_ce.logq = {logq}") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["loss"] == f"sampled_ce_64_{sampler}" + ("_logq" if logq else "")
     assert math.isfinite(metrics["test"]["NDCG@10"])
+
+
+def test_a_resumed_run_draws_the_negatives_of_the_uninterrupted_one(tmp_path):
+    """The draws come from torch's RNG, which checkpoints carry: 1 + 1 epochs == 2 epochs."""
+    cache = tmp_path / "cache"
+    assert _train(tmp_path / "full", cache, "train.epochs = 2") == 0
+    assert _train(tmp_path / "cut", cache, "train.epochs = 1") == 0
+    assert _train(tmp_path / "cut", cache, "train.epochs = 2", resume=True) == 0
+    losses = [[json.loads(line)["train_loss"] for line in (tmp_path / r / "history.jsonl").open()]
+              for r in ("full", "cut")]
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
