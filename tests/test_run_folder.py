@@ -23,17 +23,9 @@ from core.evaluation import count_train_users, default_eval_batch_size, evaluate
 from core.model import SASRec
 from core.training import RunFolderBusy, load_run, train
 from experiments import run
+from tests.test_run_cli import tiny  # noqa: F401  (the fixture: fast quickstart bindings)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Bindings for a fast quickstart: 150 tiny users, CPU, no progress bar."""
-    cache = tmp_path_factory.mktemp("cache")
-    bindings = [f"dataset.cache_dir = '{cache}'", "dataset.synthetic_overrides = {'n_users': 150}",
-                "train.batch_size = 64", "train.device = 'cpu'", "train.show_progress = False"]
-    return [arg for b in bindings for arg in ("--gin_bindings", b)]
 
 
 @pytest.fixture(scope="module")

@@ -266,7 +266,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
             seconds = time.perf_counter() - start
             train_loss = parallel.mean(train_loss)
             if not math.isfinite(train_loss):
-                raise TrainingDiverged(_diverged(folder, epoch, train_loss, steps, start_epoch))
+                raise TrainingDiverged(_diverged(folder, epoch, train_loss, steps))
             positions = batches.positions_per_epoch
             row = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": seconds,
                    "positions_per_s": positions / seconds,
@@ -343,7 +343,7 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
     }
 
 
-def _diverged(folder: RunFolder, epoch: int, loss: float, steps: int, start_epoch: int) -> str:
+def _diverged(folder: RunFolder, epoch: int, loss: float, steps: int) -> str:
     """The NaN stop's message, true in every case: which epoch the checkpoint holds, if any."""
     if folder.checkpoint.exists():
         kept = f"{folder.checkpoint} still holds the last good epoch ({epoch - 1})"

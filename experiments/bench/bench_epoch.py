@@ -46,10 +46,8 @@ from pathlib import Path
 
 import gin
 import numpy as np
-import pandas as pd
 import torch
 
-from core import checkpoint
 from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_name
@@ -63,12 +61,12 @@ from experiments.bench.common import (
     default_out,
     environment,
     error_row,
-    fmt,
     mark,
+    markdown_table,
     phase_ms,
     split_list,
     sync,
-    utc_now,
+    write_results,
 )
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "graph"}
@@ -250,35 +248,20 @@ def markdown(rows: list[dict], env: dict) -> str:
             ("warmup_s", 2), ("steps_per_s", 1), ("positions_per_s", 0), ("peak_gib", 2),
             ("batch_ms", 2), ("model_ms", 2), ("loss_ms", 2), ("optimizer_ms", 2),
             ("step_ms", 2), ("host_step_ms", 2), ("syncs_per_step", 1)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        if row.get("error"):
-            cells = [row["dataset"], row["loss"], row["variant"], "error: " + row["error"].replace("|", "/")]
-            cells += [""] * (len(head) - len(cells))
-        else:
-            cells = [fmt(row.get(k), d) for k, d in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"{env['device']}; torch {env['torch']}, triton {env['triton']}, "
-                 f"cut-cross-entropy {env['cut_cross_entropy']}"
-                 f"{' with CCE_AUTOTUNE=1' if env.get('cce_autotune') else ''}; {env['dtype']}; "
-                 f"seed {env['seed']}. "
-                 "Breakdown: mean ms per step of a separate instrumented pass (each step from an "
-                 "idle device; model = forward + backward of the body, loss = compaction + loss "
-                 "forward + backward; host = time to issue the step).")
-    return "\n".join(lines) + "\n"
+    footer = (f"{env['device']}; torch {env['torch']}, triton {env['triton']}, "
+              f"cut-cross-entropy {env['cut_cross_entropy']}"
+              f"{' with CCE_AUTOTUNE=1' if env.get('cce_autotune') else ''}; {env['dtype']}; "
+              f"seed {env['seed']}. "
+              "Breakdown: mean ms per step of a separate instrumented pass (each step from an "
+              "idle device; model = forward + backward of the body, loss = compaction + loss "
+              "forward + backward; host = time to issue the step).")
+    return markdown_table(rows, head=head, keys=keys, lead=3, footer=footer)
 
 
 def write_outputs(out: Path, rows: list[dict], env: dict, args, notes: list[str]) -> str:
-    """results.csv / .md / .json, rewritten whole after every run; returns the Markdown."""
-    out.mkdir(parents=True, exist_ok=True)
+    """results.csv / .md / .json after every run; returns the Markdown."""
     table = markdown(rows, env)
-    frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=COLUMNS)
-    checkpoint.write_text(frame.to_csv(index=False), out / "results.csv")
-    checkpoint.write_text(table + "".join(f"\n{n}\n" for n in notes), out / "results.md")
-    env = {**env, "finished_utc": utc_now()}  # read by report.py
-    checkpoint.write_json({"env": env, "args": vars(args), "notes": notes, "rows": rows},
-                          out / "results.json")
+    write_results(out, rows, columns=COLUMNS, table=table, env=env, args=args, notes=notes)
     return table
 
 

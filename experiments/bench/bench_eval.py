@@ -33,10 +33,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from core import checkpoint
 from core.data.batching import SPLITS, DeviceSequences, eval_batches, history
 from core.env import resolve_device
 from core.evaluation import (
@@ -55,13 +53,13 @@ from experiments.bench.common import (
     default_out,
     environment,
     error_row,
-    fmt,
     load_datasets,
     mark,
+    markdown_table,
     phase_ms,
     split_list,
     sync,
-    utc_now,
+    write_results,
 )
 
 SCORERS = ("model", "popularity")
@@ -187,32 +185,17 @@ def markdown(rows: list[dict], env: dict) -> str:
             ("batch_size", 0), ("seconds", 2), ("users_per_s", 0), ("peak_gib", 2),
             ("batch_ms", 2), ("score_ms", 2), ("history_ms", 2), ("metrics_ms", 2),
             ("step_ms", 2), ("syncs_per_batch", 1)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        if row.get("error"):
-            cells = [fmt(row.get(k), 0) for k, _ in keys[:6]]
-            cells += ["error: " + row["error"].replace("|", "/")]
-            cells += [""] * (len(head) - len(cells))
-        else:
-            cells = [fmt(row.get(k), d) for k, d in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"{env['device']}; torch {env['torch']}; {env['dtype']} model, fp32 scores; "
-                 f"seed {env['seed']}. Seconds: all users of the split, history masked, CUDA "
-                 "synchronized, after one untimed batch. Breakdown: mean ms per batch of a "
-                 "separate instrumented pass (each batch from an idle device).")
-    return "\n".join(lines) + "\n"
+    footer = (f"{env['device']}; torch {env['torch']}; {env['dtype']} model, fp32 scores; "
+              f"seed {env['seed']}. Seconds: all users of the split, history masked, CUDA "
+              "synchronized, after one untimed batch. Breakdown: mean ms per batch of a "
+              "separate instrumented pass (each batch from an idle device).")
+    return markdown_table(rows, head=head, keys=keys, lead=6, footer=footer)
 
 
 def write_outputs(out: Path, rows: list[dict], env: dict, args) -> str:
-    """results.csv / .md / .json, rewritten whole after every run; returns the Markdown."""
-    out.mkdir(parents=True, exist_ok=True)
+    """results.csv / .md / .json after every run; returns the Markdown."""
     table = markdown(rows, env)
-    frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=COLUMNS)
-    checkpoint.write_text(frame.to_csv(index=False), out / "results.csv")
-    checkpoint.write_text(table, out / "results.md")
-    env = {**env, "finished_utc": utc_now()}  # the result's own date
-    checkpoint.write_json({"env": env, "args": vars(args), "rows": rows}, out / "results.json")
+    write_results(out, rows, columns=COLUMNS, table=table, env=env, args=args)
     return table
 
 

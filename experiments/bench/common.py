@@ -13,6 +13,7 @@ from pathlib import Path
 import gin
 import torch
 
+from core.atomic import write_json, write_text
 from core.data.shards import DataFormatError
 from core.data.synthetic import PRESETS
 from core.dataset_config import DataMissingError, dataset
@@ -85,6 +86,36 @@ def count_syncs(run_once, *, times: int) -> tuple[float, list[str]]:
             torch.cuda.set_sync_debug_mode("default")
     hits = [w for w in caught if "synchroniz" in str(w.message)]
     return len(hits) / times, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
+
+
+def markdown_table(rows: list[dict], *, head: list[str], keys: list[tuple[str, int]], lead: int,
+                   footer: str) -> str:
+    """A Markdown table of ``rows``: ``keys`` = (column, decimals) under ``head``; an error row
+    shows its first ``lead`` cells and the error. ``footer``: the line under the table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if row.get("error"):
+            cells = [fmt(row.get(k), 0) for k, _ in keys[:lead]]
+            cells += ["error: " + row["error"].replace("|", "/")]
+            cells += [""] * (len(head) - len(cells))
+        else:
+            cells = [fmt(row.get(k), d) for k, d in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", footer]) + "\n"
+
+
+def write_results(out: Path, rows: list[dict], *, columns: list[str], table: str, env: dict, args,
+                  notes: list[str] = ()) -> None:
+    """results.csv (``columns``), results.md (``table`` and ``notes``) and results.json (rows,
+    environment with the finishing date, arguments, notes), rewritten whole after every run."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame([{k: r.get(k) for k in columns} for r in rows], columns=columns)
+    write_text(frame.to_csv(index=False), out / "results.csv")
+    write_text(table + "".join(f"\n{n}\n" for n in notes), out / "results.md")
+    env = {**env, "finished_utc": utc_now()}  # the result's own date (report.py reads it)
+    write_json({"env": env, "args": vars(args), "notes": list(notes), "rows": rows}, out / "results.json")
 
 
 def fmt(value, digits: int) -> str:
