@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from core import checkpoint
 from core.data.batching import DeviceSequences, TrainBatches
-from core.data.shards import load_sequences
+from core.data.shards import SequenceData, load_sequences
 from core.data.synthetic import write_synthetic
 from core.losses import ce
 from core.model import SASRec
@@ -94,6 +95,14 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(data, tmp_path):
     train(data=data, out_dir=tmp_path / "r", epochs=1, **FAST)
     with pytest.raises(RunFolderError, match="train.batch_size is 32 here but the run trained with 64"):
         train(data=data, out_dir=tmp_path / "r", epochs=2, resume=True, **{**FAST, "batch_size": 32})
+    # other data of the same size: the same users' sequences in another order
+    order = np.arange(data.n_users)[::-1]
+    lengths = np.diff(data.offsets)[order]
+    other = SequenceData(offsets=np.concatenate([[0], np.cumsum(lengths)]),
+                         items=np.concatenate([data.items[data.offsets[u]:data.offsets[u + 1]] for u in order]),
+                         n_users=data.n_users, n_items=data.n_items)
+    with pytest.raises(RunFolderError, match="data.checksum"):
+        train(data=other, out_dir=tmp_path / "r", epochs=2, resume=True, **FAST)
 
 
 def _nan_after(calls: int):

@@ -19,6 +19,7 @@ import math
 import random
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +192,8 @@ def train(
     name = dataset_name or data.attrs.get("name", "data")
     settings = {  # what a resume must not change: checked against the checkpoint's
         "data.name": name, "data.n_users": int(data.n_users), "data.n_items": int(data.n_items),
-        "data.n_interactions": int(len(data.items)), **_model_and_loss_settings(run.model, loss_fn),
+        "data.n_interactions": int(len(data.items)), "data.checksum": _checksum(data),
+        **_model_and_loss_settings(run.model, loss_fn),
         **{f"train.{k}": v for k, v in dict(
             batch_size=batch_size, max_len=max_len, lr=lr, weight_decay=weight_decay, seed=seed,
             amp=amp, compile=compile, cuda_graph=cuda_graph, mask_history=mask_history, ks=ks).items()},
@@ -363,6 +365,13 @@ def _model_and_loss_settings(model: torch.nn.Module, loss_fn: Callable) -> dict:
     base = getattr(_unwrap(loss_fn)[0], "__name__", "loss")
     out.update({f"{base}.{k}": v for k, v in _jsonable(loss_settings(loss_fn)).items()})
     return out
+
+
+def _checksum(data: SequenceData) -> int:
+    """CRC-32 of the sequences (offsets, then items): a resume on other data of the same size
+    is refused too. About a second per GB, once per run."""
+    crc = zlib.crc32(np.ascontiguousarray(data.offsets, dtype=np.int64))
+    return zlib.crc32(np.ascontiguousarray(data.items, dtype=np.int32), crc)
 
 
 def _jsonable(settings: dict) -> dict:
