@@ -371,7 +371,8 @@ def load_sequences(path: str | os.PathLike) -> SequenceData:
         items=np.concatenate(items_parts),
         n_users=int(first["n_users"]),
         n_items=int(first["n_items"]),
-        attrs={k: v for k, v in first.items() if k not in per_shard},
+        # "path": where the data was read from, so a run can record it and load_run reload it
+        attrs={**{k: v for k, v in first.items() if k not in per_shard}, "path": str(path)},
         user_ids=np.concatenate(user_id_parts),
         item_ids=item_ids,
     )

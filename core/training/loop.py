@@ -199,7 +199,7 @@ def train(
             amp=amp, compile=compile, cuda_graph=cuda_graph, mask_history=mask_history, ks=ks).items()},
     }
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
-    record = {"name": name, "data_path": None if data_path is None else str(data_path),
+    record = {"name": name, "data_path": str(data_path) if data_path is not None else data.attrs.get("path"),
               "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
               "settings": settings, "model_settings": model_settings(run.model), "seed": seed}
     return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
