@@ -53,21 +53,8 @@ from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_name
 from core.training.loop import _device, build, train, train_configurable
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
-from experiments.bench.common import (
-    GIB,
-    REPO_ROOT,
-    BenchError,
-    count_syncs,
-    default_out,
-    environment,
-    error_row,
-    mark,
-    markdown_table,
-    phase_ms,
-    split_list,
-    sync,
-    write_results,
-)
+from experiments.bench.common import (GIB, REPO_ROOT, BenchError, count_syncs, default_out,
+    environment, error_row, mark, markdown_table, phase_ms, split_list, sync, write_results)
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "graph"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",

@@ -46,21 +46,8 @@ from core.evaluation import (
 )
 from core.metrics import RankingMetrics, popularity_scores
 from core.model import SASRec
-from experiments.bench.common import (
-    GIB,
-    BenchError,
-    count_syncs,
-    default_out,
-    environment,
-    error_row,
-    load_datasets,
-    mark,
-    markdown_table,
-    phase_ms,
-    split_list,
-    sync,
-    write_results,
-)
+from experiments.bench.common import (GIB, BenchError, count_syncs, default_out, environment,
+    error_row, load_datasets, mark, markdown_table, phase_ms, split_list, sync, write_results)
 
 SCORERS = ("model", "popularity")
 PHASES = ("batch", "score", "history", "metrics")
