@@ -120,3 +120,20 @@ def evaluate_popularity(seqs: DeviceSequences, **rank_args) -> dict[str, float]:
         return popular.expand(inputs.shape[0], -1).clone()
 
     return rank_split(score, seqs, **rank_args)
+
+
+def evaluate(run, data: SequenceData | None = None, *, split: str = "test", ks: Sequence[int] = (10,),
+             mask_history: bool = True, batch_size: int | None = None) -> dict[str, float]:
+    """Full-catalog metrics of a trained model on ``split`` ("valid" or "test"): the public API.
+
+    ``run`` is ``core.load_run(...)``'s result, or a model with ``data`` its SequenceData.
+    Same protocol as training's evaluation (history masked by default, fp32 scores, bf16
+    autocast on CUDA), so a run's best model gives back its metrics.json's numbers.
+    """
+    model, data = (run.model, run.data) if data is None else (run, data)
+    device = next(model.parameters()).device
+    seqs = DeviceSequences.from_data(data, device)
+    return evaluate_model(
+        model, model, seqs, amp=device.type == "cuda", split=split, max_len=model.max_len,
+        batch_size=batch_size or default_eval_batch_size(data.n_items), mask_history=mask_history,
+        ks=ks, item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data))

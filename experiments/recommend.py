@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from core.atomic import atomic_file, write_text
-    from core.recommend import RecommendError, item_embeddings, recommend
+    from core.recommendations import RecommendError, item_embeddings, recommend
     from core.training import RunFolderError, load_run
 
     try:

@@ -1,4 +1,4 @@
-"""core.recommend and experiments/recommend.py: top-k in raw ids, agreeing with evaluation."""
+"""core.recommendations and experiments/recommend.py: top-k in raw ids, agreeing with evaluation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from core.data.prepare import Recipe, prepare
 from core.data.shards import load_sequences
 from core.model import SASRec
-from core.recommend import RecommendError, item_embeddings, recommend
+from core.recommendations import RecommendError, item_embeddings, recommend
 from core.training import load_run, train
 from experiments import recommend as cli
 

@@ -23,5 +23,5 @@ from core.losses.registry import (
 )
 from core.losses.sampled import sampled_ce
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "autocast_operands", "bind_to_data", "ce", "cce",
-           "loss_name", "loss_settings", "register"]
+__all__ = ["IGNORE_INDEX", "LOSSES", "autocast_operands", "bind_to_data", "ce", "cce", "flash_ce",
+           "flex_ce", "loss_name", "loss_settings", "register", "sampled_ce"]
