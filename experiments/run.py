@@ -1,5 +1,9 @@
 """One training run from gin files: python experiments/run.py --gin gin/beauty_cce.gin.
 
+On K processes: torchrun --nproc-per-node K experiments/run.py --gin ... (data-parallel; add
+--gin_bindings "train.catalog_parallel = True" to split the item table too). Rank 0 writes
+the run folder; every rank says its own error line.
+
 Writes into --out (default runs/<gin stem>-<UTC time>) the run folder of
 ``core.training.run_folder``: config.gin (the operative config), metrics.json, history.jsonl,
 log.txt, checkpoint.pt, best.pt. Bad settings, a busy or unusable folder and missing data stop
@@ -75,10 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)  # --help and argument errors answer before torch is imported
     import gin
 
-    from core.data.shards import DataFormatError
-    from core.dataset_config import DataMissingError, dataset
-    from core.training import RunFolder, RunFolderBusy, RunFolderError, TrainingError
-    from core.training.loop import train_configurable
+    import core.dataset_config  # noqa: F401  (registers dataset(), which the gin files bind)
+    import core.training.loop  # noqa: F401  (registers train())
+    from core.training.distributed import DistributedError, init_from_env, shutdown
 
     gin.add_config_file_search_path(str(REPO_ROOT))
     missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
@@ -92,14 +95,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad gin config: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
+    try:  # torchrun's environment, if any: the process group and this rank's device
+        ctx = init_from_env(_bound(gin, "train.device", "auto"))
+    except (ValueError, RuntimeError) as err:
+        print(f"error: cannot join the torchrun process group: {_one_line(err)}", file=sys.stderr)
+        return 1
+    try:
+        return _train(args, ctx)
+    except DistributedError as err:  # another rank died or hung: this one cannot go on
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown(ctx)
+
+
+def _bound(gin, name: str, default):
+    """The value gin binds to ``name``, or ``default``."""
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
+
+
+def _train(args: argparse.Namespace, ctx) -> int:
+    """Loads the data and trains (this rank's part, under torchrun); one ``error:`` line and
+    the exit status for what can go wrong."""
+    import gin
+
+    from core.data.shards import DataFormatError
+    from core.dataset_config import DataMissingError, dataset
+    from core.training import RunFolder, RunFolderBusy, RunFolderError, TrainingError
+    from core.training.distributed import main_first
+    from core.training.loop import train_configurable
+
     stem = Path(args.gin[-1]).stem
     out = Path(args.out or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     folder = RunFolder(out, config_text=gin.config_str())  # config.gin: once the checks pass
     try:
         folder.precheck(resume=args.resume)  # before loading data: cheap refusals first
-        data = dataset()
+        with main_first(ctx):  # rank 0 prepares (or generates) the data, the others then load it
+            data = dataset()
         metrics = train_configurable(data=data.data, dataset_name=data.name, out_dir=folder,
-                                     data_path=_portable(data.source), resume=args.resume)
+                                     data_path=_portable(data.source), resume=args.resume,
+                                     parallel=ctx if ctx.enabled else None)
     except (DataMissingError, DataFormatError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
@@ -117,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         # train.epochs = 'abc', dim not divisible by n_heads): nothing was written.
         print(f"error: bad gin config: {_one_line(err)}", file=sys.stderr)
         return 2
-    folder.write_config(gin.operative_config_str())  # with every default that ran
-    print(_summary(metrics, out))
+    folder.write_config(gin.operative_config_str())  # with every default that ran (rank 0)
+    if ctx.is_main:
+        print(_summary(metrics, out))
     return 0
 
 

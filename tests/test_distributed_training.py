@@ -1,4 +1,4 @@
-"""DataParallel (data- and catalog-parallel) driving a few Adam steps on 2 and 3 CPU ranks vs 1.
+"""Ranks (data- and catalog-parallel) driving a few Adam steps on 2 and 3 CPU ranks vs 1.
 
 A plain step (forward, compact block, loss, backward, Adam) over ``TrainBatches``: the same
 parameters, Adam state and evaluation as one process within float32 noise; checkpoints of a
@@ -43,15 +43,12 @@ def _train(ctx: D.DistContext, catalog_parallel: bool, resume_after: int | None 
     data = make_data()
     seqs = DeviceSequences.from_data(data)
     model = make_model()
-    parallel = D.DataParallel(ctx, catalog_parallel=catalog_parallel) if ctx.enabled else None
-    net = parallel.prepare(model) if parallel else model
+    ranks = D.Ranks(ctx, catalog_parallel=catalog_parallel)  # one process: every member a no-op
+    net = ranks.prepare(model)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
-    loss_fn = parallel.loss(ce) if parallel else ce
-    if parallel:
-        parallel.attach(optimizer)
-    batches = TrainBatches(seqs, batch_size=BATCH, max_len=MAX_LEN, seed=0).epoch(1)
-    if parallel:
-        batches = parallel.batches(batches)
+    loss_fn = ranks.loss(ce)
+    ranks.attach(optimizer)
+    batches = ranks.batches(TrainBatches(seqs, batch_size=BATCH, max_len=MAX_LEN, seed=0).epoch(1))
     losses = []
     for i, batch in enumerate(batches):
         if i == STEPS:
@@ -63,15 +60,11 @@ def _train(ctx: D.DistContext, catalog_parallel: bool, resume_after: int | None 
             assert not model.item_emb.weight.any()  # the load reached this rank's shard
             model.load_state_dict(saved_model)
             optimizer.load_state_dict(saved_opt)
-        loss = _step(net, model, optimizer, loss_fn, batch)
-        losses.append(parallel.mean(loss) if parallel else loss)
+        losses.append(ranks.mean(_step(net, model, optimizer, loss_fn, batch)))
     args = dict(batch_size=5, max_len=MAX_LEN, mask_history=True, ks=(5,),
-                item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data))
-    if parallel:
-        args.update(parallel.eval_args(data.n_users, 5))
-        with parallel.evaluating(model):
-            metrics = evaluate_model(model, model, seqs, split="valid", amp=False, **args)
-    else:
+                item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data),
+                **ranks.eval_args(data.n_users, 5))
+    with ranks.evaluating(model):
         metrics = evaluate_model(model, model, seqs, split="valid", amp=False, **args)
     opt_state = optimizer.state_dict()["state"]
     names = [name for name, _ in model.named_parameters()]

@@ -297,36 +297,52 @@ class _DDP(torch.nn.parallel.DistributedDataParallel):
         return self.module.catalog()
 
 
-class DataParallel:
-    """``fit``'s view of the ranks of a torchrun run (``core.training.loop.SingleProcess``'s members).
+class Ranks:
+    """``fit``'s view of the processes of a run: one (``Ranks()``) or the ranks of torchrun.
+
+    With one process every member is a no-op (the model, loss and batches pass through). With
+    K ranks (a ``ctx`` from ``init_from_env``):
 
     - ``prepare(model)``: the model the step trains: DDP around it; with ``catalog_parallel``
       the item table is first replaced by this rank's shard (``ShardedItemEmbedding``), which
-      DDP leaves alone (its gradients are exact on their owner), and the optimizer's state for
-      it is gathered into / sliced from whole-table checkpoints.
-    - ``loss(loss_fn)``: this rank's loss for the current batch share: the local mean scaled by
-      ``loss_scale``, or the catalog-parallel CE of the whole global batch.
+      DDP leaves alone (its gradients are exact on their owner). ``attach(optimizer)`` makes
+      the optimizer's checkpoints hold the whole table's Adam state.
+    - ``loss(loss_fn)``: this rank's loss for its share of the current global batch: the local
+      mean scaled by ``loss_scale``, or the catalog-parallel CE of the whole global batch.
     - ``batches``: this rank's share of each global batch (``shard_rows``), with its counts.
-    - ``mean``, ``eval_args``, ``evaluating``, ``decide``, ``barrier``, ``rng_state``: the
-      epoch loss over ranks, the evaluation split and reduced exactly (with the whole table
-      gathered while it runs under catalog-parallel), early stopping decided by rank 0, waiting
-      for rank 0's files, and every rank's RNG in the checkpoint.
+    - ``mean``, ``eval_args``, ``evaluating``, ``decide``, ``barrier``, ``rng_state`` /
+      ``own_rng_state``, ``settings``: the epoch loss over ranks; the evaluation split and
+      reduced exactly (with the whole table gathered while it runs under catalog-parallel);
+      early stopping decided by rank 0; waiting for rank 0's files; every rank's RNG in the
+      checkpoint; what a resume must keep (the number of ranks, catalog-parallel or not).
     """
 
-    def __init__(self, ctx: DistContext, *, catalog_parallel: bool = False):
-        if not ctx.enabled:
-            raise ValueError("DataParallel needs a process group (start the run with torchrun)")
-        self.ctx = ctx
-        self.writer = ctx.is_main
-        self.device = ctx.device
-        self.catalog_parallel = catalog_parallel
+    def __init__(self, ctx: DistContext | None = None, *, catalog_parallel: bool = False):
+        self.ctx = ctx or DistContext()
+        self.writer = self.ctx.is_main
+        self.device = self.ctx.device
+        # one process holds the whole table: catalog-parallel changes nothing there
+        self.catalog_parallel = catalog_parallel and self.ctx.enabled
         self._table = None  # the ShardedItemEmbedding, under catalog_parallel
         self._counts: list[int] = []  # every rank's scored positions in the current global batch
+
+    @property
+    def enabled(self) -> bool:
+        return self.ctx.enabled
+
+    def settings(self) -> dict:
+        """Recorded with the run's settings: a resume needs the same K (the RNG states, the
+        shards). Empty for one process, so 1-process runs record what they always did."""
+        if not self.enabled:
+            return {}
+        return {"parallel.world_size": self.ctx.world, "train.catalog_parallel": self.catalog_parallel}
 
     # --- building ---
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model the step should train (DDP); ``model`` itself keeps plain state-dict keys."""
+        if not self.enabled:
+            return model
         if self.catalog_parallel:
             from core.losses.catalog_parallel import ShardedItemEmbedding
 
@@ -364,6 +380,8 @@ class DataParallel:
 
     def loss(self, loss_fn):
         """The loss the step calls for this rank's share of the current global batch."""
+        if not self.enabled:
+            return loss_fn
         ctx = self.ctx
         if self.catalog_parallel:
             from core.losses.catalog_parallel import catalog_parallel_ce
@@ -384,6 +402,9 @@ class DataParallel:
 
     def batches(self, batches):
         """This rank's share of each global batch (a ``Batch`` with this share's positions)."""
+        if not self.enabled:
+            yield from batches
+            return
         for batch in batches:
             rows = getattr(batch, "row_positions", None)
             if rows is None:  # counted from the targets: one host sync per step on CUDA
@@ -425,15 +446,20 @@ class DataParallel:
     def barrier(self) -> None:
         barrier(self.ctx)
 
-    def rng_state(self, state: dict) -> list:
-        """Every rank's RNG state (rank 0 writes them all into the checkpoint)."""
+    def rng_state(self, state: dict):
+        """What the checkpoint keeps of the RNGs: ``state`` itself for one process, every
+        rank's (a list, rank 0 writes it) for K."""
+        if not self.enabled:
+            return state
         box: list = [None] * self.ctx.world
         with collective_errors(self.ctx, "all_gather_object"):
             dist.all_gather_object(box, state)
         return box
 
     def own_rng_state(self, saved):
-        """This rank's entry of ``rng_state``'s list."""
+        """This process's entry of what ``rng_state`` returned."""
+        if not self.enabled:
+            return saved
         if not isinstance(saved, list) or len(saved) != self.ctx.world:
             raise ValueError(f"the checkpoint holds RNG states of another number of ranks, not {self.ctx.world}")
         return saved[self.ctx.rank]
@@ -445,3 +471,13 @@ def _per_row(t, table) -> bool:
 
 def _is_whole(t, table) -> bool:
     return isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == table.n_items + 1
+
+
+@contextlib.contextmanager
+def main_first(ctx: DistContext):
+    """Rank 0 runs the block first (e.g. writes a data cache), then the others (which read it)."""
+    if ctx.enabled and not ctx.is_main:
+        barrier(ctx)
+    yield
+    if ctx.enabled and ctx.is_main:
+        barrier(ctx)

@@ -20,8 +20,8 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gin
@@ -30,13 +30,14 @@ import torch
 from tqdm import tqdm
 
 from core import checkpoint as ckpt
-from core.data.batching import Batch, DeviceSequences, TrainBatches
+from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import SequenceData
 from core.env import environment, resolve_device
 from core.evaluation import count_train_users, default_eval_batch_size, evaluate_model, evaluate_popularity
 from core.losses import bind_to_data, ce, loss_name, loss_settings
 from core.losses.registry import _unwrap
 from core.model import SASRec
+from core.training.distributed import DistContext, Ranks
 from core.training.errors import TrainingDiverged, TrainingError
 from core.training.run_folder import RunFolder, model_settings
 from core.training.step import GraphCaptureError, Step, StepSettings, make_step, run_epoch
@@ -70,33 +71,19 @@ class Evaluation:
     max_len: int
     item_user_counts: np.ndarray
     n_train_users: int
+    ranks: Ranks = field(default_factory=Ranks)  # K ranks: each ranks a share, reduced exactly
 
-    def _args(self) -> dict:
+    def _args(self, seqs: DeviceSequences) -> dict:
         return dict(batch_size=self.batch_size, max_len=self.max_len, mask_history=self.mask_history,
-                    ks=self.ks, item_user_counts=self.item_user_counts, n_train_users=self.n_train_users)
+                    ks=self.ks, item_user_counts=self.item_user_counts, n_train_users=self.n_train_users,
+                    **self.ranks.eval_args(seqs.n_users, self.batch_size))
 
     def model(self, model: torch.nn.Module, seqs: DeviceSequences, split: str, amp: bool) -> dict:
-        return evaluate_model(model, model, seqs, split=split, amp=amp, **self._args())
+        with self.ranks.evaluating(model):
+            return evaluate_model(model, model, seqs, split=split, amp=amp, **self._args(seqs))
 
     def popularity(self, seqs: DeviceSequences, split: str) -> dict:
-        return evaluate_popularity(seqs, split=split, **self._args())
-
-
-class SingleProcess:
-    """``fit``'s view of the other processes of a run: here there are none.
-
-    A data-parallel run (issue 13) passes an object with the same members: ``batches`` keeps
-    this process's share of each global batch, ``mean`` averages a number over the processes
-    and ``writer`` says whether this process writes the run folder.
-    """
-
-    writer = True
-
-    def batches(self, batches: Iterable[Batch]) -> Iterable[Batch]:
-        return batches
-
-    def mean(self, value: float) -> float:
-        return value
+        return evaluate_popularity(seqs, split=split, **self._args(seqs))
 
 
 @dataclass
@@ -113,19 +100,23 @@ class Built:
 
 def build(data: SequenceData, *, model_fn: Callable[..., torch.nn.Module], loss_fn: Callable,
           batch_size: int, max_len: int, lr: float, weight_decay: float, seed: int,
-          device: torch.device, step: StepSettings) -> Built:
+          device: torch.device, step: StepSettings, ranks: Ranks | None = None) -> Built:
     """Seeds every RNG, puts the data on ``device``, builds the model, its step and the batches.
 
     ``model_fn`` is called with ``n_items`` and ``max_len`` (passed from here so that batches
     and positions can never disagree); ``loss_fn`` is bound to the data first (``bind_to_data``).
+    ``ranks``: the processes of a torchrun run (``core.training.distributed.Ranks``); the step
+    then trains their DDP (and catalog-parallel) view of the model.
     """
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
     seqs = DeviceSequences.from_data(data, device)
     model = model_fn(n_items=data.n_items, max_len=max_len).to(device)
-    train_step = make_step(model, bind_to_data(loss_fn, data), lr=lr, weight_decay=weight_decay,
-                           settings=step, batch_size=batch_size, max_len=max_len)
+    ranks = ranks or Ranks()
+    train_step = make_step(ranks.prepare(model), ranks.loss(bind_to_data(loss_fn, data)), lr=lr,
+                           weight_decay=weight_decay, settings=step, batch_size=batch_size, max_len=max_len)
+    ranks.attach(train_step.optimizer)
     batches = TrainBatches(seqs, batch_size=batch_size, max_len=max_len, seed=seed)
     return Built(model, train_step, batches, seqs, device, step.amp and device.type == "cuda")
 
@@ -159,7 +150,8 @@ def train(
     cuda_graph: bool = False,
     show_progress: bool | None = None,
     nan_check_every: int = 0,
-    parallel: SingleProcess | None = None,
+    catalog_parallel: bool = False,
+    parallel: DistContext | None = None,
 ) -> dict:
     """Trains ``model_fn(n_items=..., max_len=max_len)`` with ``loss_fn``; returns metrics.json's dict.
 
@@ -172,6 +164,12 @@ def train(
     CPU); only the ``Schedule``'s settings, ``device`` and ``eval_batch_size`` may change.
     Every bad value raises ValueError naming its ``train.*`` setting before anything is written.
 
+    ``parallel``: this process's place in a torchrun run (``core.training.distributed.init_from_env``;
+    None: one process). Each rank trains its share of every global batch of ``batch_size`` rows
+    (the learning rate is not rescaled) and ranks its share of the users; rank 0 writes the run
+    folder; the device is the rank's own. ``catalog_parallel``: the item table split by item
+    range over the ranks (exact softmax CE: ``ce`` or ``cce_exact``); nothing changes on one.
+
     Raises:
         TrainingDiverged: NaN/inf training loss (checkpoint.pt keeps the last good epoch).
         RunFolderError: the folder refuses (an existing run, a changed resume, a bad path).
@@ -183,12 +181,14 @@ def train(
                   n_items=data.n_items)
     ks = tuple(int(k) for k in ks)
     schedule = Schedule(epochs, patience, eval_every, nan_check_every, show_progress)
-    dev = _device(device)
+    ranks = Ranks(parallel, catalog_parallel=catalog_parallel)
+    _check_ranks(ranks, compile=compile, cuda_graph=cuda_graph, loss=loss_name(loss_fn))
+    dev = ranks.device if ranks.enabled else _device(device)
     run = build(data, model_fn=model_fn, loss_fn=loss_fn, batch_size=batch_size, max_len=max_len,
                 lr=lr, weight_decay=weight_decay, seed=seed, device=dev,
-                step=StepSettings(amp=amp, compile=compile, cuda_graph=cuda_graph))
+                step=StepSettings(amp=amp, compile=compile, cuda_graph=cuda_graph), ranks=ranks)
     evaluation = Evaluation(ks, mask_history, eval_batch_size or default_eval_batch_size(data.n_items),
-                            max_len, data.train_item_user_counts(), count_train_users(data))
+                            max_len, data.train_item_user_counts(), count_train_users(data), ranks)
     name = dataset_name or data.attrs.get("name", "data")
     settings = {  # what a resume must not change: checked against the checkpoint's
         "data.name": name, "data.n_users": int(data.n_users), "data.n_items": int(data.n_items),
@@ -197,13 +197,14 @@ def train(
         **{f"train.{k}": v for k, v in dict(
             batch_size=batch_size, max_len=max_len, lr=lr, weight_decay=weight_decay, seed=seed,
             amp=amp, compile=compile, cuda_graph=cuda_graph, mask_history=mask_history, ks=ks).items()},
+        **ranks.settings(),
     }
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
     record = {"name": name, "data_path": str(data_path) if data_path is not None else data.attrs.get("path"),
               "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
               "settings": settings, "model_settings": model_settings(run.model), "seed": seed}
     return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
-               resume=resume, parallel=parallel or SingleProcess())
+               resume=resume, parallel=ranks)
 
 
 # ``train`` as gin's configurable "train" (what gin files bind: train.epochs, train.loss_fn, ...),
@@ -215,7 +216,7 @@ train_configurable = gin.external_configurable(train, name="train")
 
 
 def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evaluation, record: dict,
-        resume: bool, parallel: SingleProcess) -> dict:
+        resume: bool, parallel: Ranks) -> dict:
     """Trains ``run`` epoch by epoch into ``folder``: validation, early stopping, checkpoints,
     then the test of the best model; returns (and writes) metrics.json's dict.
 
@@ -230,7 +231,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
         if state is not None:
             model.load_state_dict(state["model"])
             step.optimizer.load_state_dict(state["optimizer"])
-            ckpt.set_rng_state(state["rng"])
+            ckpt.set_rng_state(parallel.own_rng_state(state["rng"]))
             history, best, bad_evals, stopped = state["history"], state["best"], state["bad_evals"], state["stopped"]
             start_epoch = state["epoch"] + 1
             log.info("resumed %s at epoch %d (best %s %.4f at epoch %d)", folder.path, state["epoch"],
@@ -287,11 +288,12 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
                 else:
                     bad_evals += 1
                     stopped = bad_evals >= schedule.patience
+            stopped = parallel.decide(stopped)  # K ranks: rank 0 decides for all
             history.append(row)
             folder.save_checkpoint({
                 "model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "epoch": epoch,
-                "rng": ckpt.rng_state(), "best": best, "bad_evals": bad_evals, "stopped": stopped,
-                "history": history, **saved})
+                "rng": parallel.rng_state(ckpt.rng_state()), "best": best, "bad_evals": bad_evals,
+                "stopped": stopped, "history": history, **saved})
             folder.write_history(history)
             valid_msg = f"valid {monitor} {row['valid'][monitor]:.4f}" if row["valid"] else "no eval"
             log.info("epoch %d: loss %.4f, %.2f s (%.0f positions/s), %s, best %.4f at epoch %d%s",
@@ -301,6 +303,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
         # --- test with the best checkpoint ---
         if best["epoch"] == 0:
             raise TrainingError("no validation ran, so there is no best checkpoint to test")
+        parallel.barrier()  # K ranks: rank 0 has written best.pt
         model.load_state_dict(folder.best_model_state(dev))
         test = evaluation.model(model, run.seqs, "test", run.amp)
         popularity = evaluation.popularity(run.seqs, "test")
@@ -405,6 +408,18 @@ def _check_values(*, n_items: int, **values) -> None:
         ok, what = rules[name]
         if not ok(value):
             raise ValueError(f"train.{name} must be {what}, got {value!r}")
+
+
+def _check_ranks(ranks: Ranks, *, compile, cuda_graph: bool, loss: str) -> None:
+    """Refuses, naming the setting, what a torchrun run (K > 1 ranks) cannot do yet."""
+    if not ranks.enabled:
+        return
+    if compile or cuda_graph:
+        raise ValueError("train.compile and train.cuda_graph are not supported under torchrun yet "
+                         "(DDP's gradient hooks are not captured): drop them for a multi-rank run")
+    if ranks.catalog_parallel and loss not in ("ce", "cce_exact"):
+        raise ValueError(f"train.catalog_parallel computes exact softmax CE over the sharded table: "
+                         f"train.loss_fn must be ce or cce_exact (cce.filter_eps = None), not {loss}")
 
 
 def _device(device: str) -> torch.device:
