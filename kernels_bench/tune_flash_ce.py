@@ -207,12 +207,13 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=200.0, help="timing loop's time limit")
     parser.add_argument("--no-tune", action="store_true", help="only the breakdown")
     args = parser.parse_args(argv)
+    dims = [int(x) for x in args.dims.split(",") if x.strip().isdigit()]
+    if not dims or len(dims) != len(args.dims.split(",")) or any(d not in (32, 64, 128, 256) for d in dims):
+        print(f"error: --dims takes a comma-separated subset of 32,64,128,256, not {args.dims!r}",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: tune_flash_ce needs a CUDA GPU", file=sys.stderr)
-        return 2
-    dims = [int(x) for x in args.dims.split(",")]
-    if any(d not in (32, 64, 128, 256) for d in dims):
-        print("error: --dims takes 32, 64, 128, 256", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_tune:

@@ -229,3 +229,23 @@ def test_importing_the_losses_imports_no_triton():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_flex_row_buckets_pad_at_most_an_eighth():
+    from core.losses.flex import row_bucket
+
+    sizes = [row_bucket(n) for n in range(1, 20_000)]
+    # Multiples of 16 at least (15 rows of padding below 256 rows), else at most 12.5%.
+    assert all(n <= b <= max(n + 15, n * 1.125) for n, b in zip(range(1, 20_000), sizes))
+    assert len(set(sizes[8192:16383])) == 8  # one octave, 8 compiled shapes
+    assert row_bucket(560) == 576 and row_bucket(12_800) == 13_312
+
+
+@pytest.mark.parametrize("argv", [["--dims", "48"], ["--dims", "64,x"], ["--dims", ""]])
+def test_tune_script_refuses_bad_dims(argv, tmp_path, capsys):
+    from kernels_bench import tune_flash_ce
+
+    assert tune_flash_ce.main(["--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --dims")
+    assert not (tmp_path / "out").exists()
