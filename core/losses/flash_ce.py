@@ -39,13 +39,14 @@ from core.losses.cce import _warn_once, autocast_operands
 from core.losses.registry import IGNORE_INDEX, register
 
 _SPLITS_PER_SM = 4  # programs per SM to aim for in the split kernels: hides memory latency
-_MAX_PARTIAL_BYTES = 64 * 2**20  # the (slices, N, D) fp32 dE partial stays below this
+_MAX_PARTIAL_BYTES = 64 * 2**20  # the fp32 dE (slices, N, D) and dC (slices, V, D) partials stay below this
 
 # Tile sizes (BLOCK_N, BLOCK_V, num_warps, num_stages) per kernel, per padded head dim and per
 # number of rows ("few": N <= 2,048, "many" above). Measured 2026-11-29 on one NVIDIA H200
 # (torch 2.11.0, Triton 3.6.0), bf16, V = 207,649, N = 560 / 12,800, by
 # `python kernels_bench/tune_flash_ce.py --dims 64,128,256` (fastest of 40 candidates per kernel
-# at D = 64, 24 at D = 128 and 256). D <= 32 was not searched: it uses D = 64's table.
+# at D = 64, 24 at D = 128 and 256; results/flash_ce_h200/tuning). D <= 32 was not searched: it
+# uses D = 64's table.
 _TILES = {
     #      kernel: (few rows,          many rows)
     64: {"lse": ((128, 64, 4, 3), (128, 64, 4, 3)),

@@ -15,12 +15,11 @@ operands: ``dE = P C`` and ``dC = P^T E``. Three kernels, none takes a lock or a
 Operands: ``E`` bf16/fp16/fp32 and ``C`` any float dtype, cast to ``E``'s dtype per tile. Logits
 and accumulators are fp32; the backward's second matmul takes ``P`` rounded to ``E``'s dtype, as
 flash attention (and plain CE under autocast) do. Rows past N, items past V and head dims past D
-are masked. A row's weight ``W`` (N,) (the upstream gradient over the number of scored rows,
-0 for ignored targets) scales its ``P``; ignored rows carry target 0 and weight 0. The weights
-come divided by ``Scale`` (a device scalar: max |weight| / 2**15), so the largest rounded ``P``
-entries are near 2**15: softmax entries of ~1/V would otherwise be fp16 subnormals (1/V times
-1/N is below fp16's smallest normal at V = 207,649), and the accumulators are multiplied by
-``Scale`` before the store.
+are masked. Every scored row has the same weight (the upstream gradient over the number of
+scored rows): ``W`` (N,) holds 2**15 for scored rows and 0 for ignored ones (their target is
+replaced by 0), and the accumulators are multiplied by the device scalar ``Scale`` = weight /
+2**15 before the store. So the rounded ``P`` entries are large: softmax entries of ~1/V times
+1/N would be fp16 subnormals (at V = 207,649, N = 560) and lose their precision.
 Launchers and tile sizes live in core/losses/flash_ce.py; this module is imported lazily there.
 """
 
