@@ -52,22 +52,23 @@ def test_train_batches_match_reference(device, max_len):
     assert len(batches) == len(batcher) == -(-len(eligible) // 8)
     assert batcher.sequences_per_epoch == len(eligible)
     rows = []
-    for inputs, targets, positions in batches:
+    for inputs, targets, positions, row_positions in batches:
         assert positions == int((targets != 0).sum())  # counted on the host, no device read
+        assert row_positions.tolist() == (targets != 0).sum(1).tolist()
         assert inputs.dtype == targets.dtype == torch.int64 and inputs.shape[1] == max_len
         assert inputs.device.type == device
         rows += list(zip(inputs.tolist(), targets.tolist()))
     # Every eligible user exactly once; rows match the reference windows.
     expected = sorted(reference_train(data, u, max_len) for u in eligible)
     assert sorted((tuple(i), tuple(t)) for i, t in rows) == sorted((tuple(i), tuple(t)) for i, t in expected)
-    for inputs, targets, _ in batches:
+    for inputs, targets, *_ in batches:
         assert torch.equal(inputs == 0, targets == 0)  # padding aligned
 
 
 def test_targets_are_next_items():
     data = make_data(1)
     seqs = DeviceSequences.from_data(data)
-    inputs, targets, _ = next(TrainBatches(seqs, batch_size=64, max_len=30, seed=0).epoch(0))
+    inputs, targets, *_ = next(TrainBatches(seqs, batch_size=64, max_len=30, seed=0).epoch(0))
     pairs = {(a, b) for u in range(data.n_users) for a, b in zip(seq(data, u)[:-3], seq(data, u)[1:-2])}
     mask = inputs > 0
     assert {(a, b) for a, b in zip(inputs[mask].tolist(), targets[mask].tolist())} <= pairs

@@ -76,6 +76,9 @@ class Batch(NamedTuple):
     inputs: Tensor  # (B, L) int64, left-padded with 0
     targets: Tensor  # (B, L) int64: targets[:, j] is the item after inputs[:, j]; 0 = none
     positions: int
+    # (B,) int64 on the host: each row's count; a data-parallel run splits the batch by rows
+    # (core.training.distributed.Ranks.batches) and needs every share's count without a sync
+    row_positions: np.ndarray | None = None
 
 
 class TrainBatches:
@@ -116,7 +119,8 @@ class TrainBatches:
             train_end = seqs.offsets[u + 1] - 2  # exclusive end of the train sequence
             inputs = _windows(seqs, start, train_end - 1, self.max_len)  # (B, L)
             targets = _windows(seqs, start + 1, train_end, self.max_len)  # (B, L)
-            yield Batch(inputs, targets, int(scored[lo : lo + self.batch_size].sum()))
+            rows = scored[lo : lo + self.batch_size]  # (B,)
+            yield Batch(inputs, targets, int(rows.sum()), rows)
 
 
 def _context_end(seqs: DeviceSequences, users: Tensor, split: str) -> Tensor:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from core.losses.cce import autocast_operands
 from core.losses.registry import IGNORE_INDEX
 from core.training.distributed import DistContext, _to_comm, all_gather_rows, collective_errors, shard_bounds
 
@@ -121,7 +122,10 @@ def _sum_to_owner(ctx: DistContext, partial: torch.Tensor, counts: Sequence[int]
 class _CatalogParallelCE(torch.autograd.Function):
     """Global mean NLL over the rows of all ranks; see the module docstring."""
 
+    # Backward runs under the forward's autocast state, so the recomputed logits are rounded
+    # like the forward's (bf16 products under autocast, as ``ce`` computes them).
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, e, c_shard, targets, dctx, counts, e_grad_scale):
         lo, hi = dctx.shard
         all_e = torch.cat(all_gather_rows(dctx.ctx, e, counts))  # (N, D)
@@ -141,6 +145,7 @@ class _CatalogParallelCE(torch.autograd.Function):
         return ((lse - t_logit) * weight).sum()
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad):
         all_e, c_shard, lse, local, mine, weight = ctx.saved_tensors
         scale = grad * weight  # (N,)
@@ -182,6 +187,7 @@ def catalog_parallel_ce(e: torch.Tensor, c_shard: torch.Tensor, targets: torch.T
     if c_shard.shape[0] != hi - lo:
         raise ValueError(f"rank {ctx.rank} owns items [{lo}, {hi}) but got a shard of {c_shard.shape[0]} rows")
     counts = _row_counts(ctx, e.shape[0], counts)
+    e = autocast_operands(e, e)[0]  # bf16 under autocast: half the all-gather, the split LSE kernel
     return _CatalogParallelCE.apply(e, c_shard, targets, _Shard(ctx, n_items), counts, e_grad_scale)
 
 

@@ -405,17 +405,18 @@ class Ranks:
         if not self.enabled:
             yield from batches
             return
+        rank, world = self.ctx.rank, self.ctx.world
         for batch in batches:
-            rows = getattr(batch, "row_positions", None)
-            if rows is None:  # counted from the targets: one host sync per step on CUDA
+            rows = batch.row_positions
+            if rows is None:  # a batch made elsewhere: counted from the targets (a sync on CUDA)
                 rows = (batch.targets != 0).sum(1).cpu().numpy()
-            self._counts = rank_positions(rows, self.ctx.world)
+            self._counts = rank_positions(rows, world)
             if self._table is not None:  # ids per rank for the sharded lookup: rows x L
                 length = batch.inputs.shape[1]
-                self._table.counts = [(hi - lo) * length for lo, hi in shard_bounds(len(rows), self.ctx.world)]
-            mine = {k: shard_rows(getattr(batch, k), self.ctx.rank, self.ctx.world)
-                    for k in ("inputs", "targets", "row_positions") if hasattr(batch, k)}
-            yield batch._replace(positions=self._counts[self.ctx.rank], **mine)
+                self._table.counts = [(hi - lo) * length for lo, hi in shard_bounds(len(rows), world)]
+            yield batch._replace(inputs=shard_rows(batch.inputs, rank, world),
+                                 targets=shard_rows(batch.targets, rank, world),
+                                 positions=self._counts[rank], row_positions=shard_rows(rows, rank, world))
 
     def mean(self, value: float) -> float:
         return mean_over_ranks(self.ctx, value)
