@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,46 @@ def test_compile_under_torchrun_is_refused(tiny, tmp_path):
     assert lines and all("train.compile and train.cuda_graph are not supported under torchrun" in line
                          for line in lines)
     assert not out.exists()
+
+
+def _worker_pid(out: Path, rank: int) -> int | None:
+    """The pid of torchrun's worker ``rank`` training into ``out`` (Linux /proc), if it runs."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(out).encode() in cmdline and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
+def test_a_killed_rank_ends_the_run_and_the_last_checkpoint_resumes(tiny, tmp_path):
+    from core import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    long = ["--gin_bindings", "train.epochs = 500", "--gin_bindings", "train.patience = 500"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(ROOT / "experiments" / "run.py"), *tiny, *long, "--out", str(out)]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pid = _worker_pid(out, 1)
+            assert pid is not None and proc.poll() is None, "the run ended before rank 1 could be killed"
+            os.kill(pid, signal.SIGKILL)  # a crashed node, an OOM kill
+            assert proc.wait(timeout=120) != 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    state = ckpt.load_torch(out / "checkpoint.pt")  # whole: checkpoints are written atomically
+    assert 1 <= state["epoch"] < 500
+    resumed = launch(2, out, tiny, "--resume", "--gin_bindings", f"train.epochs = {state['epoch'] + 1}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == state["epoch"] + 1
