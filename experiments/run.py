@@ -14,6 +14,7 @@ is written; ``--resume`` first checks the new bindings against the checkpoint's 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -95,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad gin config: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
+    device = _bound(gin, "train.device", "auto")
     try:  # torchrun's environment, if any: the process group and this rank's device
-        ctx = init_from_env(_bound(gin, "train.device", "auto"))
+        ctx = init_from_env(device)
     except (ValueError, RuntimeError) as err:
+        if os.environ.get("WORLD_SIZE", "1") == "1":  # one process: only the device can be wrong
+            print(f"error: bad gin config: train.device = {device!r}: {_one_line(err)}", file=sys.stderr)
+            return 2
         print(f"error: cannot join the torchrun process group: {_one_line(err)}", file=sys.stderr)
         return 1
     try:
