@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import core.dataset_config  # noqa: F401  (registers dataset(), which the gin files bind)
     import core.training.loop  # noqa: F401  (registers train())
-    from core.training.distributed import DistributedError, init_from_env, shutdown
+    from core.training.distributed import (DistributedError, failure, init_from_env,
+                                           is_collective_failure, shutdown)
 
     gin.add_config_file_search_path(str(REPO_ROOT))
     missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
@@ -107,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return _train(args, ctx)
-    except DistributedError as err:  # another rank died or hung: this one cannot go on
+    except RuntimeError as err:  # another rank died or hung (DDP says so inside backward too)
+        if not (ctx.enabled and is_collective_failure(err)):
+            raise
+        if not isinstance(err, DistributedError):
+            err = failure(ctx, "training", err)
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     finally:

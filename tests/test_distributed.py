@@ -212,14 +212,22 @@ def _die_or_wait(rank: int, world: int, port: int, out_dir: str, how: str) -> No
     os.environ.update(rank_env(rank, world, port))
     torch.set_num_threads(1)
     ctx = D.init_from_env("cpu", timeout_s=TIMEOUT_S)
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
     if rank == 1:
-        if how == "dies":
+        if how.startswith("dies"):
             os._exit(3)  # without a word, as a killed or crashed worker would
         time.sleep(4 * TIMEOUT_S)  # stuck (a deadlock, a lost device): the others must not wait
         os._exit(4)
     start = time.perf_counter()
     try:
-        D.all_reduce(ctx, torch.ones(3))
+        if how == "dies_in_ddp":  # DDP's own all-reduce, inside backward, as run.py sees it
+            try:
+                ddp(torch.randn(2, 4)).sum().backward()
+            except RuntimeError as err:
+                assert D.is_collective_failure(err), err
+                raise D.failure(ctx, "all_reduce", err) from err
+        else:
+            D.all_reduce(ctx, torch.ones(3))
         message = "no error"
     except D.DistributedError as err:
         message = str(err)
@@ -227,7 +235,7 @@ def _die_or_wait(rank: int, world: int, port: int, out_dir: str, how: str) -> No
     os._exit(0)  # the group is broken: no orderly shutdown to wait for
 
 
-@pytest.mark.parametrize("how", ["dies", "hangs"])
+@pytest.mark.parametrize("how", ["dies", "hangs", "dies_in_ddp"])
 def test_a_dead_or_stuck_rank_stops_the_others_with_one_clear_error(how, tmp_path):
     spawn = multiprocessing.get_context("spawn")
     port = free_port()
@@ -248,3 +256,9 @@ def test_a_dead_or_stuck_rank_stops_the_others_with_one_clear_error(how, tmp_pat
         assert message.startswith(f"rank {rank}/3: all_reduce failed: another rank died"), message
         assert "\n" not in message
         assert float(seconds) <= TIMEOUT_S + 5
+
+
+def test_only_backend_failures_count_as_a_lost_rank():
+    assert D.is_collective_failure(RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:553] Connection closed"))
+    assert D.is_collective_failure(D.DistributedError("rank 1/2: barrier failed"))
+    assert not D.is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

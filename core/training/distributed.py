@@ -20,6 +20,9 @@ What a K-rank run changes, and why each piece is exact rather than approximate:
   evaluation bit for bit (same batches, same additions in the same order).
 - **Decisions** (``broadcast``): early stopping and the like are decided on rank 0 and sent to
   all, so ranks can never disagree about whether to go on.
+- **The loop's view** (``Ranks``): what ``core.training.loop`` asks of the processes of a run
+  (one, or K under torchrun): the DDP model, the weighted or catalog-parallel loss
+  (``core.losses.catalog_parallel``), the batch shares, the evaluation split, rank 0 writing.
 
 Collectives on gloo run on CPU tensors (``_to_comm``): gloo's CUDA support is partial, and
 gloo is the backend used when K ranks share one GPU.
@@ -110,6 +113,23 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def is_collective_failure(err: BaseException) -> bool:
+    """A failed gloo/NCCL operation (a dead or stuck peer), not a bug of this rank.
+
+    DDP's gradient all-reduce fails inside ``loss.backward()`` with a plain RuntimeError
+    that names its backend, so the message is what tells the two apart there.
+    """
+    text = str(err)
+    return isinstance(err, (DistributedError, dist.DistError)) or "gloo" in text or "NCCL" in text
+
+
+def failure(ctx: DistContext, what: str, err: BaseException) -> DistributedError:
+    """The one-line error of a collective ``what`` that failed with ``err``."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DistributedError(f"rank {ctx.rank}/{ctx.world}: {what} failed: another rank died or did "
+                            f"not answer within {ctx.timeout_s:g} s ({first[:200]})")
+
+
 @contextlib.contextmanager
 def collective_errors(ctx: DistContext, what: str):
     """Turns a failed collective inside the block into one ``DistributedError`` line.
@@ -122,11 +142,7 @@ def collective_errors(ctx: DistContext, what: str):
     except (dist.DistError, RuntimeError) as err:
         if isinstance(err, DistributedError) or not ctx.enabled:
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DistributedError(
-            f"rank {ctx.rank}/{ctx.world}: {what} failed: another rank died or did not answer within "
-            f"{ctx.timeout_s:g} s ({first[:200]})"
-        ) from err
+        raise failure(ctx, what, err) from err
 
 
 # --- splitting work -------------------------------------------------------------------------
