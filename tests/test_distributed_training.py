@@ -44,7 +44,7 @@ def _train(ctx: D.DistContext, catalog_parallel: bool, resume_after: int | None 
     seqs = DeviceSequences.from_data(data)
     model = make_model()
     ranks = D.Ranks(ctx, catalog_parallel=catalog_parallel)  # one process: every member a no-op
-    net = ranks.prepare(model)
+    net = ranks.prepare(ranks.shard(model))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
     loss_fn = ranks.loss(ce)
     ranks.attach(optimizer)

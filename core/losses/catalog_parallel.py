@@ -263,16 +263,30 @@ class ShardedItemEmbedding(torch.nn.Module):
         return sharded_lookup(ids, self.weight[1:], ctx=self.ctx, n_items=self.n_items,
                               counts=self.counts, table_grad_scale=self.grad_scale)
 
-    def full_weight(self) -> torch.Tensor:
-        """The whole (n_items + 1, D) table (padding row zero), on every rank; a collective."""
-        shards = all_gather_rows(self.ctx, self.weight.detach()[1:], self._sizes())
-        return torch.cat([self.weight.new_zeros(1, self.weight.shape[1]), *shards])
+    def full_weight(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The whole (n_items + 1, D) table (padding row zero) on every rank, on ``device``
+        (default: the shard's); a collective."""
+        return self.gather_state(self.weight.detach(), device)
 
-    def _sizes(self) -> list[int]:
-        return [hi - lo for lo, hi in shard_bounds(self.n_items, self.ctx.world)]
+    def _gather(self, shard: torch.Tensor, device) -> list[torch.Tensor]:
+        """Every rank's ``shard`` (V_r, D), one owner at a time, each moved to ``device`` as
+        it arrives: the communication device never holds more than one shard beyond its own
+        (a checkpoint of a 100M-item table goes to host memory, not to every GPU)."""
+        if not self.ctx.enabled:
+            return [shard.to(device)]
+        parts = []
+        for r, (lo, hi) in enumerate(shard_bounds(self.n_items, self.ctx.world)):
+            if r == self.ctx.rank:
+                buf = _to_comm(self.ctx, shard)
+            else:
+                buf = _to_comm(self.ctx, shard.new_empty(0)).new_empty(hi - lo, shard.shape[1])
+            with collective_errors(self.ctx, "broadcast of a table shard"):
+                dist.broadcast(buf, src=r)
+            parts.append(buf.to(device))
+        return parts
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.full_weight()
+        destination[prefix + "weight"] = self.full_weight("cpu")  # checkpoints go to host memory
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -288,10 +302,11 @@ class ShardedItemEmbedding(torch.nn.Module):
         with torch.no_grad():
             self.weight[1:].copy_(full[1 + self.lo : 1 + self.hi])
 
-    def gather_state(self, state: torch.Tensor) -> torch.Tensor:
-        """A (V_r + 1, D) per-row tensor of this shard (e.g. Adam's exp_avg) -> the whole table's."""
-        shards = all_gather_rows(self.ctx, state[1:].contiguous(), self._sizes())
-        return torch.cat([state[:1], *shards])
+    def gather_state(self, state: torch.Tensor, device: torch.device | str | None = "cpu") -> torch.Tensor:
+        """A (V_r + 1, D) per-row tensor of this shard (its weight, Adam's exp_avg) -> the whole
+        table's (n_items + 1, D), row 0 kept (zero for SASRec's padding row), on ``device``."""
+        device = state.device if device is None else device
+        return torch.cat([state[:1].to(device), *self._gather(state[1:].contiguous(), device)])
 
     def slice_state(self, full: torch.Tensor) -> torch.Tensor:
         """The inverse of ``gather_state``: this rank's rows of a whole-table tensor."""

@@ -319,10 +319,10 @@ class Ranks:
     With one process every member is a no-op (the model, loss and batches pass through). With
     K ranks (a ``ctx`` from ``init_from_env``):
 
-    - ``prepare(model)``: the model the step trains: DDP around it; with ``catalog_parallel``
-      the item table is first replaced by this rank's shard (``ShardedItemEmbedding``), which
-      DDP leaves alone (its gradients are exact on their owner). ``attach(optimizer)`` makes
-      the optimizer's checkpoints hold the whole table's Adam state.
+    - ``shard(model)``: with ``catalog_parallel`` the item table becomes this rank's shard
+      (``ShardedItemEmbedding``), which DDP leaves alone (its gradients are exact on their
+      owner); ``prepare(model)``: the model the step trains, DDP around it;
+      ``attach(optimizer)``: the optimizer's checkpoints hold the whole table's Adam state.
     - ``loss(loss_fn)``: this rank's loss for its share of the current global batch: the local
       mean scaled by ``loss_scale``, or the catalog-parallel CE of the whole global batch.
     - ``batches``: this rank's share of each global batch (``shard_rows``), with its counts.
@@ -355,10 +355,11 @@ class Ranks:
 
     # --- building ---
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model the step should train (DDP); ``model`` itself keeps plain state-dict keys."""
-        if not self.enabled:
-            return model
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` with this rank's part of the item table only (catalog-parallel), else as is.
+
+        Called before the model moves to its device, so the device never holds the whole table.
+        """
         if self.catalog_parallel:
             from core.losses.catalog_parallel import ShardedItemEmbedding
 
@@ -366,6 +367,12 @@ class Ranks:
             model.item_emb = self._table
             # the shard differs on every rank and its gradient is already exact: DDP must not average it
             _DDP._set_params_and_buffers_to_ignore_for_model(model, ["item_emb.weight"])
+        return model
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model the step trains: DDP around ``model`` (which keeps plain state-dict keys)."""
+        if not self.enabled:
+            return model
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         return _DDP(model, device_ids=device_ids)
 

@@ -112,8 +112,8 @@ def build(data: SequenceData, *, model_fn: Callable[..., torch.nn.Module], loss_
     np.random.seed(seed)
     random.seed(seed)
     seqs = DeviceSequences.from_data(data, device)
-    model = model_fn(n_items=data.n_items, max_len=max_len).to(device)
     ranks = ranks or Ranks()
+    model = ranks.shard(model_fn(n_items=data.n_items, max_len=max_len)).to(device)
     train_step = make_step(ranks.prepare(model), ranks.loss(bind_to_data(loss_fn, data)), lr=lr,
                            weight_decay=weight_decay, settings=step, batch_size=batch_size, max_len=max_len)
     ranks.attach(train_step.optimizer)
