@@ -76,7 +76,8 @@ def test_k_ranks_train_like_one_process(ranks, extra, loss, tiny, one_process, t
     proc = launch(ranks, out, tiny, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(result(out), one_process)
-    assert json.loads((out / "metrics.json").read_text())["loss"] == loss
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["loss"], metrics["world_size"], one_process[1]["world_size"]) == (loss, ranks, 1)
     assert proc.stdout.count("popularity") == 1  # rank 0 alone reports (and writes)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [".lock", "best.pt", "checkpoint.pt", "config.gin", "history.jsonl", "log.txt", "metrics.json"])

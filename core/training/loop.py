@@ -342,6 +342,8 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
         "best_epoch": best["epoch"],
         "early_stopped": stopped,
         "steps_per_epoch": len(run.batches),
+        # processes that trained (torchrun): positions_per_s is their aggregate
+        "world_size": s.get("parallel.world_size", 1),
         "positions_per_epoch": run.batches.positions_per_epoch,
         "env": environment(device=run.device, dtype="bfloat16" if run.amp else "float32", seed=record["seed"]),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the run's date
