@@ -155,8 +155,8 @@ class _CatalogParallelCE(torch.autograd.Function):
             e = all_e[rows]
             # d loss / d logits = (softmax - one_hot) * weight, this shard's columns only
             g = torch.exp(_logits(e, c_shard) - lse[rows, None])  # (n, V_k)
-            hit = mine[rows].nonzero().squeeze(1)
-            g[hit, local[rows][hit]] -= 1.0
+            # minus one at the target where this shard holds it (a scatter: no host sync)
+            g.scatter_add_(1, local[rows, None], -mine[rows, None].float())
             g *= scale[rows, None]
             de_all[rows] = g @ c_shard.float()
             dc += g.T @ e.float()
@@ -212,7 +212,7 @@ class _ShardedLookup(torch.autograd.Function):
         rows, mine = ctx.saved_tensors
         all_grad = torch.cat(all_gather_rows(ctx.dctx.ctx, grad.contiguous(), ctx.counts))  # (M, D)
         d_table = grad.new_zeros(ctx.table_shape)
-        d_table.index_add_(0, rows[mine], all_grad[mine])
+        d_table.index_add_(0, rows, all_grad * mine[:, None])  # others' ids add zeros: no sync
         return None, d_table * ctx.table_grad_scale, None, None, None
 
 
