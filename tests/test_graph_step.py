@@ -61,7 +61,7 @@ def _model(device="cpu"):
 def test_padded_body_trains_like_the_eager_step(data, loss_fn):
     """Padding rows to the batch size and slots to a bucket leaves loss and update unchanged."""
     seqs = DeviceSequences.from_data(data, "cpu")
-    inputs, targets, positions = next(TrainBatches(seqs, batch_size=50, max_len=20, seed=0).epoch(1))
+    inputs, targets, positions, _ = next(TrainBatches(seqs, batch_size=50, max_len=20, seed=0).epoch(1))
 
     # SGD with lr 0: compare gradients (Adam would amplify rounding noise in near-zero ones).
     model = _model()
