@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,10 @@ def cache_dir(tmp_path_factory):
 def test_the_expected_configs_exist():
     names = {p.stem for p in TOP_LEVEL}
     assert set(SEED_CONFIGS) <= names
-    for stem in ("beauty5core", "ml100k"):
-        assert {f"{stem}_ce", f"{stem}_cce", f"{stem}_cce_exact"} <= names
-    for stem in ("ml20m_like", "beauty_like", "items_1m", "items_4m", "items_10m"):
-        assert {f"{stem}_ce", f"{stem}_cce"} <= names
+    for stem in ("beauty5core", "ml100k", "ml20m_like", "beauty_like"):
+        assert {f"{stem}_{loss}" for loss in ("ce", "cce", "cce_exact", "flash_ce", "sampled_ce")} <= names
+    for stem in ("items_1m", "items_4m", "items_10m"):
+        assert {f"{stem}_ce", f"{stem}_cce", f"{stem}_flash_ce"} <= names
 
 
 @pytest.mark.parametrize("path", sorted(GIN_DIR.rglob("*.gin")), ids=lambda p: str(p.relative_to(GIN_DIR)))
@@ -57,7 +58,11 @@ def test_config_runs_one_epoch(path, cache_dir, tmp_path, capsys):
         f"--gin_bindings={b}" for b in tiny_bindings(cache_dir))])
     assert status == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
-    endings = [loss for loss in ("cce_exact", "cce", "ce") if path.stem.endswith(f"_{loss}")]
-    assert metrics["loss"] == (endings[0] if endings else "ce")  # quickstart trains with CE
+    # The config's name ends with its loss file's name, and the recorded loss name (from the
+    # registry) starts with it: beauty5core_cce_exact -> gin/loss/cce_exact.gin -> "cce_exact",
+    # ml100k_sampled_ce -> gin/loss/sampled_ce.gin -> "sampled_ce_3000_uniform".
+    loss_file = re.search(r"include 'gin/loss/(\w+)\.gin'", path.read_text())
+    assert metrics["loss"].startswith(loss_file[1])
+    assert path.stem == "quickstart" or path.stem.endswith(f"_{loss_file[1]}")
     assert metrics["epochs"] == 1 and metrics["dataset"]["n_users"] == 150
     assert "train.loss_fn" in (out / "config.gin").read_text()

@@ -43,9 +43,10 @@ def quiet(**kwargs) -> tuple[dict, list[str]]:
 def test_real_plan_runs_seed_zero_of_every_config_first(tmp_path: Path):
     steps = study.build_plan(["real"], out=tmp_path, seeds=[0, 1])
     names = [s.name for s in steps]
-    assert len(names) == 12 and len(set(names)) == 12
-    assert names[:6] == [f"{d}_{loss}_s0" for d in ("beauty5core", "ml100k") for loss in ("ce", "cce", "cce_exact")]
-    assert all(n.endswith("_s1") for n in names[6:])
+    assert len(names) == 16 and len(set(names)) == 16
+    assert names[:8] == [f"{d}_{loss}_s0" for d in ("beauty5core", "ml100k")
+                         for loss in ("ce", "cce", "cce_exact", "flash_ce")]
+    assert all(n.endswith("_s1") for n in names[8:])
     step = steps[names.index("beauty5core_cce_exact_s1")]
     args = run._parse_args(list(step.argv[1:]))  # run.py accepts what the plan passes
     assert args.gin == ["gin/beauty5core_cce_exact.gin"] and args.out == str(tmp_path / step.name)
@@ -57,7 +58,7 @@ def test_synthetic_plan_binds_epochs_and_the_extra_bindings(tmp_path: Path):
     steps = study.build_plan(["synthetic"], out=tmp_path, seeds=[3, 4], epochs=2,
                              binds=["train.compile = True"])
     assert [s.name for s in steps] == [f"{d}_{loss}_s3" for d in ("ml20m_like", "beauty_like")
-                                       for loss in ("ce", "cce", "cce_exact")]
+                                       for loss in ("ce", "cce", "cce_exact", "flash_ce")]
     assert all((ROOT / s.argv[2]).is_file() for s in steps)  # the cce_exact files exist too
     args = run._parse_args(list(steps[2].argv[1:]))
     assert args.gin_bindings == ["train.seed = 3", "train.epochs = 2", "train.eval_every = 2",
@@ -117,7 +118,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path, capsys):
     (out / "ml100k_ce_s0").mkdir(parents=True)  # a partial folder: reported, not moved
     assert study.main(["real", "--seeds", "0", "--only", "ml100k_*", "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert text.count("would run") == 4 and "partial folder would be moved aside" in text
+    assert text.count("would run") == 5 and "partial folder would be moved aside" in text
     assert sorted(p.name for p in out.iterdir()) == ["ml100k_ce_s0"]
 
 
@@ -260,4 +261,4 @@ def test_command_line_exit_status(tmp_path: Path):
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench" / "study.py"), "real", "--seeds", "0",
                            "--out", str(tmp_path / "s"), "--dry-run"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60, check=False)
-    assert done.returncode == 0 and "study: 6 would run" in done.stdout, done.stderr
+    assert done.returncode == 0 and "study: 8 would run" in done.stdout, done.stderr
