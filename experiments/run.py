@@ -14,7 +14,6 @@ is written; ``--resume`` first checks the new bindings against the checkpoint's 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import core.dataset_config  # noqa: F401  (registers dataset(), which the gin files bind)
     import core.training.loop  # noqa: F401  (registers train())
-    from core.training.distributed import (DistributedError, failure, init_from_env,
-                                           is_collective_failure, shutdown)
+    from core.training.distributed import (DistributedError, JoinError, failure, is_collective_failure,
+                                           join, shutdown)
 
     gin.add_config_file_search_path(str(REPO_ROOT))
     missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
@@ -99,13 +98,10 @@ def main(argv: list[str] | None = None) -> int:
 
     device = _bound(gin, "train.device", "auto")
     try:  # torchrun's environment, if any: the process group and this rank's device
-        ctx = init_from_env(device)
-    except (ValueError, RuntimeError) as err:
-        if os.environ.get("WORLD_SIZE", "1") == "1":  # one process: only the device can be wrong
-            print(f"error: bad gin config: train.device = {device!r}: {_one_line(err)}", file=sys.stderr)
-            return 2
-        print(f"error: cannot join the torchrun process group: {_one_line(err)}", file=sys.stderr)
-        return 1
+        ctx = join(device)
+    except JoinError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.status
     try:
         return _train(args, ctx)
     except RuntimeError as err:  # another rank died or hung (DDP says so inside backward too)

@@ -107,6 +107,27 @@ def init_from_env(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S)
                        backend=backend, timeout_s=timeout_s)
 
 
+class JoinError(ValueError):
+    """This process cannot start: ``status`` 2 for a bad ``train.device`` (one process), 1 when
+    the torchrun process group cannot be joined. The message is one line."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def join(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+    """``init_from_env`` for a command-line tool (experiments/run.py, the epoch benchmark):
+    its failures as a ``JoinError`` that the tool prints as one ``error:`` line."""
+    try:
+        return init_from_env(device, timeout_s=timeout_s)
+    except (ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if os.environ.get("WORLD_SIZE", "1") == "1":  # one process: only the device can be wrong
+            raise JoinError(f"bad gin config: train.device = {device!r}: {first}", 2) from err
+        raise JoinError(f"cannot join the torchrun process group: {first}", 1) from err
+
+
 def shutdown(ctx: DistContext) -> None:
     """Destroys the process group, if this context started one."""
     if ctx.enabled and dist.is_initialized():
@@ -253,6 +274,16 @@ def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         with collective_errors(ctx, "barrier"):
             dist.barrier()
+
+
+def gather_objects(ctx: DistContext, obj: Any) -> list:
+    """Every rank's ``obj`` (a picklable value), in rank order, on every rank ([obj] on one)."""
+    if not ctx.enabled:
+        return [obj]
+    box: list = [None] * ctx.world
+    with collective_errors(ctx, "all_gather_object"):
+        dist.all_gather_object(box, obj)
+    return box
 
 
 def mean_over_ranks(ctx: DistContext, value: float) -> float:
@@ -475,10 +506,7 @@ class Ranks:
         rank's (a list, rank 0 writes it) for K."""
         if not self.enabled:
             return state
-        box: list = [None] * self.ctx.world
-        with collective_errors(self.ctx, "all_gather_object"):
-            dist.all_gather_object(box, state)
-        return box
+        return gather_objects(self.ctx, state)
 
     def own_rng_state(self, saved):
         """This process's entry of what ``rng_state`` returned."""

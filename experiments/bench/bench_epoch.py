@@ -51,7 +51,10 @@ import torch
 from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_name
-from core.training.loop import _device, build, train, train_configurable
+from core.training.distributed import (DistContext, DistributedError, JoinError, Ranks, all_reduce,
+                                       broadcast, failure, gather_objects, is_collective_failure, join,
+                                       main_first, shutdown)
+from core.training.loop import _check_ranks, _device, build, train, train_configurable
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
 from experiments.bench.common import (GIB, REPO_ROOT, BenchError, count_syncs, default_out,
     environment, error_row, mark, markdown_table, phase_ms, split_list, sync, write_results)
@@ -61,8 +64,9 @@ COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs"
                   "cudagraphs": "reduce-overhead"}
 assert set(COMPILE_TOKENS.values()) <= set(COMPILE_MODES)
 PHASES = ("batch", "model", "loss", "optimizer")
-COLUMNS = ["dataset", "loss", "variant", "epoch_s", "first_epoch_s", "warmup_s", "steps_per_s",
-           "positions_per_s", "peak_gib", "batch_ms", "model_ms", "loss_ms", "optimizer_ms",
+COLUMNS = ["dataset", "loss", "variant", "world_size", "catalog_parallel", "epoch_s", "first_epoch_s",
+           "warmup_s", "steps_per_s", "positions_per_s", "rank_positions_per_s_min",
+           "rank_positions_per_s_max", "peak_gib", "peak_gib_min", "batch_ms", "model_ms", "loss_ms", "optimizer_ms",
            "step_ms", "host_step_ms", "syncs_per_step", "train_loss", "n_users", "n_items",
            "steps_per_epoch", "positions_per_epoch", "epochs", "error"]
 # train's keywords that build the run (the rest: schedule, evaluation, run folder)
@@ -120,16 +124,24 @@ def _parse(path: str, bindings: list[str]) -> None:
         raise BenchError(f"bad gin config {path}: {' '.join(str(err).split())}") from err
 
 
-def load_configs(paths: list[str], bindings: list[str]) -> list[Config]:
-    """Parses every config and loads its data before any run: bad input fails up front."""
+def _check_exists(path: str) -> None:
+    """Before gin, which logs its own search failures on top of our error line."""
+    if not Path(path).exists() and not (REPO_ROOT / path).exists():
+        raise BenchError(f"bad gin config {path}: no such file")
+
+
+def load_configs(paths: list[str], bindings: list[str], ctx: DistContext = DistContext()) -> list[Config]:
+    """Parses every config and loads its data before any run: bad input fails up front.
+
+    Under torchrun every config runs on the rank's own device (``ctx.device``), as ``train`` does.
+    """
     out = []
     for path in paths:
-        if not Path(path).exists() and not (REPO_ROOT / path).exists():
-            raise BenchError(f"bad gin config {path}: no such file")
+        _check_exists(path)
         _parse(path, bindings)
         try:
             ds = dataset()
-            device = _device(_train_settings()["device"])
+            device = ctx.device if ctx.enabled else _device(_train_settings()["device"])
         except (DataMissingError, DataFormatError) as err:
             raise BenchError(str(err).splitlines()[0]) from err
         except (ValueError, TypeError) as err:
@@ -137,6 +149,30 @@ def load_configs(paths: list[str], bindings: list[str]) -> list[Config]:
         out.append(Config(path, ds.name, ds.data, device))
     gin.clear_config()
     return out
+
+
+def check_parallel(configs: list[Config], variants: list[str], bindings: list[str], ctx: DistContext) -> None:
+    """Refuses up front, as ``train`` does under torchrun, what K ranks cannot run (compile and
+    CUDA-graph variants; catalog-parallel with a loss other than exact CE); raises BenchError."""
+    for config in configs:
+        _parse(config.path, bindings)
+        settings = _train_settings()
+        ranks = Ranks(ctx, catalog_parallel=settings["catalog_parallel"])
+        for variant in variants:
+            step = parse_variant(variant)
+            try:
+                _check_ranks(ranks, compile=step.compile, cuda_graph=step.cuda_graph,
+                             loss=loss_name(settings["loss_fn"]))
+            except ValueError as err:
+                raise BenchError(f"{config.path}, variant {variant!r}: {err}") from err
+    gin.clear_config()
+
+
+def _counting(batches, tally: list[int]):
+    """``batches`` as they are, adding each one's scored positions (a host int) to ``tally[-1]``."""
+    for batch in batches:
+        tally[-1] += batch.positions
+        yield batch
 
 
 def _endless(batches, epoch: int):
@@ -172,22 +208,26 @@ def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3) 
     return out
 
 
-def bench_one(config: Config, *, variant: str, args) -> dict:
-    """One (config, variant) run -> a row of COLUMNS (plus ``sync_sites``); gin holds the config."""
+def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistContext()) -> dict:
+    """One (config, variant) run -> a row of COLUMNS (plus ``sync_sites`` and ``ranks``, the
+    per-rank figures); gin holds the config. Under torchrun every rank runs it (its share of each
+    global batch, as ``fit`` trains) and every rank returns the same row but the breakdown (its own)."""
     settings, data, device = _train_settings(), config.data, config.device
     step_settings = parse_variant(variant, amp=settings["amp"], graph_min_bucket=args.graph_min_bucket)
     loss = loss_name(settings["loss_fn"])
     label = f"{variant} (CCE_AUTOTUNE)" if loss.startswith("cce") and cce_autotune() else variant
     if step_settings.cuda_graph and args.graph_min_bucket != MIN_BUCKET:
         label += f" (min bucket {args.graph_min_bucket})"
-    row = {"dataset": config.name, "loss": loss, "variant": label, "n_users": int(data.n_users),
+    ranks = Ranks(ctx, catalog_parallel=settings["catalog_parallel"])
+    row = {"dataset": config.name, "loss": loss, "variant": label, "world_size": ctx.world,
+           "catalog_parallel": ranks.catalog_parallel, "n_users": int(data.n_users),
            "n_items": int(data.n_items), "epochs": args.epochs, "error": None}
     torch.compiler.reset()  # every run compiles (and pays for it) from a clean state
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    run = build(data, device=device, step=step_settings, **{k: settings[k] for k in BUILD_KEYS})
+    run = build(data, device=device, step=step_settings, ranks=ranks, **{k: settings[k] for k in BUILD_KEYS})
     step, batches = run.step, run.batches
     row.update(steps_per_epoch=len(batches), positions_per_epoch=batches.positions_per_epoch)
 
@@ -196,30 +236,49 @@ def bench_one(config: Config, *, variant: str, args) -> dict:
     sync(device)
     start = time.perf_counter()
     if args.warmup_steps:
-        for i, batch in enumerate(batches.epoch(0)):
+        for i, batch in enumerate(ranks.batches(batches.epoch(0))):
             if i < args.warmup_steps or i == len(batches) - 1:
-                step(*batch)
+                step(batch.inputs, batch.targets, batch.positions)
     sync(device)
     row["warmup_s"] = time.perf_counter() - start if args.warmup_steps else None
 
-    times = []
+    # Timed epochs: all ranks start together and the epoch ends when the last one is done (a
+    # barrier on each side; the epoch time is the slowest rank's).
+    times, tally = [], []  # seconds, this rank's scored positions: per timed epoch
     for epoch in range(1, args.epochs + 1):
+        tally.append(0)
         sync(device)
+        ranks.barrier()
         start = time.perf_counter()
-        train_loss, _ = run_epoch(step, batches.epoch(epoch), device=device)
+        train_loss, _ = run_epoch(step, _counting(ranks.batches(batches.epoch(epoch)), tally), device=device)
         sync(device)
+        ranks.barrier()
         times.append(time.perf_counter() - start)
-    epoch_s = float(np.mean(times[1:])) if len(times) > 1 else times[0]
+    times = all_reduce(ctx, torch.tensor(times, dtype=torch.float64), op=torch.distributed.ReduceOp.MAX).tolist()
+    steady = slice(1, None) if len(times) > 1 else slice(0, 1)  # the epochs epoch_s averages
+    epoch_s = float(np.mean(times[steady]))
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    per_rank = [{"rank": r, "positions": positions, "positions_per_s": sum(positions[steady]) / sum(times[steady]),
+                 "peak_gib": peak_r}
+                for r, (positions, peak_r) in enumerate(gather_objects(ctx, (tally, peak)))]
+    rates = [r["positions_per_s"] for r in per_rank]
+    peaks = [r["peak_gib"] for r in per_rank if r["peak_gib"] is not None]
     row.update(first_epoch_s=times[0], epoch_s=epoch_s, steps_per_s=len(batches) / epoch_s,
-               positions_per_s=batches.positions_per_epoch / epoch_s, train_loss=train_loss,
-               peak_gib=torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None)
+               positions_per_s=batches.positions_per_epoch / epoch_s, train_loss=ranks.mean(train_loss),
+               rank_positions_per_s_min=min(rates), rank_positions_per_s_max=max(rates),
+               peak_gib=max(peaks) if peaks else None, peak_gib_min=min(peaks) if peaks else None,
+               ranks=per_rank)
 
-    # Not part of the timed epochs: the breakdown and the sync count, on later epochs' batches.
-    later = _endless(batches, args.epochs + 1)
+    # Not part of the timed epochs: the breakdown and the sync count, on later epochs' batches
+    # (every rank runs the same steps; each reports its own).
+    later = ranks.batches(_endless(batches, args.epochs + 1))
     row.update(breakdown(step, later, device=device, sample_steps=args.sample_steps))
     row["syncs_per_step"], row["sync_sites"] = (None, [])
     if device.type == "cuda":
-        row["syncs_per_step"], row["sync_sites"] = count_syncs(lambda: step(*next(later)), times=5)
+        def one_step():
+            batch = next(later)
+            step(batch.inputs, batch.targets, batch.positions)
+        row["syncs_per_step"], row["sync_sites"] = count_syncs(one_step, times=5)
     return row
 
 
@@ -230,18 +289,24 @@ def markdown(rows: list[dict], env: dict) -> str:
     """The results table (the breakdown in mean ms per step of the instrumented pass)."""
     head = ["dataset", "loss", "variant", "epoch s", "first s", "warm-up s", "steps/s",
             "positions/s", "peak GiB", "batch ms", "model ms", "loss ms", "optim ms", "step ms",
-            "host ms", "syncs/step"]
+            "host ms", "syncs/step", "ranks", "catalog-parallel", "rank positions/s min",
+            "rank positions/s max", "peak GiB min"]
     keys = [("dataset", 0), ("loss", 0), ("variant", 0), ("epoch_s", 2), ("first_epoch_s", 2),
             ("warmup_s", 2), ("steps_per_s", 1), ("positions_per_s", 0), ("peak_gib", 2),
             ("batch_ms", 2), ("model_ms", 2), ("loss_ms", 2), ("optimizer_ms", 2),
-            ("step_ms", 2), ("host_step_ms", 2), ("syncs_per_step", 1)]
+            ("step_ms", 2), ("host_step_ms", 2), ("syncs_per_step", 1), ("world_size", 0),
+            ("catalog_parallel", 0), ("rank_positions_per_s_min", 0), ("rank_positions_per_s_max", 0),
+            ("peak_gib_min", 2)]
     footer = (f"{env['device']}; torch {env['torch']}, triton {env['triton']}, "
               f"cut-cross-entropy {env['cut_cross_entropy']}"
               f"{' with CCE_AUTOTUNE=1' if env.get('cce_autotune') else ''}; {env['dtype']}; "
               f"seed {env['seed']}. "
               "Breakdown: mean ms per step of a separate instrumented pass (each step from an "
               "idle device; model = forward + backward of the body, loss = compaction + loss "
-              "forward + backward; host = time to issue the step).")
+              "forward + backward; host = time to issue the step). Ranks (torchrun): positions/s "
+              "is the aggregate (global positions / epoch time, the slowest rank's), rank "
+              "positions/s a rank's share over the same time, peak GiB the largest rank's (min: "
+              "the smallest); the breakdown is rank 0's.")
     return markdown_table(rows, head=head, keys=keys, lead=3, footer=footer)
 
 
@@ -273,7 +338,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs every (config, variant), writes the outputs, prints the table last."""
+    """Checks the arguments, joins torchrun's process group (if any), runs every (config,
+    variant); rank 0 writes the outputs and prints the table last."""
     args = _parse_args(argv)
     try:
         for variant in args.variants:
@@ -283,37 +349,75 @@ def main(argv: list[str] | None = None) -> int:
                              "--warmup-steps >= 0")
         if not args.gin:
             raise BenchError("give --gin CONFIG (repeatable), e.g. --gin gin/beauty_like_cce.gin")
-        configs = load_configs(args.gin, args.gin_bindings)
+        _check_exists(args.gin[0])
+        _parse(args.gin[0], args.gin_bindings)
+        device = _train_settings()["device"]  # the first config's: the one torchrun's ranks use
+        gin.clear_config()
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:  # torchrun's environment, if any: the process group and this rank's device
+        ctx = join(device)
+    except JoinError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.status
+    try:
+        return _bench(args, ctx)
+    except RuntimeError as err:  # another rank died or hung
+        if not (ctx.enabled and is_collective_failure(err)):
+            raise
+        if not isinstance(err, DistributedError):  # DDP's own failure inside backward
+            err = failure(ctx, "the benchmark", err)
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown(ctx)
+
+
+def _bench(args, ctx: DistContext) -> int:
+    """``main`` in this process (one of K under torchrun)."""
+    try:
+        with main_first(ctx):  # rank 0 prepares (or generates) the data, the others then load it
+            configs = load_configs(args.gin, args.gin_bindings, ctx)
+        check_parallel(configs, args.variants, args.gin_bindings, ctx)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     device = configs[0].device
+    say = print if ctx.is_main else (lambda *a, **k: None)  # rank 0 alone talks and writes
     if device.type != "cuda":
-        print("note: no CUDA device: CPU timings (fp32, CCE's reference implementation) only "
-              "check that the benchmark runs", file=sys.stderr)
+        say("note: no CUDA device: CPU timings (fp32, CCE's reference implementation) only "
+            "check that the benchmark runs", file=sys.stderr)
 
     out = Path(args.out) if args.out else default_out("bench_epoch")
     _parse(configs[0].path, args.gin_bindings)
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
                       seed=_train_settings()["seed"])
     env["cce_autotune"] = cce_autotune()
+    env["world_size"] = ctx.world
     rows, notes, began = [], [], time.perf_counter()
     for config in configs:
         for variant in args.variants:
             _parse(config.path, args.gin_bindings)  # the model and the loss read their bindings
-            if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
+            # rank 0's clock decides, so that all ranks run (or skip) the same runs
+            if broadcast(ctx, args.budget_s is not None and time.perf_counter() - began > args.budget_s):
                 notes.append(f"skipped (over --budget-s): {config.path} {variant}")
                 continue
-            print(f"[{time.perf_counter() - began:6.0f} s] {config.path} {variant}", file=sys.stderr)
+            say(f"[{time.perf_counter() - began:6.0f} s] {config.path} {variant}", file=sys.stderr)
             try:
-                row = bench_one(config, variant=variant, args=args)
+                row = bench_one(config, variant=variant, args=args, ctx=ctx)
             except Exception as err:  # one failing variant must not cost the others
+                if ctx.enabled and is_collective_failure(err):
+                    raise  # the group is broken: nothing more can run
                 traceback.print_exc()
                 row = error_row(err, dataset=config.name, loss=loss_name(_train_settings()["loss_fn"]),
-                                variant=variant)
+                                variant=variant, world_size=ctx.world)
             rows.append(row)
-            write_outputs(out, rows, env, args, notes)
+            if ctx.is_main:
+                write_outputs(out, rows, env, args, notes)
     gin.clear_config()
+    if not ctx.is_main:
+        return 0
     table = write_outputs(out, rows, env, args, notes)
     print(f"wrote {out}/results.csv, results.md, results.json", file=sys.stderr)
     print(table + "".join(f"{n}\n" for n in notes), end="")
