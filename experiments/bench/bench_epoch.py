@@ -272,7 +272,12 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     # Not part of the timed epochs: the breakdown and the sync count, on later epochs' batches
     # (every rank runs the same steps; each reports its own).
     later = ranks.batches(_endless(batches, args.epochs + 1))
-    row.update(breakdown(step, later, device=device, sample_steps=args.sample_steps))
+    if ranks.enabled and not ranks.catalog_parallel:
+        # The instrumented step runs the backward in two parts (loss, then body); DDP refuses
+        # that (the tied item table would be marked ready twice), so data-parallel has none.
+        row.update({f"{p}_ms": None for p in (*PHASES, "step", "host_step")})
+    else:
+        row.update(breakdown(step, later, device=device, sample_steps=args.sample_steps))
     row["syncs_per_step"], row["sync_sites"] = (None, [])
     if device.type == "cuda":
         def one_step():
@@ -306,7 +311,8 @@ def markdown(rows: list[dict], env: dict) -> str:
               "forward + backward; host = time to issue the step). Ranks (torchrun): positions/s "
               "is the aggregate (global positions / epoch time, the slowest rank's), rank "
               "positions/s a rank's share over the same time, peak GiB the largest rank's (min: "
-              "the smallest); the breakdown is rank 0's.")
+              "the smallest); the breakdown is rank 0's (catalog-parallel only: DDP cannot run "
+              "the instrumented step's split backward).")
     return markdown_table(rows, head=head, keys=keys, lead=3, footer=footer)
 
 
