@@ -24,6 +24,29 @@ syncs per step and where they happen. Variants are ``+``-joined tokens that set 
   bucket of scored positions (``train.cuda_graph``; eager on a CPU). The breakdown then shows
   the whole replay under "model ms".
 
+On K processes (one node; several nodes take torchrun's rendezvous flags as run.py does):
+
+    torchrun --standalone --nproc-per-node K experiments/bench/bench_epoch.py \
+        --gin gin/beauty_like_ce.gin [--gin_bindings "train.catalog_parallel = True"] --variants static
+
+Each rank joins the process group as ``experiments/run.py`` does
+(``core.training.distributed.join``), builds the run with the same ``Ranks`` object ``train``
+gives ``build`` (DDP, and the item table split by item range under ``train.catalog_parallel``)
+and trains its share of every global batch of ``train.batch_size`` rows through
+``Ranks.batches``, as ``fit`` does; every config runs on the rank's own device. A timed epoch
+starts after a barrier and ends after one, and its time is the slowest rank's. Rank 0 alone
+prints and writes the results; what training refuses under torchrun (the ``compile``,
+``autotune``, ``cudagraphs`` and ``graph`` variants; catalog-parallel with a loss other than
+``ce`` / ``cce_exact``) is refused up front, one ``error:`` line per rank. The rank columns:
+``world_size``, ``catalog_parallel`` (in effect: one process holds the whole table),
+``positions_per_s`` (the aggregate: global scored positions / epoch time),
+``rank_positions_per_s_min`` / ``_max`` (a rank's own share of the positions over the same epoch
+time: the slowest and the fastest share; with one process both are ``positions_per_s``) and
+``peak_gib`` / ``peak_gib_min`` (the largest and the smallest rank's peak: one row per run, so
+the table keeps one line per (config, variant)); results.json's row adds ``ranks``: each rank's
+scored positions per timed epoch, positions/s and peak. The breakdown is rank 0's, and there is
+none under data-parallel (DDP refuses the instrumented step's backward in two parts).
+
 Columns: ``epoch_s`` is the mean over the timed epochs after the first; with ``--epochs 1``
 it is that one epoch, which is steady state only after ``--warmup-steps`` (untimed steps of an
 extra epoch, its last batch included, that absorb compilation and autotuning; ``warmup_s``).
