@@ -6,6 +6,7 @@ What a K-rank run changes, and why each piece is exact rather than approximate:
   environment; NCCL when every rank has a GPU of its own, gloo otherwise (CPU, or K ranks
   sharing fewer GPUs). The process group gets an explicit timeout, so a rank that dies or
   hangs makes the others fail with one ``DistributedError`` line instead of waiting forever.
+  ``join``: the same for a command-line tool (run.py, the epoch benchmark), failing with one line.
 - **Data** (``shard_rows``, ``rank_positions``): every rank draws the same global shuffle and
   builds the same global batch of ``train.batch_size`` rows (the global batch: the learning
   rate is never rescaled); rank r keeps its contiguous share. K ranks together see exactly
