@@ -6,7 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
 R=/tmp/repo W=/tmp/call_b && mkdir -p $R $W && tar -xzf .gpu/head.tar.gz -C $R
-mkdir -p /tmp/shared && cp -r .gpu/shared_data /tmp/shared/data && ln -sfn /tmp/shared $R/../shared
+mkdir -p /tmp/shared && cp -r .gpu/shared_data /tmp/shared/data  # = ../shared/data beside $R
 cd $R && export PYTHONPATH=/tmp/site:$R
 echo "commit $(cat $OLDPWD/.gpu/HEAD)"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
 G=""; for d in beauty_like ml20m_like; do for l in ce cce flash_ce sampled_ce; do G="$G --gin gin/${d}_$l.gin"; done; done
