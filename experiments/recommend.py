@@ -17,6 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

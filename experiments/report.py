@@ -40,6 +40,9 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from experiments.report_scaling import (
     ScalingError,
     find_scaling_files,

@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 # Configs include each other as 'gin/base/train.gin': found from the repository root too.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,6 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from core.data.prepare import Recipe, prepare
 from core.data.readers import FORMATS
 from core.data.shards import STATS_FILE, DataFormatError

@@ -67,6 +67,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import gin
 import numpy as np
 import torch

@@ -32,6 +32,9 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import numpy as np
 import torch
 

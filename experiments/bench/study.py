@@ -49,6 +49,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLANS = ("real", "synthetic", "scaling", "sampled")
 REAL_DATASETS = ("beauty5core", "ml100k")
