@@ -50,7 +50,9 @@ def reference(n_items: int, rows: list[int]) -> dict:
 
 
 def _mutate(mutant: str | None) -> None:
-    if mutant == "combine_without_max":
+    if mutant == "small_chunks":  # not broken: the backward in many item chunks (edges inside the shards)
+        CP._CHUNK_ELEMENTS = 2 * sum(ROWS[3])
+    elif mutant == "combine_without_max":
         CP._combine = lambda parts: (torch.log(torch.exp(parts[:, 0]).sum(0)), parts[:, 1].sum(0))
     elif mutant == "no_sum_to_owner":  # each rank keeps its own partial rows: nothing summed
         def keep(ctx, partial, counts):
@@ -113,11 +115,63 @@ def test_the_shard_lse_is_chunked_like_the_whole():
         CP._CHUNK_ELEMENTS = old
 
 
-@pytest.mark.parametrize("world,n_items,host_counts", [(2, 11, True), (3, 11, True), (3, 13, False)])
-def test_catalog_parallel_equals_one_rank_ce(world, n_items, host_counts, tmp_path):
+@pytest.mark.parametrize("world,n_items,host_counts,chunks",
+                         [(2, 11, True, None), (3, 11, True, None), (3, 13, False, None), (2, 13, True, "small_chunks")])
+def test_catalog_parallel_equals_one_rank_ce(world, n_items, host_counts, chunks, tmp_path):
     expected = reference(n_items, ROWS[world])
-    got = gather(run_ranks(_on_rank, world, tmp_path, n_items, ROWS[world], host_counts, None))
+    got = gather(run_ranks(_on_rank, world, tmp_path, n_items, ROWS[world], host_counts, chunks))
     assert_matches(got, expected)
+
+
+def test_item_chunks_cover_the_shard_within_the_bound(monkeypatch):
+    """The backward's transient is one (N, chunk) fp32 block of at most _CHUNK_ELEMENTS."""
+    monkeypatch.setattr(CP, "_CHUNK_ELEMENTS", 100)
+    for n_items, n_rows in [(1000, 7), (13, 200), (5, 1)]:
+        chunks = list(CP._item_chunks(n_items, n_rows))
+        assert [i for s in chunks for i in range(s.start, s.stop)] == list(range(n_items))
+        assert all((s.stop - s.start) * n_rows <= 100 or s.stop - s.start == 1 for s in chunks)
+
+
+def _bf16_errors(n_items: int = 3000, n: int = 200) -> dict:
+    """Loss, dE, dC of the catalog-parallel CE on bf16 hidden states under (CPU) autocast,
+    in 1,500 item chunks, against float64 on the same bf16-rounded operands."""
+    g = torch.Generator().manual_seed(1)
+    e = (torch.randn(n, 16, generator=g) * 2).bfloat16()  # logits of std ~2.4, as after training
+    c = torch.randn(n_items, 16, generator=g) * 0.6
+    targets = torch.randint(0, n_items, (n,), generator=g)
+    targets[::7] = IGNORE_INDEX
+    my_e, shard = e.clone().requires_grad_(), c.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what CUDA autocast does to the matmuls
+        loss = CP.catalog_parallel_ce(my_e, shard, targets, ctx=DistContext(), n_items=n_items)
+    loss.backward()
+    e64, c64 = e.double().requires_grad_(), c.bfloat16().double().requires_grad_()
+    ref = F.cross_entropy(e64 @ c64.T, targets, ignore_index=IGNORE_INDEX)
+    ref.backward()
+
+    def rel(a, b):
+        return (torch.linalg.norm(a.double() - b) / torch.linalg.norm(b)).item()
+
+    return {"loss": abs(loss.item() - ref.item()), "de": rel(my_e.grad, e64.grad), "dc": rel(shard.grad, c64.grad)}
+
+
+# dE comes back in e's dtype: its bf16 rounding (~2**-9 relative) is the whole error
+BF16_BOUNDS = {"loss": 1e-5, "de": 4e-3, "dc": 1e-5}
+
+
+def test_bf16_gradients_match_a_float64_oracle(monkeypatch):
+    """Under autocast the loss's math stays fp32 on the bf16 operands (as the split LSE kernel's):
+    the previous backward rounded logits and dC to bf16 (~2e-3 relative in dC)."""
+    monkeypatch.setattr(CP, "_CHUNK_ELEMENTS", 2 * 200)  # 2 items per chunk: 1,500 chunks
+    errors = _bf16_errors()
+    assert all(errors[k] < BF16_BOUNDS[k] for k in BF16_BOUNDS), errors
+
+
+def test_bf16_logits_are_caught(monkeypatch):
+    """The broken variant: logits rounded to bf16 by autocast (the code before 2026-11-29)."""
+    monkeypatch.setattr(CP, "_CHUNK_ELEMENTS", 2 * 200)
+    monkeypatch.setattr(CP, "_logits", lambda e, c: (e @ c.to(e.dtype).T).float())
+    errors = _bf16_errors()
+    assert errors["dc"] > 10 * BF16_BOUNDS["dc"] and errors["loss"] > BF16_BOUNDS["loss"], errors
 
 
 @pytest.mark.parametrize("mutant,broken", [("combine_without_max", "loss"), ("no_sum_to_owner", "de")])

@@ -23,8 +23,11 @@ global mean loss (what the tests compare against 1-rank CE).
 
 The shard's log-sum-exp is the project's split kernel (``core.losses.kernels.cce_split.split_lse``)
 on CUDA with bf16/fp16 hidden states, else plain torch in row chunks; the backward is plain
-torch in row chunks (CE's math on the shard, (chunk, V / K) logits at a time). A fused backward
-would feed cut-cross-entropy's ``cce_backward_kernel`` the global lse; not done yet.
+torch in fp32, in chunks of the shard's items (CE's math on the shard, (N, chunk) logits at a
+time, at most ``_CHUNK_ELEMENTS`` of them). It is not cut-cross-entropy's backward kernel on
+purpose: that kernel accumulates dE and dC in bf16 (``zeros_like(e)``) over every tile of the
+catalog, which at V ~ 2e5 costs dE ~1-12% relative error (experiments/bench/NOTES_speed.md,
+"GPU check of 2026-11-29"); here dE, dC are within ~0.3% of a float64 oracle in bf16.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from core.losses.cce import autocast_operands
 from core.losses.registry import IGNORE_INDEX
 from core.training.distributed import DistContext, _to_comm, all_gather_rows, collective_errors, shard_bounds
 
-_CHUNK_ELEMENTS = 2**26  # logits per chunk: 256 MiB in fp32
+# fp32 logits per chunk (256 MiB): the bound on the loss's largest transient, whatever N and V_k
+_CHUNK_ELEMENTS = 2**26
 
 
 def item_range(n_items: int, rank: int, world: int) -> tuple[int, int]:
@@ -68,9 +72,22 @@ def _chunks(n: int, width: int):
     return (slice(lo, min(lo + step, n)) for lo in range(0, n, step))
 
 
+def _item_chunks(n_items: int, n_rows: int):
+    """Item (column) slices of at most ``_CHUNK_ELEMENTS / n_rows`` items covering 0..n_items.
+
+    The backward chunks over items, not rows: row chunks re-read (and re-cast) the whole shard
+    once per chunk, i.e. N * V_k / _CHUNK_ELEMENTS times per step (~320 passes over a 5M-item
+    shard at N = 4,109); item chunks read it once.
+    """
+    step = max(1, _CHUNK_ELEMENTS // max(n_rows, 1))
+    return (slice(lo, min(lo + step, n_items)) for lo in range(0, n_items, step))
+
+
 def _logits(e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """fp32 logits as ``ce`` computes them: the product in the operands' dtype, then fp32."""
-    return (e @ c.to(e.dtype).T).float()
+    """fp32 logits as the split LSE kernel computes them: the operands rounded to e's dtype,
+    products summed in fp32 (autocast off: under it the matmul would round the logits to bf16)."""
+    with torch.autocast(e.device.type, enabled=False):
+        return e.float() @ c.to(e.dtype).float().T
 
 
 def shard_lse(e: torch.Tensor, c_shard: torch.Tensor) -> torch.Tensor:
@@ -122,8 +139,6 @@ def _sum_to_owner(ctx: DistContext, partial: torch.Tensor, counts: Sequence[int]
 class _CatalogParallelCE(torch.autograd.Function):
     """Global mean NLL over the rows of all ranks; see the module docstring."""
 
-    # Backward runs under the forward's autocast state, so the recomputed logits are rounded
-    # like the forward's (bf16 products under autocast, as ``ce`` computes them).
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, e, c_shard, targets, dctx, counts, e_grad_scale):
@@ -147,19 +162,29 @@ class _CatalogParallelCE(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad):
+        """dE, dC of this shard in fp32, chunked over the shard's items (``_item_chunks``).
+
+        Autocast is off here: the logits are the fp32 products of the operands rounded to e's
+        dtype, as the forward's split LSE kernel computes them (bf16 logits would not match
+        its lse), and dE, dC are accumulated in fp32. Item chunks read each shard row once
+        per call; one (N, chunk) fp32 buffer, updated in place, is the only large transient.
+        """
         all_e, c_shard, lse, local, mine, weight = ctx.saved_tensors
         scale = grad * weight  # (N,)
-        de_all = torch.zeros(all_e.shape, dtype=torch.float32, device=all_e.device)  # (N, D)
-        dc = torch.zeros(c_shard.shape, dtype=torch.float32, device=c_shard.device)  # (V_k, D)
-        for rows in _chunks(all_e.shape[0], c_shard.shape[0]):
-            e = all_e[rows]
-            # d loss / d logits = (softmax - one_hot) * weight, this shard's columns only
-            g = torch.exp(_logits(e, c_shard) - lse[rows, None])  # (n, V_k)
-            # minus one at the target where this shard holds it (a scatter: no host sync)
-            g.scatter_add_(1, local[rows, None], -mine[rows, None].float())
-            g *= scale[rows, None]
-            de_all[rows] = g @ c_shard.float()
-            dc += g.T @ e.float()
+        with torch.autocast(all_e.device.type, enabled=False):
+            e32 = all_e.float()  # (N, D)
+            de_all = torch.zeros(all_e.shape, dtype=torch.float32, device=all_e.device)  # (N, D)
+            dc = torch.empty(c_shard.shape, dtype=torch.float32, device=c_shard.device)  # (V_k, D)
+            for cols in _item_chunks(c_shard.shape[0], all_e.shape[0]):
+                c = c_shard[cols].to(all_e.dtype).float()  # (w, D): rounded as the forward's
+                g = _logits(e32, c)  # (N, w) fp32
+                # d loss / d logits = (softmax - one_hot) * weight, this chunk's columns only
+                g.sub_(lse[:, None]).exp_()
+                hit = mine & (local >= cols.start) & (local < cols.stop)  # targets in this chunk
+                g.scatter_add_(1, (local - cols.start).clamp(0, g.shape[1] - 1)[:, None], -hit[:, None].float())
+                g.mul_(scale[:, None])
+                de_all.addmm_(g, c)
+                dc[cols] = g.T @ e32
         de = _sum_to_owner(ctx.dctx.ctx, de_all, ctx.counts) * ctx.e_grad_scale
         return de.to(all_e.dtype), dc.to(c_shard.dtype), None, None, None, None
 
