@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import core.dataset_config  # noqa: F401  (registers dataset(), which the gin files bind)
     import core.training.loop  # noqa: F401  (registers train())
-    from core.training.distributed import (DistributedError, JoinError, failure, is_collective_failure,
-                                           join, shutdown)
+    from core.training.distributed import run_joined
 
     gin.add_config_file_search_path(str(REPO_ROOT))
     missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
@@ -100,22 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     device = _bound(gin, "train.device", "auto")
-    try:  # torchrun's environment, if any: the process group and this rank's device
-        ctx = join(device)
-    except JoinError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.status
-    try:
-        return _train(args, ctx)
-    except RuntimeError as err:  # another rank died or hung (DDP says so inside backward too)
-        if not (ctx.enabled and is_collective_failure(err)):
-            raise
-        if not isinstance(err, DistributedError):
-            err = failure(ctx, "training", err)
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 1
-    finally:
-        shutdown(ctx)
+    return run_joined(device, lambda ctx: _train(args, ctx), what="training")
 
 
 def _bound(gin, name: str, default):

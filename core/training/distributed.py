@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,28 @@ def shutdown(ctx: DistContext) -> None:
     """Destroys the process group, if this context started one."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_joined(device: str, body, *, what: str) -> int:
+    """A command-line tool's main under torchrun or alone: joins the group (``join``), returns
+    ``body(ctx)``, and turns a bad device or a lost rank into one ``error:`` line and its exit
+    status (2 / 1); the group is shut down whatever happens. ``what`` names the work in the line."""
+    try:
+        ctx = join(device)
+    except JoinError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.status
+    try:
+        return body(ctx)
+    except RuntimeError as err:  # another rank died or hung (DDP says so inside backward too)
+        if not (ctx.enabled and is_collective_failure(err)):
+            raise
+        if not isinstance(err, DistributedError):
+            err = failure(ctx, what, err)
+        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown(ctx)
 
 
 def is_collective_failure(err: BaseException) -> bool:

@@ -77,9 +77,8 @@ import torch
 from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_name
-from core.training.distributed import (DistContext, DistributedError, JoinError, Ranks, all_reduce,
-                                       broadcast, failure, gather_objects, is_collective_failure, join,
-                                       main_first, shutdown)
+from core.training.distributed import (DistContext, Ranks, all_reduce, broadcast, gather_objects,
+                                       is_collective_failure, main_first, run_joined)
 from core.training.loop import _check_ranks, _device, build, train, train_configurable
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
 from experiments.bench.common import (GIB, REPO_ROOT, BenchError, count_syncs, default_out,
@@ -388,22 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:  # torchrun's environment, if any: the process group and this rank's device
-        ctx = join(device)
-    except JoinError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.status
-    try:
-        return _bench(args, ctx)
-    except RuntimeError as err:  # another rank died or hung
-        if not (ctx.enabled and is_collective_failure(err)):
-            raise
-        if not isinstance(err, DistributedError):  # DDP's own failure inside backward
-            err = failure(ctx, "the benchmark", err)
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
-    finally:
-        shutdown(ctx)
+    return run_joined(device, lambda ctx: _bench(args, ctx), what="the benchmark")
 
 
 def _bench(args, ctx: DistContext) -> int:
