@@ -20,12 +20,12 @@ memory, ``DIR/memory.png``; prints the report.
 More sections where their inputs exist:
 - "Coverage and the gradient filter": per dataset, Coverage@10, Surprisal@10 and NDCG@10 of
   ce / cce / cce_exact side by side with their differences (paired by seed).
-- "Catalog scaling" + ``scaling.png``: rows of ``experiments/bench_epoch.py`` results.json files
+- "Catalog scaling" + ``scaling.png``: rows of ``experiments/bench/bench_epoch.py`` results.json files
   given with ``--scaling`` (a file or a folder), else those under a ``scaling`` folder of the
-  run folders (what ``experiments/study.py scaling`` writes); out-of-memory rows are marked.
+  run folders (what ``experiments/bench/study.py scaling`` writes); out-of-memory rows are marked.
 - "Runs that did not finish": the failed / not-run entries of any ``study.json`` found.
 The header names the card(s), library versions and run dates (metrics.json ``finished_utc``;
-older runs without it are dated from their log.txt timestamps).
+a run without it is counted as undated: no date is guessed from its log).
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ class Run:
     env: dict
     valid_ndcg: list[tuple[int, float]]  # (epoch, validation NDCG@10) from history.jsonl
     date: str | None = None  # YYYY-MM-DD the run finished
-    date_from_log: bool = False  # no finished_utc: the date of log.txt's last timestamp
     config: tuple[tuple[str, str], ...] | None = None  # operative bindings minus IGNORED_PARAMS
     variant: str = ""  # what sets this run's config apart within its (dataset, loss); see label_variants
 
@@ -142,15 +141,6 @@ def _read_history(path: Path) -> list[tuple[int, float]]:
     return curve
 
 
-def _log_date(path: Path) -> str | None:
-    """YYYY-MM-DD of the last timestamped line of a run's log.txt, if any."""
-    try:
-        dates = re.findall(r"^(\d{4}-\d{2}-\d{2}) \d{2}:\d{2}:\d{2} ", path.read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return dates[-1] if dates else None
-
-
 def read_config(path: Path) -> tuple[tuple[str, str], ...] | None:
     """A config.gin as sorted (binding, value) pairs minus IGNORED_PARAMS; None if absent.
 
@@ -197,7 +187,7 @@ def load_run(metrics_path: Path) -> Run:
         raise ReportError(f"{metrics_path}: 'dataset' and 'env' must be JSON objects")
     memory, epoch_time = record.get("peak_memory_gib"), record.get("epoch_time_s")
     finished = record.get("finished_utc")
-    date = str(finished)[:10] if finished else _log_date(metrics_path.parent / "log.txt")
+    date = str(finished)[:10] if finished else None  # dates come from the run's own record only
     return Run(
         path=metrics_path.parent,
         dataset=str(_get(dataset, "name", metrics_path)),
@@ -210,7 +200,6 @@ def load_run(metrics_path: Path) -> Run:
         env=env,
         valid_ndcg=_read_history(metrics_path.parent / "history.jsonl"),
         date=date,
-        date_from_log=bool(date) and not finished,
         config=read_config(metrics_path.parent / "config.gin"),
     )
 
@@ -336,14 +325,11 @@ def header_line(runs: list[Run], extra_envs: list[dict] = ()) -> str:
 
 
 def dates_line(runs: list[Run], scaling_envs: list[dict] = ()) -> str:
-    """The runs' finishing dates, saying which came from log.txt and how many are undated."""
+    """The runs' finishing dates (metrics.json ``finished_utc``), saying how many are undated."""
     bench_dates = {str(e["finished_utc"])[:10] for e in scaling_envs if e.get("finished_utc")}
     dates = sorted({r.date for r in runs if r.date} | bench_dates)
     line = f"Run dates (UTC): {', '.join(dates) if dates else 'unknown'}"
-    from_log = sum(r.date_from_log for r in runs)
     undated = sum(r.date is None for r in runs)
-    if from_log:
-        line += f"; {from_log} of {len(runs)} runs dated by their log.txt (no finished_utc)"
     if undated:
         line += f"; {undated} runs undated"
     undated_benches = sum(not e.get("finished_utc") for e in scaling_envs)
@@ -400,7 +386,7 @@ def coverage_section(runs: list[Run]) -> str | None:
 
 
 def study_section(run_paths: list[Path]) -> str | None:
-    """The runs of any study.json (experiments/study.py) that failed or did not run."""
+    """The runs of any study.json (experiments/bench/study.py) that failed or did not run."""
     lines = []
     for root in (p for p in run_paths if p.is_dir()):
         for path in sorted(root.rglob("study.json")):

@@ -1,6 +1,6 @@
-"""Catalog scaling for the report: experiments/bench_epoch.py results.json -> table and plot.
+"""Catalog scaling for the report: experiments/bench/bench_epoch.py results.json -> table and plot.
 
-``experiments/report.py`` calls these; ``experiments/study.py scaling`` writes one results.json
+``experiments/report.py`` calls these; ``experiments/bench/study.py scaling`` writes one results.json
 per (preset, loss) under ``<study>/scaling/``. A row with an ``error`` (CE out of memory on a
 large catalog) carries no catalog size: it is taken from a sibling row or from the synthetic
 preset of that name, and the plot marks it at the top edge.
@@ -106,7 +106,7 @@ def scaling_section(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([
         "## Catalog scaling", "",
-        ("`experiments/bench_epoch.py`: one training epoch (GPU synchronized, evaluation excluded) "
+        ("`experiments/bench/bench_epoch.py`: one training epoch (GPU synchronized, evaluation excluded) "
         "after untimed warm-up steps; peak = torch.cuda.max_memory_allocated over the run. "
         "Plot: `scaling.png` (out-of-memory points marked ×)."), "", *lines])
 
