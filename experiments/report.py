@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's code, i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.report_scaling import (
+    LOSS_ORDER,
     ScalingError,
     find_scaling_files,
     load_scaling,
@@ -53,7 +54,6 @@ from experiments.report_scaling import (
 
 METRICS = ("HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10")
 COLUMNS = ("Dataset", "Loss", *METRICS, "Max Memory (GiB)", "Epoch (s)", "n seeds")
-LOSS_ORDER = ("ce", "cce", "cce_exact")
 # Bindings (by parameter name) that do not change what is trained or measured: see the docstring.
 IGNORED_PARAMS = ("seed", "show_progress", "cache_dir", "prepare_hint")
 POPULARITY = "popularity"

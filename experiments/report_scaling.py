@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-LOSS_ORDER = ("ce", "cce", "cce_exact")
+LOSS_ORDER = ("ce", "cce", "cce_exact")  # rows and columns in this order; other losses after, by name
 
 
 class ScalingError(ValueError):
