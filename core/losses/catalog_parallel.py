@@ -41,8 +41,8 @@ from core.losses.cce import autocast_operands
 from core.losses.registry import IGNORE_INDEX
 from core.training.distributed import DistContext, _to_comm, all_gather_rows, collective_errors, shard_bounds
 
-# fp32 logits per chunk (256 MiB): the bound on the loss's largest transient, whatever N and V_k
-_CHUNK_ELEMENTS = 2**26
+# fp32 logits per chunk (128 MiB): the bound on the loss's largest transient, whatever N and V_k
+_CHUNK_ELEMENTS = 2**25
 
 
 def item_range(n_items: int, rank: int, world: int) -> tuple[int, int]:
@@ -76,8 +76,8 @@ def _item_chunks(n_items: int, n_rows: int):
     """Item (column) slices of at most ``_CHUNK_ELEMENTS / n_rows`` items covering 0..n_items.
 
     The backward chunks over items, not rows: row chunks re-read (and re-cast) the whole shard
-    once per chunk, i.e. N * V_k / _CHUNK_ELEMENTS times per step (~320 passes over a 5M-item
-    shard at N = 4,109); item chunks read it once.
+    once per chunk, i.e. N * V_k / _CHUNK_ELEMENTS times per step (317 passes over items-10m's
+    5M-item shard at N = 4,109 with 2**26-element chunks); item chunks read it once.
     """
     step = max(1, _CHUNK_ELEMENTS // max(n_rows, 1))
     return (slice(lo, min(lo + step, n_items)) for lo in range(0, n_items, step))
