@@ -236,9 +236,10 @@ class _ShardedLookup(torch.autograd.Function):
     def backward(ctx, grad):
         rows, mine = ctx.saved_tensors
         all_grad = torch.cat(all_gather_rows(ctx.dctx.ctx, grad.contiguous(), ctx.counts))  # (M, D)
-        d_table = grad.new_zeros(ctx.table_shape)
-        d_table.index_add_(0, rows, all_grad * mine[:, None])  # others' ids add zeros: no sync
-        return None, d_table * ctx.table_grad_scale, None, None, None
+        d_table = grad.new_zeros(ctx.table_shape)  # (V_r, D): the one table-sized transient
+        # others' ids add zeros: no sync; the scale on the (M, D) rows, not on a second table copy
+        d_table.index_add_(0, rows, all_grad * (mine[:, None] * ctx.table_grad_scale).to(all_grad.dtype))
+        return None, d_table, None, None, None
 
 
 def sharded_lookup(ids: torch.Tensor, table_shard: torch.Tensor, *, ctx: DistContext, n_items: int,
