@@ -3,6 +3,7 @@ one error line with no folder left, and load_run rebuilding a trained model with
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import json
@@ -156,6 +157,31 @@ def test_an_unwritable_out_is_one_error_line(tiny, tmp_path, capsys):
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("how", ["no write permission", "read-only file system"])
+def test_an_unwritable_out_is_one_error_line_as_root_too(tiny, tmp_path, capsys, monkeypatch, how):
+    """The test above skips as root (CI's user), where a folder is unwritable only on a
+    read-only mount: both refusals are faked here, so the one-line path runs everywhere."""
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    if how == "no write permission":
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == parent else real_access(p, mode))
+        expected = "not writable"
+    else:
+        real_mkdir = Path.mkdir
+
+        def read_only(self, *args, **kwargs):  # the mount of ``parent`` only (the data cache is elsewhere)
+            if parent not in self.parents:
+                return real_mkdir(self, *args, **kwargs)
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        monkeypatch.setattr(Path, "mkdir", read_only)
+        expected = os.strerror(errno.EROFS)
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(parent / "r"), *tiny]) == 2
+    line = _error_line(capsys)
+    assert "cannot make run folder" in line and expected in line
+    assert list(parent.iterdir()) == []
 
 
 # --- issue 15.12: --help answers without torch --------------------------------------------------
