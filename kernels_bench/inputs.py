@@ -66,7 +66,7 @@ def load_catalog(path: str | Path) -> torch.Tensor:
         weight = state["model"][EMBEDDING_KEY]
     except (KeyError, TypeError, IndexError):
         raise InputError(
-            f"{path} has no ['model']['{EMBEDDING_KEY}'] (expected a core.train checkpoint)"
+            f"{path} has no ['model']['{EMBEDDING_KEY}'] (expected a checkpoint of core.training)"
         ) from None
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] < 2:
         raise InputError(f"{path}: {EMBEDDING_KEY} must be a 2-D tensor with n_items + 1 rows")

@@ -168,7 +168,7 @@ def test_perturbed_losses_are_caught(bad_loss):
 # GPU: the real Triton kernel (bf16 / fp16 operands), with and without the gradient filter.
 
 
-# Both CUDA forward passes (core.cce_split's and the library's); GPU_SHAPES adds a recommender
+# Both CUDA forward passes (core.losses.kernels.cce_split's and the library's); GPU_SHAPES adds a recommender
 # shape (few positions, large catalog: many catalog slices) and a many-positions one.
 FORWARDS = ["split", "library"]
 GPU_SHAPES = SHAPES + [(560, 207_649, 64), (4099, 20_011, 64)]

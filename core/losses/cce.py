@@ -56,7 +56,7 @@ def cce(
     runs on any machine.
 
     ``forward`` picks the CUDA forward pass; the backward pass is the library's kernel either way:
-    - ``"split"``: ``core.cce_split`` (lock-free, split over the catalog; no host sync). Much
+    - ``"split"``: ``core.losses.kernels.cce_split`` (lock-free, split over the catalog; no host sync). Much
       faster when few positions are scored against a large catalog (short sequences).
     - ``"library"``: ``cut_cross_entropy.linear_cross_entropy`` as published (one host sync
       per call to find the ignored targets).
