@@ -101,6 +101,9 @@ class SASRec(nn.Module):
         super().__init__()
         if n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
+        if dim < 1 or n_heads < 1 or n_blocks < 0 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"SASRec needs dim >= 1, n_heads >= 1, n_blocks >= 0 and 0 <= dropout < 1; "
+                             f"got dim={dim}, n_heads={n_heads}, n_blocks={n_blocks}, dropout={dropout}")
         self.n_items = n_items
         self.max_len = max_len
         # The constructor's arguments: checkpoints record them, so a trained model can be

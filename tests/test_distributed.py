@@ -255,7 +255,8 @@ def test_a_dead_or_stuck_rank_stops_the_others_with_one_clear_error(how, tmp_pat
         seconds, message = Path(tmp_path, f"rank{rank}.txt").read_text().split("\n", 1)
         assert message.startswith(f"rank {rank}/3: all_reduce failed: another rank died"), message
         assert "\n" not in message
-        assert float(seconds) <= TIMEOUT_S + 5
+        # it ended on its own timeout, not by waiting for the stuck rank to wake (after 4 x TIMEOUT_S)
+        assert float(seconds) < 4 * TIMEOUT_S
 
 
 def test_only_backend_failures_count_as_a_lost_rank():

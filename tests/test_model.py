@@ -98,6 +98,9 @@ def test_bad_arguments():
         SASRec(N_ITEMS, dim=10, n_heads=3)
     with pytest.raises(ValueError, match="max_len"):
         make()(torch.ones(1, MAX_LEN + 1, dtype=torch.long))
+    for bad in (dict(dim=0), dict(n_heads=0), dict(dropout=1.0), dict(n_blocks=-1)):
+        with pytest.raises(ValueError, match="SASRec needs"):  # named, not a torch traceback
+            SASRec(N_ITEMS, **bad)
 
 
 def test_bf16_autocast_on_cpu():

@@ -113,6 +113,38 @@ def test_a_live_lock_refuses_with_one_line_and_touches_nothing(finished, tmp_pat
             assert sorted(p.name for p in fresh.iterdir()) == [".lock"]
 
 
+def test_resuming_a_run_still_in_its_first_epoch_says_it_is_in_use(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path / "run")
+    (out / "checkpoint.pt").unlink()  # a run that has not finished an epoch yet
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{live.pid} {socket.gethostname()}\n")
+        before = _files(out)
+        assert run.main(["--resume", "--out", str(out)]) == 1
+        assert "is in use by pid" in _error_line(capsys)  # not "no checkpoint"
+        assert _files(out) == before
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_duplicates_dropped_by_the_preparation_reach_log_and_metrics(tmp_path):
+    raw = tmp_path / "dup.csv"
+    rows = [f"{u},{i},{t}" for u in range(40) for t, i in enumerate((u + k) % 25 for k in range(6))]
+    raw.write_text("user,item,time\n" + "\n".join(rows + rows[:30]) + "\n")  # 30 rows twice
+    out = tmp_path / "run"
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out),
+                     "--gin_bindings", "dataset.synthetic_preset = None",
+                     "--gin_bindings", f"dataset.raw = '{raw}'", "--gin_bindings", "dataset.fmt = 'generic'",
+                     "--gin_bindings", "dataset.columns = 'user=user,item=item,time=time'",
+                     "--gin_bindings", f"dataset.cache_dir = '{tmp_path / 'cache'}'",
+                     "--gin_bindings", "train.epochs = 1", "--gin_bindings", "train.device = 'cpu'",
+                     "--gin_bindings", "train.show_progress = False"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["duplicates"] == {"rows": 30, "dropped": True}
+    assert "30 exact duplicate (user, item, time) rows dropped" in (out / "log.txt").read_text()
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(finished, tmp_path, capsys):
     out = _copy(finished, tmp_path / "run")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

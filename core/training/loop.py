@@ -202,7 +202,9 @@ def train(
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
     record = {"name": name, "data_path": str(data_path) if data_path is not None else data.attrs.get("path"),
               "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
-              "settings": settings, "model_settings": model_settings(run.model), "seed": seed}
+              "settings": settings, "model_settings": model_settings(run.model), "seed": seed,
+              # rows the preparation dropped as exact duplicates (stats.json has them too)
+              "duplicates": data.attrs.get("duplicates")}
     return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
                resume=resume, parallel=ranks)
 
@@ -242,6 +244,10 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
         log.info("%s: %d users, %d items, %d interactions; %s loss on %s (%s step); %d steps/epoch, "
                  "%d scored positions/epoch", record["name"], data["data.n_users"], data["data.n_items"],
                  data["data.n_interactions"], loss, dev, step.kind, len(batches), batches.positions_per_epoch)
+        if record.get("duplicates"):
+            dup = record["duplicates"]
+            log.info("data: %d exact duplicate (user, item, time) rows %s when it was prepared",
+                     dup.get("rows", 0), "dropped" if dup.get("dropped", True) else "kept")
 
         for epoch in range(start_epoch, schedule.epochs + 1):
             if stopped:
@@ -329,7 +335,8 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
     peaks = [r["peak_memory_gib"] for r in history if r["peak_memory_gib"] is not None]
     return {
         "dataset": {"name": record["name"], "n_users": s["data.n_users"], "n_items": s["data.n_items"],
-                    "n_interactions": s["data.n_interactions"], "path": record["data_path"]},
+                    "n_interactions": s["data.n_interactions"], "path": record["data_path"],
+                    "duplicates": record.get("duplicates")},
         "loss": record["loss"],
         "loss_settings": record["loss_settings"],
         "valid": best["valid"],

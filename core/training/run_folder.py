@@ -71,6 +71,10 @@ class RunFolder:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise RunFolderError(f"cannot make run folder {self.path}: {existing} is not writable")
         if resume and not self.checkpoint.exists():
+            owner = self._live_owner()
+            if owner:  # a run still in its first epoch: say so, not "no checkpoint"
+                raise RunFolderBusy(f"{self.path} is in use by {owner}: another run is writing it "
+                                    "(no checkpoint yet); wait for it to end or choose another --out")
             raise RunFolderError(f"--resume: no checkpoint at {self.checkpoint}")
         if not resume and self.checkpoint.exists():
             raise RunFolderError(f"{self.path} already holds a run; pass --resume to continue it "
@@ -151,6 +155,17 @@ class RunFolder:
         except OSError as err:
             raise RunFolderError(f"cannot make run folder {self.path}: {err.strerror or err}") from None
         return missing
+
+    def _live_owner(self) -> str | None:
+        """"pid P on HOST" when the lock file names a live process of this host, else None."""
+        try:
+            owner = (self.path / LOCK).read_text().split()
+        except OSError:
+            return None
+        if len(owner) == 2 and owner[0].isdigit() and owner[1] == socket.gethostname() \
+                and int(owner[0]) != os.getpid() and _pid_alive(int(owner[0])):
+            return f"pid {owner[0]} on {owner[1]}"
+        return None
 
     def _lock(self):
         """An exclusive flock on ``.lock``, which then holds "pid host". A lock file naming a
