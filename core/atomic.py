@@ -49,6 +49,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def unwritable(path: str | Path) -> str | None:
+    """Why ``path`` cannot be created (its nearest existing ancestor is a file, or not
+    writable), or None: checked before any work, so a bad output path is one clear line."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def remove_stale(path: Path) -> list[Path]:
     """Removes temporaries of ``path`` whose writer (a pid on this host) is gone; returns them."""
     path = Path(path)

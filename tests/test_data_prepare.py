@@ -247,3 +247,22 @@ def test_the_tool_and_a_configured_dataset_prepare_the_same_data(tmp_path):
     for field in ("offsets", "items", "user_ids", "item_ids"):
         assert np.array_equal(getattr(tool, field), getattr(configured, field)), field
     assert tool.attrs["duplicates"] == configured.attrs["duplicates"]
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+def test_an_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, where, capsys):
+    from tools import prepare_data
+
+    if where == "under_a_file":
+        (tmp_path / "f").write_text("x")
+        out, expect = tmp_path / "f" / "d", "is a file"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        out, expect = ro / "d", "is not writable"
+    rc = prepare_data.main(["--format", "synthetic", "--preset", "tiny", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: cannot write --out") and expect in err and "\n" not in err

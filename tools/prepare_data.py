@@ -23,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.atomic import unwritable
 from core.data.prepare import Recipe, prepare
 from core.data.readers import FORMATS
 from core.data.shards import STATS_FILE, DataFormatError
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         recipe(args).check()
+        problem = unwritable(args.out)
+        if problem:
+            raise DataFormatError(f"cannot write --out {args.out}: {problem}")
     except DataFormatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from core import checkpoint as ckpt
-from core.atomic import _pid_alive
+from core.atomic import _pid_alive, unwritable
 from core.training.errors import RunFolderBusy, RunFolderError
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,9 @@ class RunFolder:
         """Refuses, without writing, a path that cannot become a run folder, a fresh run over
         an existing one, and a resume without a checkpoint. Cheap: run.py calls it before
         loading data; ``open`` calls it again under the lock."""
-        existing = next(p for p in (self.path, *self.path.parents) if p.exists() or p == Path(p.anchor))
-        if not existing.is_dir():
-            raise RunFolderError(f"cannot make run folder {self.path}: {existing} is a file")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise RunFolderError(f"cannot make run folder {self.path}: {existing} is not writable")
+        problem = unwritable(self.path)
+        if problem:
+            raise RunFolderError(f"cannot make run folder {self.path}: {problem}")
         if resume and not self.checkpoint.exists():
             owner = self._live_owner()
             if owner:  # a run still in its first epoch: say so, not "no checkpoint"
