@@ -72,8 +72,11 @@ def test_ci_leaves_no_environment_behind(tmp_path: Path, pip_rc, pytest_rc, expe
 
 def test_ci_interrupted_leaves_no_environment_behind(tmp_path: Path):
     env = _env(tmp_path, FAKE_PYTEST_RC="wait")
+    # Ctrl-C as at a terminal: a shell cannot trap a signal it was started with ignored (as under
+    # `cmd &` in a script, where pytest itself may run), so the script starts with SIGINT's default.
     proc = subprocess.Popen([str(CI)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(600):  # until the fake pytest runs (a poll, not a timing assumption)
             if (tmp_path / "log.waiting").exists() or proc.poll() is not None:

@@ -42,7 +42,8 @@ def test_run_folder_and_metrics(data, tmp_path):
     assert {"dataset", "loss", "valid", "test", "popularity_test", "epoch_time_s", "first_epoch_time_s",
             "peak_memory_gib", "epochs", "best_epoch", "env"} <= set(on_disk)
     assert on_disk["dataset"] == {"name": "tiny200", "n_users": 200, "n_items": data.n_items,
-                                  "n_interactions": len(data.items), "path": data.attrs.get("path")}
+                                  "n_interactions": len(data.items), "path": data.attrs.get("path"),
+                                  "duplicates": None}  # synthetic data: nothing was dropped as a duplicate
     assert on_disk["loss"] == "ce"
     for split in ("valid", "test", "popularity_test"):
         assert set(on_disk[split]) == METRIC_KEYS
