@@ -78,6 +78,9 @@ def test_k_ranks_train_like_one_process(ranks, extra, loss, tiny, one_process, t
     assert_same_run(result(out), one_process)
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["loss"], metrics["world_size"], one_process[1]["world_size"]) == (loss, ranks, 1)
+    # every rank's peak is recorded (None on the CPU); one process records no per-rank list
+    assert metrics["peak_memory_gib_per_rank"] == [None] * ranks
+    assert "peak_memory_gib_per_rank" not in one_process[1]
     assert proc.stdout.count("popularity") == 1  # rank 0 alone reports (and writes)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [".lock", "best.pt", "checkpoint.pt", "config.gin", "history.jsonl", "log.txt", "metrics.json"])

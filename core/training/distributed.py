@@ -499,6 +499,10 @@ class Ranks:
     def mean(self, value: float) -> float:
         return mean_over_ranks(self.ctx, value)
 
+    def gather(self, value) -> list:
+        """Every rank's ``value`` in rank order (e.g. its peak memory), on every rank."""
+        return gather_objects(self.ctx, value)
+
     # --- evaluation, decisions, files ---
 
     def eval_args(self, n_users: int, batch_size: int) -> dict:

@@ -277,13 +277,17 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(_diverged(folder, epoch, train_loss, steps))
             positions = batches.positions_per_epoch
+            peak = torch.cuda.max_memory_allocated(dev) / _GIB if dev.type == "cuda" else None
+            rank_peaks = parallel.gather(peak)  # every rank's peak ([peak] for one process)
             row = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": seconds,
                    "positions_per_s": positions / seconds,
-                   "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / _GIB if dev.type == "cuda" else None,
+                   "peak_memory_gib": None if peak is None else max(rank_peaks),  # the largest rank's
                    "valid": None,
                    # the first epoch of a process (a fresh or a resumed run) pays compilation
                    # and autotuning again: it stays out of the steady-state mean
                    "warmup": epoch == start_epoch}
+            if parallel.enabled:
+                row["peak_memory_gib_per_rank"] = rank_peaks
 
             # --- validate, keep the best, stop early ---
             if epoch % schedule.eval_every == 0 or epoch == schedule.epochs:
@@ -345,6 +349,10 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
         "epoch_time_s": float(np.mean(steady)) if steady else None,
         "first_epoch_time_s": times[0],
         "peak_memory_gib": max(peaks) if peaks else None,
+        # K ranks: each rank's training peak over the epochs (catalog-parallel: V / K table rows each)
+        **({"peak_memory_gib_per_rank": [max(p) if None not in p else None for p in
+                                         zip(*(r["peak_memory_gib_per_rank"] for r in history))]}
+           if history and "peak_memory_gib_per_rank" in history[0] else {}),
         "epochs": len(history),
         "best_epoch": best["epoch"],
         "early_stopped": stopped,
