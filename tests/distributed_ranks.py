@@ -2,7 +2,8 @@
 
 ``run_ranks(fn, world, tmp_path, *args)`` starts ``world`` processes with torchrun's
 environment variables, calls ``fn(ctx, *args)`` in each with ``ctx`` from
-``init_from_env("cpu")`` and returns the ranks' results (torch.save'd through ``tmp_path``).
+``init_from_env(device)`` (default "cpu"; "cuda": the ranks share the visible GPUs, over gloo
+when there are fewer GPUs than ranks) and returns the ranks' results (torch.save'd through ``tmp_path``).
 ``fn`` must be a module-level function (it is pickled by name).
 """
 
@@ -28,12 +29,12 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
             "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
-def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, fn, args) -> None:
+def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args) -> None:
     os.environ.update(rank_env(rank, world, port))
     torch.set_num_threads(1)  # K ranks on a 2-core machine
     from core.training.distributed import init_from_env, shutdown
 
-    ctx = init_from_env("cpu", timeout_s=timeout_s)
+    ctx = init_from_env(device, timeout_s=timeout_s)
     try:
         result = fn(ctx, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -41,10 +42,10 @@ def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, fn,
         shutdown(ctx)
 
 
-def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0) -> list:
-    """[fn(ctx_r, *args) for each rank r], run in ``world`` spawned gloo processes."""
+def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0, device: str = "cpu") -> list:
+    """[fn(ctx_r, *args) for each rank r], run in ``world`` spawned processes."""
     out = Path(tmp_path) / f"ranks_{fn.__name__}_{world}"
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, fn, args),
+    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, device, fn, args),
                        nprocs=world, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -41,10 +41,11 @@ def _step(net, model, optimizer, loss_fn, batch) -> float:
 
 def _train(ctx: D.DistContext, catalog_parallel: bool, resume_after: int | None = None) -> dict:
     data = make_data()
-    seqs = DeviceSequences.from_data(data)
+    seqs = DeviceSequences.from_data(data, ctx.device)
     model = make_model()
     ranks = D.Ranks(ctx, catalog_parallel=catalog_parallel)  # one process: every member a no-op
-    net = ranks.prepare(ranks.shard(model))
+    model = ranks.shard(model).to(ctx.device)
+    net = ranks.prepare(model)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
     loss_fn = ranks.loss(ce)
     ranks.attach(optimizer)
@@ -68,9 +69,13 @@ def _train(ctx: D.DistContext, catalog_parallel: bool, resume_after: int | None 
         metrics = evaluate_model(model, model, seqs, split="valid", amp=False, **args)
     opt_state = optimizer.state_dict()["state"]
     names = [name for name, _ in model.named_parameters()]
-    return {"losses": losses, "model": model.state_dict(), "metrics": metrics,
-            "adam": {f"{names[i]} {k}": v for i, s in opt_state.items() for k, v in s.items() if k != "step"},
+    return {"losses": losses, "model": _cpu(model.state_dict()), "metrics": metrics,
+            "adam": _cpu({f"{names[i]} {k}": v for i, s in opt_state.items() for k, v in s.items() if k != "step"}),
             "shard_rows": model.item_emb.weight.shape[0]}
+
+
+def _cpu(tensors: dict) -> dict:
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
 
 
 def _comparable(key: str, value: torch.Tensor) -> torch.Tensor:
@@ -101,6 +106,17 @@ def test_k_ranks_train_like_one(world, catalog_parallel, tmp_path):
     if catalog_parallel:  # each rank held V / K rows (+ the unused padding row), not V + 1
         assert sorted(r["shard_rows"] - 1 for r in results) == sorted(
             hi - lo for lo, hi in D.shard_bounds(N_ITEMS, world))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("catalog_parallel", [False, True])
+def test_k_ranks_train_like_one_on_cuda(catalog_parallel, tmp_path):
+    """The same on CUDA, fp32: 2 ranks (sharing one GPU over gloo, or NCCL on two) against one
+    CUDA process: the device paths (collectives of CUDA tensors, the sharded table on the GPU)."""
+    expected = _train(D.DistContext(device=torch.device("cuda", 0)), False)
+    for got in run_ranks(_train, 2, tmp_path, catalog_parallel, device="cuda"):
+        assert_same_training(got, expected)
 
 
 def test_catalog_parallel_checkpoint_round_trip(tmp_path):
