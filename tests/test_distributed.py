@@ -180,6 +180,54 @@ def test_sharded_global_batch_with_weighted_loss_gives_the_one_rank_gradient(wor
     assert worst > 1e-4  # unweighted local means are not the global mean's gradient
 
 
+def _bf16_grads(model, inputs, targets, device, **scales) -> dict:
+    """``_loss_and_grads`` under bf16 autocast on ``device`` (as training runs), grads in fp64 on the CPU."""
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        grads = _loss_and_grads(model, inputs.to(device), targets.to(device), **scales)
+    return {n.removeprefix("module."): g.double().cpu() for n, g in grads.items()}
+
+
+def _ddp_bf16_grads(ctx: D.DistContext) -> dict:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    inputs, targets = _global_batch()
+    row_positions = (targets != 0).sum(1).numpy()
+    per_rank = D.rank_positions(row_positions, ctx.world)
+    mine = [D.shard_rows(t, ctx.rank, ctx.world) for t in (inputs, targets)]
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    ddp = DDP(make_model().to(ctx.device), device_ids=device_ids)
+    weighted = _bf16_grads(ddp, *mine, ctx.device, local_positions=per_rank[ctx.rank],
+                           global_positions=int(row_positions.sum()), world=ctx.world)
+    # the broken variant: each rank's own mean, averaged by DDP (scale 1 everywhere)
+    plain = _bf16_grads(ddp, *mine, ctx.device, local_positions=1, global_positions=ctx.world, world=ctx.world)
+    return {"weighted": weighted, "plain": plain}
+
+
+def _rel_error(grads: dict, oracle: dict) -> float:
+    """||g - g64|| / ||g64|| over all parameters at once."""
+    diff = sum(float((grads[n] - g).square().sum()) for n, g in oracle.items())
+    return (diff / sum(float(g.square().sum()) for g in oracle.values())) ** 0.5
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_bf16_data_parallel_gradient_is_as_close_to_float64_as_one_process(device, tmp_path):
+    """Under bf16 autocast a data-parallel step (2 ranks, each on its share of the global batch)
+    is as far from the float64 gradient as one process is: splitting the batch adds no error
+    beyond bf16's. Ranks that average their own means instead (the broken variant) are caught."""
+    inputs, targets = _global_batch()
+    total = int((targets != 0).sum())
+    scales = dict(local_positions=total, global_positions=total, world=1)
+    oracle = {n: g.cpu() for n, g in _loss_and_grads(make_model().double(), inputs, targets, **scales).items()}
+    one = _rel_error(_bf16_grads(make_model().to(device), inputs, targets, torch.device(device), **scales), oracle)
+    ranks = run_ranks(_ddp_bf16_grads, 2, tmp_path, device=device)
+    errors = [_rel_error(got["weighted"], oracle) for got in ranks]
+    assert 0 < one < 0.05  # bf16 really ran (not a float32 path) and is sane
+    assert max(errors) <= 1.5 * one + 1e-4, (errors, one)
+    # the broken variant (each rank's own mean) is far beyond bf16's error
+    assert min(_rel_error(got["plain"], oracle) for got in ranks) > 5 * max(one, *errors)
+
+
 def _empty_share(ctx: D.DistContext) -> dict:
     """A global batch of 2 rows on 3 ranks: rank 2 holds no row and must still take part."""
     from torch.nn.parallel import DistributedDataParallel as DDP
