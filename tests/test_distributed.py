@@ -222,6 +222,8 @@ def test_bf16_data_parallel_gradient_is_as_close_to_float64_as_one_process(devic
     one = _rel_error(_bf16_grads(make_model().to(device), inputs, targets, torch.device(device), **scales), oracle)
     ranks = run_ranks(_ddp_bf16_grads, 2, tmp_path, device=device)
     errors = [_rel_error(got["weighted"], oracle) for got in ranks]
+    print(f"relative error vs float64: one process {one:.3e}, ranks {errors}, broken "
+          f"{[_rel_error(got['plain'], oracle) for got in ranks]}")  # shown by pytest -rP
     assert 0 < one < 0.05  # bf16 really ran (not a float32 path) and is sane
     assert max(errors) <= 1.5 * one + 1e-4, (errors, one)
     # the broken variant (each rank's own mean) is far beyond bf16's error
