@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import core.dataset_config  # noqa: F401  (registers dataset(), which the gin files bind)
     import core.training.loop  # noqa: F401  (registers train())
+    from core.gin_search import add_root
     from core.training.distributed import run_joined
 
-    gin.add_config_file_search_path(str(REPO_ROOT))
+    add_root(REPO_ROOT)
     missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
     if missing:  # before gin, which logs its own search failures on top of ours
         print(f"error: gin file not found: {', '.join(missing)}", file=sys.stderr)
