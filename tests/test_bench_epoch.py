@@ -54,6 +54,7 @@ def test_runs_on_cpu_and_writes_the_table(tmp_path, capsys, configs):
     assert (frame["dataset"] == "tiny").all()
     assert (frame["epoch_s"] > 0).all() and (frame["positions_per_s"] > 0).all()
     assert frame["peak_gib"].isna().all() and frame["syncs_per_step"].isna().all()  # CPU
+    assert frame["start_gib"].isna().all()  # CPU: no device memory to count
     # one process: no torchrun, so the rank columns are that process's own
     assert (frame["world_size"] == 1).all() and not frame["catalog_parallel"].any()
     assert frame["rank_positions_per_s_min"].tolist() == frame["positions_per_s"].tolist()

@@ -130,9 +130,20 @@ def join(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistC
         raise JoinError(f"cannot join the torchrun process group: {first}", 1) from err
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Destroys the process group, if this context started one."""
+def shutdown(ctx: DistContext, *, wait_for_all: bool = False) -> None:
+    """Destroys the process group, if this context started one.
+
+    ``wait_for_all``: a barrier first, so that no rank tears down while another still talks
+    to it (rank 0 hosts the rendezvous store: leaving first, it could make a slower rank's
+    teardown abort with "terminate called without an active exception", a non-zero exit after
+    a successful run). Only after success: with a rank lost, the barrier would wait for it.
+    """
     if ctx.enabled and dist.is_initialized():
+        if wait_for_all:
+            try:
+                dist.barrier()
+            except (dist.DistError, RuntimeError):
+                pass  # a rank left already: nothing to wait for
         dist.destroy_process_group()
 
 
@@ -145,8 +156,11 @@ def run_joined(device: str, body, *, what: str) -> int:
     except JoinError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status
+    ok = False
     try:
-        return body(ctx)
+        status = body(ctx)
+        ok = True
+        return status
     except RuntimeError as err:  # another rank died or hung (DDP says so inside backward too)
         if not (ctx.enabled and is_collective_failure(err)):
             raise
@@ -155,7 +169,7 @@ def run_joined(device: str, body, *, what: str) -> int:
         print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 1
     finally:
-        shutdown(ctx)
+        shutdown(ctx, wait_for_all=ok)
 
 
 def is_collective_failure(err: BaseException) -> bool:

@@ -43,7 +43,9 @@ prints and writes the results; what training refuses under torchrun (the ``compi
 ``rank_positions_per_s_min`` / ``_max`` (a rank's own share of the positions over the same epoch
 time: the slowest and the fastest share; with one process both are ``positions_per_s``) and
 ``peak_gib`` / ``peak_gib_min`` (the largest and the smallest rank's peak: one row per run, so
-the table keeps one line per (config, variant)); results.json's row adds ``ranks``: each rank's
+the table keeps one line per (config, variant)); ``start_gib``: device memory still allocated
+when the run started (left by earlier runs of the process; it is inside ``peak_gib``, 0 when
+they freed everything); results.json's row adds ``ranks``: each rank's
 scored positions per timed epoch, positions/s and peak. The breakdown is rank 0's, and there is
 none under data-parallel (DDP refuses the instrumented step's backward in two parts).
 
@@ -91,7 +93,7 @@ assert set(COMPILE_TOKENS.values()) <= set(COMPILE_MODES)
 PHASES = ("batch", "model", "loss", "optimizer")
 COLUMNS = ["dataset", "loss", "variant", "world_size", "catalog_parallel", "epoch_s", "first_epoch_s",
            "warmup_s", "steps_per_s", "positions_per_s", "rank_positions_per_s_min",
-           "rank_positions_per_s_max", "peak_gib", "peak_gib_min", "batch_ms", "model_ms", "loss_ms", "optimizer_ms",
+           "rank_positions_per_s_max", "peak_gib", "peak_gib_min", "start_gib", "batch_ms", "model_ms", "loss_ms", "optimizer_ms",
            "step_ms", "host_step_ms", "syncs_per_step", "train_loss", "n_users", "n_items",
            "steps_per_epoch", "positions_per_epoch", "epochs", "error"]
 # train's keywords that build the run (the rest: schedule, evaluation, run folder)
@@ -252,6 +254,8 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    # what earlier runs of this process still hold (counted in peak_gib): 0 when they freed everything
+    row["start_gib"] = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
     run = build(data, device=device, step=step_settings, ranks=ranks, **{k: settings[k] for k in BUILD_KEYS})
     step, batches = run.step, run.batches
     row.update(steps_per_epoch=len(batches), positions_per_epoch=batches.positions_per_epoch)
@@ -320,13 +324,13 @@ def markdown(rows: list[dict], env: dict) -> str:
     head = ["dataset", "loss", "variant", "epoch s", "first s", "warm-up s", "steps/s",
             "positions/s", "peak GiB", "batch ms", "model ms", "loss ms", "optim ms", "step ms",
             "host ms", "syncs/step", "ranks", "catalog-parallel", "rank positions/s min",
-            "rank positions/s max", "peak GiB min"]
+            "rank positions/s max", "peak GiB min", "start GiB"]
     keys = [("dataset", 0), ("loss", 0), ("variant", 0), ("epoch_s", 2), ("first_epoch_s", 2),
             ("warmup_s", 2), ("steps_per_s", 1), ("positions_per_s", 0), ("peak_gib", 2),
             ("batch_ms", 2), ("model_ms", 2), ("loss_ms", 2), ("optimizer_ms", 2),
             ("step_ms", 2), ("host_step_ms", 2), ("syncs_per_step", 1), ("world_size", 0),
             ("catalog_parallel", 0), ("rank_positions_per_s_min", 0), ("rank_positions_per_s_max", 0),
-            ("peak_gib_min", 2)]
+            ("peak_gib_min", 2), ("start_gib", 2)]
     footer = (f"{env['device']}; torch {env['torch']}, triton {env['triton']}, "
               f"cut-cross-entropy {env['cut_cross_entropy']}"
               f"{' with CCE_AUTOTUNE=1' if env.get('cce_autotune') else ''}; {env['dtype']}; "
