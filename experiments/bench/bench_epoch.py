@@ -252,6 +252,9 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     torch.compiler.reset()  # every run compiles (and pays for it) from a clean state
     gc.collect()
     if device.type == "cuda":
+        # cuBLAS workspaces of earlier runs' streams stay allocated until cleared (private API,
+        # CUDA builds only); without this a run's peak counts memory earlier runs left behind
+        getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     # what earlier runs of this process still hold (counted in peak_gib): 0 when they freed everything
