@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device call L (2026-11-29, second session, one H200): call D again with bench_epoch clearing cuBLAS workspaces between runs (call D's peaks counted up to 0.45 GiB left by earlier runs of its process).: the epoch table of the sampled-softmax
+# Device call L (2026-11-29, second session, one H200): call D again with bench_epoch clearing cuBLAS workspaces between runs (call D's peaks counted up to 0.45 GiB left by earlier runs of its process): the epoch table of the sampled-softmax
 # variants next to CE, CCE and flash_ce on the seed-scale presets, one process alone on the GPU
 # (timings comparable within this call only). Committed code: .gpu/head.tar.gz = `git archive`
 # of the commit in .gpu/HEAD. Everything comes back as $OUT/call_l.tar.gz.
