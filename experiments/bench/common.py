@@ -17,8 +17,8 @@ from core.atomic import write_json, write_text
 from core.data.shards import DataFormatError
 from core.data.synthetic import PRESETS
 from core.dataset_config import DataMissingError, dataset
-from core.gin_search import add_root
 from core.env import environment  # noqa: F401  (re-exported: the env block of results.json)
+from core.gin_search import add_root
 
 GIB = 2**30
 REPO_ROOT = Path(__file__).resolve().parents[2]
