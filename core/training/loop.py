@@ -337,6 +337,10 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
     times = [r["epoch_time_s"] for r in history]
     steady = [r["epoch_time_s"] for r in history if not r.get("warmup", r["epoch"] == 1)]
     peaks = [r["peak_memory_gib"] for r in history if r["peak_memory_gib"] is not None]
+    # K ranks: each rank's training peak over the epochs (catalog-parallel: V / K table rows each)
+    rank_peaks = [r["peak_memory_gib_per_rank"] for r in history if "peak_memory_gib_per_rank" in r]
+    per_rank = {"peak_memory_gib_per_rank": [None if None in p else max(p) for p in zip(*rank_peaks)]
+                } if rank_peaks else {}
     return {
         "dataset": {"name": record["name"], "n_users": s["data.n_users"], "n_items": s["data.n_items"],
                     "n_interactions": s["data.n_interactions"], "path": record["data_path"],
@@ -349,10 +353,7 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
         "epoch_time_s": float(np.mean(steady)) if steady else None,
         "first_epoch_time_s": times[0],
         "peak_memory_gib": max(peaks) if peaks else None,
-        # K ranks: each rank's training peak over the epochs (catalog-parallel: V / K table rows each)
-        **({"peak_memory_gib_per_rank": [max(p) if None not in p else None for p in
-                                         zip(*(r["peak_memory_gib_per_rank"] for r in history))]}
-           if history and "peak_memory_gib_per_rank" in history[0] else {}),
+        **per_rank,
         "epochs": len(history),
         "best_epoch": best["epoch"],
         "early_stopped": stopped,
