@@ -156,4 +156,6 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.training.distributed import leave  # torchrun: no abort in finalization
+
+    leave(main())

@@ -32,7 +32,7 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
 def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args) -> None:
     os.environ.update(rank_env(rank, world, port))
     torch.set_num_threads(1)  # K ranks on a 2-core machine
-    from core.training.distributed import init_from_env, shutdown
+    from core.training.distributed import init_from_env, leave, shutdown
 
     ctx = init_from_env(device, timeout_s=timeout_s)
     try:
@@ -40,6 +40,7 @@ def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, dev
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         shutdown(ctx)
+    leave(0)  # as the tools end: no finalization, where a gloo thread can abort a finished rank
 
 
 def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0, device: str = "cpu") -> list:

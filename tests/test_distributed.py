@@ -3,13 +3,16 @@
 - evaluation split over ranks equals a 1-rank evaluation bit for bit;
 - a global batch split over ranks with the weighted loss gives the 1-rank gradient under DDP
   (and the unweighted local mean does not);
-- a rank that dies makes the others stop with one DistributedError within the timeout.
+- a rank that dies makes the others stop with one DistributedError within the timeout;
+- a tool's exit under torchrun skips finalization but keeps its status and output.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from core.model import SASRec
 from core.training import distributed as D
 from tests.distributed_ranks import free_port, rank_env, run_ranks
 
+ROOT = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS, MAX_LEN = 37, 23, 8
 
 
@@ -313,3 +317,31 @@ def test_only_backend_failures_count_as_a_lost_rank():
     assert D.is_collective_failure(RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:553] Connection closed"))
     assert D.is_collective_failure(D.DistributedError("rank 1/2: barrier failed"))
     assert not D.is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+# A command-line tool's exit (``leave``): under torchrun it skips Python's finalization, where a
+# gloo thread could abort a finished run, and must still flush what the tool printed.
+EXIT = ("import atexit, sys; from core.training import distributed as D; "
+        "atexit.register(lambda: print(' finalized', file=sys.stderr)); "
+        "print('table', end=''); print('wrote', end='', file=sys.stderr); {exit}(3)")
+
+
+def _exit_with(exit_call: str, world: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", EXIT.format(exit=exit_call)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+                               "WORLD_SIZE": world})  # buffered output, as most users run
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_leave_keeps_the_status_and_the_output_and_skips_finalization_under_torchrun(world):
+    proc = _exit_with("D.leave", world)
+    assert (proc.returncode, proc.stdout) == (3, "table")
+    # one process: a normal exit (atexit handlers run); torchrun: no finalization at all
+    assert proc.stderr == ("wrote finalized\n" if world == "1" else "wrote")
+
+
+def test_an_exit_that_skips_finalization_without_flushing_loses_the_output():
+    """The broken variant ``leave`` guards against: os._exit alone drops buffered stdout."""
+    proc = _exit_with("D.os._exit", "2")
+    assert (proc.returncode, proc.stdout) == (3, "")

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -170,6 +171,24 @@ def run_joined(device: str, body, *, what: str) -> int:
         return 1
     finally:
         shutdown(ctx, wait_for_all=ok)
+
+
+def leave(status: int) -> NoReturn:
+    """The exit of a command-line tool whose main ran ``run_joined``: ``sys.exit(status)``,
+    except under torchrun (WORLD_SIZE > 1), where the process ends with ``os._exit`` once
+    logging, stdout and stderr are flushed. There the group is shut down and every output is
+    written and closed (atomic writes) by now, and Python's own finalization is what can go
+    wrong: a gloo thread with no Python frame aborts it ("terminate called without an active
+    exception", SIGABRT) after a finished run, which torchrun reports as a failed one; 4 runs
+    in 60 of the 2-rank CPU epoch benchmark on a busy 2-core machine did, even after the
+    closing barrier of ``shutdown``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def is_collective_failure(err: BaseException) -> bool:

@@ -80,7 +80,7 @@ from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_name
 from core.training.distributed import (DistContext, Ranks, all_reduce, broadcast, gather_objects,
-                                       is_collective_failure, main_first, run_joined)
+                                       is_collective_failure, leave, main_first, run_joined)
 from core.training.loop import _check_ranks, _device, build, train, train_configurable
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
 from experiments.bench.common import (GIB, REPO_ROOT, BenchError, count_syncs, default_out,
@@ -448,4 +448,4 @@ def _bench(args, ctx: DistContext) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
