@@ -156,6 +156,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
 
 if __name__ == "__main__":
+    status = main()  # imported after it: `--help` stays torch-free
     from core.training.distributed import leave  # torchrun: no abort in finalization
 
-    leave(main())
+    leave(status)
