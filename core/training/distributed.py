@@ -135,9 +135,8 @@ def shutdown(ctx: DistContext, *, wait_for_all: bool = False) -> None:
     """Destroys the process group, if this context started one.
 
     ``wait_for_all``: a barrier first, so that no rank tears down while another still talks
-    to it (rank 0 hosts the rendezvous store: leaving first, it could make a slower rank's
-    teardown abort with "terminate called without an active exception", a non-zero exit after
-    a successful run). Only after success: with a rank lost, the barrier would wait for it.
+    to it. Only after success: with a rank lost, the barrier would wait for it. (It did not
+    stop a finished rank from aborting later, in Python's finalization: ``leave`` does.)
     """
     if ctx.enabled and dist.is_initialized():
         if wait_for_all:
