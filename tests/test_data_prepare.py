@@ -100,6 +100,9 @@ def test_cli_user_item_and_summary(tmp_path):
          [], "line 3: value '123456789012345678901' beyond the 64-bit integer range in column 'userId'"),
         (lambda p: p.write_text("userId,movieId,rating,timestamp\n1,2,3,4\n1,3.5,3,5\n"),
          [], "line 3: non-integer value '3.5' in column 'movieId'"),
+        # a float beyond int64 made pandas print a RuntimeWarning ahead of the error line
+        (lambda p: p.write_text("userId,movieId,rating,timestamp\n1,2,3,4\n1,3,3,5\n1,4,3,1e30\n"),
+         [], "line 4: non-integer value '1e30' in column 'timestamp'"),
     ],
 )
 def test_cli_bad_input(tmp_path, make_raw, extra, message):

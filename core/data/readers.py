@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,10 @@ def _diagnose(path: Path, kwargs: dict, numeric: list[str], err: Exception) -> s
 def _read_table(path: Path, *, progress: bool, numeric: list[str], **kwargs) -> pd.DataFrame:
     """pd.read_csv with every failure mode turned into one clear DataFormatError."""
     try:
-        with _open(path, progress) as f:
+        with _open(path, progress) as f, warnings.catch_warnings():
+            # a float beyond int64 in an integer column (1e30) warns in numpy's cast before the
+            # parse fails; the failure becomes the one error line below, the warning is noise
+            warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
             frame = pd.read_csv(f, engine="c", encoding="utf-8-sig", **kwargs)
     except DataFormatError:
         raise
