@@ -29,16 +29,21 @@ def test_includes_resolve_from_elsewhere_without_error_lines(tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+def _parse_an_include(folder: Path) -> None:
+    """Parses a config in ``folder`` (the working directory) that includes a root-relative file."""
+    config = folder / "c.gin"
+    config.write_text("include 'gin/base/train.gin'\n")
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([str(config)], [], skip_unknown=True)
+    gin.clear_config()
+
+
 def test_only_gin_resource_misses_are_dropped(caplog, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the include is not under the working directory: gin searches
     add_root(ROOT)
-    config = tmp_path / "c.gin"
-    config.write_text("include 'gin/base/train.gin'\n")
     with caplog.at_level(logging.INFO):
-        gin.clear_config()
-        gin.parse_config_files_and_bindings([str(config)], [], skip_unknown=True)
+        _parse_an_include(tmp_path)
         logging.error("Path not found: something else")  # not from gin: kept
-    gin.clear_config()
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert messages == ["Path not found: something else"]
 
@@ -52,12 +57,8 @@ def test_without_the_filter_gin_prints_the_misses(caplog, tmp_path, monkeypatch)
     root.removeFilter(gin_search._FILTER)
     try:
         gin.add_config_file_search_path(str(ROOT))
-        config = tmp_path / "c.gin"
-        config.write_text("include 'gin/base/train.gin'\n")
         with caplog.at_level(logging.INFO):
-            gin.clear_config()
-            gin.parse_config_files_and_bindings([str(config)], [], skip_unknown=True)
-        gin.clear_config()
+            _parse_an_include(tmp_path)
         assert any("Path not found" in r.getMessage() for r in caplog.records)
     finally:
         root.addFilter(gin_search._FILTER)
