@@ -62,14 +62,16 @@ def _portable(path: Path) -> Path:
 
 def _summary(metrics: dict, out: Path) -> str:
     """A short table for the terminal; metrics.json holds everything."""
-    keys = list(metrics["test"])
-    rows = [("", *keys), (f"SASRec ({metrics['loss']})", *(f"{metrics['test'][k]:.4f}" for k in keys)),
-            ("popularity", *(f"{metrics['popularity_test'][k]:.4f}" for k in keys))]
+    split = "test" if metrics["test"] is not None else "valid"  # train.test = False: validation only
+    keys = list(metrics[split])
+    rows = [("", *keys), (f"SASRec ({metrics['loss']})", *(f"{metrics[split][k]:.4f}" for k in keys))]
+    if metrics["popularity_test"] is not None:
+        rows.append(("popularity", *(f"{metrics['popularity_test'][k]:.4f}" for k in keys)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     epoch_s, peak = metrics["epoch_time_s"], metrics["peak_memory_gib"]
     lines.append(
-        f"test on {metrics['dataset']['name']} | epochs {metrics['epochs']} (best {metrics['best_epoch']}) | "
+        f"{split} on {metrics['dataset']['name']} | epochs {metrics['epochs']} (best {metrics['best_epoch']}) | "
         f"epoch {'n/a' if epoch_s is None else f'{epoch_s:.2f} s'} "
         f"(first {metrics['first_epoch_time_s']:.2f} s) | "
         f"peak {'n/a' if peak is None else f'{peak:.2f} GiB'} | {metrics['env']['device']} | {out}"

@@ -152,6 +152,8 @@ def train(
     nan_check_every: int = 0,
     catalog_parallel: bool = False,
     parallel: DistContext | None = None,
+    test: bool = True,
+    watch: Callable[[dict], str | None] | None = None,
 ) -> dict:
     """Trains ``model_fn(n_items=..., max_len=max_len)`` with ``loss_fn``; returns metrics.json's dict.
 
@@ -169,6 +171,12 @@ def train(
     (the learning rate is not rescaled) and ranks its share of the users; rank 0 writes the run
     folder; the device is the rank's own. ``catalog_parallel``: the item table split by item
     range over the ranks (exact softmax CE: ``ce`` or ``cce_exact``); nothing changes on one.
+
+    ``test``: False leaves the test split unread (a tuning trial: its objective is validation
+    only, ``experiments/tune.py``); metrics.json's ``test`` and ``popularity_test`` are then null.
+    ``watch(row)``: called after every epoch with its history row (a trial's pruner and time
+    cap); a string it returns ends training there, as that reason (``stopped_by`` in
+    metrics.json), and the best checkpoint so far is what the run keeps.
 
     Raises:
         TrainingDiverged: NaN/inf training loss (checkpoint.pt keeps the last good epoch).
@@ -206,7 +214,7 @@ def train(
               # rows the preparation dropped as exact duplicates (stats.json has them too)
               "duplicates": data.attrs.get("duplicates")}
     return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
-               resume=resume, parallel=ranks)
+               resume=resume, parallel=ranks, test=test, watch=watch)
 
 
 # ``train`` as gin's configurable "train" (what gin files bind: train.epochs, train.loss_fn, ...),
@@ -218,15 +226,18 @@ train_configurable = gin.external_configurable(train, name="train")
 
 
 def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evaluation, record: dict,
-        resume: bool, parallel: Ranks) -> dict:
+        resume: bool, parallel: Ranks, test: bool = True,
+        watch: Callable[[dict], str | None] | None = None) -> dict:
     """Trains ``run`` epoch by epoch into ``folder``: validation, early stopping, checkpoints,
     then the test of the best model; returns (and writes) metrics.json's dict.
 
-    ``record``: what the checkpoints and metrics.json record about the run (``train`` makes it).
+    ``record``: what the checkpoints and metrics.json record about the run (``train`` makes it);
+    ``test`` and ``watch``: see ``train``.
     """
     model, step, batches, dev = run.model, run.step, run.batches, run.device
     monitor, loss = f"NDCG@{evaluation.ks[0]}", record["loss"]
     history, best, bad_evals, stopped, start_epoch = [], {"metric": -math.inf, "epoch": 0, "valid": None}, 0, False, 1
+    stopped_by = None  # why training ended before its last epoch: "early stop" or what ``watch`` said
     saved = {"settings": record["settings"], "model_settings": record["model_settings"],
              "data_path": record["data_path"]}
     with folder.open(resume=resume, settings=record["settings"], writer=parallel.writer) as state:
@@ -235,6 +246,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
             step.optimizer.load_state_dict(state["optimizer"])
             ckpt.set_rng_state(parallel.own_rng_state(state["rng"]))
             history, best, bad_evals, stopped = state["history"], state["best"], state["bad_evals"], state["stopped"]
+            stopped_by = state.get("stopped_by", "early stop" if stopped else None)
             start_epoch = state["epoch"] + 1
             log.info("resumed %s at epoch %d (best %s %.4f at epoch %d)", folder.path, state["epoch"],
                      monitor, best["metric"], best["epoch"])
@@ -298,38 +310,48 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evalua
                 else:
                     bad_evals += 1
                     stopped = bad_evals >= schedule.patience
+            if stopped:
+                stopped_by = "early stop"
+            elif watch is not None and (reason := watch(row)):
+                stopped, stopped_by = True, str(reason)
             stopped = parallel.decide(stopped)  # K ranks: rank 0 decides for all
             history.append(row)
             folder.save_checkpoint({
                 "model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "epoch": epoch,
                 "rng": parallel.rng_state(ckpt.rng_state()), "best": best, "bad_evals": bad_evals,
-                "stopped": stopped, "history": history, **saved})
+                "stopped": stopped, "stopped_by": stopped_by, "history": history, **saved})
             folder.write_history(history)
             valid_msg = f"valid {monitor} {row['valid'][monitor]:.4f}" if row["valid"] else "no eval"
             log.info("epoch %d: loss %.4f, %.2f s (%.0f positions/s), %s, best %.4f at epoch %d%s",
                      epoch, train_loss, seconds, positions / seconds, valid_msg, best["metric"],
-                     best["epoch"], "; early stop" if stopped else "")
+                     best["epoch"], f"; {stopped_by}" if stopped else "")
 
         # --- test with the best checkpoint ---
         if best["epoch"] == 0:
             raise TrainingError("no validation ran, so there is no best checkpoint to test")
         parallel.barrier()  # K ranks: rank 0 has written best.pt
-        model.load_state_dict(folder.best_model_state(dev))
-        test = evaluation.model(model, run.seqs, "test", run.amp)
-        popularity = evaluation.popularity(run.seqs, "test")
-        log.info("test (best epoch %d): %s", best["epoch"], _fmt(test))
-        log.info("popularity test: %s", _fmt(popularity))
-        metrics = _metrics(record, history, best, stopped, test, popularity, run)
+        if test:
+            model.load_state_dict(folder.best_model_state(dev))
+            test_metrics = evaluation.model(model, run.seqs, "test", run.amp)
+            popularity = evaluation.popularity(run.seqs, "test")
+            log.info("test (best epoch %d): %s", best["epoch"], _fmt(test_metrics))
+            log.info("popularity test: %s", _fmt(popularity))
+        else:
+            test_metrics = popularity = None
+            log.info("test split not read (train.test = False): best validation %s %.4f at epoch %d",
+                     monitor, best["metric"], best["epoch"])
+        metrics = _metrics(record, history, best, stopped_by == "early stop", test_metrics, popularity, run)
+        metrics["stopped_by"] = stopped_by
         folder.write_metrics(metrics)
-        log.info("run ended: %s after %d epochs", "early stop" if stopped else "all epochs done", len(history))
+        log.info("run ended: %s after %d epochs", stopped_by or "all epochs done", len(history))
         return metrics
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test: dict,
-             popularity: dict, run: Built) -> dict:
+def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test: dict | None,
+             popularity: dict | None, run: Built) -> dict:
     """metrics.json. Epoch time (DESIGN.md): the mean after the first epoch, the first
     (compilation, autotuning) on its own; after a resume the resumed process's first epoch is
     left out too; with one epoch there is no steady-state figure (null)."""

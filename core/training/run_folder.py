@@ -47,8 +47,9 @@ LOCK = ".lock"
 class RunFolder:
     """The files of one run (see the module docstring); ``open`` is the way in."""
 
-    def __init__(self, path: str | Path, *, config_text: str | None = None):
+    def __init__(self, path: str | Path, *, config_text: str | None = None, echo: bool = True):
         self.path = Path(path)
+        self.echo = echo  # False: the log goes to log.txt only (tuning trials side by side)
         self.config_text = config_text  # written as config.gin once the checks have passed
         self.log = self.path / "log.txt"
         self.config = self.path / "config.gin"
@@ -207,12 +208,13 @@ class RunFolder:
 
     @contextlib.contextmanager
     def _logging(self):
-        """The ``core`` loggers go to log.txt (appended) and stderr while the run lasts; an
+        """The ``core`` loggers go to log.txt (appended) and stderr (``echo``) while the run lasts; an
         exception is recorded in log.txt only (the caller prints its own one-line error)."""
         logger = logging.getLogger("core")
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-        to_file, to_err = logging.FileHandler(self.log), logging.StreamHandler(sys.stderr)
-        for handler in (to_file, to_err):
+        to_file = logging.FileHandler(self.log)
+        handlers = (to_file, logging.StreamHandler(sys.stderr)) if self.echo else (to_file,)
+        for handler in handlers:
             handler.setFormatter(fmt)
             logger.addHandler(handler)
         old_level, old_propagate = logger.level, logger.propagate
@@ -228,7 +230,7 @@ class RunFolder:
         finally:
             logger.setLevel(old_level)
             logger.propagate = old_propagate
-            for handler in (to_file, to_err):
+            for handler in handlers:
                 logger.removeHandler(handler)
                 handler.close()
 

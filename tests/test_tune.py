@@ -1,0 +1,219 @@
+"""experiments/tune.py: Optuna studies whose trials are run folders (CPU, the tiny preset).
+
+A study of a few 3-epoch trials on ~120 synthetic users: it runs, continues after kill -9
+without losing, duplicating or counting a trial twice, never reads the test split during the
+search, records an out-of-memory trial and goes on, and its final seeds reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from experiments import tune
+from experiments.tuning import space as tune_space
+from experiments.tuning.study import COUNTED, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--gin", "gin/quickstart.gin", "--space", "gin/tune/tiny.gin",
+         "--gin_bindings", "dataset.synthetic_overrides = {'n_users': 120}",
+         "--gin_bindings", "train.max_len = 10", "--gin_bindings", "train.epochs = 2"]
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _outcomes(study: optuna.Study) -> list[str | None]:
+    return [t.user_attrs.get("outcome") for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.fixture
+def data_cache(tmp_path, monkeypatch):
+    """Every study here writes its synthetic data cache under tmp_path (runs from there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# --- the search space ---------------------------------------------------------------------------
+
+
+def test_space_files_parse_into_the_issue_ranges():
+    space = tune_space.load_space("gin/tune/sampled_ce.gin", REPO)
+    ranges = {p.binding: p for p in space.params}
+    assert ranges["SASRec.dim"].values == (64, 128, 256)
+    assert ranges["train.max_len"].values == (50, 100, 200)
+    assert ranges["train.batch_size"].values == (128, 256, 512, 1024, 2048, 4096)
+    assert ranges["train.lr"].kind == "log" and ranges["train.lr"].values == (1e-4, 5e-3)
+    assert ranges["sampled_ce.n_negatives"].values == (256, 512, 1024, 2048, 4096, 8192)
+    assert set(ranges["sampled_ce.sampler"].values) == {"uniform", "popularity"}
+    assert "sampled_ce.n_negatives" not in {p.binding for p in tune_space.load_space("gin/tune/sasrec.gin", REPO).params}
+
+
+@pytest.mark.parametrize("values, reason", [
+    ({"SASRec.dim": 64, "SASRec.n_heads": 3}, "not divisible"),
+    ({"sampled_ce.n_negatives": 2048}, "the catalog's 1473 items"),
+    ({"sampled_ce.logq": True, "sampled_ce.sampler": "uniform"}, "uniform sampler"),
+    ({"SASRec.dim": 64, "SASRec.n_heads": 4, "sampled_ce.n_negatives": 1024}, None),
+    ({"sampled_ce.logq": True, "sampled_ce.sampler": "popularity"}, None),
+])
+def test_invalid_combinations_are_named(values, reason):
+    got = tune_space.invalid_reason(values, n_items=1473)
+    assert (got is None) if reason is None else (reason in got)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("search_space.params = {'SASRec.dim': ('choice', [])}", "non-empty list"),
+    ("search_space.params = {'SASRec.dim': ('grid', 1, 2)}", "expected ('choice'"),
+    ("search_space.params = {'train.lr': ('log', 0.0, 1.0)}", "low > 0"),
+    ("search_space.params = {'dim': ('choice', [1])}", "not a gin binding"),
+    ("search_space.params = {}", "no parameters"),
+    ("search_space.nonsense = 1", "bad search space"),
+])
+def test_a_bad_space_is_one_line_and_no_study_folder(tmp_path, capsys, text, message):
+    bad = tmp_path / "bad.gin"
+    bad.write_text(text + "\n")
+    out = tmp_path / "study"
+    status = tune.main(["--gin", "gin/quickstart.gin", "--space", str(bad), "--trials", "2", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists()
+
+
+# --- a study ------------------------------------------------------------------------------------
+
+
+def test_search_reads_no_test_split_then_final_does_and_its_seeds_reproduce(data_cache, monkeypatch, capsys):
+    """The probe records every split the batcher is asked for; it must see no "test" during the
+    search and see it in --final (so it can fail). A final run's config.gin reproduces it."""
+    import core.data.batching as batching
+
+    seen: list[str] = []
+    real = batching._context_end
+
+    def probe(seqs, users, split):
+        seen.append(split)
+        return real(seqs, users, split)
+
+    monkeypatch.setattr(batching, "_context_end", probe)
+    out = data_cache / "study"
+    assert tune.main([*SMALL, "--trials", "3", "--out", str(out), "--heartbeat-s", "2"]) == 0
+    assert "valid" in seen and "test" not in seen
+    study = _study(out)
+    assert _outcomes(study).count("complete") + _outcomes(study).count("pruned") == 3
+    for t in study.trials:
+        metrics = json.loads((out / t.user_attrs["run"] / "metrics.json").read_text())
+        assert metrics["test"] is None and metrics["popularity_test"] is None
+        assert metrics["valid"]["NDCG@10"] == pytest.approx(t.user_attrs["valid"]["NDCG@10"])
+    assert (out / "summary" / "trials.csv").exists() and (out / "summary" / "history.png").exists()
+
+    assert tune.main(["--final", "--out", str(out), "--seeds", "0,1"]) == 0
+    assert "test" in seen
+    final = json.loads((out / "final.json").read_text())
+    assert [r["config"] for r in final["rows"]] == ["default", "tuned"]
+    assert final["rows"][1]["seeds"] == [0, 1] and final["mask_history"] is True
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    assert final["best_trial"] == best.number
+    first = json.loads((out / "final" / "tuned_s0" / "metrics.json").read_text())
+
+    # The tuned seed-0 run again, from its own config.gin through run.py: the same test metrics.
+    from experiments import run
+
+    again = data_cache / "again"
+    assert run.main(["--gin", str(out / "final" / "tuned_s0" / "config.gin"), "--out", str(again)]) == 0
+    assert json.loads((again / "metrics.json").read_text())["test"] == first["test"]
+    capsys.readouterr()
+
+
+def test_an_out_of_memory_trial_is_recorded_and_the_study_goes_on(data_cache, monkeypatch, capsys):
+    real = Trainer.train
+    calls = []
+
+    def train(self, path, extra, watch=None, **kw):
+        calls.append(path)
+        if len(calls) == 2:  # the second trial asks for more than the device has
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has ...")
+        return real(self, path, extra, watch, **kw)
+
+    monkeypatch.setattr(Trainer, "train", train)
+    out = data_cache / "study"
+    assert tune.main([*SMALL, "--trials", "3", "--out", str(out)]) == 0
+    study = _study(out)
+    oom = [t for t in study.trials if t.user_attrs.get("outcome") == "oom"]
+    assert len(oom) == 1 and oom[0].state == optuna.trial.TrialState.FAIL
+    assert oom[0].user_attrs["oom_request_gib"] == 2.5
+    assert sum(o in COUNTED for o in _outcomes(study)) == 3  # the OOM counts: it spent budget
+    assert "Out of device memory (1 trials)" in (out / "summary" / "study.md").read_text()
+    assert "trial 1: oom" in capsys.readouterr().out
+
+
+def test_a_changed_command_is_refused_with_the_setting(data_cache, capsys):
+    out = data_cache / "study"
+    assert tune.main([*SMALL, "--trials", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    status = tune.main([*SMALL, "--gin_bindings", "train.lr = 0.5", "--trials", "2", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and "gin_bindings" in err[0]
+    assert len(_study(out).trials) == 1
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running(out: Path):
+    if not (out / "study.db").exists():
+        return None
+    try:
+        trials = _study(out).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    except (KeyError, Exception):  # noqa: BLE001  the study may not exist yet
+        return None
+    return [t for t in trials if t.number >= 1]
+
+
+def test_kill_9_then_the_same_command_continues_without_loss_or_double_count(tmp_path):
+    """Two worker processes on one SQLite file; the whole command is killed (SIGKILL) while a
+    trial runs; the same command then finishes the study: 4 counted trials, the killed trial
+    marked failed and re-run with its setting, every counted trial with its own folder."""
+    out = tmp_path / "study"
+    cmd = [sys.executable, str(REPO / "experiments" / "tune.py"), *SMALL, "--trials", "4",
+           "--workers", "2", "--out", str(out), "--heartbeat-s", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        killed = _wait_for(lambda: _running(out), 240, "a running trial")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    killed_numbers = {t.number for t in killed}
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    study = _study(out)
+    trials = study.get_trials(deepcopy=False)
+    counted = [t for t in trials if t.user_attrs.get("outcome") in COUNTED]
+    assert len(counted) in (4, 5)  # two workers may both start the 4th (the report uses the first 4)
+    assert len({t.number for t in counted}) == len(counted)
+    for number in killed_numbers:
+        dead = trials[number]
+        assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs.get("outcome") is None
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+        assert len(retries) == 1 and retries[0].params == dead.params
+    for t in counted:
+        assert (out / t.user_attrs["run"] / "metrics.json").exists()
+    assert "4 of 4 budget trials counted" in (out / "summary" / "study.md").read_text()
