@@ -2,6 +2,7 @@
 
     python experiments/tune.py --gin gin/beauty5core_flash_ce.gin --space gin/tune/sasrec.gin \\
         --trials 100 --out runs/tune_beauty_flash [--workers 4] [--budget-s 3600] [--trial-s 300]
+    python experiments/tune.py --status --out runs/tune_beauty_flash    # where it stands (any time)
     python experiments/tune.py --final --out runs/tune_beauty_flash     # best setting x 3 seeds, test
     python experiments/tune.py --compare runs/tune_beauty_* --out runs/tune_report
 
@@ -69,12 +70,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
     p.add_argument("--seed", type=int, default=0, help="train.seed of every trial and the sampler's seed")
     p.add_argument("--heartbeat-s", type=int, default=30, help="worker heartbeat; dead after 3 missed")
+    p.add_argument("--status", action="store_true", help="rewrite DIR/summary and print study.md")
     p.add_argument("--final", action="store_true", help="retrain the best setting and the default with --seeds")
     p.add_argument("--seeds", default="0,1,2", help="--final: comma-separated seeds (default 0,1,2)")
     p.add_argument("--compare", nargs="+", metavar="STUDY_DIR", help="tabulate these finished studies into --out")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a spawned worker's index
     args = p.parse_args(argv)
-    if not (args.final or args.compare) and (not args.gin or not args.space):
+    if not (args.final or args.compare or args.status) and (not args.gin or not args.space):
         p.error("a search needs --gin FILE and --space FILE")
     if args.trials < 1 or args.workers < 1 or args.heartbeat_s < 1:
         p.error("--trials, --workers and --heartbeat-s must be >= 1")
@@ -317,6 +319,15 @@ def _final(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    from experiments.tuning.summary import write_summary
+
+    study, setup = _open_study(args, None, create=False)
+    write_summary(study, setup, Path(args.out))
+    print((Path(args.out) / "summary" / "study.md").read_text())
+    return 0
+
+
 def _compare(args) -> int:
     import optuna
 
@@ -369,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compare:
             return _compare(args)
+        if args.status:
+            return _status(args)
         return _final(args) if args.final else _search(args)
     except (TuneError, SpaceError) as err:
         print(f"error: {err}", file=sys.stderr)

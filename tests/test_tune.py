@@ -154,6 +154,8 @@ def test_an_out_of_memory_trial_is_recorded_and_the_study_goes_on(data_cache, mo
     assert sum(o in COUNTED for o in _outcomes(study)) == 3  # the OOM counts: it spent budget
     assert "Out of device memory (1 trials)" in (out / "summary" / "study.md").read_text()
     assert "trial 1: oom" in capsys.readouterr().out
+    assert tune.main(["--status", "--out", str(out)]) == 0
+    assert "3 of 3 budget trials counted (2 complete, 0 pruned, 1 out of memory" in capsys.readouterr().out
 
 
 def test_a_changed_command_is_refused_with_the_setting(data_cache, capsys):
