@@ -11,10 +11,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from core.data.batching import DeviceSequences, eval_batches, history
 from core.data.shards import SequenceData
 from core.metrics import RankingMetrics, popularity_scores
+from core.parallel.collectives import DistContext, all_gather_rows, all_reduce
 
 # (B, n_items) fp32 scores per batch are the evaluation's big buffer: bound it at 2**28 floats
 # (1 GiB), so a 10M-item catalog gets batches of ~26 users and a 20k-item one the cap of 4096.
@@ -61,7 +63,7 @@ def rank_split(
     (``count_train_users``) feed Surprisal; callers compute them once per run, not per call.
     ``users`` (default: all) and ``reduce`` (called on the metrics before ``compute``) let
     each rank of a distributed run rank its share of the users and combine the results
-    exactly (``core.training.distributed.eval_shard``).
+    exactly (``eval_shard``, ``reduce_metrics``).
     """
     metrics = RankingMetrics(
         n_items=seqs.n_items, ks=ks, item_user_counts=item_user_counts, n_train_users=n_train_users
@@ -137,3 +139,47 @@ def evaluate(run, data: SequenceData | None = None, *, split: str = "test", ks: 
         model, model, seqs, amp=device.type == "cuda", split=split, max_len=model.max_len,
         batch_size=batch_size or default_eval_batch_size(data.n_items), mask_history=mask_history,
         ks=ks, item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data))
+
+
+# --- across ranks -----------------------------------------------------------------------------
+# Rank r ranks the global evaluation batches r, r + K, r + 2K, ...; the per-batch float64 sums
+# are gathered and summed in the global batch order, and the Coverage masks are OR-ed, so the
+# metrics equal a 1-rank evaluation bit for bit (same batches, same additions in the same order).
+
+
+def eval_shard(n_users: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
+    """Users rank ``rank`` evaluates: the global batches rank, rank + K, ... concatenated.
+
+    ``eval_batches`` over these users with the same ``batch_size`` yields exactly those global
+    batches (every batch but the globally last is full, and that one is this rank's last), so
+    each batch's sums are those of a 1-rank evaluation. (n,) int64.
+    """
+    starts = range(rank * batch_size, n_users, world * batch_size)
+    parts = [torch.arange(lo, min(lo + batch_size, n_users)) for lo in starts]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
+
+def reduce_metrics(ctx: DistContext, metrics: RankingMetrics) -> None:
+    """Replaces each rank's ``metrics`` (filled over ``eval_shard``'s users) by the global ones.
+
+    Per-batch sums are gathered and put back in global batch order (batch g was ranked by rank
+    g % K as its (g // K)-th), then summed one after another as one process would; the
+    Coverage masks are OR-ed. The result equals a 1-rank evaluation bit for bit.
+    """
+    if not ctx.enabled:
+        return
+    rows, seen = metrics.state()  # (n_local, C) float64, (len(ks), n_items) bool
+    counts = [int(n) for n in all_reduce(
+        ctx, torch.zeros(ctx.world, dtype=torch.int64).index_fill_(0, torch.tensor(ctx.rank), len(rows)))]
+    gathered = all_gather_rows(ctx, rows, counts)
+    ordered = [gathered[g % ctx.world][g // ctx.world] for g in range(sum(counts))]
+    union = all_reduce(ctx, seen.to(torch.uint8), op=dist.ReduceOp.MAX).bool()
+    metrics.load_state(torch.stack(ordered) if ordered else rows[:0], union)
+
+
+def eval_args(ctx: DistContext, n_users: int, batch_size: int) -> dict:
+    """Extra ``rank_split`` arguments for this rank: its users and the exact reduction ({} on 1 rank)."""
+    if not ctx.enabled:
+        return {}
+    return {"users": eval_shard(n_users, batch_size, ctx.rank, ctx.world),
+            "reduce": lambda metrics: reduce_metrics(ctx, metrics)}

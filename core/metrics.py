@@ -170,7 +170,7 @@ class RankingMetrics:
     def state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-update sums (n_updates, n_columns) float64, recommended items (len(ks), n_items) bool).
 
-        What a distributed evaluation exchanges (``core.training.distributed.reduce_metrics``):
+        What a distributed evaluation exchanges (``core.evaluation.reduce_metrics``):
         the rows are each batch's sums in update order, the last column its user count; the
         mask says which items appeared in some top-k (Coverage). Both on CPU.
         """

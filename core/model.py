@@ -134,12 +134,14 @@ class SASRec(nn.Module):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, *, shares=None) -> torch.Tensor:
         """seq (B, L) int64 item ids, left-padded with 0 -> hidden states (B, L, D).
 
         Row b, column j is the representation after seeing seq[b, :j+1]; score it against
         ``catalog()`` to predict the next item. Padded columns hold finite values that mean
-        nothing; callers score only positions with a real target.
+        nothing; callers score only positions with a real target. ``shares``: only when the
+        item table is split over ranks (``core.parallel.catalog.ShardedItemEmbedding``), every
+        rank's share of the batch, which its lookup (a collective) takes as an argument.
         """
         B, L = seq.shape
         if L > self.max_len:
@@ -147,7 +149,8 @@ class SASRec(nn.Module):
         # Positions are counted from the right end (the last item always gets max_len - 1),
         # so a sequence's real items get the same positions however much padding precedes them.
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)  # (L,)
-        x = self.item_emb(seq) * self.emb_scale + self.pos_emb(pos)  # (B, L, D)
+        items = self.item_emb(seq) if shares is None else self.item_emb(seq, shares)  # (B, L, D)
+        x = items * self.emb_scale + self.pos_emb(pos)  # (B, L, D)
         x = self.emb_dropout(x)
 
         # Causal mask AND "key is a real item": real positions never look at padding, so their

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     import core.dataset_config  # noqa: F401  (registers dataset(), which the gin files bind)
     import core.training.loop  # noqa: F401  (registers train())
     from core.gin_search import add_root
-    from core.training.distributed import run_joined
+    from experiments.joined import run_joined
 
     add_root(REPO_ROOT)
     missing = [f for f in args.gin if not Path(f).exists() and not (REPO_ROOT / f).exists()]
@@ -121,7 +121,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
     from core.data.shards import DataFormatError
     from core.dataset_config import DataMissingError, dataset
     from core.training import RunFolder, RunFolderBusy, RunFolderError, TrainingError
-    from core.training.distributed import main_first
+    from experiments.joined import main_first
     from core.training.loop import train_configurable
 
     stem = Path(args.gin[-1]).stem
@@ -159,6 +159,6 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
 if __name__ == "__main__":
     status = main()  # imported after it: `--help` stays torch-free
-    from core.training.distributed import leave  # torchrun: no abort in finalization
+    from experiments.joined import leave  # torchrun: no abort in finalization
 
     leave(status)

@@ -32,7 +32,8 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
 def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args) -> None:
     os.environ.update(rank_env(rank, world, port))
     torch.set_num_threads(1)  # K ranks on a 2-core machine
-    from core.training.distributed import init_from_env, leave, shutdown
+    from core.parallel.collectives import init_from_env, shutdown
+    from experiments.joined import leave
 
     ctx = init_from_env(device, timeout_s=timeout_s)
     try:

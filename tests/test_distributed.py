@@ -22,11 +22,14 @@ import torch
 
 from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import SequenceData
-from core.evaluation import count_train_users, evaluate_model, evaluate_popularity
+from core.evaluation import count_train_users, eval_args, eval_shard, evaluate_model, evaluate_popularity
 from core.losses import ce
 from core.metrics import RankingMetrics
 from core.model import SASRec
-from core.training import distributed as D
+from core.parallel.collectives import (DistContext, DistributedError, all_reduce, failure, init_from_env,
+                                       is_collective_failure, shard_bounds)
+from core.parallel.shares import loss_scale, rank_positions, scaled_loss, shard_batch, shard_rows
+from core.training.ranks import Ranks
 from tests.distributed_ranks import free_port, rank_env, run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,29 +54,46 @@ def make_model(seed: int = 1) -> SASRec:
 
 @pytest.mark.parametrize("n,world", [(0, 2), (1, 3), (7, 2), (7, 3), (9, 3), (10, 4)])
 def test_shard_bounds_cover_everything_once_and_balanced(n, world):
-    bounds = D.shard_bounds(n, world)
+    bounds = shard_bounds(n, world)
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:]))
     sizes = [hi - lo for lo, hi in bounds]
     assert max(sizes) - min(sizes) <= 1
     rows = torch.arange(n)
-    assert torch.equal(torch.cat([D.shard_rows(rows, r, world) for r in range(world)]), rows)
+    assert torch.equal(torch.cat([shard_rows(rows, r, world) for r in range(world)]), rows)
 
 
 def test_rank_positions_and_loss_scale_recover_the_global_mean():
     positions = np.array([3, 0, 5, 8, 1, 2, 7])
-    per_rank = D.rank_positions(positions, 3)
+    per_rank = rank_positions(positions, 3)
     assert per_rank == [3 + 0 + 5, 8 + 1, 2 + 7]
     total = int(positions.sum())
     # sum_r mean_r * scale_r / K = sum_r sum_r / N
     means = [10.0, 4.0, 2.5]
-    got = sum(m * D.loss_scale(n, total, 3) for m, n in zip(means, per_rank)) / 3
+    got = sum(m * loss_scale(n, total, 3) for m, n in zip(means, per_rank)) / 3
     assert got == pytest.approx(sum(m * n for m, n in zip(means, per_rank)) / total)
+
+
+def test_a_share_carries_every_ranks_sizes_whatever_order_the_batches_are_used_in():
+    """The share sizes travel with each batch (no counter the batcher writes and the loss reads
+    later): drawing the next share first leaves the one drawn before it intact."""
+    seqs = DeviceSequences.from_data(make_data(), "cpu")
+    batches = list(TrainBatches(seqs, batch_size=7, max_len=MAX_LEN, seed=0).epoch(1))
+    ranks = Ranks(DistContext(rank=1, world=3, backend="gloo"))  # sharding alone: no process group
+    drawn = ranks.batches(batches)
+    first, second = next(drawn), next(drawn)
+    for share, batch in ((second, batches[1]), (first, batches[0])):  # used in the other order
+        alone = shard_batch(batch, 1, 3)
+        assert share.shares == alone.shares and torch.equal(share.inputs, alone.inputs)
+        assert share.shares.positions == tuple(rank_positions(batch.row_positions, 3))
+        assert share.positions == share.shares.positions[1] == int((share.targets != 0).sum())
+        assert sum(share.shares.ids) == batch.inputs.numel()
+        assert share.shares.rows[1] == share.inputs.shape[0]
 
 
 @pytest.mark.parametrize("n_users,batch,world", [(37, 5, 2), (37, 5, 3), (4, 5, 3), (30, 5, 3)])
 def test_eval_shard_takes_whole_global_batches_round_robin(n_users, batch, world):
-    shares = [D.eval_shard(n_users, batch, r, world) for r in range(world)]
+    shares = [eval_shard(n_users, batch, r, world) for r in range(world)]
     assert torch.equal(torch.sort(torch.cat(shares)).values, torch.arange(n_users))
     global_batches = [list(range(lo, min(lo + batch, n_users))) for lo in range(0, n_users, batch)]
     for r, share in enumerate(shares):
@@ -105,12 +125,12 @@ def _eval_args(data: SequenceData) -> dict:
                 item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data))
 
 
-def _evaluate(ctx: D.DistContext) -> dict:
+def _evaluate(ctx: DistContext) -> dict:
     data = make_data()
     model = make_model()
     seqs = DeviceSequences.from_data(data)
-    args = {**_eval_args(data), **D.eval_args(ctx, data.n_users, EVAL_BATCH)}
-    local = {**_eval_args(data), "users": D.eval_shard(data.n_users, EVAL_BATCH, ctx.rank, ctx.world)}
+    args = {**_eval_args(data), **eval_args(ctx, data.n_users, EVAL_BATCH)}
+    local = {**_eval_args(data), "users": eval_shard(data.n_users, EVAL_BATCH, ctx.rank, ctx.world)}
     return {
         "valid": evaluate_model(model, model, seqs, split="valid", amp=False, **args),
         "test": evaluate_model(model, model, seqs, split="test", amp=False, **args),
@@ -121,7 +141,7 @@ def _evaluate(ctx: D.DistContext) -> dict:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_evaluation_equals_one_process_exactly(world, tmp_path):
-    expected = _evaluate(D.DistContext())
+    expected = _evaluate(DistContext())
     results = run_ranks(_evaluate, world, tmp_path)
     for rank, got in enumerate(results):
         for split in ("valid", "test", "popularity"):
@@ -145,21 +165,21 @@ def _loss_and_grads(model, inputs, targets, *, local_positions, global_positions
     hidden = model(inputs)  # (B, L, D)
     mask = targets != 0
     catalog = getattr(model, "module", model).catalog()  # DDP wraps the model
-    loss = D.scaled_loss(ce, hidden[mask], catalog, targets[mask] - 1,
+    loss = scaled_loss(ce, hidden[mask], catalog, targets[mask] - 1,
                          local_positions=local_positions, global_positions=global_positions, world=world)
     model.zero_grad(set_to_none=True)
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _ddp_grads(ctx: D.DistContext) -> dict:
+def _ddp_grads(ctx: DistContext) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     inputs, targets = _global_batch()
     row_positions = (targets != 0).sum(1).numpy()  # the loop knows these from the host
-    per_rank = D.rank_positions(row_positions, ctx.world)
+    per_rank = rank_positions(row_positions, ctx.world)
     total = int(row_positions.sum())
-    mine_in, mine_t = D.shard_rows(inputs, ctx.rank, ctx.world), D.shard_rows(targets, ctx.rank, ctx.world)
+    mine_in, mine_t = shard_rows(inputs, ctx.rank, ctx.world), shard_rows(targets, ctx.rank, ctx.world)
     ddp = DDP(make_model())
     weighted = _loss_and_grads(ddp, mine_in, mine_t, local_positions=per_rank[ctx.rank],
                                global_positions=total, world=ctx.world)
@@ -191,13 +211,13 @@ def _bf16_grads(model, inputs, targets, device, **scales) -> dict:
     return {n.removeprefix("module."): g.double().cpu() for n, g in grads.items()}
 
 
-def _ddp_bf16_grads(ctx: D.DistContext) -> dict:
+def _ddp_bf16_grads(ctx: DistContext) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     inputs, targets = _global_batch()
     row_positions = (targets != 0).sum(1).numpy()
-    per_rank = D.rank_positions(row_positions, ctx.world)
-    mine = [D.shard_rows(t, ctx.rank, ctx.world) for t in (inputs, targets)]
+    per_rank = rank_positions(row_positions, ctx.world)
+    mine = [shard_rows(t, ctx.rank, ctx.world) for t in (inputs, targets)]
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     ddp = DDP(make_model().to(ctx.device), device_ids=device_ids)
     weighted = _bf16_grads(ddp, *mine, ctx.device, local_positions=per_rank[ctx.rank],
@@ -234,15 +254,15 @@ def test_bf16_data_parallel_gradient_is_as_close_to_float64_as_one_process(devic
     assert min(_rel_error(got["plain"], oracle) for got in ranks) > 5 * max(one, *errors)
 
 
-def _empty_share(ctx: D.DistContext) -> dict:
+def _empty_share(ctx: DistContext) -> dict:
     """A global batch of 2 rows on 3 ranks: rank 2 holds no row and must still take part."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     inputs, targets = (t[:2] for t in _global_batch())
     row_positions = (targets != 0).sum(1).numpy()
-    per_rank = D.rank_positions(row_positions, ctx.world)
+    per_rank = rank_positions(row_positions, ctx.world)
     ddp = DDP(make_model())
-    mine = [D.shard_rows(t, ctx.rank, ctx.world) for t in (inputs, targets)]
+    mine = [shard_rows(t, ctx.rank, ctx.world) for t in (inputs, targets)]
     return _loss_and_grads(ddp, *mine, local_positions=per_rank[ctx.rank],
                            global_positions=int(row_positions.sum()), world=ctx.world)
 
@@ -265,7 +285,7 @@ TIMEOUT_S = 10.0
 def _die_or_wait(rank: int, world: int, port: int, out_dir: str, how: str) -> None:
     os.environ.update(rank_env(rank, world, port))
     torch.set_num_threads(1)
-    ctx = D.init_from_env("cpu", timeout_s=TIMEOUT_S)
+    ctx = init_from_env("cpu", timeout_s=TIMEOUT_S)
     ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
     if rank == 1:
         if how.startswith("dies"):
@@ -278,12 +298,12 @@ def _die_or_wait(rank: int, world: int, port: int, out_dir: str, how: str) -> No
             try:
                 ddp(torch.randn(2, 4)).sum().backward()
             except RuntimeError as err:
-                assert D.is_collective_failure(err), err
-                raise D.failure(ctx, "all_reduce", err) from err
+                assert is_collective_failure(err), err
+                raise failure(ctx, "all_reduce", err) from err
         else:
-            D.all_reduce(ctx, torch.ones(3))
+            all_reduce(ctx, torch.ones(3))
         message = "no error"
-    except D.DistributedError as err:
+    except DistributedError as err:
         message = str(err)
     Path(out_dir, f"rank{rank}.txt").write_text(f"{time.perf_counter() - start:.1f}\n{message}")
     os._exit(0)  # the group is broken: no orderly shutdown to wait for
@@ -314,14 +334,14 @@ def test_a_dead_or_stuck_rank_stops_the_others_with_one_clear_error(how, tmp_pat
 
 
 def test_only_backend_failures_count_as_a_lost_rank():
-    assert D.is_collective_failure(RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:553] Connection closed"))
-    assert D.is_collective_failure(D.DistributedError("rank 1/2: barrier failed"))
-    assert not D.is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert is_collective_failure(RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:553] Connection closed"))
+    assert is_collective_failure(DistributedError("rank 1/2: barrier failed"))
+    assert not is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
 # A command-line tool's exit (``leave``): under torchrun it skips Python's finalization, where a
 # gloo thread could abort a finished run, and must still flush what the tool printed.
-EXIT = ("import atexit, sys; from core.training import distributed as D; "
+EXIT = ("import atexit, os, sys; from experiments.joined import leave; "
         "atexit.register(lambda: print(' finalized', file=sys.stderr)); "
         "print('table', end=''); print('wrote', end='', file=sys.stderr); {exit}(3)")
 
@@ -335,7 +355,7 @@ def _exit_with(exit_call: str, world: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("world", ["1", "2"])
 def test_leave_keeps_the_status_and_the_output_and_skips_finalization_under_torchrun(world):
-    proc = _exit_with("D.leave", world)
+    proc = _exit_with("leave", world)
     assert (proc.returncode, proc.stdout) == (3, "table")
     # one process: a normal exit (atexit handlers run); torchrun: no finalization at all
     assert proc.stderr == ("wrote finalized\n" if world == "1" else "wrote")
@@ -343,5 +363,5 @@ def test_leave_keeps_the_status_and_the_output_and_skips_finalization_under_torc
 
 def test_an_exit_that_skips_finalization_without_flushing_loses_the_output():
     """The broken variant ``leave`` guards against: os._exit alone drops buffered stdout."""
-    proc = _exit_with("D.os._exit", "2")
+    proc = _exit_with("os._exit", "2")
     assert (proc.returncode, proc.stdout) == (3, "")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from core.losses import IGNORE_INDEX, ce
-from core.losses import catalog_parallel as CP
-from core.training.distributed import DistContext, shard_bounds
+from core.parallel import catalog as CP
+from core.parallel.collectives import DistContext, shard_bounds
 from tests.distributed_ranks import run_ranks
 
 D_MODEL = 12

@@ -17,7 +17,9 @@ from core.data.batching import DeviceSequences, TrainBatches
 from core.evaluation import count_train_users, evaluate_model
 from core.losses import ce
 from core.model import SASRec
-from core.training import distributed as D
+from core.parallel.collectives import DistContext, shard_bounds
+from core.parallel.shares import ShardedBatch
+from core.training.ranks import Ranks
 from tests.distributed_ranks import run_ranks
 from tests.test_distributed import make_data
 
@@ -30,20 +32,22 @@ def make_model() -> SASRec:
 
 
 def _step(net, model, optimizer, loss_fn, batch) -> float:
-    hidden = net(batch.inputs)  # (B, L, D)
+    # a rank's share of a global batch brings every rank's share sizes, for the model and the loss
+    extra = {"shares": batch.shares} if isinstance(batch, ShardedBatch) else {}
+    hidden = net(batch.inputs, **extra)  # (B, L, D)
     mask = batch.targets != 0
-    loss = loss_fn(hidden[mask], model.catalog(), batch.targets[mask] - 1)
+    loss = loss_fn(hidden[mask], model.catalog(), batch.targets[mask] - 1, **extra)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return float(loss.detach())
 
 
-def _train(ctx: D.DistContext, catalog_parallel: bool, resume_after: int | None = None) -> dict:
+def _train(ctx: DistContext, catalog_parallel: bool, resume_after: int | None = None) -> dict:
     data = make_data()
     seqs = DeviceSequences.from_data(data, ctx.device)
     model = make_model()
-    ranks = D.Ranks(ctx, catalog_parallel=catalog_parallel)  # one process: every member a no-op
+    ranks = Ranks(ctx, catalog_parallel=catalog_parallel)  # one process: every member a no-op
     model = ranks.shard(model).to(ctx.device)
     net = ranks.prepare(model)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
@@ -99,13 +103,13 @@ def assert_same_training(got: dict, expected: dict) -> None:
 
 @pytest.mark.parametrize("world,catalog_parallel", [(3, False), (3, True)])  # K = 2: below
 def test_k_ranks_train_like_one(world, catalog_parallel, tmp_path):
-    expected = _train(D.DistContext(), False)
+    expected = _train(DistContext(), False)
     results = run_ranks(_train, world, tmp_path, catalog_parallel)
     for got in results:
         assert_same_training(got, expected)
     if catalog_parallel:  # each rank held V / K rows (+ the unused padding row), not V + 1
         assert sorted(r["shard_rows"] - 1 for r in results) == sorted(
-            hi - lo for lo, hi in D.shard_bounds(N_ITEMS, world))
+            hi - lo for lo, hi in shard_bounds(N_ITEMS, world))
 
 
 @pytest.mark.gpu
@@ -114,12 +118,12 @@ def test_k_ranks_train_like_one(world, catalog_parallel, tmp_path):
 def test_k_ranks_train_like_one_on_cuda(catalog_parallel, tmp_path):
     """The same on CUDA, fp32: 2 ranks (sharing one GPU over gloo, or NCCL on two) against one
     CUDA process: the device paths (collectives of CUDA tensors, the sharded table on the GPU)."""
-    expected = _train(D.DistContext(device=torch.device("cuda", 0)), False)
+    expected = _train(DistContext(device=torch.device("cuda", 0)), False)
     for got in run_ranks(_train, 2, tmp_path, catalog_parallel, device="cuda"):
         assert_same_training(got, expected)
 
 
 def test_catalog_parallel_checkpoint_round_trip(tmp_path):
-    expected = _train(D.DistContext(), False)
+    expected = _train(DistContext(), False)
     for got in run_ranks(_train, 2, tmp_path, True, 1):
         assert_same_training(got, expected)

@@ -77,7 +77,7 @@ class Batch(NamedTuple):
     targets: Tensor  # (B, L) int64: targets[:, j] is the item after inputs[:, j]; 0 = none
     positions: int
     # (B,) int64 on the host: each row's count; a data-parallel run splits the batch by rows
-    # (core.training.distributed.Ranks.batches) and needs every share's count without a sync
+    # (core.parallel.shares.shard_batch) and needs every share's count without a sync
     row_positions: np.ndarray | None = None
 
 

@@ -1,4 +1,5 @@
-"""Training: the step (``step.py``), the run folder (``run_folder.py``) and the loop (``loop.py``).
+"""Training: the step (``step.py``), the run folder (``run_folder.py``), the loop (``loop.py``)
+and its view of the ranks of a torchrun run (``ranks.py``; the collectives are ``core.parallel``).
 
     from core.training import train, load_run
     metrics = train(data=data, out_dir="runs/mine", loss_fn=core.losses.cce, epochs=5)

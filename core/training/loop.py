@@ -37,8 +37,9 @@ from core.evaluation import count_train_users, default_eval_batch_size, evaluate
 from core.losses import bind_to_data, ce, loss_name, loss_settings
 from core.losses.registry import _unwrap
 from core.model import SASRec
-from core.training.distributed import DistContext, Ranks
+from core.parallel.collectives import DistContext
 from core.training.errors import TrainingDiverged, TrainingError
+from core.training.ranks import Ranks
 from core.training.run_folder import RunFolder, model_settings
 from core.training.step import GraphCaptureError, Step, StepSettings, make_step, run_epoch
 
@@ -105,7 +106,7 @@ def build(data: SequenceData, *, model_fn: Callable[..., torch.nn.Module], loss_
 
     ``model_fn`` is called with ``n_items`` and ``max_len`` (passed from here so that batches
     and positions can never disagree); ``loss_fn`` is bound to the data first (``bind_to_data``).
-    ``ranks``: the processes of a torchrun run (``core.training.distributed.Ranks``); the step
+    ``ranks``: the processes of a torchrun run (``core.training.ranks.Ranks``); the step
     then trains their DDP (and catalog-parallel) view of the model.
     """
     torch.manual_seed(seed)
@@ -166,7 +167,7 @@ def train(
     CPU); only the ``Schedule``'s settings, ``device`` and ``eval_batch_size`` may change.
     Every bad value raises ValueError naming its ``train.*`` setting before anything is written.
 
-    ``parallel``: this process's place in a torchrun run (``core.training.distributed.init_from_env``;
+    ``parallel``: this process's place in a torchrun run (``core.parallel.collectives.init_from_env``;
     None: one process). Each rank trains its share of every global batch of ``batch_size`` rows
     (the learning rate is not rescaled) and ranks its share of the users; rank 0 writes the run
     folder; the device is the rank's own. ``catalog_parallel``: the item table split by item

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from core.data.batching import Batch
 from core.evaluation import autocast
 from core.losses import IGNORE_INDEX
+from core.parallel.shares import RankShares, ShardedBatch
 
 # torch.compile modes of ``train.compile``; True means "default". "reduce-overhead" adds CUDA
 # graphs (the model body only: the compact block's size changes every batch).
@@ -96,8 +97,11 @@ class StepSettings:
 
 @dataclass
 class Step:
-    """``step(inputs, targets, positions, mark=None) -> loss`` (a device scalar: no sync) and
-    the optimizer it updates (checkpoints save its state). ``kind`` names the variant."""
+    """``step(inputs, targets, positions, mark=None, *, shares=None) -> loss`` (a device scalar:
+    no sync) and the optimizer it updates (checkpoints save its state). ``kind`` names the
+    variant. ``shares``: a rank's share of a global batch brings every rank's share sizes
+    (``core.parallel.shares.RankShares``); the step passes them to the model and the loss as
+    the keyword ``shares`` (``core.training.ranks.Ranks`` builds both to take it)."""
 
     run: Callable[..., torch.Tensor]
     optimizer: torch.optim.Optimizer
@@ -105,8 +109,13 @@ class Step:
     warning: str | None = None  # a setting that could not apply here (logged by the loop)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, positions: int,
-                 mark: Callable[[str], None] | None = None) -> torch.Tensor:
-        return self.run(inputs, targets, positions, mark)
+                 mark: Callable[[str], None] | None = None, *, shares: RankShares | None = None) -> torch.Tensor:
+        return self.run(inputs, targets, positions, mark, shares)
+
+    def on(self, batch: Batch | ShardedBatch, mark: Callable[[str], None] | None = None) -> torch.Tensor:
+        """The step on ``batch``: a ``Batch``, or a rank's ``ShardedBatch`` with its shares."""
+        shares = batch.shares if isinstance(batch, ShardedBatch) else None
+        return self.run(batch.inputs, batch.targets, batch.positions, mark, shares)
 
 
 def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
@@ -199,14 +208,15 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
     pass runs in two parts (the loss's, then the body's) so that each can be timed."""
     device = next(model.parameters()).device
 
-    def step(inputs, targets, positions, mark=None):
+    def step(inputs, targets, positions, mark=None, shares=None):
+        extra = {} if shares is None else {"shares": shares}  # K ranks: for the model and the loss
         if pad_to is not None and inputs.shape[0] < pad_to:
             rows = (0, 0, 0, pad_to - inputs.shape[0])  # (B, L) -> (pad_to, L), zeros = padding
             inputs, targets = F.pad(inputs, rows), F.pad(targets, rows)
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp):
-            hidden = forward(inputs)  # (B, L, D)
+            hidden = forward(inputs, **extra)  # (B, L, D)
             head_in = hidden
             if mark is not None:
                 mark("model_forward")
@@ -218,7 +228,7 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
                 t = targets.flatten().index_select(0, index)  # (N,)
             else:  # the boolean mask: its data-sized output makes the host wait once per step
                 e, t = head_in[mask], targets[mask]  # (N, D), (N,)
-            loss = loss_fn(e, model.catalog(), t - 1)  # catalog column = item id - 1
+            loss = loss_fn(e, model.catalog(), t - 1, **extra)  # catalog column = item id - 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if mark is not None:
@@ -284,7 +294,9 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
         graphs[n_pad] = (graph, out)
         return loss
 
-    def step(inputs, targets, positions, mark=None):
+    def step(inputs, targets, positions, mark=None, shares=None):
+        if shares is not None:
+            raise ValueError("the CUDA-graphed step runs in one process (no rank shares)")
         rows = inputs.shape[0]
         static_inputs[:rows].copy_(inputs)
         static_targets[:rows].copy_(targets)
@@ -309,7 +321,7 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
 # --- one epoch ------------------------------------------------------------------------------
 
 
-def run_epoch(step: Callable[..., torch.Tensor], batches: Iterable[Batch], *, device: torch.device,
+def run_epoch(step: Step, batches: Iterable[Batch | ShardedBatch], *, device: torch.device,
               nan_check_every: int = 0, progress: tqdm | None = None) -> tuple[float, int]:
     """One pass of ``step`` over ``batches`` -> (mean batch loss, steps).
 
@@ -321,7 +333,7 @@ def run_epoch(step: Callable[..., torch.Tensor], batches: Iterable[Batch], *, de
     steps = 0
     last_refresh = time.perf_counter()
     for batch in batches:
-        loss_sum += step(batch.inputs, batch.targets, batch.positions)
+        loss_sum += step.on(batch)
         steps += 1
         if nan_check_every and steps % nan_check_every == 0 and not torch.isfinite(loss_sum):
             return float("nan"), steps

@@ -30,7 +30,7 @@ On K processes (one node; several nodes take torchrun's rendezvous flags as run.
         --gin gin/beauty_like_ce.gin [--gin_bindings "train.catalog_parallel = True"] --variants static
 
 Each rank joins the process group as ``experiments/run.py`` does
-(``core.training.distributed.join``), builds the run with the same ``Ranks`` object ``train``
+(``experiments.joined.join``), builds the run with the same ``Ranks`` object ``train``
 gives ``build`` (DDP, and the item table split by item range under ``train.catalog_parallel``)
 and trains its share of every global batch of ``train.batch_size`` rows through
 ``Ranks.batches``, as ``fit`` does; every config runs on the rank's own device. A timed epoch
@@ -79,12 +79,13 @@ import torch
 from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_name
-from core.training.distributed import (DistContext, Ranks, all_reduce, broadcast, gather_objects,
-                                       is_collective_failure, leave, main_first, run_joined)
+from core.parallel.collectives import DistContext, all_reduce, broadcast, gather_objects, is_collective_failure
 from core.training.loop import _check_ranks, _device, build, train, train_configurable
+from core.training.ranks import Ranks
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
 from experiments.bench.common import (GIB, REPO_ROOT, BenchError, count_syncs, default_out,
     environment, error_row, mark, markdown_table, phase_ms, split_list, sync, write_results)
+from experiments.joined import leave, main_first, run_joined
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "graph"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",
@@ -222,7 +223,7 @@ def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3) 
         mark(stamps, device, "start")
         batch = next(batches)
         mark(stamps, device, "batch")
-        step(batch.inputs, batch.targets, batch.positions, mark=lambda name: mark(stamps, device, name))
+        step.on(batch, mark=lambda name: mark(stamps, device, name))
         sync(device)
         if i < skip_steps:
             continue
@@ -270,7 +271,7 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     if args.warmup_steps:
         for i, batch in enumerate(ranks.batches(batches.epoch(0))):
             if i < args.warmup_steps or i == len(batches) - 1:
-                step(batch.inputs, batch.targets, batch.positions)
+                step.on(batch)
     sync(device)
     row["warmup_s"] = time.perf_counter() - start if args.warmup_steps else None
 
@@ -314,7 +315,7 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     if device.type == "cuda":
         def one_step():
             batch = next(later)
-            step(batch.inputs, batch.targets, batch.positions)
+            step.on(batch)
         row["syncs_per_step"], row["sync_sites"] = count_syncs(one_step, times=5)
     return row
 

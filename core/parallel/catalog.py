@@ -1,4 +1,4 @@
-"""Catalog-parallel softmax cross-entropy and item lookup: the item table split by item range.
+"""Catalog-parallel softmax cross-entropy and the sharded item table: the catalog split by item range.
 
 Why: at tens of millions of items the table, its Adam state and the loss's pass over the
 catalog no longer fit or pay on one device. Here rank r of K holds only the items of
@@ -14,6 +14,12 @@ catalog no longer fit or pay on one device. Here rank r of K holds only the item
 - ``sharded_lookup(ids, table_shard, ctx=...)``: the input embedding of a catalog-parallel
   model. Ids are gathered, every rank fills the rows it owns, and the sums go back to the rank
   that asked; backward gathers the output gradients and each owner adds them to its rows.
+- ``ShardedItemEmbedding``: the model's item table (input embedding and output head) holding
+  only this rank's rows, looked up with ``sharded_lookup``; checkpoints hold the whole table.
+
+Every rank's row count (``counts``) comes from the caller when it is known on the host: the
+training step passes its batch's ``core.parallel.shares.RankShares`` as an argument, so no
+size is exchanged and nothing is remembered between calls.
 
 Scaling under DDP: the replicated model body is averaged over ranks by DDP, so the gradient a
 rank sends into it must be K times its share. ``e_grad_scale = K`` does that for dE;
@@ -37,9 +43,11 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from core.losses.cce import autocast_operands
+# The one loss module this layer uses: the constant every loss skips. (The split-LSE kernel,
+# core.losses.kernels.cce_split, loads on first use on CUDA; tests/test_layers.py allows both.)
 from core.losses.registry import IGNORE_INDEX
-from core.training.distributed import DistContext, _to_comm, all_gather_rows, collective_errors, shard_bounds
+from core.parallel.collectives import DistContext, _to_comm, all_gather_rows, collective_errors, shard_bounds
+from core.parallel.shares import RankShares
 
 # fp32 logits per chunk (128 MiB): the bound on the loss's largest transient, whatever N and V_k
 _CHUNK_ELEMENTS = 2**25
@@ -212,7 +220,8 @@ def catalog_parallel_ce(e: torch.Tensor, c_shard: torch.Tensor, targets: torch.T
     if c_shard.shape[0] != hi - lo:
         raise ValueError(f"rank {ctx.rank} owns items [{lo}, {hi}) but got a shard of {c_shard.shape[0]} rows")
     counts = _row_counts(ctx, e.shape[0], counts)
-    e = autocast_operands(e, e)[0]  # bf16 under autocast: half the all-gather, the split LSE kernel
+    if torch.is_autocast_enabled(e.device.type):  # bf16 under autocast: half the all-gather, the split LSE kernel
+        e = e.to(torch.get_autocast_dtype(e.device.type))
     return _CatalogParallelCE.apply(e, c_shard, targets, _Shard(ctx, n_items), counts, e_grad_scale)
 
 
@@ -281,13 +290,17 @@ class ShardedItemEmbedding(torch.nn.Module):
                             device=full_weight.device)
         shard[1:] = full_weight.detach()[1 + self.lo : 1 + self.hi]
         self.weight = torch.nn.Parameter(shard)
-        self.counts: list[int] | None = None  # every rank's ids.numel() in the next forward, if known
         self.grad_scale = 1.0 / ctx.world  # DDP's convention: see the module docstring
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(*ids.shape, D) embeddings; every rank must call it together (it is a collective)."""
+    def forward(self, ids: torch.Tensor, shares: RankShares | None = None) -> torch.Tensor:
+        """(*ids.shape, D) embeddings; every rank must call it together (it is a collective).
+
+        ``shares``: every rank's share of the batch whose ids these are (host counts, no
+        exchange); without it the ranks exchange their ids' counts first.
+        """
         return sharded_lookup(ids, self.weight[1:], ctx=self.ctx, n_items=self.n_items,
-                              counts=self.counts, table_grad_scale=self.grad_scale)
+                              counts=None if shares is None else shares.ids,
+                              table_grad_scale=self.grad_scale)
 
     def full_weight(self, device: torch.device | str | None = None) -> torch.Tensor:
         """The whole (n_items + 1, D) table (padding row zero) on every rank, on ``device``

@@ -1,0 +1,214 @@
+"""``fit``'s view of the processes of a run: one, or the K ranks of torchrun (``Ranks``).
+
+What a K-rank run changes in training, and where the exact pieces live:
+
+- the model: DDP around it; under catalog-parallel its item table is this rank's shard
+  (``core.parallel.catalog.ShardedItemEmbedding``), which DDP leaves alone, and the
+  optimizer's checkpoints hold the whole table's Adam state;
+- the batches: this rank's share of each global batch, carrying every rank's share sizes
+  (``core.parallel.shares.ShardedBatch``); the step passes those to the loss and the model;
+- the loss: the local mean weighted by ``loss_scale`` (data-parallel), or the catalog-parallel
+  CE of the whole global batch;
+- evaluation: each rank ranks a share of the users, reduced exactly (``core.evaluation.eval_args``);
+- decisions and files: early stopping decided by rank 0, rank 0 writing, every rank's RNG state
+  in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from core.data.batching import Batch
+from core.evaluation import eval_args
+from core.parallel.catalog import ShardedItemEmbedding, catalog_parallel_ce
+from core.parallel.collectives import DistContext, barrier, broadcast, gather_objects, mean_over_ranks
+from core.parallel.shares import RankShares, ShardedBatch, scaled_loss, shard_batch
+
+
+class _DDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP that still answers ``catalog()``, which the step calls on the model it is given, and
+    takes the batch's ``shares`` (``forward(inputs, shares=...)``): the model needs them only
+    when its item table is sharded (the lookup is a collective over unequal shares)."""
+
+    def catalog(self) -> torch.Tensor:
+        return self.module.catalog()
+
+    def forward(self, inputs: torch.Tensor, *, shares: RankShares) -> torch.Tensor:
+        if isinstance(self.module.item_emb, ShardedItemEmbedding):
+            return super().forward(inputs, shares=shares)
+        return super().forward(inputs)
+
+
+class Ranks:
+    """``fit``'s view of the processes of a run: one (``Ranks()``) or the ranks of torchrun.
+
+    With one process every member is a no-op (the model, loss and batches pass through). With
+    K ranks (a ``ctx`` from ``init_from_env``):
+
+    - ``shard(model)``: with ``catalog_parallel`` the item table becomes this rank's shard
+      (``ShardedItemEmbedding``), which DDP leaves alone (its gradients are exact on their
+      owner); ``prepare(model)``: the model the step trains, DDP around it;
+      ``attach(optimizer)``: the optimizer's checkpoints hold the whole table's Adam state.
+    - ``loss(loss_fn)``: this rank's loss for its share of a global batch, ``loss(e, c, targets,
+      shares=...)`` with the batch's ``RankShares``: the local mean scaled by ``loss_scale``, or
+      the catalog-parallel CE of the whole global batch.
+    - ``batches``: this rank's share of each global batch, a ``ShardedBatch`` that carries every
+      rank's share sizes to the step (nothing is remembered here between batches).
+    - ``mean``, ``eval_args``, ``evaluating``, ``decide``, ``barrier``, ``rng_state`` /
+      ``own_rng_state``, ``settings``: the epoch loss over ranks; the evaluation split and
+      reduced exactly (with the whole table gathered while it runs under catalog-parallel);
+      early stopping decided by rank 0; waiting for rank 0's files; every rank's RNG in the
+      checkpoint; what a resume must keep (the number of ranks, catalog-parallel or not).
+    """
+
+    def __init__(self, ctx: DistContext | None = None, *, catalog_parallel: bool = False):
+        self.ctx = ctx or DistContext()
+        self.writer = self.ctx.is_main
+        self.device = self.ctx.device
+        # one process holds the whole table: catalog-parallel changes nothing there
+        self.catalog_parallel = catalog_parallel and self.ctx.enabled
+        self._table = None  # the ShardedItemEmbedding, under catalog_parallel
+
+    @property
+    def enabled(self) -> bool:
+        return self.ctx.enabled
+
+    def settings(self) -> dict:
+        """Recorded with the run's settings: a resume needs the same K (the RNG states, the
+        shards). Empty for one process, so 1-process runs record what they always did."""
+        if not self.enabled:
+            return {}
+        return {"parallel.world_size": self.ctx.world, "train.catalog_parallel": self.catalog_parallel}
+
+    # --- building ---
+
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` with this rank's part of the item table only (catalog-parallel), else as is.
+
+        Called before the model moves to its device, so the device never holds the whole table.
+        """
+        if self.catalog_parallel:
+            self._table = ShardedItemEmbedding(model.item_emb.weight, ctx=self.ctx, n_items=model.n_items)
+            model.item_emb = self._table
+            # the shard differs on every rank and its gradient is already exact: DDP must not average it
+            _DDP._set_params_and_buffers_to_ignore_for_model(model, ["item_emb.weight"])
+        return model
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model the step trains: DDP around ``model`` (which keeps plain state-dict keys)."""
+        if not self.enabled:
+            return model
+        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        return _DDP(model, device_ids=device_ids)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Checkpoints of ``optimizer`` hold the whole table's Adam state (catalog-parallel)."""
+        if self._table is None:
+            return
+        table = self._table
+        index = next(i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])
+                     if p is table.weight)
+
+        def gather(opt, state_dict):
+            per_param = state_dict["state"].get(index)
+            if per_param is not None:  # a copy: the packed state shares its dicts with the optimizer
+                state_dict["state"][index] = {k: table.gather_state(v) if _per_row(v, table) else v
+                                              for k, v in per_param.items()}
+            return state_dict
+
+        def slice_(opt, state_dict):
+            per_param = state_dict["state"].get(index)
+            if per_param is not None:
+                state_dict = {**state_dict, "state": {**state_dict["state"], index: {
+                    k: table.slice_state(v) if _is_whole(v, table) else v for k, v in per_param.items()}}}
+            return state_dict
+
+        optimizer.register_state_dict_post_hook(gather)
+        optimizer.register_load_state_dict_pre_hook(slice_)
+
+    def loss(self, loss_fn):
+        """The loss the step calls for this rank's share of a global batch: ``loss_fn`` itself
+        for one process, else ``loss(e, c, targets, *, shares)`` (the batch's ``RankShares``)."""
+        if not self.enabled:
+            return loss_fn
+        ctx = self.ctx
+        if self.catalog_parallel:
+            n_items = self._table.n_items
+
+            def cp_loss(e, c, targets, *, shares: RankShares):
+                return catalog_parallel_ce(e, c, targets, ctx=ctx, n_items=n_items,
+                                           counts=shares.positions, e_grad_scale=ctx.world)
+            return cp_loss
+
+        def dp_loss(e, c, targets, *, shares: RankShares):
+            return scaled_loss(loss_fn, e, c, targets, local_positions=shares.positions[ctx.rank],
+                               global_positions=sum(shares.positions), world=ctx.world)
+        return dp_loss
+
+    # --- the epoch ---
+
+    def batches(self, batches: Iterable[Batch]) -> Iterator[Batch | ShardedBatch]:
+        """This rank's share of each global batch (``shard_batch``); the batches as they are
+        for one process."""
+        if not self.enabled:
+            return iter(batches)
+        return (shard_batch(batch, self.ctx.rank, self.ctx.world) for batch in batches)
+
+    def mean(self, value: float) -> float:
+        return mean_over_ranks(self.ctx, value)
+
+    def gather(self, value) -> list:
+        """Every rank's ``value`` in rank order (e.g. its peak memory), on every rank."""
+        return gather_objects(self.ctx, value)
+
+    # --- evaluation, decisions, files ---
+
+    def eval_args(self, n_users: int, batch_size: int) -> dict:
+        return eval_args(self.ctx, n_users, batch_size)
+
+    @contextlib.contextmanager
+    def evaluating(self, model: torch.nn.Module):
+        """Evaluation ranks each user against the whole catalog: under catalog-parallel the
+        table is gathered (V x D on each rank) for as long as the block lasts."""
+        if self._table is None or model.item_emb is not self._table:
+            yield
+            return
+        full = torch.nn.Embedding.from_pretrained(self._table.full_weight(), freeze=True, padding_idx=0)
+        model.item_emb = full
+        try:
+            yield
+        finally:
+            model.item_emb = self._table
+
+    def decide(self, value):
+        """Rank 0's ``value`` (e.g. "stop early") on every rank."""
+        return broadcast(self.ctx, value)
+
+    def barrier(self) -> None:
+        barrier(self.ctx)
+
+    def rng_state(self, state: dict):
+        """What the checkpoint keeps of the RNGs: ``state`` itself for one process, every
+        rank's (a list, rank 0 writes it) for K."""
+        if not self.enabled:
+            return state
+        return gather_objects(self.ctx, state)
+
+    def own_rng_state(self, saved):
+        """This process's entry of what ``rng_state`` returned."""
+        if not self.enabled:
+            return saved
+        if not isinstance(saved, list) or len(saved) != self.ctx.world:
+            raise ValueError(f"the checkpoint holds RNG states of another number of ranks, not {self.ctx.world}")
+        return saved[self.ctx.rank]
+
+
+def _per_row(t, table) -> bool:
+    return isinstance(t, torch.Tensor) and t.shape == table.weight.shape
+
+
+def _is_whole(t, table) -> bool:
+    return isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == table.n_items + 1
