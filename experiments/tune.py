@@ -12,9 +12,10 @@ NDCG@10 reported every epoch; every trial is an ordinary run folder ``DIR/trials
 read until ``--final``. The study lives in a database: ``sqlite:///DIR/study.db`` unless
 ``--storage URL`` names another (any SQLAlchemy URL, e.g. PostgreSQL, so that workers on
 several GPUs or machines share one study: start the same command on each, with
-``CUDA_VISIBLE_DEVICES`` picking the GPU). ``--workers K`` runs K trial processes side by side
-on this machine's GPU, each capped at ``--gpu-memory-gib`` (default: the card's memory / K), so a
-trial's out-of-memory is a property of its setting, recorded with the allocation that failed.
+``CUDA_VISIBLE_DEVICES`` picking the GPU). ``--workers K`` runs K trials side by side on this
+machine's GPU, each in a fresh process capped at ``--gpu-memory-gib`` (default: the card's
+memory / K), so a trial's out-of-memory is a property of its setting (not of what an earlier
+trial left allocated), recorded with the allocation that failed.
 
 The same command after a crash or ``kill -9`` continues the same study: finished trials stay,
 an interrupted one is marked failed (after its worker's heartbeat goes stale, 3 x
@@ -47,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's code, i
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHANGEABLE = ("n_trials", "budget_s", "workers")  # what a continued study may change
+MORE = 75  # a worker process's exit status: it ran its trial and the study wants more
 
 
 class TuneError(RuntimeError):
@@ -74,6 +76,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--final", action="store_true", help="retrain the best setting and the default with --seeds")
     p.add_argument("--seeds", default="0,1,2", help="--final: comma-separated seeds (default 0,1,2)")
     p.add_argument("--compare", nargs="+", metavar="STUDY_DIR", help="tabulate these finished studies into --out")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every trial in this one process (debugging, tests): faster to start, "
+                        "but device memory a trial leaves behind counts against the next")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a spawned worker's index
     args = p.parse_args(argv)
     if not (args.final or args.compare or args.status) and (not args.gin or not args.space):
@@ -194,10 +199,10 @@ def _search(args) -> int:
         print(f"study {args.study_name} in {_storage_url(args)}: {data.name} ({data.data.n_users} users, "
               f"{data.data.n_items} items), {args.trials} trials, {args.workers} worker(s), memory cap "
               f"{setup['gpu_memory_gib']} GiB per trial", flush=True)
-    if args.workers > 1 and args.worker is None:
-        status = _spawn_workers(args)
-    else:
+    if args.in_process or args.worker is not None:
         status = _work(args, study, trainer, setup)
+    else:
+        status = _spawn_workers(args)
     if args.worker is None:
         write_summary(study, setup, out)
         print((out / "summary" / "study.md").read_text())
@@ -235,10 +240,12 @@ def _work(args, study, trainer, setup: dict) -> int:
         torch.cuda.set_per_process_memory_fraction(min(1.0, setup["gpu_memory_gib"] / total))
     if args.worker is not None:  # SIGTERM from the parent: the running trial ends as FAIL
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    why = work(study, trainer, n_trials=setup["n_trials"], budget_s=setup["budget_s"],
-               heartbeat_s=args.heartbeat_s, on_trial=_print_trial)
-    print(f"worker {args.worker or 0}: stopped: {why}", flush=True)
-    return 0
+    why, more = work(study, trainer, n_trials=setup["n_trials"], budget_s=setup["budget_s"],
+                     heartbeat_s=args.heartbeat_s, on_trial=_print_trial,
+                     max_runs=None if args.in_process else 1)
+    if not more:
+        print(f"worker {args.worker or 0}: stopped: {why}", flush=True)
+    return MORE if more else 0
 
 
 def _print_trial(trial) -> None:
@@ -254,22 +261,37 @@ def _print_trial(trial) -> None:
 
 
 def _spawn_workers(args) -> int:
-    """K copies of this command with ``--worker i``; they die with this process (PDEATHSIG)."""
-    argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]] if args._argv is None \
-        else [sys.executable, str(Path(__file__).resolve()), *args._argv]
-    procs = [subprocess.Popen([*argv, "--worker", str(i)], preexec_fn=_die_with_parent)
-             for i in range(args.workers)]
+    """K worker slots; each runs one trial per fresh process (``--worker i``), so nothing a trial
+    left on the device (CUDA graphs' memory pools, an allocator's cache, a broken context) can
+    reach the next trial and make its out-of-memory a property of history rather than of its
+    setting. A slot ends when its process says the study needs no more trials; the processes
+    die with this one (PDEATHSIG)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if args._argv is None else args._argv)]
+    start = lambda i: subprocess.Popen([*argv, "--worker", str(i)], preexec_fn=_die_with_parent)  # noqa: E731
+    procs: dict[int, subprocess.Popen] = {i: start(i) for i in range(args.workers)}
 
     def stop(signum, _frame):
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    codes = [proc.wait() for proc in procs]
-    if any(codes):
-        print(f"error: worker exit codes {codes} (each printed its own error line)", file=sys.stderr)
+    failed = []
+    while procs:
+        time.sleep(0.5)
+        for i, proc in list(procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            if code == MORE:
+                procs[i] = start(i)
+            else:
+                del procs[i]
+                if code:
+                    failed.append(code)
+    if failed:
+        print(f"error: worker exit codes {failed} (each printed its own error line)", file=sys.stderr)
         return 1
     return 0
 

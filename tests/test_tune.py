@@ -106,7 +106,7 @@ def test_search_reads_no_test_split_then_final_does_and_its_seeds_reproduce(data
 
     monkeypatch.setattr(batching, "_context_end", probe)
     out = data_cache / "study"
-    assert tune.main([*SMALL, "--trials", "3", "--out", str(out), "--heartbeat-s", "2"]) == 0
+    assert tune.main([*SMALL, "--trials", "3", "--out", str(out), "--heartbeat-s", "2", "--in-process"]) == 0
     assert "valid" in seen and "test" not in seen
     study = _study(out)
     assert _outcomes(study).count("complete") + _outcomes(study).count("pruned") == 3
@@ -146,7 +146,7 @@ def test_an_out_of_memory_trial_is_recorded_and_the_study_goes_on(data_cache, mo
 
     monkeypatch.setattr(Trainer, "train", train)
     out = data_cache / "study"
-    assert tune.main([*SMALL, "--trials", "3", "--out", str(out)]) == 0
+    assert tune.main([*SMALL, "--trials", "3", "--out", str(out), "--in-process"]) == 0
     study = _study(out)
     oom = [t for t in study.trials if t.user_attrs.get("outcome") == "oom"]
     assert len(oom) == 1 and oom[0].state == optuna.trial.TrialState.FAIL
@@ -160,9 +160,9 @@ def test_an_out_of_memory_trial_is_recorded_and_the_study_goes_on(data_cache, mo
 
 def test_a_changed_command_is_refused_with_the_setting(data_cache, capsys):
     out = data_cache / "study"
-    assert tune.main([*SMALL, "--trials", "1", "--out", str(out)]) == 0
+    assert tune.main([*SMALL, "--trials", "1", "--out", str(out), "--in-process"]) == 0
     capsys.readouterr()
-    status = tune.main([*SMALL, "--gin_bindings", "train.lr = 0.5", "--trials", "2", "--out", str(out)])
+    status = tune.main([*SMALL, "--gin_bindings", "train.lr = 0.5", "--trials", "2", "--out", str(out), "--in-process"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1 and "gin_bindings" in err[0]
     assert len(_study(out).trials) == 1

@@ -198,22 +198,25 @@ def _free_device_memory() -> None:
 
 
 def work(study: optuna.Study, trainer: Trainer, *, n_trials: int, budget_s: float | None,
-         heartbeat_s: int, on_trial=None, max_errors: int = 3) -> str:
+         heartbeat_s: int, on_trial=None, max_errors: int = 3, max_runs: int | None = None) -> tuple[str, bool]:
     """Runs trials until the study holds ``n_trials`` counted trials or ``budget_s`` GPU-seconds
-    are spent; returns why it stopped. Safe with other workers on the same study: each checks
+    are spent, or this call ran ``max_runs`` trials; returns why it stopped and whether the
+    study wants more trials (True only for ``max_runs``). Safe with other workers on the same study: each checks
     the count before it starts a trial, and waits while trials of (possibly dead) workers are
     still running, until they finish or their heartbeat goes stale. ``on_trial(frozen_trial)``
     hears of every trial this worker ends."""
-    errors = invalid = 0
+    errors = invalid = runs = 0
     while True:
         optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
         done = counted(study)
         spent = sum(t.user_attrs.get("wall_s", 0.0) for t in done)
         running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         if len(done) >= n_trials:
-            return f"{len(done)} trials done"
+            return f"{len(done)} trials done", False
         if budget_s is not None and spent >= budget_s:
-            return f"GPU-seconds budget spent ({spent:.0f} of {budget_s:.0f} s)"
+            return f"device-seconds budget spent ({spent:.0f} of {budget_s:.0f} s)", False
+        if max_runs is not None and runs >= max_runs:
+            return f"ran {runs} trial(s)", True
         if len(done) + len(running) >= n_trials:
             time.sleep(heartbeat_s)  # the last trials run elsewhere: wait for them (or their death)
             continue
@@ -222,6 +225,7 @@ def work(study: optuna.Study, trainer: Trainer, *, n_trials: int, budget_s: floa
                        callbacks=[lambda _, trial: mine.append(trial)])
         if on_trial is not None:
             on_trial(mine[0])
+        runs += 1
         outcome = mine[0].user_attrs.get("outcome")
         errors = errors + 1 if outcome == "error" else 0
         invalid = invalid + 1 if outcome == "invalid" else 0
