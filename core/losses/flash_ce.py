@@ -35,7 +35,7 @@ import os
 import torch
 
 from core.losses.cce import _warn_once, autocast_operands
-from core.losses.registry import IGNORE_INDEX, register
+from core.losses.registry import IGNORE_INDEX, LossFacts, register
 from core.losses.split_lse import split_lse, splits
 
 _MAX_PARTIAL_BYTES = 64 * 2**20  # the fp32 dE (slices, N, D) and dC (slices, V, D) partials stay below this
@@ -181,7 +181,7 @@ def _kernels_run_here(e: torch.Tensor) -> bool:
     return e.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@register()
+@register(facts=LossFacts(exact=True, sync_free=True, cuda_only=True, catalog_parallel=False))
 def flash_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The project's catalog-shaped linear cross-entropy (exact gradients, see the module doc).
 

@@ -80,7 +80,7 @@ import torch
 
 from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
-from core.losses import loss_name
+from core.losses import loss_facts, loss_name
 from core.training.distributed import (DistContext, Ranks, all_reduce, broadcast, gather_objects,
                                        is_collective_failure, leave, main_first, run_joined)
 from core.training.loop import _check_ranks, _device, build, train, train_configurable
@@ -303,7 +303,8 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     settings, data, device = _train_settings(), config.data, config.device
     step_settings = parse_variant(variant, amp=settings["amp"], graph_min_bucket=args.graph_min_bucket)
     loss = loss_name(settings["loss_fn"])
-    label = f"{variant} (CCE_AUTOTUNE)" if loss.startswith("cce") and cce_autotune() else variant
+    uses_cce = loss_facts(settings["loss_fn"]).kernels == "cut_cross_entropy"
+    label = f"{variant} (CCE_AUTOTUNE)" if uses_cce and cce_autotune() else variant
     if step_settings.cuda_graph and args.graph_min_bucket != MIN_BUCKET:
         label += f" (min bucket {args.graph_min_bucket})"
     ranks = Ranks(ctx, catalog_parallel=settings["catalog_parallel"])
