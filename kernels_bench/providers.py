@@ -1,4 +1,6 @@
-"""Loss providers for the microbenchmark: one setup function each, plus a registry.
+"""Loss providers for the microbenchmark: one setup function each, plus a registry. Registered
+losses share ``loss_setup`` and are named by ``core.losses.loss_name``, CUDA-only as the loss
+registry says (``loss_facts``); the rest (the library's reference, Liger) by hand.
 
 A setup function takes the float32 master operands ``e`` (N, D), ``c`` (V, D) and ``targets``
 (N,), makes its own leaf copies in its dtype (``requires_grad``), and returns a ``Setup``: a
@@ -17,13 +19,14 @@ fills. ``mode_callable`` turns a ``Setup`` into the callable timed for a mode:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from core.losses import IGNORE_INDEX, cce, ce, flash_ce, flex_ce
+from core.losses import IGNORE_INDEX, cce, ce, flash_ce, flex_ce, loss_facts, loss_name, sampled_ce
 from core.losses.sampled import draw_negatives, sampled_softmax_loss
 
 MODES = ("fw", "bw", "fw-bw")
@@ -59,35 +62,22 @@ def _leaves(e: torch.Tensor, c: torch.Tensor, dtype: torch.dtype):
     )
 
 
-def setup_ce_fp32(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """Plain CE, float32 operands and logits: the reference."""
-    e_, c_ = _leaves(e, c, torch.float32)
-    return Setup(lambda: ce(e_, c_, targets), (e_, c_))
+def loss_setup(loss_fn: Callable, dtype: torch.dtype) -> Callable[..., Setup]:
+    """The setup of a registered loss (a ``functools.partial`` fixing its settings) in ``dtype``."""
+
+    def setup(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
+        e_, c_ = _leaves(e, c, dtype)
+        return Setup(lambda: loss_fn(e_, c_, targets), (e_, c_))
+
+    return setup
 
 
-def setup_ce_bf16(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """Plain CE, bf16 operands and logits, fp32 softmax (what autocast training runs)."""
-    e_, c_ = _leaves(e, c, torch.bfloat16)
-    return Setup(lambda: ce(e_, c_, targets), (e_, c_))
-
-
-def setup_cce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """CCE with its default gradient filter, the project's default (split) forward pass
-    (CPU: the package's reference path)."""
-    e_, c_ = _leaves(e, c, torch.bfloat16)
-    return Setup(lambda: cce(e_, c_, targets), (e_, c_))
-
-
-def setup_cce_library(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """CCE with its default gradient filter, cut-cross-entropy's own forward pass."""
-    e_, c_ = _leaves(e, c, torch.bfloat16)
-    return Setup(lambda: cce(e_, c_, targets, forward="library"), (e_, c_))
-
-
-def setup_cce_exact(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """CCE kernel without the gradient filter (``filter_eps=None``)."""
-    e_, c_ = _leaves(e, c, torch.bfloat16)
-    return Setup(lambda: cce(e_, c_, targets, filter_eps=None), (e_, c_))
+def _of_loss(loss_fn: Callable, dtype: torch.dtype, *, suffix: str = "", cuda_only: bool | None = None,
+             **kwargs) -> tuple[str, Provider]:
+    """(name, provider) of a registered loss: named by ``loss_name`` (plus ``suffix`` where one
+    loss runs in several dtypes), CUDA-only as the registry says unless ``cuda_only`` overrides."""
+    only = loss_facts(loss_fn).cuda_only if cuda_only is None else cuda_only
+    return loss_name(loss_fn) + suffix, Provider(loss_setup(loss_fn, dtype), dtype, cuda_only=only, **kwargs)
 
 
 def setup_cce_torch_compile(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
@@ -102,18 +92,6 @@ def setup_cce_torch_compile(e: torch.Tensor, c: torch.Tensor, targets: torch.Ten
         )
 
     return Setup(forward, (e_, c_))
-
-
-def setup_flash_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """The project's own Triton kernel (core/losses/flash_ce.py): exact gradients, split catalog."""
-    e_, c_ = _leaves(e, c, torch.bfloat16)
-    return Setup(lambda: flash_ce(e_, c_, targets), (e_, c_))
-
-
-def setup_flex_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
-    """FlexAttention's log-sum-exp as the loss (core/losses/flex.py): the off-the-shelf baseline."""
-    e_, c_ = _leaves(e, c, torch.bfloat16)
-    return Setup(lambda: flex_ce(e_, c_, targets), (e_, c_))
 
 
 def _sampled_reference(e64, c64, targets, negatives) -> torch.Tensor:
@@ -149,11 +127,14 @@ def setup_sampled_ce(n_negatives: int) -> Callable[..., Setup]:
     return setup
 
 
-def _sampled_provider(n_negatives: int) -> Provider:
+def _sampled_provider(n_negatives: int) -> tuple[str, Provider]:
     """Named as the loss registry names it (``sampled_ce_256_uniform``); its logits are
     (N, K + 1) whatever V, and so is its arithmetic floor."""
-    return Provider(setup_sampled_ce(n_negatives), torch.bfloat16, logit_columns=n_negatives + 1,
-                    description=f"sampled softmax, {n_negatives:,} uniform negatives")
+    loss_fn = functools.partial(sampled_ce, n_negatives=n_negatives, sampler="uniform")
+    provider = Provider(setup_sampled_ce(n_negatives), torch.bfloat16,
+                        cuda_only=loss_facts(loss_fn).cuda_only, logit_columns=n_negatives + 1,
+                        description=f"sampled softmax, {n_negatives:,} uniform negatives")
+    return loss_name(loss_fn), provider
 
 
 def setup_liger(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setup:
@@ -172,31 +153,23 @@ def setup_liger(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> Setu
     return Setup(lambda: loss(c_, e_, targets), (e_, c_))
 
 
-PROVIDERS: dict[str, Provider] = {
-    "ce_fp32": Provider(setup_ce_fp32, torch.float32, description="CE, fp32"),
-    "ce_bf16": Provider(setup_ce_bf16, torch.bfloat16, description="CE, bf16 logits, fp32 softmax"),
-    "cce": Provider(setup_cce, torch.bfloat16, description="CCE, default filter"),
-    "cce_library": Provider(setup_cce_library, torch.bfloat16, cuda_only=True,
-                            description="CCE, default filter, the library's forward"),
-    "cce_exact": Provider(
-        setup_cce_exact, torch.bfloat16, cuda_only=True, description="CCE, filter_eps=None"
-    ),
-    "cce_torch_compile": Provider(
-        setup_cce_torch_compile, torch.bfloat16, description="cut-cross-entropy torch_compile impl"
-    ),
-    "flash_ce": Provider(setup_flash_ce, torch.bfloat16, cuda_only=True,
-                         description="own Triton kernel, exact gradients"),
-    "flex_ce": Provider(setup_flex_ce, torch.bfloat16, cuda_only=True,
-                        description="FlexAttention LSE as the loss"),
-    **{f"sampled_ce_{k}_uniform": _sampled_provider(k) for k in (256, 3000)},
-    "liger": Provider(
-        setup_liger,
-        torch.bfloat16,
-        cuda_only=True,
-        module="liger_kernel",
-        description="Liger fused linear CE",
-    ),
-}
+# Registered losses are named by ``loss_name`` (what metrics.json and bench_epoch call them).
+PROVIDERS: dict[str, Provider] = dict([
+    _of_loss(ce, torch.float32, suffix="_fp32", description="CE, fp32"),
+    _of_loss(ce, torch.bfloat16, suffix="_bf16", description="CE, bf16 logits, fp32 softmax"),
+    # cuda_only=False: off CUDA it runs cut-cross-entropy's reference path, measured there too
+    _of_loss(cce, torch.bfloat16, cuda_only=False, description="CCE, default filter"),
+    _of_loss(functools.partial(cce, forward="library"), torch.bfloat16,
+             description="CCE, default filter, the library's forward"),
+    _of_loss(functools.partial(cce, filter_eps=None), torch.bfloat16, description="CCE, filter_eps=None"),
+    ("cce_torch_compile", Provider(setup_cce_torch_compile, torch.bfloat16,
+                                   description="cut-cross-entropy torch_compile impl")),
+    _of_loss(flash_ce, torch.bfloat16, description="own Triton kernel, exact gradients"),
+    _of_loss(flex_ce, torch.bfloat16, description="FlexAttention LSE as the loss"),
+    *(_sampled_provider(k) for k in (256, 3000)),
+    ("liger", Provider(setup_liger, torch.bfloat16, cuda_only=True, module="liger_kernel",
+                       description="Liger fused linear CE")),
+])
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:

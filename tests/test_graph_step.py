@@ -66,8 +66,8 @@ def test_padded_body_trains_like_the_eager_step(data, loss_fn):
     # SGD with lr 0: compare gradients (Adam would amplify rounding noise in near-zero ones).
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = _eager_step(model, model, opt, loss_fn, amp=False, pad_to=None, cudagraphs=False,
-                       host_positions=True)(inputs, targets, positions)
+    loss = _eager_step(model, model, opt, loss_fn, amp=False, pad_to=None,
+                       cudagraphs=False)(inputs, targets, positions)
 
     padded_model = _model()
     padded_opt = torch.optim.SGD(padded_model.parameters(), lr=0.0)

@@ -289,7 +289,7 @@ def test_flash_ce_without_scored_targets_matches_ce(n):
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("name", ["lse_unmasked_padding", "de_no_onehot", "dc_no_onehot", "dc_unweighted",
+@pytest.mark.parametrize("name", ["de_no_onehot", "dc_no_onehot", "dc_unweighted",
                                   "de_last_tile_skipped"])
 def test_flash_ce_broken_kernels_are_caught_on_the_gpu(name, monkeypatch, tmp_path):
     """The deliberately broken kernels of tests/test_flash_ce.py, compiled for the GPU."""

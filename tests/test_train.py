@@ -231,13 +231,17 @@ def _fresh(seed=0, **model_args):
     return SASRec(n_items=500, dim=DIM, n_blocks=1, max_len=20, **model_args)
 
 
-def test_sync_free_and_mask_steps_train_bit_for_bit_alike(data):
+def test_device_counted_and_host_counted_steps_train_bit_for_bit_alike(data):
+    """bench_epoch's ``base`` variant (the count read back from the device) trains as ``train``."""
+    from experiments.bench.bench_epoch import counted_on_device
+
     batches = TrainBatches(DeviceSequences.from_data(data, "cpu"), batch_size=64, max_len=20, seed=0)
     results = []
-    for host_positions in (False, True):
+    for on_device in (True, False):
         model = _fresh()
         step = make_step(model, ce, lr=1e-3, weight_decay=0.0, batch_size=64, max_len=20,
-                         settings=StepSettings(host_positions=host_positions))
+                         settings=StepSettings())
+        step = counted_on_device(step) if on_device else step
         losses = [run_epoch(step, batches.epoch(epoch), device=torch.device("cpu"))[0] for epoch in (1, 2)]
         results.append((losses, model.state_dict()))
     (a, sa), (b, sb) = results
@@ -245,23 +249,29 @@ def test_sync_free_and_mask_steps_train_bit_for_bit_alike(data):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _one_step(data, pad_to=None, mark=False):
-    """Loss and gradients of one step (lr 0: the step leaves the weights alone) on batch 0."""
+def _one_step(data, pad_to=None, probe=False):
+    """Loss and gradients of one step (lr 0: the step leaves the weights alone) on batch 0;
+    with ``probe`` timed from outside as bench_epoch's breakdown does (the phase names)."""
+    from experiments.bench.bench_epoch import PhaseProbe
+
     model = _fresh(dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     seqs = DeviceSequences.from_data(data, "cpu")
     batch = next(TrainBatches(seqs, batch_size=50, max_len=20, seed=0).epoch(1))
-    marks = []
-    step = _eager_step(model, model, opt, ce, amp=False, pad_to=pad_to, cudagraphs=False,
-                       host_positions=True)
-    loss = step(batch.inputs, batch.targets, batch.positions, marks.append if mark else None)
+    timer = PhaseProbe(torch.device("cpu"))
+    loss_fn = timer.around(ce) if probe else ce
+    timer.attach(opt)
+    step = _eager_step(model, model, opt, loss_fn, amp=False, pad_to=pad_to, cudagraphs=False)
+    timer.stamps = [] if probe else None
+    loss = step(batch.inputs, batch.targets, batch.positions)
+    marks = [name for name, _, _ in timer.stamps or []]
     return loss, {k: p.grad.clone() for k, p in model.named_parameters()}, marks
 
 
 def test_padding_the_last_batch_and_timing_marks_change_nothing(data):
     loss, grads, _ = _one_step(data)
     padded_loss, padded_grads, _ = _one_step(data, pad_to=64)
-    marked_loss, marked_grads, marks = _one_step(data, mark=True)
+    marked_loss, marked_grads, marks = _one_step(data, probe=True)
     assert marks == ["model_forward", "loss", "model_backward", "optimizer"]
     for other_loss, other in ((padded_loss, padded_grads), (marked_loss, marked_grads)):
         torch.testing.assert_close(other_loss, loss, rtol=1e-6, atol=0)

@@ -16,12 +16,14 @@ from core.losses.flex import flex_ce
 from core.losses.registry import (
     IGNORE_INDEX,
     LOSSES,
+    LossFacts,
     bind_to_data,
+    loss_facts,
     loss_name,
     loss_settings,
     register,
 )
 from core.losses.sampled import sampled_ce
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "autocast_operands", "bind_to_data", "ce", "cce", "flash_ce",
-           "flex_ce", "loss_name", "loss_settings", "register", "sampled_ce"]
+__all__ = ["IGNORE_INDEX", "LOSSES", "LossFacts", "autocast_operands", "bind_to_data", "ce", "cce", "flash_ce",
+           "flex_ce", "loss_facts", "loss_name", "loss_settings", "register", "sampled_ce"]

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from core.losses.registry import IGNORE_INDEX, register, settings_label
+from core.losses.registry import IGNORE_INDEX, LossFacts, register, settings_label
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -38,7 +38,15 @@ def _name(settings: dict) -> str:
     return settings_label(base, settings, defaults)
 
 
-@register(name=_name)
+def _facts(settings: dict) -> LossFacts:
+    """Exact without the gradient filter; the library's forward syncs once per call (it finds
+    the ignored targets on the host); only ``cce_exact`` may become the catalog-parallel CE."""
+    exact, split = settings["filter_eps"] is None, settings["forward"] == "split"
+    return LossFacts(exact=exact, sync_free=split, cuda_only=True, catalog_parallel=exact and split,
+                     kernels="cut_cross_entropy")
+
+
+@register(name=_name, facts=_facts, labels={"cce": {"filter_eps": "high"}, "cce_exact": {"filter_eps": None}})
 def cce(
     e: torch.Tensor,
     c: torch.Tensor,

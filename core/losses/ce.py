@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from core.losses.registry import IGNORE_INDEX, register
+from core.losses.registry import IGNORE_INDEX, LossFacts, register
 
 
-@register()
+@register(facts=LossFacts(exact=True, sync_free=True, cuda_only=False, catalog_parallel=True))
 def ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Plain softmax cross-entropy over materialized logits.
 

@@ -4,8 +4,8 @@ The loss is attention-shaped (hidden states E (N, D) are queries, the catalog C 
 it is computed the way flash attention computes attention, tuned for what a recommender has:
 D in 32..256 and a catalog of 10^4..10^6 items scored by a few hundred to tens of thousands of
 positions. Never materializes (N, V): the forward is a lock-free online log-sum-exp split over the
-catalog (as ``cce``'s split forward); the backward recomputes the logits in two kernels, one
-per gradient (core/losses/kernels/flash_ce.py):
+catalog, by the kernel ``cce``'s split forward runs too (core/losses/split_lse.py); the backward
+recomputes the logits in two kernels, one per gradient (core/losses/kernels/flash_ce.py):
 
 - dE: program per (row block, catalog slice), fp32 partials (slices, N, D) summed afterwards;
 - dC: program per catalog tile, looping over every row block, each dC row written once (with
@@ -18,7 +18,7 @@ separate deterministic mode), the catalog split in the backward as well as the f
 sizes chosen for D <= 256 instead of language-model hidden sizes.
 
 Extra memory besides dE and dC: O(N) (LSE, weights) plus the partials, at most
-``_SPLITS_PER_SM * SMs`` slices of N fp32 LSEs and dE / dC partials capped at ``_MAX_PARTIAL_BYTES``.
+``SPLITS_PER_SM * SMs`` slices (core/losses/split_lse.py) of N fp32 LSEs and dE / dC partials capped at ``_MAX_PARTIAL_BYTES``.
 No host sync: nothing data-dependent reaches the host, so a training step using it can be
 captured as a CUDA graph. Ignored targets (``IGNORE_INDEX``) count for nothing; with no
 scored target at all the loss is NaN and the gradients zero, exactly as ``ce``'s.
@@ -30,15 +30,14 @@ same loss and gradients), logged once, so every config still runs on any machine
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
 from core.losses.cce import _warn_once, autocast_operands
-from core.losses.registry import IGNORE_INDEX, register
+from core.losses.registry import IGNORE_INDEX, LossFacts, register
+from core.losses.split_lse import split_lse, splits
 
-_SPLITS_PER_SM = 4  # programs per SM to aim for in the split kernels: hides memory latency
 _MAX_PARTIAL_BYTES = 64 * 2**20  # the fp32 dE (slices, N, D) and dC (slices, V, D) partials stay below this
 
 # Tile sizes (BLOCK_N, BLOCK_V, num_warps, num_stages) per kernel, per padded head dim and per
@@ -76,42 +75,15 @@ def tiles(kernel: str, n: int, d: int) -> tuple[int, int, int, int]:
     return _TILES[max(32, block_d)][kernel][0 if n <= _FEW_ROWS else 1]
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # the Triton interpreter (tests): a few slices are enough to exercise the merge
-
-
-def _splits(n_tiles: int, n_blocks: int, device: torch.device, cap: int | None = None) -> tuple[int, int]:
-    """(slices, tiles per slice): cut ``n_tiles`` tiles into slices so that ``n_blocks`` times
-    the slices fill the GPU (at most ``cap`` slices)."""
-    splits = max(1, min(n_tiles, -(-_SPLITS_PER_SM * _sm_count(device) // n_blocks), cap or n_tiles))
-    per_split = -(-n_tiles // splits)
-    return -(-n_tiles // per_split), per_split  # no slice starts past the catalog's end
-
-
 def _precision(e: torch.Tensor) -> str:
     return "ieee" if e.dtype == torch.float32 else "tf32"  # tf32 is unused for 16-bit operands
 
 
 def lse_forward(e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """(N,) fp32 row log-sum-exp of ``e @ c.T`` (``e``, ``c`` contiguous), never materialized."""
-    from core.losses.kernels import flash_ce as kernels
-
-    (n, d), v = e.shape, c.shape[0]
-    if n == 0:
-        return torch.empty(0, dtype=torch.float32, device=e.device)
-    block_n, block_v, warps, stages = tiles("lse", n, d)
-    n_blocks = -(-n // block_n)
-    splits, per_split = _splits(-(-v // block_v), n_blocks, e.device)
-    part = torch.empty((splits, n), dtype=torch.float32, device=e.device)
-    kernels._lse_kernel[(n_blocks, splits)](
-        e, c, part, n, v, d, e.stride(0), c.stride(0), per_split,
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=_block_d(d), PRECISION=_precision(e),
-        num_warps=warps, num_stages=stages,
-    )
-    return torch.logsumexp(part, dim=0) if splits > 1 else part[0]
+    block_n, block_v, warps, stages = tiles("lse", e.shape[0], e.shape[1])
+    return split_lse(e, c, block_n=block_n, block_v=block_v, block_d=_block_d(e.shape[1]), base2=True,
+                     num_warps=warps, num_stages=stages)
 
 
 def grad_e(e, c, lse, w, scale, targets) -> torch.Tensor:
@@ -125,14 +97,14 @@ def grad_e(e, c, lse, w, scale, targets) -> torch.Tensor:
     block_d = _block_d(d)
     n_blocks = -(-n // block_n)
     cap = max(1, _MAX_PARTIAL_BYTES // (n * block_d * 4))
-    splits, per_split = _splits(-(-v // block_v), n_blocks, e.device, cap)
-    part = torch.empty((splits, n, block_d), dtype=torch.float32, device=e.device)
-    kernels._de_kernel[(n_blocks, splits)](
+    n_splits, per_split = splits(-(-v // block_v), n_blocks, e.device, cap)
+    part = torch.empty((n_splits, n, block_d), dtype=torch.float32, device=e.device)
+    kernels._de_kernel[(n_blocks, n_splits)](
         e, c, lse, w, scale, targets, part, n, v, d, e.stride(0), c.stride(0), per_split,
         BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, PRECISION=_precision(e),
         num_warps=warps, num_stages=stages,
     )
-    de = part.sum(0) if splits > 1 else part[0]  # (N, BLOCK_D) fp32
+    de = part.sum(0) if n_splits > 1 else part[0]  # (N, BLOCK_D) fp32
     return de[:, :d].to(e.dtype)
 
 
@@ -146,7 +118,7 @@ def grad_c(e, c, lse, w, scale, targets) -> torch.Tensor:
     v_tiles = -(-v // block_v)
     # Row slices only where catalog tiles alone leave the GPU idle (small catalogs, many rows).
     cap = max(1, _MAX_PARTIAL_BYTES // (v * block_d * 4))
-    row_splits, blocks_per_split = _splits(max(1, -(-n // block_n)), v_tiles, e.device, cap)
+    row_splits, blocks_per_split = splits(max(1, -(-n // block_n)), v_tiles, e.device, cap)
     if row_splits == 1:
         out = dc = torch.empty_like(c)
         strides = (0, dc.stride(0))
@@ -209,7 +181,7 @@ def _kernels_run_here(e: torch.Tensor) -> bool:
     return e.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@register()
+@register(facts=LossFacts(exact=True, sync_free=True, cuda_only=True, catalog_parallel=False))
 def flash_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The project's catalog-shaped linear cross-entropy (exact gradients, see the module doc).
 

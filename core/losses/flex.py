@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from core.losses.cce import _warn_once, autocast_operands
-from core.losses.registry import IGNORE_INDEX, register
+from core.losses.registry import IGNORE_INDEX, LossFacts, register
 
 _compiled = None  # torch.compile(flex_attention), built on the first CUDA call
 
@@ -43,7 +43,8 @@ def _flex():
     return _compiled
 
 
-@register()
+# sync_free: never checked under CUDA-graph capture (a compiled kernel, recompiled per shape).
+@register(facts=LossFacts(exact=True, sync_free=False, cuda_only=True, catalog_parallel=False))
 def flex_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean NLL over non-ignored targets from FlexAttention's log-sum-exp (see the module doc).
 

@@ -8,10 +8,15 @@ gives it
   settings the call actually uses (signature defaults, then gin bindings, then a
   ``functools.partial``'s keywords), e.g. ``cce`` with ``filter_eps=None`` -> ``cce_exact``;
 - optionally ``bind_data(loss_fn, data) -> loss_fn``: what a loss needs from the training data
-  before the first step (e.g. item popularity for a sampler); training calls ``bind_to_data``.
+  before the first step (e.g. item popularity for a sampler); training calls ``bind_to_data``;
+- ``facts(settings) -> LossFacts``: what the configured loss is (exact or approximate, sync-free,
+  CUDA-only, catalog-parallel capable, whose kernels); every check that depends on the loss asks
+  ``loss_facts`` (of a loss function, or of a label as metrics.json records it) instead of
+  comparing names.
 
 Adding a loss is one module in ``core/losses/`` (plus its import in ``core/losses/__init__.py``)
-and one file in ``gin/loss/``. Nothing else names losses by string.
+and one file in ``gin/loss/``. Nothing else names losses by string but display order (the
+reports' ``LOSS_ORDER``, which import no torch) and the studies' plans of what to run.
 """
 
 from __future__ import annotations
@@ -25,30 +30,47 @@ import gin
 
 IGNORE_INDEX = -100  # the value cut_cross_entropy and F.cross_entropy both skip
 
+@dataclass(frozen=True)
+class LossFacts:
+    """What a configured loss is, for the checks that depend on it."""
+
+    exact: bool  # the full softmax CE's loss and gradients (no gradient filter, no sampling)
+    sync_free: bool  # no device->host sync: a training step with it can be captured as a CUDA graph
+    cuda_only: bool  # its own kernels need CUDA; elsewhere a stand-in runs (plain CE or a reference)
+    catalog_parallel: bool  # ``train.catalog_parallel`` may replace it by the sharded exact CE
+    kernels: str | None = None  # the package whose kernels it runs (e.g. "cut_cross_entropy")
+
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A registered loss: the gin-configurable function and how to name a configured call."""
+    """A registered loss: the gin-configurable function, how to name a configured call, and
+    its facts. ``labels``: label bases other than the function's name and the settings each
+    implies (``cce_exact`` -> filter_eps None), so that a label alone gives the facts."""
 
     fn: Callable
     name: Callable[[dict], str]
     bind_data: Callable | None = None
+    facts: Callable[[dict], LossFacts] | None = None
+    labels: dict[str, dict] | None = None
 
 
 LOSSES: dict[str, LossSpec] = {}  # function name -> spec
 
 
-def register(*, name: Callable[[dict], str] | None = None, bind_data: Callable | None = None):
+def register(*, facts: LossFacts | Callable[[dict], LossFacts], name: Callable[[dict], str] | None = None,
+             bind_data: Callable | None = None, labels: dict[str, dict] | None = None):
     """Decorator: makes ``fn`` gin-configurable and registers it under its ``__name__``.
 
+    ``facts``: the loss's ``LossFacts``, or a function of the call's settings giving them.
     ``name`` maps the call's settings (keyword-only parameters) to the label; default: the
-    function's name.
+    function's name. ``labels``: see ``LossSpec``.
     """
 
     def wrap(fn: Callable) -> Callable:
         configurable = gin.configurable(fn)
         label = name or (lambda settings, base=fn.__name__: base)
-        LOSSES[fn.__name__] = LossSpec(configurable, label, bind_data)
+        of = facts if callable(facts) else (lambda settings, fixed=facts: fixed)
+        LOSSES[fn.__name__] = LossSpec(configurable, label, bind_data, of, labels)
         return configurable
 
     return wrap
@@ -104,6 +126,33 @@ def loss_name(loss_fn: Callable) -> str:
         fn, _ = _unwrap(loss_fn)
         return getattr(fn, "__name__", type(fn).__name__)
     return spec_of(loss_fn).name(loss_settings(loss_fn))
+
+
+def _defaults(fn: Callable) -> dict:
+    params = inspect.signature(inspect.unwrap(fn)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+def _label_settings(label: str) -> tuple[LossSpec, dict]:
+    """(spec, settings) a label stands for: ``cce_exact``, ``cce[forward=library]``,
+    ``sampled_ce_256_uniform`` (a spec whose labels start with its function's name)."""
+    base, _, rest = label.partition("[")
+    given = dict(kv.split("=", 1) for kv in rest.rstrip("]").split(",") if kv) if rest else {}
+    for fn_name, spec in LOSSES.items():
+        implied = (spec.labels or {}).get(base)
+        if implied is None and (base == fn_name or (spec.labels is None and base.startswith(fn_name + "_"))):
+            implied = {}
+        if implied is not None:
+            return spec, {**_defaults(spec.fn), **implied, **given}
+    raise ValueError(f"{label!r} is not the label of a registered loss (known: {', '.join(sorted(LOSSES))})")
+
+
+def loss_facts(loss: Callable | str) -> LossFacts:
+    """The facts of a configured loss function, or of a loss label (metrics.json's ``loss``)."""
+    if isinstance(loss, str):
+        spec, settings = _label_settings(loss)
+        return spec.facts(settings)
+    return spec_of(loss).facts(loss_settings(loss))
 
 
 def bind_to_data(loss_fn: Callable, data) -> Callable:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from core.losses.cce import autocast_operands
-from core.losses.registry import IGNORE_INDEX, loss_settings, register
+from core.losses.registry import IGNORE_INDEX, LossFacts, loss_settings, register
 
 SAMPLERS = ("uniform", "popularity")
 
@@ -164,7 +164,8 @@ def _bind_popularity(loss_fn, data):
     return functools.partial(loss_fn, popularity=ItemPopularity(train_item_counts(data)))
 
 
-@register(name=_name, bind_data=_bind_popularity)
+@register(name=_name, bind_data=_bind_popularity,
+          facts=LossFacts(exact=False, sync_free=True, cuda_only=False, catalog_parallel=False))
 def sampled_ce(
     e: torch.Tensor,
     c: torch.Tensor,

@@ -34,7 +34,7 @@ from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import SequenceData
 from core.env import environment, resolve_device
 from core.evaluation import count_train_users, default_eval_batch_size, evaluate_model, evaluate_popularity
-from core.losses import bind_to_data, ce, loss_name, loss_settings
+from core.losses import bind_to_data, ce, loss_facts, loss_name, loss_settings
 from core.losses.registry import _unwrap
 from core.model import SASRec
 from core.parallel.collectives import DistContext
@@ -458,7 +458,7 @@ def _check_ranks(ranks: Ranks, *, compile, cuda_graph: bool, loss: str) -> None:
     if compile or cuda_graph:
         raise ValueError("train.compile and train.cuda_graph are not supported under torchrun yet "
                          "(DDP's gradient hooks are not captured): drop them for a multi-rank run")
-    if ranks.catalog_parallel and loss not in ("ce", "cce_exact"):
+    if ranks.catalog_parallel and not loss_facts(loss).catalog_parallel:
         raise ValueError(f"train.catalog_parallel computes exact softmax CE over the sharded table: "
                          f"train.loss_fn must be ce or cce_exact (cce.filter_eps = None), not {loss}")
 

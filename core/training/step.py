@@ -1,6 +1,7 @@
 """The training step, the one place it exists: eager, with a torch.compile'd body, or the whole
 step captured as CUDA graphs. ``train`` and experiments/bench/bench_epoch.py both build it with
-``make_step`` and drive it with ``run_epoch``, so the benchmark times what training runs.
+``make_step`` and drive it with ``run_epoch``, so the benchmark times what training runs (from
+outside: it wraps the loss and hooks the optimizer; nothing here exists for timing).
 
 Every variant computes the same thing: forward, ``loss_fn(e, model.catalog(), item_id - 1)``
 on the compact (N, D) block of non-padding positions, backward, Adam. N is known on the host
@@ -76,15 +77,12 @@ class StepSettings:
     - ``cuda_graph``: the whole step as CUDA graphs, one per bucket of positions (CUDA only;
       elsewhere the eager step runs, with a warning). Instead of ``compile``.
     - ``graph_min_bucket``: the graphed step's smallest bucket (fewer, larger = less memory).
-    - ``host_positions``: gather the compact block with the host's position count (no sync);
-      False gathers with the boolean mask, one sync per step (the benchmark's "base" variant).
     """
 
     amp: bool = True
     compile: bool | str = False
     cuda_graph: bool = False
     graph_min_bucket: int = MIN_BUCKET
-    host_positions: bool = True
 
     def __post_init__(self):
         mode = compile_mode(self.compile)
@@ -97,9 +95,9 @@ class StepSettings:
 
 @dataclass
 class Step:
-    """``step(inputs, targets, positions, mark=None, *, shares=None) -> loss`` (a device scalar:
-    no sync) and the optimizer it updates (checkpoints save its state). ``kind`` names the
-    variant. ``shares``: a rank's share of a global batch brings every rank's share sizes
+    """``step(inputs, targets, positions, *, shares=None) -> loss`` (a device scalar: no sync)
+    and the optimizer it updates (checkpoints save its state). ``kind`` names the variant.
+    ``shares``: a rank's share of a global batch brings every rank's share sizes
     (``core.parallel.shares.RankShares``); the step passes them to the model and the loss as
     the keyword ``shares`` (``core.training.ranks.Ranks`` builds both to take it)."""
 
@@ -108,14 +106,14 @@ class Step:
     kind: str
     warning: str | None = None  # a setting that could not apply here (logged by the loop)
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, positions: int,
-                 mark: Callable[[str], None] | None = None, *, shares: RankShares | None = None) -> torch.Tensor:
-        return self.run(inputs, targets, positions, mark, shares)
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, positions: int, *,
+                 shares: RankShares | None = None) -> torch.Tensor:
+        return self.run(inputs, targets, positions, shares)
 
-    def on(self, batch: Batch | ShardedBatch, mark: Callable[[str], None] | None = None) -> torch.Tensor:
+    def on(self, batch: Batch | ShardedBatch) -> torch.Tensor:
         """The step on ``batch``: a ``Batch``, or a rank's ``ShardedBatch`` with its shares."""
         shares = batch.shares if isinstance(batch, ShardedBatch) else None
-        return self.run(batch.inputs, batch.targets, batch.positions, mark, shares)
+        return self.run(batch.inputs, batch.targets, batch.positions, shares)
 
 
 def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
@@ -129,12 +127,7 @@ def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
 
 def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_decay: float,
               settings: StepSettings, batch_size: int, max_len: int) -> Step:
-    """The step for ``settings`` on the model's device, with its Adam optimizer.
-
-    ``mark(name)`` (timing only) is called after each phase: "model_forward", "loss"
-    (compaction, loss forward and backward), "model_backward", "optimizer"; the graphed step
-    has no inside and marks all four after its replay.
-    """
+    """The step for ``settings`` on the model's device, with its Adam optimizer."""
     device = next(model.parameters()).device
     amp = settings.amp and device.type == "cuda"
     graphed = settings.cuda_graph and device.type == "cuda"
@@ -150,8 +143,7 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_de
     # dynamic=False: every batch is padded to batch_size rows, so one graph serves the run.
     forward = model if mode is None else torch.compile(model, mode=mode, dynamic=False)
     run = _eager_step(model, forward, optimizer, loss_fn, amp=amp,
-                      pad_to=batch_size if mode else None, cudagraphs=mode == "reduce-overhead",
-                      host_positions=settings.host_positions)
+                      pad_to=batch_size if mode else None, cudagraphs=mode == "reduce-overhead")
     return Step(run, optimizer, "eager" if mode is None else f"compiled body ({mode})", warning)
 
 
@@ -200,15 +192,14 @@ def bucket_size(positions: int, min_bucket: int = MIN_BUCKET) -> int:
 
 
 def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | None,
-                cudagraphs: bool, host_positions: bool) -> Callable[..., torch.Tensor]:
+                cudagraphs: bool) -> Callable[..., torch.Tensor]:
     """The eager step. ``pad_to`` pads a smaller (last) batch with empty rows so a compiled
     body sees one shape: empty rows have no targets and SASRec's rows never interact, so loss
     and gradients are the unpadded batch's (only dropout draws differ). ``cudagraphs`` tells
-    CUDA-graph trees where each step begins (``reduce-overhead``). With ``mark`` the backward
-    pass runs in two parts (the loss's, then the body's) so that each can be timed."""
+    CUDA-graph trees where each step begins (``reduce-overhead``)."""
     device = next(model.parameters()).device
 
-    def step(inputs, targets, positions, mark=None, shares=None):
+    def step(inputs, targets, positions, shares=None):
         extra = {} if shares is None else {"shares": shares}  # K ranks: for the model and the loss
         if pad_to is not None and inputs.shape[0] < pad_to:
             rows = (0, 0, 0, pad_to - inputs.shape[0])  # (B, L) -> (pad_to, L), zeros = padding
@@ -217,27 +208,13 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp):
             hidden = forward(inputs, **extra)  # (B, L, D)
-            head_in = hidden
-            if mark is not None:
-                mark("model_forward")
-                head_in = hidden.detach().requires_grad_()
-            mask = targets != 0  # (B, L): positions with a real next item
-            if host_positions:
-                index = compact_index(mask, positions)  # (N,)
-                e = head_in.flatten(0, 1).index_select(0, index)  # (N, D)
-                t = targets.flatten().index_select(0, index)  # (N,)
-            else:  # the boolean mask: its data-sized output makes the host wait once per step
-                e, t = head_in[mask], targets[mask]  # (N, D), (N,)
+            index = compact_index(targets != 0, positions)  # (N,): positions with a real next item
+            e = hidden.flatten(0, 1).index_select(0, index)  # (N, D)
+            t = targets.flatten().index_select(0, index)  # (N,)
             loss = loss_fn(e, model.catalog(), t - 1, **extra)  # catalog column = item id - 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if mark is not None:
-            mark("loss")
-            hidden.backward(head_in.grad)
-            mark("model_backward")
         optimizer.step()
-        if mark is not None:
-            mark("optimizer")
         return loss.detach()
 
     return step
@@ -294,7 +271,7 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
         graphs[n_pad] = (graph, out)
         return loss
 
-    def step(inputs, targets, positions, mark=None, shares=None):
+    def step(inputs, targets, positions, shares=None):
         if shares is not None:
             raise ValueError("the CUDA-graphed step runs in one process (no rank shares)")
         rows = inputs.shape[0]
@@ -310,9 +287,6 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
             loss = out.clone()  # ``out`` is overwritten by the next replay
         else:
             loss = capture(n_pad)
-        if mark is not None:
-            for phase in ("model_forward", "loss", "model_backward", "optimizer"):
-                mark(phase)
         return loss
 
     return step

@@ -10,12 +10,13 @@ it builds the run with ``core.training.loop.build`` (what ``train`` builds: same
 batches and seed), times ``--epochs`` full training epochs through ``run_epoch`` (GPU
 synchronized, evaluation excluded), then a separate instrumented pass of ``--sample-steps``
 steps gives the per-step breakdown (CUDA events at phase boundaries; the host clock on the
-CPU), and on CUDA a few steps under ``torch.cuda.set_sync_debug_mode`` count the device->host
+CPU; see ``PhaseProbe``: the step is timed from outside, its code has no timing hooks), and on CUDA a few steps under ``torch.cuda.set_sync_debug_mode`` count the device->host
 syncs per step and where they happen. Variants are ``+``-joined tokens that set the step
 (``core.training.step.StepSettings``) instead of the config's ``train.compile`` /
 ``train.cuda_graph``:
 
-- ``base``: the boolean-mask gather of the compact block (one sync per step), eager model;
+- ``base``: the step's count of scored positions read back from the device (one sync per step,
+  as the boolean-mask gather training once used), eager model;
 - ``static``: the compact block sized from the host's position counts: no sync (what
   ``train`` runs by default);
 - ``compile`` / ``autotune`` / ``cudagraphs``: the model body under torch.compile with mode
@@ -47,7 +48,8 @@ the table keeps one line per (config, variant)); ``start_gib``: device memory st
 when the run started (left by earlier runs of the process; it is inside ``peak_gib``, 0 when
 they freed everything); results.json's row adds ``ranks``: each rank's
 scored positions per timed epoch, positions/s and peak. The breakdown is rank 0's, and there is
-none under data-parallel (DDP refuses the instrumented step's backward in two parts).
+none under data-parallel (as before its hooks moved out of the step, when DDP refused the
+instrumented step's backward in two parts; not yet checked under DDP).
 
 Columns: ``epoch_s`` is the mean over the timed epochs after the first; with ``--epochs 1``
 it is that one epoch, which is steady state only after ``--warmup-steps`` (untimed steps of an
@@ -60,6 +62,7 @@ prints the Markdown table last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import inspect
 import sys
@@ -78,7 +81,7 @@ import torch
 
 from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
-from core.losses import loss_name
+from core.losses import loss_facts, loss_name
 from core.parallel.collectives import DistContext, all_reduce, broadcast, gather_objects, is_collective_failure
 from core.training.loop import _check_ranks, _device, build, train, train_configurable
 from core.training.ranks import Ranks
@@ -124,7 +127,51 @@ def parse_variant(variant: str, *, amp: bool = True, graph_min_bucket: int = MIN
         raise BenchError(f"bad variant {variant!r}: 'graph' captures the whole eager step; it "
                          "takes no compile mode")
     return StepSettings(amp=amp, compile=modes[0] if modes else False, cuda_graph="graph" in tokens,
-                        graph_min_bucket=graph_min_bucket, host_positions="base" not in tokens)
+                        graph_min_bucket=graph_min_bucket)
+
+
+def counted_on_device(step):
+    """The ``base`` variant's step: the scored positions counted on the device and read back
+    (one device->host sync per step, what the boolean-mask gather cost) instead of the batch's
+    host count. The step computes the same thing either way."""
+
+    def run(inputs, targets, positions, shares=None):
+        return step.run(inputs, targets, int((targets != 0).sum()), shares)
+
+    return dataclasses.replace(step, run=run)
+
+
+class PhaseProbe:
+    """Phase boundaries of an eager step, recorded from outside it.
+
+    ``around(loss_fn)`` is the loss the step calls: its call ends the model's forward (and the
+    compaction of the scored positions) and the gradient of its hidden states ends the loss's
+    backward. The optimizer's step hooks (``attach``) end the body's backward and Adam's update.
+    Marks are taken only while ``stamps`` is a list (the breakdown's steps), never while a
+    step is captured as a CUDA graph.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stamps: list | None = None
+
+    def mark(self, name: str) -> None:
+        if self.stamps is not None:
+            mark(self.stamps, self.device, name)
+
+    def around(self, loss_fn):
+        def timed_loss(e, c, targets, **shares):  # K ranks: the batch's shares pass through
+            self.mark("model_forward")
+            if self.stamps is not None and e.requires_grad:
+                e.register_hook(lambda grad: self.mark("loss"))
+            return loss_fn(e, c, targets, **shares)
+
+        return timed_loss
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> list:
+        """Hooks ``optimizer``; returns the handles (``remove()`` each when done)."""
+        return [optimizer.register_step_pre_hook(lambda *_: self.mark("model_backward")),
+                optimizer.register_step_post_hook(lambda *_: self.mark("optimizer"))]
 
 
 @dataclass
@@ -210,11 +257,14 @@ def _endless(batches, epoch: int):
         epoch += 1
 
 
-def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3) -> dict:
+def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3,
+              probe: PhaseProbe | None = None) -> dict:
     """Mean ms per phase over ``sample_steps`` instrumented steps (after ``skip_steps``).
 
     Each step starts on an idle device, so on CUDA a phase's event time is what the device
     spent on it, launch gaps included; ``host_step_ms`` is the host's time to issue the step.
+    ``probe``: the step's phase marks (see ``PhaseProbe``); without one (a step replayed as
+    CUDA graphs has no inside) the whole step counts as the model's.
     """
     sums = defaultdict(float)
     for i in range(skip_steps + sample_steps):
@@ -223,7 +273,19 @@ def breakdown(step, batches, *, device, sample_steps: int, skip_steps: int = 3) 
         mark(stamps, device, "start")
         batch = next(batches)
         mark(stamps, device, "batch")
-        step.on(batch, mark=lambda name: mark(stamps, device, name))
+        if probe is None:
+            step.on(batch)
+            for name in ("model_forward", "loss", "model_backward", "optimizer"):
+                mark(stamps, device, name)
+        else:
+            probe.stamps = stamps
+            try:
+                step.on(batch)
+            finally:
+                probe.stamps = None
+            seen = [name for name, _, _ in stamps[2:]]
+            if seen != ["model_forward", "loss", "model_backward", "optimizer"]:
+                raise RuntimeError(f"breakdown: the step's phase marks came as {seen}")
         sync(device)
         if i < skip_steps:
             continue
@@ -243,7 +305,8 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     settings, data, device = _train_settings(), config.data, config.device
     step_settings = parse_variant(variant, amp=settings["amp"], graph_min_bucket=args.graph_min_bucket)
     loss = loss_name(settings["loss_fn"])
-    label = f"{variant} (CCE_AUTOTUNE)" if loss.startswith("cce") and cce_autotune() else variant
+    uses_cce = loss_facts(settings["loss_fn"]).kernels == "cut_cross_entropy"
+    label = f"{variant} (CCE_AUTOTUNE)" if uses_cce and cce_autotune() else variant
     if step_settings.cuda_graph and args.graph_min_bucket != MIN_BUCKET:
         label += f" (min bucket {args.graph_min_bucket})"
     ranks = Ranks(ctx, catalog_parallel=settings["catalog_parallel"])
@@ -260,8 +323,18 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
         torch.cuda.reset_peak_memory_stats(device)
     # what earlier runs of this process still hold (counted in peak_gib): 0 when they freed everything
     row["start_gib"] = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
+    # The breakdown's marks come from outside the step: around the loss the step calls (the
+    # rank's loss, so catalog-parallel runs are timed too) and from the optimizer's hooks.
+    graphed = step_settings.cuda_graph and device.type == "cuda"
+    probe = None if graphed else PhaseProbe(device)
+    if probe is not None:
+        rank_loss = ranks.loss
+        ranks.loss = lambda loss_fn: probe.around(rank_loss(loss_fn))
     run = build(data, device=device, step=step_settings, ranks=ranks, **{k: settings[k] for k in BUILD_KEYS})
     step, batches = run.step, run.batches
+    if variant == "base":
+        step = counted_on_device(step)
+    hooks = probe.attach(run.step.optimizer) if probe is not None else []
     row.update(steps_per_epoch=len(batches), positions_per_epoch=batches.positions_per_epoch)
 
     # Warm-up: untimed steps of epoch 0 (its last, smaller batch too) take compilation,
@@ -306,11 +379,13 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     # (every rank runs the same steps; each reports its own).
     later = ranks.batches(_endless(batches, args.epochs + 1))
     if ranks.enabled and not ranks.catalog_parallel:
-        # The instrumented step runs the backward in two parts (loss, then body); DDP refuses
-        # that (the tied item table would be marked ready twice), so data-parallel has none.
+        # None under data-parallel, as when the step's own hooks split its backward (DDP refused
+        # that); the outside marks (PhaseProbe) have not been checked under DDP yet.
         row.update({f"{p}_ms": None for p in (*PHASES, "step", "host_step")})
     else:
-        row.update(breakdown(step, later, device=device, sample_steps=args.sample_steps))
+        row.update(breakdown(step, later, device=device, sample_steps=args.sample_steps, probe=probe))
+    for hook in hooks:
+        hook.remove()
     row["syncs_per_step"], row["sync_sites"] = (None, [])
     if device.type == "cuda":
         def one_step():
@@ -340,12 +415,11 @@ def markdown(rows: list[dict], env: dict) -> str:
               f"{' with CCE_AUTOTUNE=1' if env.get('cce_autotune') else ''}; {env['dtype']}; "
               f"seed {env['seed']}. "
               "Breakdown: mean ms per step of a separate instrumented pass (each step from an "
-              "idle device; model = forward + backward of the body, loss = compaction + loss "
-              "forward + backward; host = time to issue the step). Ranks (torchrun): positions/s "
+              "idle device, marked from outside the step; model = forward + backward of the body, "
+              "compaction included, loss = loss forward + backward; host = time to issue the step). Ranks (torchrun): positions/s "
               "is the aggregate (global positions / epoch time, the slowest rank's), rank "
               "positions/s a rank's share over the same time, peak GiB the largest rank's (min: "
-              "the smallest); the breakdown is rank 0's (catalog-parallel only: DDP cannot run "
-              "the instrumented step's split backward).")
+              "the smallest); the breakdown is rank 0's (catalog-parallel only, none under DDP).")
     return markdown_table(rows, head=head, keys=keys, lead=3, footer=footer)
 
 

@@ -16,8 +16,11 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +120,7 @@ class Trainer:
     # --- one trial ---
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # alive: see _fail_unborn
         values = self.space.suggest(trial)
         reason = invalid_reason(values, n_items=self.load_data().data.n_items)
         if reason:
@@ -160,6 +164,19 @@ class Trainer:
             raise optuna.TrialPruned(f"pruned at epoch {metrics['epochs']}")
         trial.set_user_attr("outcome", "complete")
         return float(metrics["valid"][MONITOR])
+
+
+def _fail_unborn(study: optuna.Study, grace_s: float) -> None:
+    """Marks FAIL the trials whose worker died between creating them and its first heartbeat
+    (a live worker names itself on the trial within milliseconds; the heartbeat cannot judge a
+    trial that never sent one, and the study would wait for it forever)."""
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "worker" not in t.user_attrs and t.datetime_start and (now - t.datetime_start).total_seconds() > grace_s:
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError):  # another worker got there first
+                pass
 
 
 def _out_of_memory(err: BaseException) -> float | str | None:
@@ -208,6 +225,7 @@ def work(study: optuna.Study, trainer: Trainer, *, n_trials: int, budget_s: floa
     errors = invalid = runs = 0
     while True:
         optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
+        _fail_unborn(study, grace_s=3 * heartbeat_s)
         done = counted(study)
         spent = sum(t.user_attrs.get("wall_s", 0.0) for t in done)
         running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]

@@ -9,7 +9,9 @@ forward pass is serialized on a few locks instead of spread over the GPU.
 Here each program owns one block of rows and one contiguous slice of the catalog, keeps a
 running (max, sum of exp) for its rows over its slice's tiles (an online log-sum-exp, as in
 flash attention), and writes one partial LSE per row; ``torch.logsumexp`` over the slices
-finishes the job. No locks, no atomics on the LSE. The backward pass is the library's own
+finishes the job. No locks, no atomics on the LSE. The kernel and its launcher are shared with
+``flash_ce`` (core/losses/split_lse.py); this forward takes the head dim 64 at a time and
+natural exponentials. The backward pass is the library's own
 kernel (``cce_backward_kernel``, gradient filter and vocabulary ordering included), fed with
 this forward's LSE and per-item mean logit, so gradients are CCE's.
 
@@ -23,53 +25,12 @@ from __future__ import annotations
 
 import torch
 import triton
-import triton.language as tl
 from cut_cross_entropy.cce_backward import cce_backward_kernel
 
 from core.losses.registry import IGNORE_INDEX
+from core.losses.split_lse import split_lse as shared_split_lse
+
 _BLOCK_V = 128
-_WAVES = 4  # programs per SM to aim for: enough to hide the tiles' memory latency
-
-
-@triton.jit
-def _split_lse_kernel(
-    E, C, PartLSE,
-    B, V, D, stride_eb, stride_cv, stride_pb, tiles_per_split,
-    BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """Program (row block b, catalog slice s): partial LSE of rows b over the items of slice s."""
-    pid_b = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    b_mask = offs_b < B
-    offs_d = tl.arange(0, BLOCK_D)
-
-    run_max = tl.full((BLOCK_B,), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_B,), tl.float32)
-    for t in range(tiles_per_split):
-        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
-        v_mask = offs_v < V
-        logits = tl.zeros((BLOCK_B, BLOCK_V), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            d_mask = (d0 + offs_d) < D
-            e = tl.load(E + offs_b[:, None] * stride_eb + (d0 + offs_d)[None, :],
-                        mask=b_mask[:, None] & d_mask[None, :], other=0.0)
-            c = tl.load(C + offs_v[None, :] * stride_cv + (d0 + offs_d)[:, None],
-                        mask=v_mask[None, :] & d_mask[:, None], other=0.0).to(e.dtype)
-            logits = tl.dot(e, c, logits, input_precision=PRECISION)  # (BLOCK_B, BLOCK_V)
-        logits = tl.where(v_mask[None, :], logits, float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
-        # The first tile of a slice always holds items, so new_max is finite from then on.
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
-        run_max = new_max
-    tl.store(PartLSE + pid_s * stride_pb + offs_b, run_max + tl.log(run_sum), mask=b_mask)
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the Triton interpreter (tests): a few slices are enough to exercise the merge
 
 
 def split_lse(e: torch.Tensor, c: torch.Tensor, *, logit_avg: bool = False,
@@ -81,23 +42,10 @@ def split_lse(e: torch.Tensor, c: torch.Tensor, *, logit_avg: bool = False,
     averages over non-ignored rows only.
     """
     n, d = e.shape
-    v = c.shape[0]
     e, c = e.contiguous(), c.contiguous()
-    block_b = 64 if n <= 4096 else 128
-    block_d = min(64, max(16, triton.next_power_of_2(d)))
-    n_b = triton.cdiv(n, block_b)
-    n_tiles = triton.cdiv(v, _BLOCK_V)
-    splits = max(1, min(n_tiles, triton.cdiv(_WAVES * _sm_count(e.device), n_b)))
-    tiles_per_split = triton.cdiv(n_tiles, splits)
-    splits = triton.cdiv(n_tiles, tiles_per_split)  # no slice starts past the catalog's end
-    part = torch.empty((splits, n), dtype=torch.float32, device=e.device)
-    _split_lse_kernel[(n_b, splits)](
-        e, c, part, n, v, d, e.stride(0), c.stride(0), part.stride(0), tiles_per_split,
-        BLOCK_B=block_b, BLOCK_V=_BLOCK_V, BLOCK_D=block_d,
-        PRECISION="ieee" if e.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=3,
-    )
-    lse = torch.logsumexp(part, dim=0) if splits > 1 else part[0]
+    lse = shared_split_lse(e, c, block_n=64 if n <= 4096 else 128, block_v=_BLOCK_V,
+                           block_d=min(64, max(16, triton.next_power_of_2(d))), base2=False,
+                           num_warps=4, num_stages=3)
     return lse, (mean_logit(e, c, rows) if logit_avg else None)
 
 

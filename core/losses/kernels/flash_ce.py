@@ -2,10 +2,10 @@
 
 Hidden states ``E`` (N, D) are the queries, the catalog ``C`` (V, D) the keys; the loss needs the
 row log-sum-exp of ``E C^T`` (forward) and, backward, ``P = (softmax - onehot) * g`` against both
-operands: ``dE = P C`` and ``dC = P^T E``. Three kernels, none takes a lock or an atomic:
+operands: ``dE = P C`` and ``dC = P^T E``. The forward's LSE is the split kernel ``cce`` shares
+(core/losses/kernels/split_lse.py); the backward is two kernels here, neither takes a lock or an
+atomic:
 
-- ``_lse_kernel``: program (row block, catalog slice): online log-sum-exp of its rows over its
-  slice's tiles, one partial LSE per (slice, row), merged by ``torch.logsumexp``.
 - ``_de_kernel``: program (row block, catalog slice): recomputes the logits of its slice and
   accumulates ``P C`` in fp32 registers; writes a (slices, N, D) fp32 partial, summed afterwards.
 - ``_dc_kernel``: program per (catalog tile, row slice): loops over the slice's row blocks,
@@ -31,36 +31,6 @@ import triton.language as tl
 # exp(x) = exp2(x * LOG2E): the hardware has exp2, and with the row's LSE pre-scaled the
 # exponent is one fused multiply-add per logit.
 LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-
-@triton.jit
-def _lse_kernel(
-    E, C, PartLSE, N, V, D, stride_e, stride_c, tiles_per_split,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Program (row block, slice): PartLSE[slice, rows] = log sum over the slice's items of exp(logit)."""
-    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < D
-    e = tl.load(E + offs_n[:, None].to(tl.int64) * stride_e + offs_d[None, :],
-                mask=(offs_n < N)[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-    run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_N,), tl.float32)
-    for t in range(tiles_per_split):
-        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
-        v_mask = offs_v < V
-        c = tl.load(C + offs_v[:, None].to(tl.int64) * stride_c + offs_d[None, :],
-                    mask=v_mask[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
-        logits = tl.dot(e, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_V) fp32
-        logits = tl.where(v_mask[None, :], logits, float("-inf"))
-        logits = logits * LOG2E  # base-2 units from here on
-        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
-        # A slice's first tile always holds items, so new_max is finite from there on.
-        run_sum = run_sum * tl.exp2(run_max - new_max) + tl.sum(tl.exp2(logits - new_max[:, None]), axis=1)
-        run_max = new_max
-    tl.store(PartLSE + pid_s * N + offs_n, (run_max + tl.log2(run_sum)) * LN2, mask=offs_n < N)
 
 
 @triton.jit
