@@ -1,0 +1,28 @@
+"""What every results file shares: Markdown tables and the environment record.
+
+Used by ``experiments/report.py``, the benchmarks under ``experiments/bench/`` and
+``kernels_bench/``. Files themselves are written through ``core.atomic``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]], *, right: bool = False) -> str:
+    """``rows`` of cells under ``head`` as Markdown table lines (no trailing newline);
+    ``right``: every column right-aligned (``---:``)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + ("---:|" if right else "---|") * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def environment(device, *, dtype: str | None = None, seed: int | None = None, **extra) -> dict:
+    """What a result was measured with: the "env" record of metrics.json
+    (``core.env.environment``: device, library versions, precision, seed), where ``dtype`` and
+    ``seed`` appear only when given (a loss-only sweep has several of the one and none of the
+    other), then ``extra`` (e.g. ``cce_autotune``)."""
+    from core.env import environment as run_environment  # torch: imported when a record is made
+
+    record = run_environment(device=device, dtype=dtype, seed=seed)
+    return {k: v for k, v in record.items() if v is not None or k not in ("dtype", "seed")} | extra
