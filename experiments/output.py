@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 
-def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]], *, right: bool = False) -> str:
-    """``rows`` of cells under ``head`` as Markdown table lines (no trailing newline);
-    ``right``: every column right-aligned (``---:``)."""
-    lines = ["| " + " | ".join(head) + " |", "|" + ("---:|" if right else "---|") * len(head)]
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]], *, align: str = "l") -> str:
+    """``rows`` of cells under ``head`` as Markdown table lines (no trailing newline).
+
+    ``align``: ``l`` (left) or ``r`` (right, ``---:``), one letter for every column or one per column.
+    """
+    align = align * len(head) if len(align) == 1 else align
+    lines = ["| " + " | ".join(head) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
