@@ -1,7 +1,8 @@
 """What every benchmark here shares: bad-argument errors, output folders, error rows, timing
-(device sync, phase clocks, sync counting), the datasets a benchmark runs on and the environment a result was measured in.
+(device sync, phase clocks, sync counting), the results files and the datasets a benchmark runs on.
 
-bench_epoch.py and bench_eval.py both import from here and never from each other.
+bench_epoch.py and bench_eval.py both import from here and never from each other; the Markdown
+table and the environment record come from ``experiments/output.py`` (shared with kernels_bench).
 """
 
 from __future__ import annotations
