@@ -208,15 +208,16 @@ def train(
                   "model": {"class": model_settings(run.model)["class"],
                             **_jsonable(model_settings(run.model)["kwargs"])},
                   "loss": {"name": loss_name(loss_fn), **_jsonable(loss_settings(loss_fn))},
-                  "optimizer": {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
-                  "schedule": {"epochs": epochs, "patience": patience, "eval_every": eval_every,
-                               "nan_check_every": nan_check_every},
+                  "optimizer": {"lr": float(lr), "weight_decay": float(weight_decay),
+                                "batch_size": int(batch_size)},  # plain numbers: numpy's are not JSON
+                  "schedule": {"epochs": int(epochs), "patience": int(patience),
+                               "eval_every": int(eval_every), "nan_check_every": int(nan_check_every)},
                   "evaluation": {"ks": list(ks), "mask_history": mask_history},
                   "step": {"amp": amp, "compile": compile, "cuda_graph": cuda_graph},
                   "data": {k.removeprefix("data."): v for k, v in settings.items() if k.startswith("data.")},
                   "parallel": {"world_size": settings.get("parallel.world_size", 1),
                                "catalog_parallel": settings.get("train.catalog_parallel", False)},
-                  "seed": seed},
+                  "seed": int(seed)},
               # rows the preparation dropped as exact duplicates (stats.json has them too)
               "duplicates": data.attrs.get("duplicates")}
     return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
