@@ -29,10 +29,10 @@ import gin
 from core.data.download import SOURCES, DownloadError, fetch, how_to_get
 from core.data.prepare import Recipe, prepare
 from core.data.shards import DataFormatError, SequenceData, load_sequences, rebuild_command
+from core.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class DataMissingError(RuntimeError):

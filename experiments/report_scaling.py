@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from experiments.output import markdown_table
+
 LOSS_ORDER = ("ce", "cce", "cce_exact")  # rows and columns in this order; other losses after, by name
 
 
@@ -92,8 +94,8 @@ def _is_oom(row: dict) -> bool:
 
 def scaling_section(rows: list[dict]) -> str:
     """The catalog-scaling table: one line per bench row, errors (OOM) spelled out."""
-    lines = ["| Catalog (items) | Loss | Variant | Epoch (s) | Steps/s | Peak (GiB) | Result |",
-             "|---:|---|---|---:|---:|---:|---|"]
+    head = ["Catalog (items)", "Loss", "Variant", "Epoch (s)", "Steps/s", "Peak (GiB)", "Result"]
+    lines = []
     for r in rows:
         items = "—" if r["n_items"] is None else f"{r['n_items']:,}"
         if r.get("error"):
@@ -103,12 +105,12 @@ def scaling_section(rows: list[dict]) -> str:
             cells = [items, r["loss"], r.get("variant", ""), f"{r['epoch_s']:.1f}",
                      f"{r['steps_per_s']:.1f}", "—" if r.get("peak_gib") is None else f"{r['peak_gib']:.2f}",
                      f"{r['dataset']}, {r['n_users']:,} users, {r['steps_per_epoch']:,} steps"]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(cells)
     return "\n".join([
         "## Catalog scaling", "",
         ("`experiments/bench/bench_epoch.py`: one training epoch (GPU synchronized, evaluation excluded) "
         "after untimed warm-up steps; peak = torch.cuda.max_memory_allocated over the run. "
-        "Plot: `scaling.png` (out-of-memory points marked ×)."), "", *lines])
+        "Plot: `scaling.png` (out-of-memory points marked ×)."), "", markdown_table(head, lines, align="rllrrrl")])
 
 
 def _size_label(n: int) -> str:

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's code, i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Configs include each other as 'gin/base/train.gin': found from the repository root too.
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from core.paths import REPO_ROOT
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -46,7 +46,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from core.paths import REPO_ROOT  # noqa: E402  (torch-free)
+
 CHANGEABLE = ("n_trials", "budget_s", "workers")  # what a continued study may change
 MORE = 75  # a worker process's exit status: it ran its trial and the study wants more
 

@@ -4,23 +4,20 @@ On CUDA the time is ``triton.testing.do_bench`` (L2 flushed before every run, CU
 the memory is the peak of ``torch.cuda.max_memory_allocated`` during one call minus what was
 allocated just before it. On a CPU the time is a plain ``time.perf_counter`` loop and the
 memory is NaN: there is no allocator statistic to read. Also here: the matmul rate behind the
-arithmetic floor, out-of-memory detection, releasing memory between points, and the
-environment (device, versions) written on every result row.
+arithmetic floor, out-of-memory detection and releasing memory between points (the
+environment written on every result row is ``experiments.output.environment``).
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
-
-from core.env import device_name, package_version
 
 QUANTILES = (0.5, 0.2, 0.8)  # median, 20th, 80th percentile, in the order do_bench returns them
 MIB = 2**20
@@ -138,15 +135,3 @@ def free_memory(device: torch.device, *, collect: bool = False) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-
-
-def environment(device: torch.device) -> dict:
-    """Device name, library versions and CCE's autotune switch, recorded on every CSV row."""
-    return {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "triton": package_version("triton") or "",
-        "cut_cross_entropy": package_version("cut-cross-entropy") or "",
-        "liger_kernel": package_version("liger-kernel") or "",
-        "cce_autotune": os.environ.get("CCE_AUTOTUNE", ""),
-    }

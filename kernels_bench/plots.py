@@ -11,13 +11,20 @@ written when no memory was measured (a CPU sweep), rather than an empty plot.
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 from pathlib import Path
 
-import matplotlib
+if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from core.atomic import write_bytes  # noqa: E402
 
 MODE_ORDER = ("fw", "bw", "fw-bw")
 
@@ -51,6 +58,14 @@ def memory_measured(df: pd.DataFrame) -> bool:
     return bool(mems.value.notna().any())
 
 
+def _save(fig, path: Path) -> None:
+    """The figure as a PNG at ``path``, written atomically; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
+    plt.close(fig)
+    write_bytes(buffer.getvalue(), path)
+
+
 def make_plots(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Writes time.png and, where memory was measured, memory.png into ``out_dir``; returns the
     paths written."""
@@ -80,8 +95,7 @@ def make_plots(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
     fig.suptitle(f"Loss time vs catalog size: {title}")
     fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the shared legend
     time_png = out_dir / "time.png"
-    fig.savefig(time_png, dpi=120)
-    plt.close(fig)
+    _save(fig, time_png)
 
     if not memory_measured(df):
         return [time_png]
@@ -101,8 +115,7 @@ def make_plots(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
     fig.suptitle(f"Loss peak memory vs catalog size: {title}")
     fig.tight_layout()
     memory_png = out_dir / "memory.png"
-    fig.savefig(memory_png, dpi=120)
-    plt.close(fig)
+    _save(fig, memory_png)
     return [time_png, memory_png]
 
 

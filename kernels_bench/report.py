@@ -9,6 +9,8 @@ import math
 
 import pandas as pd
 
+from experiments.output import markdown_table
+
 
 def headline_mode(modes) -> str:
     """fw-bw when swept, else the last mode swept."""
@@ -27,7 +29,7 @@ def _cell(time_row, mem_row) -> str:
     return text
 
 
-def markdown_table(df: pd.DataFrame) -> str:
+def sweep_table(df: pd.DataFrame) -> str:
     """Per input kind: time and peak extra memory per V (rows) and provider (columns)."""
     mode = headline_mode(df["mode"].unique())
     sub = df[df["mode"] == mode]
@@ -40,13 +42,13 @@ def markdown_table(df: pd.DataFrame) -> str:
     ]
     for kind, part in sub.groupby("inputs", sort=False):
         lines += ["", f"**{kind} inputs**", ""]
-        lines.append("| V | floor | " + " | ".join(providers) + " |")
-        lines.append("|---:" * (len(providers) + 2) + "|")
+        cells = []
         for v, point in part.groupby("V"):
             get = {(r.provider, r.metric): r for r in point.itertuples()}
             floor = point[point.metric == "time_ms"].floor_ms.iloc[0]
-            cells = [_cell(get.get((p, "time_ms")), get.get((p, "memory_mib"))) for p in providers]
-            lines.append(f"| {v:,} | {floor:.3g} ms | " + " | ".join(cells) + " |")
+            cells.append([f"{v:,}", f"{floor:.3g} ms",
+                          *(_cell(get.get((p, "time_ms")), get.get((p, "memory_mib"))) for p in providers)])
+        lines.append(markdown_table(["V", "floor", *providers], cells, align="r"))
     return "\n".join(lines) + "\n"
 
 

@@ -20,8 +20,8 @@ Progress goes to stderr: a tqdm bar when stderr is a terminal, else one plain li
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -35,12 +35,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from core.atomic import write_json, write_text
+from core.env import package_version
 from core.losses import IGNORE_INDEX
+from core.paths import REPO_ROOT
+from experiments.output import environment
 from kernels_bench import plots
-from kernels_bench.report import markdown_table, summarize
+from kernels_bench.report import summarize, sweep_table
 from kernels_bench.inputs import INPUT_KINDS, InputError, load_catalog, make_inputs
 from kernels_bench.measure import (
-    environment,
     floor_ms,
     free_memory,
     is_oom,
@@ -55,7 +58,6 @@ from kernels_bench.providers import (
     unavailable_reason,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED_CATALOGS = (20_729, 207_649)  # the seed study's item catalogs
 DEFAULT_VOCAB = tuple(sorted([2**k for k in range(10, 23)] + list(SEED_CATALOGS)))
 QUICK_VOCAB = (2**10, 2**14, 20_729, 2**17, 207_649, 2**20)
@@ -393,29 +395,31 @@ def main(argv: list[str] | None = None) -> int:
         )
     for note in notes:
         print(note)
-    env = environment(device)
+    # the record of every row; CSV columns list what they keep of it
+    env = environment(device, liger_kernel=package_version("liger-kernel") or "",
+                      cce_autotune=os.environ.get("CCE_AUTOTUNE", ""))
     # Written under <out>.partial and renamed once complete: an interrupted run is never
     # mistaken for a finished one, and its rows so far survive.
     partial = cfg.out.with_name(cfg.out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     config = {**asdict(cfg), "out": str(cfg.out), **env}
-    (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(config, partial / "config.json")
 
     checks = pd.DataFrame(run_checks(cfg, catalog))
-    checks.to_csv(partial / "correctness.csv", index=False)
+    write_text(checks.to_csv(index=False), partial / "correctness.csv")
     cfg = replace(cfg, providers=_report_checks(cfg, checks))
 
     def save(rows: list[dict]) -> None:
-        pd.DataFrame(rows, columns=COLUMNS).to_csv(partial / "results.csv", index=False)
+        write_text(pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False), partial / "results.csv")
 
     save(run_sweep(cfg, catalog, env, on_block=save))
     df = pd.read_csv(partial / "results.csv")
     summary = summarize(df) if len(df) else "no points were measured"
-    (partial / "table.md").write_text(markdown_table(df) if len(df) else summary + "\n")
+    write_text(sweep_table(df) if len(df) else summary + "\n", partial / "table.md")
     if not plots.memory_measured(df):
         summary += "\n" + plots.MEMORY_NOT_PLOTTED
-    (partial / "summary.txt").write_text(summary + "\n")
+    write_text(summary + "\n", partial / "summary.txt")
     plots.make_plots(partial / "results.csv", partial)
     if cfg.out.exists():
         cfg.out.rmdir()  # empty: build_config refuses a non-empty one

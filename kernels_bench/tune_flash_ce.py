@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import io
 import json
 import multiprocessing as mp
 import sys
@@ -29,6 +30,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+
+from core.atomic import write_text
 
 KERNELS = ("lse", "de", "dc")
 REGIMES = {0: 560, 1: 12_800}  # index in _TILES' (few rows, many rows) pair -> N timed
@@ -123,23 +126,25 @@ def tune(dims, workers: int, budget_s: float, out: Path) -> dict:
     print(f"compiled {len(todo)} candidates in {time.time() - t0:.0f} s ({failed} failed)", flush=True)
     best: dict = {}
     t0 = time.time()
-    with open(out / "tune.csv", "w", newline="") as f:
-        rows = csv.writer(f)
-        rows.writerow(["D", "N", "V", "kernel", "block_n", "block_v", "warps", "stages", "ms"])
-        for d, regime, kernel, cfg in todo:
-            if time.time() - t0 > budget_s:
-                print("budget spent: remaining candidates untimed", flush=True)
-                break
-            set_tile(kernel, d, regime, cfg)
-            try:
-                ms = do_bench(call(kernel, REGIMES[regime], TUNE_V, d), warmup=5, rep=20)
-            except Exception as err:
-                ms = float("nan")
-                print(f"D={d} {kernel} {cfg}: {type(err).__name__}", flush=True)
-            rows.writerow([d, REGIMES[regime], TUNE_V, kernel, *cfg, f"{ms:.4f}"])
-            key = (d, kernel, regime)
-            if ms == ms and (key not in best or ms < best[key][1]):
-                best[key] = (cfg, ms)
+    text = io.StringIO()  # tune.csv, rewritten whole (atomically) after every candidate
+    rows = csv.writer(text)
+    rows.writerow(["D", "N", "V", "kernel", "block_n", "block_v", "warps", "stages", "ms"])
+    write_text(text.getvalue(), out / "tune.csv")
+    for d, regime, kernel, cfg in todo:
+        if time.time() - t0 > budget_s:
+            print("budget spent: remaining candidates untimed", flush=True)
+            break
+        set_tile(kernel, d, regime, cfg)
+        try:
+            ms = do_bench(call(kernel, REGIMES[regime], TUNE_V, d), warmup=5, rep=20)
+        except Exception as err:
+            ms = float("nan")
+            print(f"D={d} {kernel} {cfg}: {type(err).__name__}", flush=True)
+        rows.writerow([d, REGIMES[regime], TUNE_V, kernel, *cfg, f"{ms:.4f}"])
+        write_text(text.getvalue(), out / "tune.csv")
+        key = (d, kernel, regime)
+        if ms == ms and (key not in best or ms < best[key][1]):
+            best[key] = (cfg, ms)
     table = {d: {k: tuple(tuple(best[(d, k, r)][0]) if (d, k, r) in best else fce._TILES[d][k][r]
                           for r in REGIMES) for k in KERNELS} for d in dims}
     for d in dims:
@@ -148,7 +153,7 @@ def tune(dims, workers: int, budget_s: float, out: Path) -> dict:
             print(f"D={d:3d} {k:3s}: " + ", ".join(
                 f"N={REGIMES[r]} {best[(d, k, r)][0]} {best[(d, k, r)][1]:.3f} ms"
                 for r in REGIMES if (d, k, r) in best), flush=True)
-    (out / "best.json").write_text(json.dumps({str(d): table[d] for d in dims}, indent=1))
+    write_text(json.dumps({str(d): table[d] for d in dims}, indent=1), out / "best.json")
     print("_TILES = " + repr({d: table[d] for d in dims}), flush=True)
     return table
 
@@ -193,10 +198,11 @@ def breakdown(out: Path, d: int = 64) -> None:
         lines.append(row)
         print(" ".join(f"{k}={x:.4g}" if isinstance(x, float) else f"{k}={x}" for k, x in row.items()),
               flush=True)
-    with open(out / "breakdown.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(lines[0]))
-        w.writeheader()
-        w.writerows(lines)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(lines[0]))
+    w.writeheader()
+    w.writerows(lines)
+    write_text(text.getvalue(), out / "breakdown.csv")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""experiments/report.py on fake run folders: table values, grouping, plots, errors."""
+"""experiments/report.py (and its report_* modules) on fake run folders: table values,
+grouping, plots, errors."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report
+from experiments import report, report_markdown, report_runs, report_stats
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = report.METRICS
+METRICS = report_runs.METRICS
 POP = {"HitRate@10": 0.01, "NDCG@10": 0.005, "MRR@10": 0.003, "Coverage@10": 0.001, "Surprisal@10": 0.05}
 
 
@@ -22,17 +23,11 @@ def metric_dict(value: float) -> dict:
 
 def fake_run(folder: Path, *, dataset="beauty", loss="ce", seed=0, test=0.1, memory=1.5,
              epoch_time=10.0, device="NVIDIA H100 80GB HBM3", pop=POP, epochs=3,
-             bindings: dict | None = None) -> Path:
-    """Writes a run folder in the schema of common.md (metrics.json, history.jsonl and a
-    config.gin holding train.seed, train.loss_name and train.lr = 0.001 updated by ``bindings``;
-    ``bindings=False`` writes no config.gin)."""
+             settings: dict | None = None) -> Path:
+    """Writes a run folder in the schema of common.md (metrics.json, history.jsonl); metrics.json's
+    "settings" hold the loss, the seed and optimizer.lr = 0.001, updated by ``settings`` (dotted
+    names: ``{"optimizer.lr": 0.01}``); ``settings=False`` writes none (an older metrics.json)."""
     folder.mkdir(parents=True)
-    if bindings is not False:
-        config = {"train.seed": str(seed), "train.loss_name": repr(loss), "train.lr": "0.001"}
-        config |= bindings or {}
-        (folder / "config.gin").write_text(
-            "# Parameters for train:\n# " + "=" * 40 + "\n"
-            + "".join(f"{k} = {v}\n" for k, v in sorted(config.items())))
     record = {
         "dataset": {"name": dataset, "n_users": 100, "n_items": 50, "n_interactions": 1000},
         "loss": loss,
@@ -47,6 +42,15 @@ def fake_run(folder: Path, *, dataset="beauty", loss="ce", seed=0, test=0.1, mem
         "env": {"device": device, "torch": "2.5.1", "triton": "3.1.0",
                 "cut_cross_entropy": "25.1.1", "dtype": "bfloat16", "seed": seed},
     }
+    if settings is not False:
+        record["settings"] = {"loss": {"name": loss}, "optimizer": {"lr": 0.001, "batch_size": 128},
+                              "seed": seed}
+        for name, value in (settings or {}).items():
+            *groups, key = name.split(".")
+            inner = record["settings"]
+            for group in groups:
+                inner = inner.setdefault(group, {})
+            inner[key] = value
     (folder / "metrics.json").write_text(json.dumps(record))
     lines = [json.dumps({"epoch": e, "train_loss": 5.0 - e, "epoch_time_s": epoch_time,
                          "valid": metric_dict(test * (e + 1) / epochs)}) for e in range(epochs)]
@@ -113,7 +117,7 @@ def test_pngs_are_written(runs_root: Path, tmp_path: Path):
 
 
 def test_validation_curve_read_from_history(runs_root: Path):
-    run = report.load_run(runs_root / "beauty" / "ce_s1" / "metrics.json")
+    run = report_runs.read_run(runs_root / "beauty" / "ce_s1" / "metrics.json")
     assert run.seed == 1
     epochs, ndcg = zip(*run.valid_ndcg)
     assert epochs == (0, 1, 2)
@@ -123,7 +127,7 @@ def test_validation_curve_read_from_history(runs_root: Path):
 def test_popularity_spread_shows_when_runs_disagree(tmp_path: Path):
     fake_run(tmp_path / "a", pop=metric_dict(0.1))
     fake_run(tmp_path / "b", seed=1, pop=metric_dict(0.3))
-    rows = report.summarize([report.load_run(p) for p in report.find_metrics_files([tmp_path])])
+    rows = report_stats.summarize([report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])])
     popularity = next(r for r in rows if r["loss"] == "popularity")
     assert popularity["HitRate@10"] == pytest.approx((0.2, 0.1414213562))
 
@@ -174,80 +178,88 @@ def test_epochs_without_validation_are_skipped_in_the_curve(tmp_path: Path):
     rows = [json.loads(x) for x in (folder / "history.jsonl").read_text().splitlines()]
     rows[1]["valid"] = None  # train.eval_every = 2 writes such epochs
     (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    curve = report.load_run(folder / "metrics.json").valid_ndcg
+    curve = report_runs.read_run(folder / "metrics.json").valid_ndcg
     assert [epoch for epoch, _ in curve] == [0, 2]
 
 
-# ---- grouping by operative config ----
+# ---- grouping by settings ----
 
 def test_runs_with_different_hyperparameters_are_separate_rows(tmp_path: Path, capsys):
     """Issue 15.6: runs of one (dataset, loss) with different lr were averaged into one row."""
     fake_run(tmp_path / "runs" / "ce_s0", seed=0, test=0.1)
     fake_run(tmp_path / "runs" / "ce_s1", seed=1, test=0.3)
-    fake_run(tmp_path / "runs" / "ce_lr_s0", seed=0, test=0.9, bindings={"train.lr": "0.01"})
+    fake_run(tmp_path / "runs" / "ce_lr_s0", seed=0, test=0.9, settings={"optimizer.lr": 0.01})
     fake_run(tmp_path / "runs" / "ce_lr_ep_s0", seed=0, test=0.5,
-             bindings={"train.lr": "0.01", "train.epochs": "30"})
+             settings={"optimizer.lr": 0.01, "schedule.epochs": 30})
     fake_run(tmp_path / "runs" / "cce_s0", loss="cce", seed=0, test=0.2)
     out = tmp_path / "report"
     assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     rows = table_rows(text)
     assert list(rows) == [  # a loss's rows sorted by label
-        ("beauty", "ce (train.epochs=30, train.lr=0.01)"),
-        ("beauty", "ce (train.epochs=unset, train.lr=0.001)"),
-        ("beauty", "ce (train.epochs=unset, train.lr=0.01)"),
-        ("beauty", "cce"),  # one config: no label
+        ("beauty", "ce (optimizer.lr=0.001, schedule.epochs=unset)"),
+        ("beauty", "ce (optimizer.lr=0.01, schedule.epochs=30)"),
+        ("beauty", "ce (optimizer.lr=0.01, schedule.epochs=unset)"),
+        ("beauty", "cce"),  # one setting: no label
         ("beauty", "popularity"),
     ]
-    assert rows[("beauty", "ce (train.epochs=unset, train.lr=0.001)")][0] == "0.2000 ± 0.1414"
-    assert rows[("beauty", "ce (train.epochs=unset, train.lr=0.001)")][-1] == "2"
-    assert rows[("beauty", "ce (train.epochs=unset, train.lr=0.01)")][0] == "0.9000"
-    assert rows[("beauty", "ce (train.epochs=30, train.lr=0.01)")][0] == "0.5000"
-    assert "full operative config (config.gin) minus" in text and "seed" in text
-    assert "no config.gin" not in capsys.readouterr().err
+    assert rows[("beauty", "ce (optimizer.lr=0.001, schedule.epochs=unset)")][0] == "0.2000 ± 0.1414"
+    assert rows[("beauty", "ce (optimizer.lr=0.001, schedule.epochs=unset)")][-1] == "2"
+    assert rows[("beauty", "ce (optimizer.lr=0.01, schedule.epochs=unset)")][0] == "0.9000"
+    assert rows[("beauty", "ce (optimizer.lr=0.01, schedule.epochs=30)")][0] == "0.5000"
+    assert 'their settings (metrics.json "settings"' in text
+    assert "no settings" not in capsys.readouterr().err
 
 
-def test_seed_and_cosmetic_bindings_do_not_split_a_group(tmp_path: Path):
-    fake_run(tmp_path / "a", seed=0, bindings={"train.show_progress": "True",
-                                               "dataset.cache_dir": "'data/cache'"})
-    fake_run(tmp_path / "b", seed=1, bindings={"train.show_progress": "None",
-                                               "dataset.cache_dir": "'/tmp/cache'"})
-    rows = report.summarize([report.load_run(p) for p in report.find_metrics_files([tmp_path])])
+def test_the_seed_does_not_split_a_group(tmp_path: Path):
+    fake_run(tmp_path / "a", seed=0)
+    fake_run(tmp_path / "b", seed=1)
+    rows = report_stats.summarize([report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])])
     assert [(r["label"], r["n"]) for r in rows] == [("ce", 2), ("popularity", None)]
 
 
-def test_config_gin_parsing_continuation_lines_and_comments(tmp_path: Path):
-    (tmp_path / "config.gin").write_text(
-        "# Parameters for train:\n# ====\ntrain.ks = (10,\n    20)\ntrain.lr = 0.001\n"
-        "train.seed = 3\n\n# Parameters for cce:\n# None.\nimport foo.bar\n")
-    config = report.read_config(tmp_path / "config.gin")
-    assert config == (("import foo.bar", ""), ("train.ks", "(10, 20)"), ("train.lr", "0.001"))
-    assert report.read_config(tmp_path / "absent.gin") is None
+def test_settings_are_flattened_to_dotted_names_without_the_seed(tmp_path: Path):
+    settings = {"model": {"class": "core.model.SASRec", "dim": 64}, "loss": {"name": "cce", "filter_eps": None},
+                "evaluation": {"ks": [10, 20]}, "parallel": {}, "seed": 3}
+    assert report_runs.flat_settings(settings, tmp_path) == (
+        ("evaluation.ks", "[10, 20]"), ("loss.filter_eps", "null"), ("loss.name", '"cce"'),
+        ("model.class", '"core.model.SASRec"'), ("model.dim", "64"), ("parallel", "{}"))
+    with pytest.raises(report_runs.ReportError, match="'settings' must be a JSON object"):
+        report_runs.flat_settings(["not", "a", "dict"], tmp_path)
 
 
-def test_run_without_config_gin_is_said(tmp_path: Path, capsys):
+def test_run_without_settings_is_said(tmp_path: Path, capsys):
     fake_run(tmp_path / "runs" / "a", seed=0)
-    fake_run(tmp_path / "runs" / "old", seed=1, bindings=False)
+    fake_run(tmp_path / "runs" / "old", seed=1, settings=False)
     out = tmp_path / "report"
     assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert set(table_rows(text)) == {("beauty", "ce"), ("beauty", "ce (no config.gin)"),
+    assert set(table_rows(text)) == {("beauty", "ce"), ("beauty", "ce (no settings recorded)"),
                                      ("beauty", "popularity")}
-    assert "1 of 2 runs have no config.gin" in text
-    assert "no config.gin" in capsys.readouterr().err
+    assert "1 of 2 runs predate the settings in metrics.json" in text
+    assert "no settings in metrics.json" in capsys.readouterr().err
+
+
+def test_older_runs_without_settings_group_by_dataset_and_loss(tmp_path: Path):
+    """metrics.json from before the "settings" section (results/ of 2026-11): one row per loss."""
+    for seed in range(2):
+        fake_run(tmp_path / f"ce_s{seed}", seed=seed, settings=False)
+    fake_run(tmp_path / "cce_s0", loss="cce", settings=False)
+    rows = report_stats.summarize([report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])])
+    assert [(r["label"], r["n"]) for r in rows] == [("ce", 2), ("cce", 1), ("popularity", None)]
 
 
 def test_coverage_section_compares_one_config_per_column(tmp_path: Path):
     fake_run(tmp_path / "ce", loss="ce", test=0.3)
-    fake_run(tmp_path / "ce_lr", loss="ce", test=0.9, bindings={"train.lr": "0.01"})
+    fake_run(tmp_path / "ce_lr", loss="ce", test=0.9, settings={"optimizer.lr": 0.01})
     fake_run(tmp_path / "cce", loss="cce", test=0.1)
-    fake_run(tmp_path / "cce_lr", loss="cce", test=0.2, bindings={"train.lr": "0.01"})
-    runs = [report.load_run(p) for p in report.find_metrics_files([tmp_path])]
-    lines = [line for line in report.coverage_section(runs).splitlines() if "| Coverage@10 |" in line]
+    fake_run(tmp_path / "cce_lr", loss="cce", test=0.2, settings={"optimizer.lr": 0.01})
+    runs = [report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])]
+    lines = [line for line in report_markdown.coverage_section(runs).splitlines() if "| Coverage@10 |" in line]
     # one row per lr, never the mean of both ce configs (0.6000)
     assert [line.split(" | ")[:4] for line in lines] == [
-        ["| beauty (train.lr=0.001)", "Coverage@10", "0.3000", "0.1000"],
-        ["| beauty (train.lr=0.01)", "Coverage@10", "0.9000", "0.2000"],
+        ["| beauty (optimizer.lr=0.001)", "Coverage@10", "0.3000", "0.1000"],
+        ["| beauty (optimizer.lr=0.01)", "Coverage@10", "0.9000", "0.2000"],
     ]
 
 

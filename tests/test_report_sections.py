@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report, report_scaling
+from experiments import report, report_markdown, report_runs, report_scaling
 from tests.test_report import fake_run
 
 ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0",
@@ -77,8 +77,8 @@ def test_coverage_section_pairs_seeds(study_dir: Path, tmp_path: Path):
 def test_coverage_difference_of_means_without_seed_pairs(tmp_path: Path):
     fake_run(tmp_path / "a", loss="ce", seed=0, test=0.3)
     fake_run(tmp_path / "b", loss="cce", seed=5, test=0.1)
-    runs = [report.load_run(p) for p in report.find_metrics_files([tmp_path])]
-    text = report.coverage_section(runs)
+    runs = [report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])]
+    text = report_markdown.coverage_section(runs)
     row = section(text, "Coverage and the gradient filter")[0]
     assert row[:5] == ["beauty", "Coverage@10", "0.3000", "0.1000", "—"]
     assert row[5:] == ["-0.2000 (means)", "—", "—"]
@@ -86,8 +86,8 @@ def test_coverage_difference_of_means_without_seed_pairs(tmp_path: Path):
 
 def test_coverage_section_absent_with_one_loss(tmp_path: Path):
     fake_run(tmp_path / "a", loss="ce")
-    runs = [report.load_run(p) for p in report.find_metrics_files([tmp_path])]
-    assert report.coverage_section(runs) is None
+    runs = [report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])]
+    assert report_markdown.coverage_section(runs) is None
 
 
 def test_scaling_section_marks_out_of_memory(study_dir: Path, tmp_path: Path):
@@ -145,8 +145,8 @@ def test_header_dates_come_from_finished_utc_only(tmp_path: Path):
     (old / "log.txt").write_text("2026-11-26 20:36:45 INFO core.train: start\n"
                                  "2026-11-27 00:01:00 INFO core.train: test\n")
     fake_run(tmp_path / "undated", seed=2)
-    runs = [report.load_run(p) for p in report.find_metrics_files([tmp_path])]
-    line = report.dates_line(runs)
+    runs = [report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])]
+    line = report_markdown.dates_line(runs)
     # the log's timestamps are not a record of when the run finished: no date is scraped from it
     assert line.startswith("Run dates (UTC): 2026-11-28;") and "2 runs undated" in line
 
@@ -175,7 +175,7 @@ def test_a_scaling_result_without_a_date_takes_the_studys(tmp_path):
         {"runs": {"scaling/items-1m_cce": {"finished_utc": "2026-11-27T22:00:00Z"}}}))
     rows, envs = report_scaling.load_scaling([run / "results.json"])
     assert envs[0]["finished_utc"] == "2026-11-27T22:00:00Z"
-    assert "undated" not in report.dates_line([], envs)
+    assert "undated" not in report_markdown.dates_line([], envs)
 
 
 def test_scaling_plot_tells_variants_of_one_loss_apart(tmp_path: Path, monkeypatch):

@@ -52,6 +52,17 @@ def test_run_folder_and_metrics(data, tmp_path):
     assert on_disk["epoch_time_s"] > 0 and on_disk["first_epoch_time_s"] > 0
     assert {"device", "torch", "triton", "cut_cross_entropy", "dtype", "seed"} <= set(on_disk["env"])
     assert on_disk["env"]["dtype"] == "float32"
+    settings = on_disk["settings"]  # grouped, for reports: what the run trained with
+    assert set(settings) == {"model", "loss", "optimizer", "schedule", "evaluation", "step", "data",
+                             "parallel", "seed"}
+    assert settings["model"]["class"] == "core.model.SASRec" and settings["model"]["dim"] == DIM
+    assert settings["loss"] == {"name": "ce"}
+    assert settings["optimizer"] == {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 64}
+    assert settings["schedule"] == {"epochs": 2, "patience": 10, "eval_every": 1, "nan_check_every": 0}
+    assert settings["evaluation"] == {"ks": [10], "mask_history": True}
+    assert settings["data"]["name"] == "tiny200" and settings["data"]["n_items"] == data.n_items
+    assert settings["parallel"] == {"world_size": 1, "catalog_parallel": False}
+    assert settings["seed"] == 0
 
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]

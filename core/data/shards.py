@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from core.atomic import atomic_dir
+from core.atomic import atomic_dir, write_json
 
 FORMAT_VERSION = 2  # 2: raw user/item ids, fletcher32 checksums
 KIND = "sasrec-cce/sequence-shards"  # marks our files; anything else is foreign
@@ -297,7 +297,7 @@ def write_shards(
             _put(f, "item_ids", item_ids)
             f.attrs.update(file_attrs)
         stats = {**sequence_stats(offsets, n_items), "format_version": FORMAT_VERSION, **attrs}
-        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        write_json(stats, tmp / STATS_FILE)
     return out_dir
 
 

@@ -212,6 +212,21 @@ def train(
     record = {"name": name, "data_path": str(data_path) if data_path is not None else data.attrs.get("path"),
               "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
               "settings": settings, "model_settings": model_settings(run.model), "seed": seed,
+              # metrics.json's "settings": the same facts grouped, for reports (experiments/report.py)
+              "settings_by_group": {
+                  "model": {"class": model_settings(run.model)["class"],
+                            **_jsonable(model_settings(run.model)["kwargs"])},
+                  "loss": {"name": loss_name(loss_fn), **_jsonable(loss_settings(loss_fn))},
+                  "optimizer": {"lr": float(lr), "weight_decay": float(weight_decay),
+                                "batch_size": int(batch_size)},  # plain numbers: numpy's are not JSON
+                  "schedule": {"epochs": int(epochs), "patience": int(patience),
+                               "eval_every": int(eval_every), "nan_check_every": int(nan_check_every)},
+                  "evaluation": {"ks": list(ks), "mask_history": mask_history},
+                  "step": {"amp": amp, "compile": compile, "cuda_graph": cuda_graph},
+                  "data": {k.removeprefix("data."): v for k, v in settings.items() if k.startswith("data.")},
+                  "parallel": {"world_size": settings.get("parallel.world_size", 1),
+                               "catalog_parallel": settings.get("train.catalog_parallel", False)},
+                  "seed": int(seed)},
               # rows the preparation dropped as exact duplicates (stats.json has them too)
               "duplicates": data.attrs.get("duplicates")}
     return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
@@ -370,6 +385,7 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
                     "duplicates": record.get("duplicates")},
         "loss": record["loss"],
         "loss_settings": record["loss_settings"],
+        "settings": record["settings_by_group"],
         "valid": best["valid"],
         "test": test,
         "popularity_test": popularity,

@@ -83,12 +83,14 @@ from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_facts, loss_name
 from core.parallel.collectives import DistContext, all_reduce, broadcast, gather_objects, is_collective_failure
+from core.paths import REPO_ROOT
 from core.training.loop import _check_ranks, _device, build, train, train_configurable
 from core.training.ranks import Ranks
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
-from experiments.bench.common import (GIB, REPO_ROOT, BenchError, count_syncs, default_out,
-    environment, error_row, mark, markdown_table, phase_ms, split_list, sync, write_results)
+from experiments.bench.common import (GIB, BenchError, count_syncs, default_out, error_row, mark,
+    phase_ms, results_table, split_list, sync, write_results)
 from experiments.joined import leave, main_first, run_joined
+from experiments.output import environment
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "graph"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",
@@ -420,7 +422,7 @@ def markdown(rows: list[dict], env: dict) -> str:
               "is the aggregate (global positions / epoch time, the slowest rank's), rank "
               "positions/s a rank's share over the same time, peak GiB the largest rank's (min: "
               "the smallest); the breakdown is rank 0's (catalog-parallel only, none under DDP).")
-    return markdown_table(rows, head=head, keys=keys, lead=3, footer=footer)
+    return results_table(rows, head=head, keys=keys, lead=3, footer=footer)
 
 
 def write_outputs(out: Path, rows: list[dict], env: dict, args, notes: list[str]) -> str:
@@ -490,9 +492,7 @@ def _bench(args, ctx: DistContext) -> int:
     out = Path(args.out) if args.out else default_out("bench_epoch")
     _parse(configs[0].path, args.gin_bindings)
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
-                      seed=_train_settings()["seed"])
-    env["cce_autotune"] = cce_autotune()
-    env["world_size"] = ctx.world
+                      seed=_train_settings()["seed"], cce_autotune=cce_autotune(), world_size=ctx.world)
     rows, notes, began = [], [], time.perf_counter()
     for config in configs:
         for variant in args.variants:

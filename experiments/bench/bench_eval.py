@@ -49,8 +49,9 @@ from core.evaluation import (
 )
 from core.metrics import RankingMetrics, popularity_scores
 from core.model import SASRec
-from experiments.bench.common import (GIB, BenchError, count_syncs, default_out, environment,
-    error_row, load_datasets, mark, markdown_table, phase_ms, split_list, sync, write_results)
+from experiments.bench.common import (GIB, BenchError, count_syncs, default_out, error_row,
+    load_datasets, mark, phase_ms, results_table, split_list, sync, write_results)
+from experiments.output import environment
 
 SCORERS = ("model", "popularity")
 PHASES = ("batch", "score", "history", "metrics")
@@ -179,7 +180,7 @@ def markdown(rows: list[dict], env: dict) -> str:
               f"seed {env['seed']}. Seconds: all users of the split, history masked, CUDA "
               "synchronized, after one untimed batch. Breakdown: mean ms per batch of a "
               "separate instrumented pass (each batch from an idle device).")
-    return markdown_table(rows, head=head, keys=keys, lead=6, footer=footer)
+    return results_table(rows, head=head, keys=keys, lead=6, footer=footer)
 
 
 def write_outputs(out: Path, rows: list[dict], env: dict, args) -> str:

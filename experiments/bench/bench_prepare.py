@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's code, i
 import numpy as np
 import pandas as pd
 
+from core.atomic import atomic_file
 from core.data.shards import load_sequences
 from core.data.synthetic import PRESETS, generate
 
@@ -56,7 +57,8 @@ def write_ml20m_csv(path: Path, *, preset: str, seed: int) -> None:
             "timestamp": timestamp[order],
         }
     )
-    frame.to_csv(path, index=False, float_format="%.1f", chunksize=1_000_000)
+    with atomic_file(path) as f:
+        frame.to_csv(f, index=False, float_format="%.1f", chunksize=1_000_000)
 
 
 def run_prepare(raw: Path, out: Path) -> dict:

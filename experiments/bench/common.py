@@ -1,7 +1,8 @@
 """What every benchmark here shares: bad-argument errors, output folders, error rows, timing
-(device sync, phase clocks, sync counting), the datasets a benchmark runs on and the environment a result was measured in.
+(device sync, phase clocks, sync counting), the results files and the datasets a benchmark runs on.
 
-bench_epoch.py and bench_eval.py both import from here and never from each other.
+bench_epoch.py and bench_eval.py both import from here and never from each other; the Markdown
+table and the environment record come from ``experiments/output.py`` (shared with kernels_bench).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from core.atomic import write_json, write_text
 from core.data.shards import DataFormatError
 from core.data.synthetic import PRESETS
 from core.dataset_config import DataMissingError, dataset
-from core.env import environment  # noqa: F401  (re-exported: the env block of results.json)
 from core.gin_search import add_root
+from core.paths import REPO_ROOT
+from experiments.output import markdown_table
 
 GIB = 2**30
-REPO_ROOT = Path(__file__).resolve().parents[2]
 add_root(REPO_ROOT)  # data configs include each other from the root
 
 
@@ -89,11 +90,11 @@ def count_syncs(run_once, *, times: int) -> tuple[float, list[str]]:
     return len(hits) / times, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
 
 
-def markdown_table(rows: list[dict], *, head: list[str], keys: list[tuple[str, int]], lead: int,
-                   footer: str) -> str:
+def results_table(rows: list[dict], *, head: list[str], keys: list[tuple[str, int]], lead: int,
+                  footer: str) -> str:
     """A Markdown table of ``rows``: ``keys`` = (column, decimals) under ``head``; an error row
     shows its first ``lead`` cells and the error. ``footer``: the line under the table."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for row in rows:
         if row.get("error"):
             cells = [fmt(row.get(k), 0) for k, _ in keys[:lead]]
@@ -101,8 +102,8 @@ def markdown_table(rows: list[dict], *, head: list[str], keys: list[tuple[str, i
             cells += [""] * (len(head) - len(cells))
         else:
             cells = [fmt(row.get(k), d) for k, d in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", footer]) + "\n"
+        lines.append(cells)
+    return "\n".join([markdown_table(head, lines), "", footer]) + "\n"
 
 
 def write_results(out: Path, rows: list[dict], *, columns: list[str], table: str, env: dict, args,

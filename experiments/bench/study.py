@@ -52,7 +52,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from core.atomic import write_text
+from core.paths import REPO_ROOT
+
 PLANS = ("real", "synthetic", "scaling", "sampled")
 REAL_DATASETS = ("beauty5core", "ml100k")
 SYNTHETIC_DATASETS = ("ml20m_like", "beauty_like")
@@ -214,9 +216,7 @@ class Record:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.path.with_suffix(".json.tmp")
-        scratch.write_text(json.dumps({"updated_utc": _utc(), "runs": self.runs}, indent=1) + "\n")
-        scratch.replace(self.path)
+        write_text(json.dumps({"updated_utc": _utc(), "runs": self.runs}, indent=1) + "\n", self.path)
 
 
 # --- running ------------------------------------------------------------------------------
