@@ -309,7 +309,7 @@ def _die_with_parent() -> None:
 
 def _final(args) -> int:
     from experiments.tuning.space import as_bindings
-    from experiments.tuning.study import best_trial
+    from experiments.tuning.study import best_trial, budget_trials
     from experiments.tuning.summary import METRICS, final_record, write_final, write_summary
 
     out = Path(args.out)
@@ -333,7 +333,8 @@ def _final(args) -> int:
     first = runs["tuned"][0]
     final = {"dataset": first["dataset"]["name"], "loss": first["loss"], "seeds": args.seeds,
              "best_trial": best.number, "best_valid": best.value, "best_params": best.params,
-             "n_trials": setup["n_trials"], "mask_history": setup["mask_history"],
+             "n_trials": setup["n_trials"], "counted_trials": len(budget_trials(study, setup["n_trials"])),
+             "mask_history": setup["mask_history"],
              "device": first["env"]["device"], "metrics": list(METRICS),
              "rows": [final_record("default", runs["default"]), final_record("tuned", runs["tuned"])]}
     write_final(final, out)

@@ -199,7 +199,8 @@ def final_markdown(final: dict) -> str:
     return "\n".join([
         f"# {final['dataset']} / {final['loss']}: default vs tuned (test split, seeds {final['seeds']})", "",
         _markdown(["config", *METRICS, "peak GiB", "epoch s", "epochs"], rows), "",
-        f"Tuned: trial {final['best_trial']} of {final['n_trials']} (validation {MONITOR} "
+        f"Tuned: trial {final['best_trial']} of {final.get('counted_trials', final['n_trials'])} counted "
+        f"(budget {final['n_trials']}; validation {MONITOR} "
         f"{final['best_valid']:.4f}): {setting}. History masked in ranking: {final['mask_history']}. "
         f"Device: {final['device']}. Mean ± sample std over seeds.", ""])
 
