@@ -51,7 +51,7 @@ from experiments.report_stats import summarize
 
 
 def write_report(runs: list[RunResult], out: Path, *, scaling: list[dict] = (),
-                 scaling_envs: list[dict] = (), extra_sections: list[str] = ()) -> str:
+                 scaling_envs: list[dict] = (), extra_sections: list[str] = (), split: str = "test") -> str:
     """Writes report.md and the PNGs into ``out``; returns the report text. Everything is
     rendered before the first file is written, so a failure leaves no partial report."""
     plt = pyplot()
@@ -61,7 +61,8 @@ def write_report(runs: list[RunResult], out: Path, *, scaling: list[dict] = (),
     parts = [header_line(runs, scaling_envs) + "  \n" + dates_line(runs, scaling_envs)]
     if runs:
         parts += [results_table(rows),
-                  ("Test-split metrics of the best-validation checkpoint; mean ± sample std over seeds. "
+                  (f"{'Test' if split == 'test' else 'Validation'}-split metrics of the best-validation "
+                   "checkpoint; mean ± sample std over seeds. "
                    "Max Memory = torch.cuda.max_memory_allocated in GiB (— on CPU); Epoch = mean "
                    "training-epoch wall time after the first epoch, evaluation excluded. "
                    + grouping_note(runs))]
@@ -94,15 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", type=Path, action="append", default=[],
                         help="bench_epoch results.json or a folder of them (repeatable; default: "
                              "those under a 'scaling' folder of the run folders)")
+    parser.add_argument("--split", choices=("test", "valid"), default="test",
+                        help="which split's metrics to tabulate (valid: tuning trials, which leave "
+                             "the test split unread)")
     args = parser.parse_args(argv)
     try:
         scaling_files = find_scaling_files(args.scaling, args.runs)
         files = find_metrics_files(args.runs, required=not scaling_files)
-        runs = [read_run(path) for path in files]
+        runs = [read_run(path, args.split) for path in files]
         scaling, envs = load_scaling(scaling_files)
         study = study_section(args.runs)
         text = write_report(runs, args.out, scaling=scaling, scaling_envs=envs,
-                            extra_sections=[study] if study else [])
+                            extra_sections=[study] if study else [], split=args.split)
     except (ReportError, ScalingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ class RunResult:
     loss: str
     seed: object
     test: dict
-    popularity_test: dict
+    popularity_test: dict | None  # None for --split valid
     peak_memory_gib: float | None
     epoch_time_s: float | None
     env: dict
@@ -119,8 +119,16 @@ def flat_settings(settings: dict, where: Path) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in flat.items() if k not in IGNORED_SETTINGS))
 
 
-def read_run(metrics_path: Path) -> RunResult:
-    """Reads one run folder (metrics.json and history.jsonl)."""
+def _split_key(record: dict, split: str, where: Path) -> str:
+    if split == "test" and record.get("test", {}) is None:
+        raise ReportError(f"{where}: the test split was not evaluated (train.test = False: a tuning "
+                          "trial); report such runs with --split valid")
+    return split
+
+
+def read_run(metrics_path: Path, split: str = "test") -> RunResult:
+    """Reads one run folder (metrics.json and history.jsonl); ``split`` "valid" reports the
+    best checkpoint's validation metrics instead of the test's (tuning trials have no test)."""
     try:
         record = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -139,8 +147,8 @@ def read_run(metrics_path: Path) -> RunResult:
         dataset=str(_get(dataset, "name", metrics_path)),
         loss=str(_get(record, "loss", metrics_path)),
         seed=env.get("seed"),
-        test=_metric_dict(record, "test", metrics_path),
-        popularity_test=_metric_dict(record, "popularity_test", metrics_path),
+        test=_metric_dict(record, _split_key(record, split, metrics_path), metrics_path),
+        popularity_test=_metric_dict(record, "popularity_test", metrics_path) if split == "test" else None,
         peak_memory_gib=None if memory is None else float(memory),
         epoch_time_s=None if epoch_time is None else float(epoch_time),
         env=env,

@@ -49,6 +49,8 @@ def summarize(runs: list[RunResult]) -> list[dict]:
         rows.append(row)
     for dataset in sorted({r.dataset for r in runs}):
         members = [r for r in runs if r.dataset == dataset]
+        if any(r.popularity_test is None for r in members):  # --split valid: no baseline row
+            continue
         row = {"dataset": dataset, "loss": POPULARITY, "label": POPULARITY, "n": None,
                "memory": None, "epoch_time": None}
         for m in METRICS:

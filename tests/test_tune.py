@@ -116,6 +116,19 @@ def test_search_reads_no_test_split_then_final_does_and_its_seeds_reproduce(data
         assert metrics["valid"]["NDCG@10"] == pytest.approx(t.user_attrs["valid"]["NDCG@10"])
     assert (out / "summary" / "trials.csv").exists() and (out / "summary" / "history.png").exists()
 
+    # Trials are ordinary run folders: report.py tabulates them (validation: they have no test),
+    # one row per setting; recommend.py uses one.
+    from experiments import recommend, report
+
+    assert report.main([str(out / "trials"), "--out", str(data_cache / "report")]) == 1  # test unread
+    assert "--split valid" in capsys.readouterr().err
+    assert report.main([str(out / "trials"), "--out", str(data_cache / "report"), "--split", "valid"]) == 0
+    table = (data_cache / "report" / "report.md").read_text()
+    assert table.count("| tiny | ce") == 3 and "Validation-split metrics" in table
+    best_run = out / max((t for t in study.trials if t.value is not None), key=lambda t: t.value).user_attrs["run"]
+    assert recommend.main(["--run", str(best_run), "--all", "--k", "3", "--out", str(data_cache / "recs.csv")]) == 0
+    assert (data_cache / "recs.csv").read_text().startswith("user,rank,item,score")
+
     assert tune.main(["--final", "--out", str(out), "--seeds", "0,1"]) == 0
     assert "test" in seen
     final = json.loads((out / "final.json").read_text())
