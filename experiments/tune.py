@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)  # --help and argument errors answer before torch is imported
     args._argv = argv
     from experiments.tuning.space import SpaceError
+    from experiments.tuning.study import StudyStopped
 
     try:
         if args.compare:
@@ -407,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.status:
             return _status(args)
         return _final(args) if args.final else _search(args)
-    except (TuneError, SpaceError) as err:
+    except (TuneError, SpaceError, StudyStopped) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, TuneError) else 2
+        return 2 if isinstance(err, SpaceError) else 1
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to continue the study", file=sys.stderr)
         return 130

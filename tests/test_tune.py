@@ -171,6 +171,22 @@ def test_an_out_of_memory_trial_is_recorded_and_the_study_goes_on(data_cache, mo
     assert "3 of 3 budget trials counted (2 complete, 0 pruned, 1 out of memory" in capsys.readouterr().out
 
 
+def test_a_repeated_setting_is_answered_not_retrained(data_cache, monkeypatch, capsys):
+    """A space of one setting: the first trial trains, the next ones repeat it and are answered
+    from it (outcome 'duplicate', not counted), so the study ends after 100 of them."""
+    space = data_cache / "one.gin"
+    space.write_text("search_space.params = {'SASRec.dim': ('choice', [16])}\n")
+    out = data_cache / "study"
+    assert tune.main([*SMALL, "--space", str(space), "--trials", "2", "--out", str(out), "--in-process"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already run" in err[0]
+    study = _study(out)
+    outcomes = _outcomes(study)
+    assert outcomes[0] == "complete" and set(outcomes[1:]) == {"duplicate"} and len(outcomes) == 101
+    assert all(t.value == study.trials[0].value for t in study.trials)
+    assert len(list((out / "trials").iterdir())) == 1  # one run folder: nothing retrained
+
+
 def test_a_changed_command_is_refused_with_the_setting(data_cache, capsys):
     out = data_cache / "study"
     assert tune.main([*SMALL, "--trials", "1", "--out", str(out), "--in-process"]) == 0

@@ -8,8 +8,10 @@
   bindings and the sampled ones, ``train.test = False`` (the test split is not read during the
   search) and reports validation NDCG@10 after every epoch to the pruner.
 - Every trial that ends records ``outcome`` (a user attribute): ``complete``, ``pruned``,
-  ``oom`` (out of device memory, with the allocation that failed), ``error`` or ``invalid``
-  (a setting the space cannot train, with the reason; it costs nothing and is not counted).
+  ``oom`` (out of device memory, with the allocation that failed), ``error``, ``invalid``
+  (a setting the space cannot train, with the reason) or ``duplicate`` (a setting an earlier
+  counted trial ran: it gets that trial's result without training). The last two cost nothing
+  and are not counted.
   The budget counts trials with an outcome other than ``invalid``, so a killed trial, which
   has none, is never counted; ``wall_s`` of counted trials adds up to the GPU-seconds spent.
 """
@@ -42,6 +44,10 @@ COUNTED = ("complete", "pruned", "oom", "error")  # outcomes that spent budget
 
 class TrialOutOfMemory(RuntimeError):
     """The trial's setting did not fit the device memory: a result, not a crash."""
+
+
+class StudyStopped(RuntimeError):
+    """A worker gave up (trials keep failing, or the sampler finds nothing new): one line."""
 
 
 class TrialFailed(RuntimeError):
@@ -127,6 +133,15 @@ class Trainer:
             trial.set_user_attr("outcome", "invalid")
             trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(reason)
+        earlier = _same_setting(trial, values)
+        if earlier is not None:  # the sampler proposed a setting already run: answer, don't retrain
+            trial.set_user_attr("outcome", "duplicate")
+            trial.set_user_attr("reason", f"same setting as trial {earlier.number}")
+            if earlier.state == TrialState.COMPLETE:
+                return float(earlier.value)
+            if earlier.user_attrs.get("outcome") == "oom":
+                raise TrialOutOfMemory(f"same setting as trial {earlier.number} (out of memory)")
+            raise optuna.TrialPruned(f"same setting as trial {earlier.number}")
         path = self.out / "trials" / f"trial_{trial.number:04d}"
         trial.set_user_attr("run", str(path.relative_to(self.out)))
         start = time.monotonic()
@@ -164,6 +179,15 @@ class Trainer:
             raise optuna.TrialPruned(f"pruned at epoch {metrics['epochs']}")
         trial.set_user_attr("outcome", "complete")
         return float(metrics["valid"][MONITOR])
+
+
+def _same_setting(trial: optuna.Trial, values: dict) -> optuna.trial.FrozenTrial | None:
+    """An earlier counted trial of the study with exactly ``values`` (TPE repeats categorical
+    settings), or None."""
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number != trial.number and t.user_attrs.get("outcome") in COUNTED and t.params == values:
+            return t
+    return None
 
 
 def _fail_unborn(study: optuna.Study, grace_s: float) -> None:
@@ -246,10 +270,10 @@ def work(study: optuna.Study, trainer: Trainer, *, n_trials: int, budget_s: floa
         runs += 1
         outcome = mine[0].user_attrs.get("outcome")
         errors = errors + 1 if outcome == "error" else 0
-        invalid = invalid + 1 if outcome == "invalid" else 0
+        invalid = invalid + 1 if outcome in ("invalid", "duplicate") else 0
         if errors >= max_errors:
-            raise RuntimeError(f"{errors} trials in a row failed; the last: {mine[0].user_attrs.get('reason')} "
+            raise StudyStopped(f"{errors} trials in a row failed; the last: {mine[0].user_attrs.get('reason')} "
                                f"(see {trainer.out / str(mine[0].user_attrs.get('run'))}/log.txt)")
         if invalid >= 100:
-            raise RuntimeError("100 sampled settings in a row were invalid: narrow the search space "
+            raise StudyStopped("100 sampled settings in a row were invalid or already run: widen or fix the search space "
                                f"(the last: {mine[0].user_attrs.get('reason')})")

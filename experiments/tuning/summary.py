@@ -57,7 +57,7 @@ def study_markdown(study: optuna.Study, setup: dict) -> str:
     n = setup["n_trials"]
     budget = budget_trials(study, n)
     outcomes = [t.user_attrs.get("outcome") for t in study.get_trials(deepcopy=False)]
-    count = {o: outcomes.count(o) for o in ("complete", "pruned", "oom", "error", "invalid")}
+    count = {o: outcomes.count(o) for o in ("complete", "pruned", "oom", "error", "invalid", "duplicate")}
     killed = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL and t.user_attrs.get("outcome") is None)
     spent = sum(t.user_attrs.get("wall_s", 0.0) for t in budget)
     params = [p["binding"] for p in setup["space"]]
@@ -68,7 +68,8 @@ def study_markdown(study: optuna.Study, setup: dict) -> str:
              f"({count['complete']} complete, {count['pruned']} pruned, {count['oom']} out of memory, "
              f"{count['error']} failed), {spent:.0f} device-seconds spent"
              + (f" (cap {setup['budget_s']:.0f})" if setup.get("budget_s") else "")
-             + f"; {count['invalid']} invalid settings skipped, {killed} interrupted trials (killed "
+             + f"; {count['invalid']} invalid and {count['duplicate']} repeated settings skipped, "
+             f"{killed} interrupted trials (killed "
              "workers: marked failed, re-run, not counted). Objective: validation NDCG@10 "
              f"(user's history {'masked' if setup.get('mask_history', True) else 'not masked'} in "
              "ranking); the test split is not read. Trial memory cap: "
