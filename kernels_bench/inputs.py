@@ -117,24 +117,13 @@ def trained_inputs(
     return BenchInputs("trained", e, c, targets, _median_target_prob(e, c, targets))
 
 
-def make_inputs(
-    kind: str,
-    *,
-    n: int,
-    v: int,
-    d: int,
-    device: torch.device,
-    seed: int,
-    catalog: torch.Tensor | None = None,
-    target_prob: float = 0.3,
-) -> BenchInputs:
-    """Dispatches on ``kind`` (one of ``INPUT_KINDS``)."""
+def make_inputs(kind: str, *, catalog: torch.Tensor | None = None, target_prob: float = 0.3,
+                **shape) -> BenchInputs:
+    """Dispatches on ``kind`` (one of ``INPUT_KINDS``); ``shape`` is n, v, d, device, seed."""
     if kind == "random":
-        return random_inputs(n=n, v=v, d=d, device=device, seed=seed)
+        return random_inputs(**shape)
     if kind == "trained":
-        return trained_inputs(
-            n=n, v=v, d=d, device=device, seed=seed, catalog=catalog, target_prob=target_prob
-        )
+        return trained_inputs(**shape, catalog=catalog, target_prob=target_prob)
     raise InputError(f"unknown input kind {kind!r} (choose from {', '.join(INPUT_KINDS)})")
 
 
