@@ -59,6 +59,12 @@ def test_space_files_parse_into_the_issue_ranges():
     assert "sampled_ce.n_negatives" not in {p.binding for p in tune_space.load_space("gin/tune/sasrec.gin", REPO).params}
 
 
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "gin" / "tune").glob("*.gin")))
+def test_every_space_file_parses(path):
+    space = tune_space.load_space(f"gin/tune/{path}", REPO)
+    assert space.params and all(p.binding.split(".")[0] in ("SASRec", "train", "sampled_ce") for p in space.params)
+
+
 @pytest.mark.parametrize("values, reason", [
     ({"SASRec.dim": 64, "SASRec.n_heads": 3}, "not divisible"),
     ({"sampled_ce.n_negatives": 2048}, "the catalog's 1473 items"),
