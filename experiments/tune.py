@@ -126,11 +126,12 @@ def _open_study(args, setup: dict | None, *, create: bool):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = storage(_storage_url(args), args.heartbeat_s)
-    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
-    if args.study_name not in names and not create:
+    sizes = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    if args.study_name not in sizes and not create:
         raise TuneError(f"no study {args.study_name!r} in {_storage_url(args)}: run the search first")
     study = optuna.create_study(study_name=args.study_name, storage=store, direction="maximize",
-                                load_if_exists=True, sampler=_sampler(args), pruner=_pruner(args))
+                                load_if_exists=True, sampler=_sampler(args, sizes.get(args.study_name, 0)),
+                                pruner=_pruner(args))
     saved = study.user_attrs.get("setup")
     if setup is None:
         return study, saved
@@ -147,11 +148,14 @@ def _open_study(args, setup: dict | None, *, create: bool):
     return study, merged
 
 
-def _sampler(args):
+def _sampler(args, n_trials: int):
+    """TPE seeded by the study's seed and its size when this process joined: each trial runs in
+    a fresh process, and one seed per worker would draw the same random start-up setting in
+    every one of them (call 2 repeated settings that way)."""
     import optuna
 
-    return optuna.samplers.TPESampler(seed=args.seed * 1000 + (args.worker or 0), multivariate=True,
-                                      constant_liar=True, n_startup_trials=10)
+    seed = (args.seed * 1_000_003 + n_trials * 1_009 + (args.worker or 0)) % 2**32
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10)
 
 
 def _pruner(args):

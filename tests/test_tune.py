@@ -193,6 +193,18 @@ def test_a_repeated_setting_is_answered_not_retrained(data_cache, monkeypatch, c
     assert len(list((out / "trials").iterdir())) == 1  # one run folder: nothing retrained
 
 
+def test_a_study_whose_trials_keep_failing_stops_with_one_line(data_cache, monkeypatch, capsys):
+    def broken(self, path, extra, watch=None, **kw):
+        raise ValueError("a broken setup")
+
+    monkeypatch.setattr(Trainer, "train", broken)
+    out = data_cache / "study"
+    assert tune.main([*SMALL, "--trials", "10", "--out", str(out), "--in-process"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 trials in a row failed" in err[0] and "a broken setup" in err[0]
+    assert _outcomes(_study(out)) == ["error"] * 3
+
+
 def test_a_changed_command_is_refused_with_the_setting(data_cache, capsys):
     out = data_cache / "study"
     assert tune.main([*SMALL, "--trials", "1", "--out", str(out), "--in-process"]) == 0

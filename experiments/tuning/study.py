@@ -239,15 +239,19 @@ def _free_device_memory() -> None:
 
 
 def work(study: optuna.Study, trainer: Trainer, *, n_trials: int, budget_s: float | None,
-         heartbeat_s: int, on_trial=None, max_errors: int = 3, max_runs: int | None = None) -> tuple[str, bool]:
+         heartbeat_s: int, on_trial=None, max_runs: int | None = None) -> tuple[str, bool]:
     """Runs trials until the study holds ``n_trials`` counted trials or ``budget_s`` GPU-seconds
     are spent, or this call ran ``max_runs`` trials; returns why it stopped and whether the
     study wants more trials (True only for ``max_runs``). Safe with other workers on the same study: each checks
     the count before it starts a trial, and waits while trials of (possibly dead) workers are
     still running, until they finish or their heartbeat goes stale. ``on_trial(frozen_trial)``
-    hears of every trial this worker ends."""
-    errors = invalid = runs = 0
+    hears of every trial this worker ends. Raises StudyStopped when the study's last trials say
+    more would be futile (``_futile``)."""
+    runs = 0
     while True:
+        futile = _futile(study, trainer.out)
+        if futile:
+            raise StudyStopped(futile)
         optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
         _fail_unborn(study, grace_s=3 * heartbeat_s)
         done = counted(study)
@@ -268,12 +272,19 @@ def work(study: optuna.Study, trainer: Trainer, *, n_trials: int, budget_s: floa
         if on_trial is not None:
             on_trial(mine[0])
         runs += 1
-        outcome = mine[0].user_attrs.get("outcome")
-        errors = errors + 1 if outcome == "error" else 0
-        invalid = invalid + 1 if outcome in ("invalid", "duplicate") else 0
-        if errors >= max_errors:
-            raise StudyStopped(f"{errors} trials in a row failed; the last: {mine[0].user_attrs.get('reason')} "
-                               f"(see {trainer.out / str(mine[0].user_attrs.get('run'))}/log.txt)")
-        if invalid >= 100:
-            raise StudyStopped("100 sampled settings in a row were invalid or already run: widen or fix the search space "
-                               f"(the last: {mine[0].user_attrs.get('reason')})")
+
+
+def _futile(study: optuna.Study, out: Path, errors: int = 3, skipped: int = 100) -> str | None:
+    """Why running more trials is futile, judged on the study's last ended trials (whatever
+    process ran them: each trial has its own): ``errors`` failures in a row (a broken config
+    or environment), or ``skipped`` invalid or repeated settings in a row (a space with nothing
+    new in it). None otherwise."""
+    ended = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("outcome") is not None]
+    outcomes = [t.user_attrs["outcome"] for t in ended]
+    if len(outcomes) >= errors and set(outcomes[-errors:]) == {"error"}:
+        last = ended[-1].user_attrs
+        return f"{errors} trials in a row failed; the last: {last.get('reason')} (see {out / str(last.get('run'))}/log.txt)"
+    if len(outcomes) >= skipped and set(outcomes[-skipped:]) <= {"invalid", "duplicate"}:
+        return (f"{skipped} sampled settings in a row were invalid or already run: widen or fix the search "
+                f"space (the last: {ended[-1].user_attrs.get('reason')})")
+    return None
