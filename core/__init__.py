@@ -3,7 +3,7 @@ losses: data, model, losses, training, evaluation and recommendations.
 
     import core
     data = core.load_sequences("data/beauty5core")          # prepared HDF5 shards
-    metrics = core.train(data=data, out_dir="runs/mine", loss_fn=core.cce)
+    metrics = core.train(data, "runs/mine", loss_fn=core.cce, schedule=core.Schedule(epochs=20))
     run = core.load_run("runs/mine")                          # model + data + metrics
     recs = core.recommend(run, k=10)                          # top-k in the catalog's raw ids
 
@@ -26,6 +26,11 @@ _EXPORTS = {
     "sampled_ce": "core.losses",
     "loss_name": "core.losses",
     "train": "core.training",
+    "Optim": "core.training",
+    "Schedule": "core.training",
+    "Evaluation": "core.training",
+    "StepSettings": "core.training",
+    "Parallel": "core.training",
     "TrainingError": "core.training",
     "evaluate": "core.evaluation",
     "load_run": "core.training",

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import gin
 
     import core.dataset_config  # noqa: F401  (registers dataset(), which the gin files bind)
-    import core.training.loop  # noqa: F401  (registers train())
+    import core.training.flat  # noqa: F401  (registers train(), the flat train.* names)
     from core.gin_search import add_root
     from experiments.joined import run_joined
 
@@ -122,7 +122,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
     from core.dataset_config import DataMissingError, dataset
     from core.training import RunFolder, RunFolderBusy, RunFolderError, TrainingError
     from experiments.joined import main_first
-    from core.training.loop import train_configurable
+    from core.training.flat import train_configurable
 
     stem = Path(args.gin[-1]).stem
     out = Path(args.out or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")

@@ -220,7 +220,7 @@ def _check_config(gin_files: list[str], bindings: list[str], fixed: dict) -> boo
     import gin
 
     import core.dataset_config  # noqa: F401  (dataset(), train() and the losses as gin knows them)
-    import core.training.loop  # noqa: F401
+    import core.training.flat  # noqa: F401
     from core.gin_search import add_root
     from experiments.tuning.space import as_bindings
 

@@ -37,9 +37,9 @@ def test_import_core_and_cpu_training_load_no_triton():
 def test_train_load_evaluate_recommend(tmp_path):
     """A user's first lines: train from Python, load the run, evaluate it, recommend from it."""
     data = core.load_sequences(core.write_synthetic(tmp_path / "tiny", preset="tiny", n_users=120))
-    metrics = core.train(data=data, out_dir=tmp_path / "run", epochs=1, loss_fn=core.ce, device="cpu",
-                         model_fn=lambda **kw: core.SASRec(dim=16, n_blocks=1, **kw),
-                         batch_size=64, max_len=10, show_progress=False)
+    metrics = core.train(data, tmp_path / "run", model=lambda **kw: core.SASRec(dim=16, n_blocks=1, **kw),
+                         loss_fn=core.ce, optim=core.Optim(batch_size=64, max_len=10),
+                         schedule=core.Schedule(epochs=1, show_progress=False), parallel=core.Parallel(device="cpu"))
     assert metrics["loss"] == "ce"
     run = core.load_run(tmp_path / "run", device="cpu")
     assert core.evaluate(run, split="test") == pytest.approx(metrics["test"], abs=1e-12)

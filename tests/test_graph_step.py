@@ -14,7 +14,7 @@ from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
 from core.losses import cce, ce
 from core.model import SASRec
-from core.training import TrainingError, train
+from core.training import TrainingError, train_flat
 from core.training.step import (
     StepSettings,
     _eager_step,
@@ -83,12 +83,12 @@ def test_cuda_graph_needs_cuda_and_excludes_compile(data, tmp_path, caplog):
     fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
                 max_len=20, device="cpu", show_progress=False)
     with pytest.raises(ValueError, match="cuda_graph"):
-        train(data=data, out_dir=tmp_path / "both", epochs=1, cuda_graph=True, compile=True, **fast)
+        train_flat(data=data, out_dir=tmp_path / "both", epochs=1, cuda_graph=True, compile=True, **fast)
     assert not (tmp_path / "both").exists()
     step = make_step(_model(), ce, lr=1e-3, weight_decay=0.0, batch_size=4, max_len=20,
                      settings=StepSettings(cuda_graph=True))
     assert step.kind == "eager" and "no CUDA device" in step.warning
-    train(data=data, out_dir=tmp_path / "cpu", epochs=1, cuda_graph=True, **fast)  # eager, warned
+    train_flat(data=data, out_dir=tmp_path / "cpu", epochs=1, cuda_graph=True, **fast)  # eager, warned
     assert "cuda_graph: no CUDA device" in (tmp_path / "cpu" / "log.txt").read_text()
 
 
@@ -140,7 +140,7 @@ def test_graphed_filtered_cce_loss_follows_the_eager_one(data):
 def test_train_with_cuda_graph_runs_and_records(data, tmp_path):
     fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64, max_len=20,
                 show_progress=False)
-    result = train(data=data, out_dir=tmp_path / "g", epochs=2, cuda_graph=True, loss_fn=cce, **fast)
+    result = train_flat(data=data, out_dir=tmp_path / "g", epochs=2, cuda_graph=True, loss_fn=cce, **fast)
     history = [json.loads(x) for x in (tmp_path / "g" / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and result["test"]["NDCG@10"] >= 0
 
@@ -156,4 +156,4 @@ def test_a_step_that_cannot_be_captured_is_a_one_line_training_error(data, tmp_p
     fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
                 max_len=20, device="cpu", show_progress=False)
     with pytest.raises(TrainingError, match="could not be captured"):
-        train(data=data, out_dir=tmp_path / "run", epochs=1, **fast)
+        train_flat(data=data, out_dir=tmp_path / "run", epochs=1, **fast)

@@ -13,7 +13,7 @@ from core.data.prepare import Recipe, prepare
 from core.data.shards import load_sequences
 from core.model import SASRec
 from core.recommendations import RecommendError, item_embeddings, recommend
-from core.training import load_run, train
+from core.training import load_run, train_flat
 from experiments import recommend as cli
 
 FAST = dict(model_fn=functools.partial(SASRec, dim=16, n_blocks=1), batch_size=64, max_len=10,
@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
                    columns={"user": "user", "item": "item", "time": "time"}), data_dir)
     data = load_sequences(data_dir)
     out = root / "run"
-    train(data=data, out_dir=out, epochs=2, ks=(10,), **FAST)
+    train_flat(data=data, out_dir=out, epochs=2, ks=(10,), **FAST)
     return out
 
 

@@ -22,7 +22,7 @@ from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
 from core.evaluation import count_train_users, default_eval_batch_size, evaluate_model
 from core.model import SASRec
-from core.training import RunFolderBusy, load_run, train
+from core.training import RunFolderBusy, load_run, train_flat
 from experiments import run
 from tests.test_run_cli import tiny  # noqa: F401  (the fixture: fast quickstart bindings)
 
@@ -109,7 +109,7 @@ def test_a_live_lock_refuses_with_one_line_and_touches_nothing(finished, tmp_pat
         with open(fresh / ".lock", "a+") as other:
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
             with pytest.raises(RunFolderBusy):
-                train(data=load_sequences(_tiny_data(tmp_path)), out_dir=fresh, epochs=1, **FAST)
+                train_flat(data=load_sequences(_tiny_data(tmp_path)), out_dir=fresh, epochs=1, **FAST)
             assert sorted(p.name for p in fresh.iterdir()) == [".lock"]
 
 
@@ -245,7 +245,7 @@ def _tiny_data(tmp_path: Path) -> Path:
 def test_load_run_rebuilds_the_best_model_without_gin(tmp_path):
     folder = _tiny_data(tmp_path)
     data = load_sequences(folder)
-    metrics = train(data=data, out_dir=tmp_path / "run", data_path=folder, epochs=2, **FAST)
+    metrics = train_flat(data=data, out_dir=tmp_path / "run", data_path=folder, epochs=2, **FAST)
     best = checkpoint.load_torch(tmp_path / "run" / "best.pt")
     assert best["model_settings"] == {
         "class": "core.model.SASRec",

@@ -234,7 +234,7 @@ def test_a_real_tiny_run_through_run_py(tmp_path: Path, capsys):
 def test_bench_epoch_turns_an_out_of_memory_run_into_a_row(tmp_path: Path, monkeypatch, capsys):
     """What the scaling plan relies on: CE out of memory is a row with its error, not a crash."""
     def fake_bench_one(config, *, variant, args, ctx=None):
-        loss = bench_epoch.loss_name(bench_epoch._train_settings()["loss_fn"])
+        loss = bench_epoch.loss_name(bench_epoch.bound_config().loss_fn)
         if loss == "ce":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 61.04 GiB")
         return {"dataset": config.name, "loss": loss, "variant": variant, "epoch_s": 1.0, "error": None,

@@ -15,7 +15,7 @@ from core.data.shards import SequenceData, load_sequences
 from core.data.synthetic import write_synthetic
 from core.losses import ce
 from core.model import SASRec
-from core.training import RunFolderError, TrainingDiverged, TrainingError, train
+from core.training import RunFolderError, TrainingDiverged, TrainingError, train_flat
 from core.training.step import StepSettings, _eager_step, compact_index, make_step, run_epoch
 
 METRIC_KEYS = {"HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10"}
@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 
 
 def test_run_folder_and_metrics(data, tmp_path):
-    metrics = train(data=data, out_dir=tmp_path, dataset_name="tiny200", epochs=2, **FAST)
+    metrics = train_flat(data=data, out_dir=tmp_path, dataset_name="tiny200", epochs=2, **FAST)
 
     for name in ("metrics.json", "history.jsonl", "log.txt", "checkpoint.pt", "best.pt"):
         assert (tmp_path / name).is_file(), name
@@ -76,9 +76,9 @@ def test_run_folder_and_metrics(data, tmp_path):
 
 
 def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
-    full = train(data=data, out_dir=tmp_path / "full", epochs=3, **FAST)
-    train(data=data, out_dir=tmp_path / "cut", epochs=2, **FAST)
-    resumed = train(data=data, out_dir=tmp_path / "cut", epochs=3, resume=True, **FAST)
+    full = train_flat(data=data, out_dir=tmp_path / "full", epochs=3, **FAST)
+    train_flat(data=data, out_dir=tmp_path / "cut", epochs=2, **FAST)
+    resumed = train_flat(data=data, out_dir=tmp_path / "cut", epochs=3, resume=True, **FAST)
 
     assert resumed["valid"] == full["valid"]
     assert resumed["test"] == full["test"]
@@ -91,8 +91,8 @@ def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
 
 
 def test_a_resumed_runs_first_epoch_stays_out_of_the_mean_epoch_time(data, tmp_path):
-    train(data=data, out_dir=tmp_path, epochs=2, **FAST)
-    metrics = train(data=data, out_dir=tmp_path, epochs=4, resume=True, **FAST)
+    train_flat(data=data, out_dir=tmp_path, epochs=2, **FAST)
+    metrics = train_flat(data=data, out_dir=tmp_path, epochs=4, resume=True, **FAST)
     history = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [r["warmup"] for r in history] == [True, False, True, False]
     steady = [history[1]["epoch_time_s"], history[3]["epoch_time_s"]]
@@ -102,11 +102,11 @@ def test_a_resumed_runs_first_epoch_stays_out_of_the_mean_epoch_time(data, tmp_p
 
 def test_resume_refuses_a_missing_or_foreign_checkpoint(data, tmp_path):
     with pytest.raises(RunFolderError, match="no checkpoint"):
-        train(data=data, out_dir=tmp_path / "r", epochs=1, resume=True, **FAST)
+        train_flat(data=data, out_dir=tmp_path / "r", epochs=1, resume=True, **FAST)
     assert not (tmp_path / "r").exists()
-    train(data=data, out_dir=tmp_path / "r", epochs=1, **FAST)
+    train_flat(data=data, out_dir=tmp_path / "r", epochs=1, **FAST)
     with pytest.raises(RunFolderError, match="train.batch_size is 32 here but the run trained with 64"):
-        train(data=data, out_dir=tmp_path / "r", epochs=2, resume=True, **{**FAST, "batch_size": 32})
+        train_flat(data=data, out_dir=tmp_path / "r", epochs=2, resume=True, **{**FAST, "batch_size": 32})
     # other data of the same size: the same users' sequences in another order
     order = np.arange(data.n_users)[::-1]
     lengths = np.diff(data.offsets)[order]
@@ -114,7 +114,7 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(data, tmp_path):
                          items=np.concatenate([data.items[data.offsets[u]:data.offsets[u + 1]] for u in order]),
                          n_users=data.n_users, n_items=data.n_items)
     with pytest.raises(RunFolderError, match="data.checksum"):
-        train(data=other, out_dir=tmp_path / "r", epochs=2, resume=True, **FAST)
+        train_flat(data=other, out_dir=tmp_path / "r", epochs=2, resume=True, **FAST)
 
 
 def _nan_after(calls: int):
@@ -133,7 +133,7 @@ def _nan_after(calls: int):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, nan_check_every):
     loss_fn = _nan_after(4)  # 4 batches per epoch: epoch 2 diverges
     with pytest.raises(TrainingDiverged, match="epoch 2: training loss is nan") as info:
-        train(data=data, out_dir=tmp_path, epochs=3, loss_fn=loss_fn,
+        train_flat(data=data, out_dir=tmp_path, epochs=3, loss_fn=loss_fn,
               nan_check_every=nan_check_every, **FAST)
     assert "still holds the last good epoch (1)" in str(info.value)
     after = checkpoint.load_torch(tmp_path / "checkpoint.pt")
@@ -147,7 +147,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, nan_c
 def test_nan_in_the_first_epoch_says_no_checkpoint_exists(data, tmp_path):
     """Issue 15.8: the message was "checkpoint.pt still holds the last good epoch (0)"."""
     with pytest.raises(TrainingDiverged, match="no checkpoint was written") as info:
-        train(data=data, out_dir=tmp_path, epochs=2, loss_fn=_nan_after(0), **FAST)
+        train_flat(data=data, out_dir=tmp_path, epochs=2, loss_fn=_nan_after(0), **FAST)
     assert "last good epoch" not in str(info.value)
     assert not (tmp_path / "checkpoint.pt").exists()
     log = (tmp_path / "log.txt").read_text()
@@ -156,10 +156,10 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_exists(data, tmp_path):
 
 def test_early_stopping_on_validation_ndcg(data, tmp_path):
     # lr = 0: the model never changes, so no epoch after the first improves NDCG@10.
-    metrics = train(data=data, out_dir=tmp_path, epochs=20, patience=2, lr=0.0, **FAST)
+    metrics = train_flat(data=data, out_dir=tmp_path, epochs=20, patience=2, lr=0.0, **FAST)
     assert metrics["epochs"] == 3 and metrics["best_epoch"] == 1 and metrics["early_stopped"]
     # Resuming a finished run does no more epochs and reports the same test result.
-    again = train(data=data, out_dir=tmp_path, epochs=20, patience=2, lr=0.0, resume=True, **FAST)
+    again = train_flat(data=data, out_dir=tmp_path, epochs=20, patience=2, lr=0.0, resume=True, **FAST)
     assert again["epochs"] == 3 and again["test"] == metrics["test"]
 
 
@@ -171,7 +171,7 @@ def test_loss_sees_a_compact_block_of_real_positions(data, tmp_path):
         seen.append((targets.shape[0], targets.min().item(), targets.max().item()))
         return ce(e, c, targets)
 
-    metrics = train(data=data, out_dir=tmp_path, epochs=1, loss_fn=spy, **FAST)
+    metrics = train_flat(data=data, out_dir=tmp_path, epochs=1, loss_fn=spy, **FAST)
     assert metrics["loss"] == "spy"
     assert len(seen) == len(TrainBatches(DeviceSequences.from_data(data, "cpu"), batch_size=64,
                                          max_len=20, seed=0))
@@ -181,8 +181,8 @@ def test_loss_sees_a_compact_block_of_real_positions(data, tmp_path):
 
 
 def test_history_masking_switch_changes_the_rankings(data, tmp_path):
-    masked = train(data=data, out_dir=tmp_path / "m", epochs=1, lr=0.0, **FAST)
-    unmasked = train(data=data, out_dir=tmp_path / "u", epochs=1, lr=0.0, mask_history=False, **FAST)
+    masked = train_flat(data=data, out_dir=tmp_path / "m", epochs=1, lr=0.0, **FAST)
+    unmasked = train_flat(data=data, out_dir=tmp_path / "u", epochs=1, lr=0.0, mask_history=False, **FAST)
     # Same untrained model and data: only the masking differs, and it must change the ranking.
     assert masked["popularity_test"] != unmasked["popularity_test"]
     assert masked["test"] != unmasked["test"]
@@ -193,7 +193,7 @@ def test_out_of_memory_becomes_a_one_line_training_error(data, tmp_path):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 200.00 GiB\nmore detail")
 
     with pytest.raises(TrainingError, match=r"out of device memory in epoch 1 \(oom, 500 items") as info:
-        train(data=data, out_dir=tmp_path, epochs=1, loss_fn=oom, **FAST)
+        train_flat(data=data, out_dir=tmp_path, epochs=1, loss_fn=oom, **FAST)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "checkpoint.pt").exists()
 
@@ -208,7 +208,7 @@ BEFORE_TEST = {"HitRate@10": 0.165, "NDCG@10": 0.09654413903160837, "MRR@10": 0.
 
 
 def test_train_reproduces_the_numbers_from_before_the_refactor(data, tmp_path):
-    metrics = train(data=data, out_dir=tmp_path, epochs=3, **FAST)
+    metrics = train_flat(data=data, out_dir=tmp_path, epochs=3, **FAST)
     losses = [json.loads(x)["train_loss"] for x in (tmp_path / "history.jsonl").read_text().splitlines()]
     # rel 1e-4: the same code on another CPU or torch build may round differently; a real
     # change of the step (other positions, other order) moves these by far more.
@@ -292,7 +292,7 @@ def test_padding_the_last_batch_and_timing_marks_change_nothing(data):
 
 def test_a_bad_compile_mode_fails_before_the_run_folder(data, tmp_path):
     with pytest.raises(ValueError, match="train.compile"):
-        train(data=data, out_dir=tmp_path / "run", epochs=1, compile="fastest", **FAST)
+        train_flat(data=data, out_dir=tmp_path / "run", epochs=1, compile="fastest", **FAST)
     assert not (tmp_path / "run").exists()
 
 
@@ -300,8 +300,8 @@ def test_a_bad_compile_mode_fails_before_the_run_folder(data, tmp_path):
 def test_compiled_training_matches_eager_without_dropout(data, tmp_path):
     # dropout 0: compiled RNG differs from eager; the padded last batch must not change a thing.
     args = {**FAST, "model_fn": functools.partial(SASRec, dim=DIM, n_blocks=1, dropout=0.0)}
-    eager = train(data=data, out_dir=tmp_path / "e", epochs=2, **args)
-    compiled = train(data=data, out_dir=tmp_path / "c", epochs=2, compile=True, **args)
+    eager = train_flat(data=data, out_dir=tmp_path / "e", epochs=2, **args)
+    compiled = train_flat(data=data, out_dir=tmp_path / "c", epochs=2, compile=True, **args)
     losses = lambda d: [json.loads(x)["train_loss"] for x in (d / "history.jsonl").read_text().splitlines()]
     assert losses(tmp_path / "c") == pytest.approx(losses(tmp_path / "e"), rel=1e-4)
     assert compiled["valid"]["NDCG@10"] == pytest.approx(eager["valid"]["NDCG@10"], abs=1e-3)

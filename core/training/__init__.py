@@ -1,15 +1,18 @@
 """Training: the step (``step.py``), the run folder (``run_folder.py``), the loop (``loop.py``)
 and its view of the ranks of a torchrun run (``ranks.py``; the collectives are ``core.parallel``).
 
-    from core.training import train, load_run
-    metrics = train(data=data, out_dir="runs/mine", loss_fn=core.losses.cce, epochs=5)
+    from core.training import Schedule, train, load_run
+    metrics = train(data, "runs/mine", loss_fn=core.losses.cce, schedule=Schedule(epochs=5))
     run = load_run("runs/mine")   # run.model (best.pt, eval mode), run.data, run.metrics
 """
 
 from core.training.errors import RunFolderBusy, RunFolderError, TrainingDiverged, TrainingError
-from core.training.loop import Schedule, build, fit, train
+from core.training.flat import train_flat
+from core.training.loop import build, fit, train
 from core.training.run_folder import Run, RunFolder, load_run
+from core.training.settings import Evaluation, Optim, Parallel, Schedule, TrainConfig
 from core.training.step import StepSettings, make_step
 
-__all__ = ["Run", "RunFolder", "RunFolderBusy", "RunFolderError", "Schedule", "StepSettings",
-           "TrainingDiverged", "TrainingError", "build", "fit", "load_run", "make_step", "train"]
+__all__ = ["Evaluation", "Optim", "Parallel", "Run", "RunFolder", "RunFolderBusy", "RunFolderError",
+           "Schedule", "StepSettings", "TrainConfig", "TrainingDiverged", "TrainingError", "build", "fit",
+           "load_run", "make_step", "train", "train_flat"]

@@ -1,6 +1,6 @@
-"""Training: ``train`` (the settings users bind, ``train.epochs`` and friends) groups its
-keywords, builds the run (``build``: the same code the epoch benchmark times) and hands it to
-``fit``, the epoch loop.
+"""Training: ``train`` takes its settings as small objects (``core.training.settings``), builds
+the run (``build``: the same code the epoch benchmark times) and hands it to ``fit``, the epoch
+loop. Gin binds the flat ``train.*`` names through ``core.training.flat``.
 
 Protocol (DESIGN.md "Training", "Evaluation", "Measurement"), identical for every loss:
 - batches are built on the device (``TrainBatches``), each with its scored positions counted
@@ -14,17 +14,17 @@ Protocol (DESIGN.md "Training", "Evaluation", "Measurement"), identical for ever
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import sys
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gin
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -32,15 +32,15 @@ from tqdm import tqdm
 from core import checkpoint as ckpt
 from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import SequenceData
-from core.env import environment, resolve_device
+from core.env import environment
 from core.evaluation import count_train_users, default_eval_batch_size, evaluate_model, evaluate_popularity
 from core.losses import bind_to_data, ce, loss_facts, loss_name, loss_settings
 from core.losses.registry import _unwrap
 from core.model import SASRec
-from core.parallel.collectives import DistContext
 from core.training.errors import TrainingDiverged, TrainingError
 from core.training.ranks import Ranks
 from core.training.run_folder import RunFolder, model_settings
+from core.training.settings import Evaluation, Optim, Parallel, Schedule, TrainConfig
 from core.training.step import GraphCaptureError, Step, StepSettings, make_step, run_epoch
 
 log = logging.getLogger(__name__)
@@ -48,23 +48,13 @@ log = logging.getLogger(__name__)
 _GIB = 2**30
 
 
-# --- settings, grouped ----------------------------------------------------------------------
+# --- what a run is built from ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """How long and how watched a run trains: what a ``--resume`` may change."""
-
-    epochs: int = 200
-    patience: int = 10  # evaluations without a new best validation NDCG@ks[0] before stopping
-    eval_every: int = 1  # validate every this many epochs (and after the last one)
-    nan_check_every: int = 0  # also check the loss every this many steps (one sync); 0: per epoch
-    show_progress: bool | None = None  # None: a progress bar only when stderr is a terminal
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Full-catalog ranking of one split, for the model and for the popularity baseline."""
+class Evaluator:
+    """Full-catalog ranking of one split, for the model and for the popularity baseline
+    (``Evaluation``'s settings with what the data fixes)."""
 
     ks: tuple[int, ...]
     mask_history: bool
@@ -99,268 +89,292 @@ class Built:
     amp: bool  # bf16 autocast in effect (CUDA only)
 
 
-def build(data: SequenceData, *, model_fn: Callable[..., torch.nn.Module], loss_fn: Callable,
-          batch_size: int, max_len: int, lr: float, weight_decay: float, seed: int,
-          device: torch.device, step: StepSettings, ranks: Ranks | None = None) -> Built:
-    """Seeds every RNG, puts the data on ``device``, builds the model, its step and the batches.
+def build(data: SequenceData, *, model: Callable[..., torch.nn.Module], loss_fn: Callable, optim: Optim,
+          step: StepSettings, device: torch.device, ranks: Ranks | None = None) -> Built:
+    """Seeds every RNG (``optim.seed``), puts the data on ``device``, builds the model, its
+    step and the batches.
 
-    ``model_fn`` is called with ``n_items`` and ``max_len`` (passed from here so that batches
+    ``model`` is called with ``n_items`` and ``optim.max_len`` (passed from here so that batches
     and positions can never disagree); ``loss_fn`` is bound to the data first (``bind_to_data``).
     ``ranks``: the processes of a torchrun run (``core.training.ranks.Ranks``); the step
     then trains their DDP (and catalog-parallel) view of the model.
     """
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    torch.manual_seed(optim.seed)
+    np.random.seed(optim.seed)
+    random.seed(optim.seed)
     seqs = DeviceSequences.from_data(data, device)
     ranks = ranks or Ranks()
-    model = ranks.shard(model_fn(n_items=data.n_items, max_len=max_len)).to(device)
-    train_step = make_step(ranks.prepare(model), ranks.loss(bind_to_data(loss_fn, data)), lr=lr,
-                           weight_decay=weight_decay, settings=step, batch_size=batch_size, max_len=max_len)
+    net = ranks.shard(model(n_items=data.n_items, max_len=optim.max_len)).to(device)
+    train_step = make_step(ranks.prepare(net), ranks.loss(bind_to_data(loss_fn, data)), lr=optim.lr,
+                           weight_decay=optim.weight_decay, settings=step, batch_size=optim.batch_size,
+                           max_len=optim.max_len)
     ranks.attach(train_step.optimizer)
-    batches = TrainBatches(seqs, batch_size=batch_size, max_len=max_len, seed=seed)
-    return Built(model, train_step, batches, seqs, device, step.amp and device.type == "cuda")
+    batches = TrainBatches(seqs, batch_size=optim.batch_size, max_len=optim.max_len, seed=optim.seed)
+    return Built(net, train_step, batches, seqs, device, step.amp and device.type == "cuda")
 
 
-# --- train: the settings users bind -------------------------------------------------------------
+def check_ranks(ranks: Ranks, step: StepSettings, loss_fn: Callable) -> None:
+    """Refuses, naming the setting, what a torchrun run (K > 1 ranks) cannot do yet."""
+    if not ranks.enabled:
+        return
+    if step.compile or step.cuda_graph:
+        raise ValueError("train.compile and train.cuda_graph are not supported under torchrun yet "
+                         "(DDP's gradient hooks are not captured): drop them for a multi-rank run")
+    loss = loss_name(loss_fn)
+    if ranks.catalog_parallel and not loss_facts(loss).catalog_parallel:
+        raise ValueError(f"train.catalog_parallel computes exact softmax CE over the sharded table: "
+                         f"train.loss_fn must be ce or cce_exact (cce.filter_eps = None), not {loss}")
 
 
-def train(
-    *,
-    data: SequenceData,
-    out_dir: str | Path | RunFolder,
-    dataset_name: str | None = None,
-    data_path: str | Path | None = None,
-    model_fn: Callable[..., torch.nn.Module] = SASRec,
-    loss_fn: Callable = ce,
-    epochs: int = 200,
-    batch_size: int = 256,
-    max_len: int = 50,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    patience: int = 10,
-    eval_every: int = 1,
-    mask_history: bool = True,
-    ks: Sequence[int] = (10,),
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = True,
-    eval_batch_size: int | None = None,
-    resume: bool = False,
-    compile: bool | str = False,
-    cuda_graph: bool = False,
-    show_progress: bool | None = None,
-    nan_check_every: int = 0,
-    catalog_parallel: bool = False,
-    parallel: DistContext | None = None,
-    test: bool = True,
-    watch: Callable[[dict], str | None] | None = None,
-) -> dict:
-    """Trains ``model_fn(n_items=..., max_len=max_len)`` with ``loss_fn``; returns metrics.json's dict.
+# --- train --------------------------------------------------------------------------------------
 
-    ``data`` is a SequenceData (leave-one-out split inside); ``out_dir`` the run folder;
-    ``dataset_name`` / ``data_path`` are recorded (``load_run`` reloads the data from the path).
-    ``loss_fn(e (N, D), c (V, D), targets (N,)) -> scalar``; its name in metrics.json is
-    ``core.losses.loss_name(loss_fn)``. ``compile``: torch.compile the model body (True or a
-    mode); ``cuda_graph``: the whole step as CUDA graphs (see ``StepSettings``). ``resume``:
+
+def train(data: SequenceData, out_dir: str | Path | RunFolder, *,
+          model: Callable[..., torch.nn.Module] = SASRec, loss_fn: Callable = ce, optim: Optim = Optim(),
+          schedule: Schedule = Schedule(), evaluation: Evaluation = Evaluation(),
+          step: StepSettings = StepSettings(), parallel: Parallel = Parallel(), resume: bool = False,
+          watch: Callable[[dict], str | None] | None = None, dataset_name: str | None = None,
+          data_path: str | Path | None = None) -> dict:
+    """Trains ``model(n_items=..., max_len=optim.max_len)`` with ``loss_fn`` into the run folder
+    ``out_dir``; returns metrics.json's dict. The settings are small frozen objects
+    (``core.training.settings``: what each holds, and why ``max_len`` and ``seed`` are ``optim``'s);
+    gin binds them through the flat ``train.*`` names (``core.training.flat.train_flat``).
+
+    ``data``: a SequenceData (leave-one-out split inside); ``dataset_name`` / ``data_path`` are
+    recorded (``load_run`` reloads the data from the path). ``loss_fn(e (N, D), c (V, D),
+    targets (N,)) -> scalar``, named in metrics.json by ``core.losses.loss_name``. ``resume``:
     continue from checkpoint.pt (the result equals an uninterrupted run's, bit for bit on the
-    CPU); only the ``Schedule``'s settings, ``device`` and ``eval_batch_size`` may change.
+    CPU); only the ``schedule``, ``parallel.device`` and ``evaluation.batch_size`` may change.
     Every bad value raises ValueError naming its ``train.*`` setting before anything is written.
 
-    ``parallel``: this process's place in a torchrun run (``core.parallel.collectives.init_from_env``;
-    None: one process). Each rank trains its share of every global batch of ``batch_size`` rows
-    (the learning rate is not rescaled) and ranks its share of the users; rank 0 writes the run
-    folder; the device is the rank's own. ``catalog_parallel``: the item table split by item
-    range over the ranks (exact softmax CE: ``ce`` or ``cce_exact``); nothing changes on one.
+    ``parallel.ctx``: this process's place in a torchrun run (None: one process). Each rank
+    trains its share of every global batch of ``optim.batch_size`` rows (the learning rate is
+    not rescaled) and ranks its share of the users; rank 0 writes the run folder.
+    ``parallel.catalog_parallel``: the item table split by item range over the ranks (exact
+    softmax CE: ``ce`` or ``cce_exact``); nothing changes on one process.
 
-    ``test``: False leaves the test split unread (a tuning trial: its objective is validation
-    only, ``experiments/tune.py``); metrics.json's ``test`` and ``popularity_test`` are then null.
-    ``watch(row)``: called after every epoch with its history row (a trial's pruner and time
-    cap); a string it returns ends training there, as that reason (``stopped_by`` in
-    metrics.json), and the best checkpoint so far is what the run keeps.
+    ``evaluation.test``: False leaves the test split unread; metrics.json's ``test`` and
+    ``popularity_test`` are then null. ``watch(row)``: called after every epoch with its history
+    row (a trial's pruner and time cap); a string it returns ends training there, as that reason
+    (``stopped_by`` in metrics.json), and the best checkpoint so far is what the run keeps.
 
     Raises:
         TrainingDiverged: NaN/inf training loss (checkpoint.pt keeps the last good epoch).
         RunFolderError: the folder refuses (an existing run, a changed resume, a bad path).
         TrainingError: out of device memory, a step that cannot be captured.
     """
-    _check_values(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr,
-                  weight_decay=weight_decay, patience=patience, eval_every=eval_every, ks=ks,
-                  seed=seed, eval_batch_size=eval_batch_size, nan_check_every=nan_check_every,
-                  n_items=data.n_items)
-    ks = tuple(int(k) for k in ks)
-    schedule = Schedule(epochs, patience, eval_every, nan_check_every, show_progress)
-    ranks = Ranks(parallel, catalog_parallel=catalog_parallel)
-    _check_ranks(ranks, compile=compile, cuda_graph=cuda_graph, loss=loss_name(loss_fn))
-    dev = ranks.device if ranks.enabled else _device(device)
-    run = build(data, model_fn=model_fn, loss_fn=loss_fn, batch_size=batch_size, max_len=max_len,
-                lr=lr, weight_decay=weight_decay, seed=seed, device=dev,
-                step=StepSettings(amp=amp, compile=compile, cuda_graph=cuda_graph), ranks=ranks)
-    evaluation = Evaluation(ks, mask_history, eval_batch_size or default_eval_batch_size(data.n_items),
-                            max_len, data.train_item_user_counts(), count_train_users(data), ranks)
-    name = dataset_name or data.attrs.get("name", "data")
-    settings = {  # what a resume must not change: checked against the checkpoint's
+    config = TrainConfig(model, loss_fn, optim, schedule, evaluation, step, parallel)
+    _check_values(n_items=data.n_items, **config.flat())
+    evaluation = dataclasses.replace(evaluation, ks=tuple(int(k) for k in evaluation.ks))
+    ranks = Ranks(parallel.ctx, catalog_parallel=parallel.catalog_parallel)
+    check_ranks(ranks, step, loss_fn)
+    run = build(data, model=model, loss_fn=loss_fn, optim=optim, step=step,
+                device=parallel.resolve_device(), ranks=ranks)
+    evaluator = Evaluator(evaluation.ks, evaluation.mask_history,
+                          evaluation.batch_size or default_eval_batch_size(data.n_items), optim.max_len,
+                          data.train_item_user_counts(), count_train_users(data), ranks)
+    record = _record(data, run, dataclasses.replace(config, evaluation=evaluation), ranks,
+                     name=dataset_name or data.attrs.get("name", "data"),
+                     data_path=str(data_path) if data_path is not None else data.attrs.get("path"))
+    folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
+    return fit(run, folder, schedule=schedule, evaluator=evaluator, record=record, resume=resume,
+               ranks=ranks, test=evaluation.test, watch=watch)
+
+
+def _record(data: SequenceData, run: Built, config: TrainConfig, ranks: Ranks, *, name: str,
+            data_path: str | None) -> dict:
+    """What the checkpoints and metrics.json record about the run; its ``settings`` are what a
+    resume must not change (checked against the checkpoint's, keyed as their gin bindings)."""
+    optim, step, evaluation, loss_fn = config.optim, config.step, config.evaluation, config.loss_fn
+    settings = {
         "data.name": name, "data.n_users": int(data.n_users), "data.n_items": int(data.n_items),
         "data.n_interactions": int(len(data.items)), "data.checksum": _checksum(data),
         **_model_and_loss_settings(run.model, loss_fn),
         **{f"train.{k}": v for k, v in dict(
-            batch_size=batch_size, max_len=max_len, lr=lr, weight_decay=weight_decay, seed=seed,
-            amp=amp, compile=compile, cuda_graph=cuda_graph, mask_history=mask_history, ks=ks).items()},
+            batch_size=optim.batch_size, max_len=optim.max_len, lr=optim.lr, weight_decay=optim.weight_decay,
+            seed=optim.seed, amp=step.amp, compile=step.compile, cuda_graph=step.cuda_graph,
+            mask_history=evaluation.mask_history, ks=evaluation.ks).items()},
         **ranks.settings(),
     }
-    folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
-    record = {"name": name, "data_path": str(data_path) if data_path is not None else data.attrs.get("path"),
-              "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
-              "settings": settings, "model_settings": model_settings(run.model), "seed": seed,
-              # metrics.json's "settings": the same facts grouped, for reports (experiments/report.py)
-              "settings_by_group": {
-                  "model": {"class": model_settings(run.model)["class"],
-                            **_jsonable(model_settings(run.model)["kwargs"])},
-                  "loss": {"name": loss_name(loss_fn), **_jsonable(loss_settings(loss_fn))},
-                  "optimizer": {"lr": float(lr), "weight_decay": float(weight_decay),
-                                "batch_size": int(batch_size)},  # plain numbers: numpy's are not JSON
-                  "schedule": {"epochs": int(epochs), "patience": int(patience),
-                               "eval_every": int(eval_every), "nan_check_every": int(nan_check_every)},
-                  "evaluation": {"ks": list(ks), "mask_history": mask_history},
-                  "step": {"amp": amp, "compile": compile, "cuda_graph": cuda_graph},
-                  "data": {k.removeprefix("data."): v for k, v in settings.items() if k.startswith("data.")},
-                  "parallel": {"world_size": settings.get("parallel.world_size", 1),
-                               "catalog_parallel": settings.get("train.catalog_parallel", False)},
-                  "seed": int(seed)},
-              # rows the preparation dropped as exact duplicates (stats.json has them too)
-              "duplicates": data.attrs.get("duplicates")}
-    return fit(run, folder, schedule=schedule, evaluation=evaluation, record=record,
-               resume=resume, parallel=ranks, test=test, watch=watch)
-
-
-# ``train`` as gin's configurable "train" (what gin files bind: train.epochs, train.loss_fn, ...),
-# for experiments/run.py and the epoch benchmark. A wrapped copy: ``train`` itself stays plain.
-train_configurable = gin.external_configurable(train, name="train")
+    schedule, spec = config.schedule, model_settings(run.model)
+    return {"name": name, "data_path": data_path,
+            "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
+            "settings": settings, "model_settings": spec, "seed": optim.seed,
+            # metrics.json's "settings": the same facts grouped, for reports (experiments/report.py)
+            "settings_by_group": {
+                "model": {"class": spec["class"], **_jsonable(spec["kwargs"])},
+                "loss": {"name": loss_name(loss_fn), **_jsonable(loss_settings(loss_fn))},
+                "optimizer": {"lr": float(optim.lr), "weight_decay": float(optim.weight_decay),
+                              "batch_size": int(optim.batch_size)},  # plain numbers: numpy's are not JSON
+                "schedule": {"epochs": int(schedule.epochs), "patience": int(schedule.patience),
+                             "eval_every": int(schedule.eval_every),
+                             "nan_check_every": int(schedule.nan_check_every)},
+                "evaluation": {"ks": list(evaluation.ks), "mask_history": evaluation.mask_history},
+                "step": {"amp": step.amp, "compile": step.compile, "cuda_graph": step.cuda_graph},
+                "data": {k.removeprefix("data."): v for k, v in settings.items() if k.startswith("data.")},
+                "parallel": {"world_size": settings.get("parallel.world_size", 1),
+                             "catalog_parallel": settings.get("train.catalog_parallel", False)},
+                "seed": int(optim.seed)},
+            # rows the preparation dropped as exact duplicates (stats.json has them too)
+            "duplicates": data.attrs.get("duplicates")}
 
 
 # --- fit: the epoch loop ----------------------------------------------------------------------
 
 
-def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluation: Evaluation, record: dict,
-        resume: bool, parallel: Ranks, test: bool = True,
+@dataclass
+class Progress:
+    """Where training stands: what checkpoint.pt keeps between epochs (and a resume reads)."""
+
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "valid": None})
+    bad_evals: int = 0  # evaluations since the last new best
+    stopped: bool = False
+    stopped_by: str | None = None  # why training ended before its last epoch: "early stop" or ``watch``'s
+    epoch: int = 0  # the last epoch done
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> Progress:
+        return cls(state["history"], state["best"], state["bad_evals"], state["stopped"],
+                   state.get("stopped_by", "early stop" if state["stopped"] else None), state["epoch"])
+
+
+def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluator, record: dict,
+        resume: bool, ranks: Ranks, test: bool = True,
         watch: Callable[[dict], str | None] | None = None) -> dict:
     """Trains ``run`` epoch by epoch into ``folder``: validation, early stopping, checkpoints,
     then the test of the best model; returns (and writes) metrics.json's dict.
 
     ``record``: what the checkpoints and metrics.json record about the run (``train`` makes it);
-    ``test`` and ``watch``: see ``train``.
+    ``ranks``: the processes (``Ranks()``: one); ``test`` and ``watch``: see ``train``.
     """
-    model, step, batches, dev = run.model, run.step, run.batches, run.device
-    monitor, loss = f"NDCG@{evaluation.ks[0]}", record["loss"]
-    history, best, bad_evals, stopped, start_epoch = [], {"metric": -math.inf, "epoch": 0, "valid": None}, 0, False, 1
-    stopped_by = None  # why training ended before its last epoch: "early stop" or what ``watch`` said
+    model, step = run.model, run.step
+    monitor = f"NDCG@{evaluator.ks[0]}"
     saved = {"settings": record["settings"], "model_settings": record["model_settings"],
              "data_path": record["data_path"]}
-    with folder.open(resume=resume, settings=record["settings"], writer=parallel.writer) as state:
+    with folder.open(resume=resume, settings=record["settings"], writer=ranks.writer) as state:
+        at = Progress()
         if state is not None:
             model.load_state_dict(state["model"])
             step.optimizer.load_state_dict(state["optimizer"])
-            ckpt.set_rng_state(parallel.own_rng_state(state["rng"]))
-            history, best, bad_evals, stopped = state["history"], state["best"], state["bad_evals"], state["stopped"]
-            stopped_by = state.get("stopped_by", "early stop" if stopped else None)
-            start_epoch = state["epoch"] + 1
-            log.info("resumed %s at epoch %d (best %s %.4f at epoch %d)", folder.path, state["epoch"],
-                     monitor, best["metric"], best["epoch"])
-        data = record["settings"]
-        if step.warning:
-            log.warning(step.warning)
-        log.info("%s: %d users, %d items, %d interactions; %s loss on %s (%s step); %d steps/epoch, "
-                 "%d scored positions/epoch", record["name"], data["data.n_users"], data["data.n_items"],
-                 data["data.n_interactions"], loss, dev, step.kind, len(batches), batches.positions_per_epoch)
-        if record.get("duplicates"):
-            dup = record["duplicates"]
-            log.info("data: %d exact duplicate (user, item, time) rows %s when it was prepared",
-                     dup.get("rows", 0), "dropped" if dup.get("dropped", True) else "kept")
-
+            ckpt.set_rng_state(ranks.own_rng_state(state["rng"]))
+            at = Progress.from_checkpoint(state)
+            log.info("resumed %s at epoch %d (best %s %.4f at epoch %d)", folder.path, at.epoch,
+                     monitor, at.best["metric"], at.best["epoch"])
+        _log_start(run, record)
+        start_epoch = at.epoch + 1
         for epoch in range(start_epoch, schedule.epochs + 1):
-            if stopped:
+            if at.stopped:
                 break
-            # --- train one epoch (synchronized wall time, evaluation excluded) ---
-            progress = tqdm(total=batches.sequences_per_epoch, desc=f"epoch {epoch}", unit="seq",
-                            unit_scale=True, leave=False, file=sys.stderr,
-                            disable=None if schedule.show_progress is None else not schedule.show_progress)
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)  # training peak, evaluation excluded
-            _sync(dev)
-            start = time.perf_counter()
-            try:
-                train_loss, steps = run_epoch(step, parallel.batches(batches.epoch(epoch)), device=dev,
-                                              nan_check_every=schedule.nan_check_every, progress=progress)
-            except torch.OutOfMemoryError as err:
-                # Expected for CE on huge catalogs (the (N, V) logits): a result, not a crash.
-                raise TrainingError(f"out of device memory in epoch {epoch} ({loss}, {data['data.n_items']} "
-                                    f"items, batch {data['train.batch_size']}): {str(err).splitlines()[0]}") from err
-            except GraphCaptureError as err:  # a setting that cannot work: one line, no traceback
-                raise TrainingError(str(err)) from err
-            finally:
-                progress.close()
-            _sync(dev)
-            seconds = time.perf_counter() - start
-            train_loss = parallel.mean(train_loss)
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(_diverged(folder, epoch, train_loss, steps))
-            positions = batches.positions_per_epoch
-            peak = torch.cuda.max_memory_allocated(dev) / _GIB if dev.type == "cuda" else None
-            rank_peaks = parallel.gather(peak)  # every rank's peak ([peak] for one process)
-            row = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": seconds,
-                   "positions_per_s": positions / seconds,
-                   "peak_memory_gib": None if peak is None else max(rank_peaks),  # the largest rank's
-                   "valid": None,
-                   # the first epoch of a process (a fresh or a resumed run) pays compilation
-                   # and autotuning again: it stays out of the steady-state mean
-                   "warmup": epoch == start_epoch}
-            if parallel.enabled:
-                row["peak_memory_gib_per_rank"] = rank_peaks
+            row = _train_epoch(run, ranks, folder, record, schedule, epoch, first=epoch == start_epoch)
 
             # --- validate, keep the best, stop early ---
             if epoch % schedule.eval_every == 0 or epoch == schedule.epochs:
-                row["valid"] = valid = evaluation.model(model, run.seqs, "valid", run.amp)
-                if valid[monitor] > best["metric"]:
-                    best, bad_evals = {"metric": valid[monitor], "epoch": epoch, "valid": valid}, 0
-                    folder.save_best({"model": model.state_dict(), "epoch": epoch, "best": best, **saved})
+                row["valid"] = valid = evaluator.model(model, run.seqs, "valid", run.amp)
+                if valid[monitor] > at.best["metric"]:
+                    at.best, at.bad_evals = {"metric": valid[monitor], "epoch": epoch, "valid": valid}, 0
+                    folder.save_best({"model": model.state_dict(), "epoch": epoch, "best": at.best, **saved})
                 else:
-                    bad_evals += 1
-                    stopped = bad_evals >= schedule.patience
-            if stopped:
-                stopped_by = "early stop"
+                    at.bad_evals += 1
+                    at.stopped = at.bad_evals >= schedule.patience
+            if at.stopped:
+                at.stopped_by = "early stop"
             elif watch is not None and (reason := watch(row)):
-                stopped, stopped_by = True, str(reason)
-            stopped = parallel.decide(stopped)  # K ranks: rank 0 decides for all
-            history.append(row)
+                at.stopped, at.stopped_by = True, str(reason)
+            at.stopped = ranks.decide(at.stopped)  # K ranks: rank 0 decides for all
+            at.history.append(row)
+            at.epoch = epoch
             folder.save_checkpoint({
                 "model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "epoch": epoch,
-                "rng": parallel.rng_state(ckpt.rng_state()), "best": best, "bad_evals": bad_evals,
-                "stopped": stopped, "stopped_by": stopped_by, "history": history, **saved})
-            folder.write_history(history)
+                "rng": ranks.rng_state(ckpt.rng_state()), "best": at.best, "bad_evals": at.bad_evals,
+                "stopped": at.stopped, "stopped_by": at.stopped_by, "history": at.history, **saved})
+            folder.write_history(at.history)
             valid_msg = f"valid {monitor} {row['valid'][monitor]:.4f}" if row["valid"] else "no eval"
             log.info("epoch %d: loss %.4f, %.2f s (%.0f positions/s), %s, best %.4f at epoch %d%s",
-                     epoch, train_loss, seconds, positions / seconds, valid_msg, best["metric"],
-                     best["epoch"], f"; {stopped_by}" if stopped else "")
+                     epoch, row["train_loss"], row["epoch_time_s"], row["positions_per_s"], valid_msg,
+                     at.best["metric"], at.best["epoch"], f"; {at.stopped_by}" if at.stopped else "")
 
         # --- test with the best checkpoint ---
-        if best["epoch"] == 0:
+        if at.best["epoch"] == 0:
             raise TrainingError("no validation ran, so there is no best checkpoint to test")
-        parallel.barrier()  # K ranks: rank 0 has written best.pt
-        if test:
-            model.load_state_dict(folder.best_model_state(dev))
-            test_metrics = evaluation.model(model, run.seqs, "test", run.amp)
-            popularity = evaluation.popularity(run.seqs, "test")
-            log.info("test (best epoch %d): %s", best["epoch"], _fmt(test_metrics))
-            log.info("popularity test: %s", _fmt(popularity))
-        else:
-            test_metrics = popularity = None
-            log.info("test split not read (train.test = False): best validation %s %.4f at epoch %d",
-                     monitor, best["metric"], best["epoch"])
-        metrics = _metrics(record, history, best, stopped_by == "early stop", test_metrics, popularity, run)
-        metrics["stopped_by"] = stopped_by
+        ranks.barrier()  # K ranks: rank 0 has written best.pt
+        test_metrics, popularity = _test(run, folder, evaluator, at.best, monitor, read=test)
+        metrics = _metrics(record, at.history, at.best, at.stopped_by == "early stop", test_metrics, popularity, run)
+        metrics["stopped_by"] = at.stopped_by
         folder.write_metrics(metrics)
-        log.info("run ended: %s after %d epochs", stopped_by or "all epochs done", len(history))
+        log.info("run ended: %s after %d epochs", at.stopped_by or "all epochs done", len(at.history))
         return metrics
+
+
+def _train_epoch(run: Built, ranks: Ranks, folder: RunFolder, record: dict, schedule: Schedule,
+                 epoch: int, *, first: bool) -> dict:
+    """One training epoch (synchronized wall time, evaluation excluded) -> its history row."""
+    step, batches, dev, data = run.step, run.batches, run.device, record["settings"]
+    progress = tqdm(total=batches.sequences_per_epoch, desc=f"epoch {epoch}", unit="seq",
+                    unit_scale=True, leave=False, file=sys.stderr,
+                    disable=None if schedule.show_progress is None else not schedule.show_progress)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)  # training peak, evaluation excluded
+    _sync(dev)
+    start = time.perf_counter()
+    try:
+        train_loss, steps = run_epoch(step, ranks.batches(batches.epoch(epoch)), device=dev,
+                                      nan_check_every=schedule.nan_check_every, progress=progress)
+    except torch.OutOfMemoryError as err:
+        # Expected for CE on huge catalogs (the (N, V) logits): a result, not a crash.
+        raise TrainingError(f"out of device memory in epoch {epoch} ({record['loss']}, {data['data.n_items']} "
+                            f"items, batch {data['train.batch_size']}): {str(err).splitlines()[0]}") from err
+    except GraphCaptureError as err:  # a setting that cannot work: one line, no traceback
+        raise TrainingError(str(err)) from err
+    finally:
+        progress.close()
+    _sync(dev)
+    seconds = time.perf_counter() - start
+    train_loss = ranks.mean(train_loss)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(_diverged(folder, epoch, train_loss, steps))
+    peak = torch.cuda.max_memory_allocated(dev) / _GIB if dev.type == "cuda" else None
+    rank_peaks = ranks.gather(peak)  # every rank's peak ([peak] for one process)
+    row = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": seconds,
+           "positions_per_s": batches.positions_per_epoch / seconds,
+           "peak_memory_gib": None if peak is None else max(rank_peaks),  # the largest rank's
+           "valid": None,
+           # the first epoch of a process (a fresh or a resumed run) pays compilation
+           # and autotuning again: it stays out of the steady-state mean
+           "warmup": first}
+    if ranks.enabled:
+        row["peak_memory_gib_per_rank"] = rank_peaks
+    return row
+
+
+def _log_start(run: Built, record: dict) -> None:
+    data = record["settings"]
+    if run.step.warning:
+        log.warning(run.step.warning)
+    log.info("%s: %d users, %d items, %d interactions; %s loss on %s (%s step); %d steps/epoch, "
+             "%d scored positions/epoch", record["name"], data["data.n_users"], data["data.n_items"],
+             data["data.n_interactions"], record["loss"], run.device, run.step.kind, len(run.batches),
+             run.batches.positions_per_epoch)
+    if record.get("duplicates"):
+        dup = record["duplicates"]
+        log.info("data: %d exact duplicate (user, item, time) rows %s when it was prepared",
+                 dup.get("rows", 0), "dropped" if dup.get("dropped", True) else "kept")
+
+
+def _test(run: Built, folder: RunFolder, evaluator: Evaluator, best: dict, monitor: str, *,
+          read: bool) -> tuple[dict | None, dict | None]:
+    """The best checkpoint's test metrics and the popularity baseline's (None, None: ``read``
+    False, the test split left unread)."""
+    if not read:
+        log.info("test split not read (train.test = False): best validation %s %.4f at epoch %d",
+                 monitor, best["metric"], best["epoch"])
+        return None, None
+    run.model.load_state_dict(folder.best_model_state(run.device))
+    test_metrics = evaluator.model(run.model, run.seqs, "test", run.amp)
+    popularity = evaluator.popularity(run.seqs, "test")
+    log.info("test (best epoch %d): %s", best["epoch"], _fmt(test_metrics))
+    log.info("popularity test: %s", _fmt(popularity))
+    return test_metrics, popularity
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -461,33 +475,10 @@ def _check_values(*, n_items: int, **values) -> None:
              "ks": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                     and all(is_int(k, 1) and k <= n_items for k in v),
                     f"a non-empty tuple of integers in [1, {n_items}] (the catalog)")}
-    for name, value in values.items():
-        ok, what = rules[name]
-        if not ok(value):
+    for name, (ok, what) in rules.items():
+        if name in values and not ok(values[name]):
+            value = values[name]
             raise ValueError(f"train.{name} must be {what}, got {value!r}")
-
-
-def _check_ranks(ranks: Ranks, *, compile, cuda_graph: bool, loss: str) -> None:
-    """Refuses, naming the setting, what a torchrun run (K > 1 ranks) cannot do yet."""
-    if not ranks.enabled:
-        return
-    if compile or cuda_graph:
-        raise ValueError("train.compile and train.cuda_graph are not supported under torchrun yet "
-                         "(DDP's gradient hooks are not captured): drop them for a multi-rank run")
-    if ranks.catalog_parallel and not loss_facts(loss).catalog_parallel:
-        raise ValueError(f"train.catalog_parallel computes exact softmax CE over the sharded table: "
-                         f"train.loss_fn must be ce or cce_exact (cce.filter_eps = None), not {loss}")
-
-
-def _device(device: str) -> torch.device:
-    """``train.device`` -> a usable torch.device, or ValueError naming the setting."""
-    try:
-        dev = resolve_device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device = {device!r}, but this machine has no CUDA device")
-    return dev
 
 
 def _sync(device: torch.device) -> None:

@@ -6,7 +6,8 @@
 Each ``--gin`` file is an experiment config as ``experiments/run.py`` takes it (data, model,
 loss, ``train.*`` settings; ``--gin_bindings`` apply to all of them, e.g. ``"train.device =
 'cpu'"`` or ``"dataset.synthetic_overrides = {'n_users': 1000}"``). For each (config, variant)
-it builds the run with ``core.training.loop.build`` (what ``train`` builds: same model, step,
+it builds the run with ``core.training.loop.build`` from the settings objects the config binds
+(``core.training.flat.bound_config``: what ``train`` gets and builds; same model, step,
 batches and seed), times ``--epochs`` full training epochs through ``run_epoch`` (GPU
 synchronized, evaluation excluded), then a separate instrumented pass of ``--sample-steps``
 steps gives the per-step breakdown (CUDA events at phase boundaries; the host clock on the
@@ -64,7 +65,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import inspect
 import sys
 import time
 import traceback
@@ -84,7 +84,8 @@ from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_facts, loss_name
 from core.parallel.collectives import DistContext, all_reduce, broadcast, gather_objects, is_collective_failure
 from core.paths import REPO_ROOT
-from core.training.loop import _check_ranks, _device, build, train, train_configurable
+from core.training.flat import bound_config
+from core.training.loop import build, check_ranks
 from core.training.ranks import Ranks
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
 from experiments.bench.common import (GIB, BenchError, count_syncs, default_out, error_row, mark,
@@ -102,8 +103,6 @@ COLUMNS = ["dataset", "loss", "variant", "world_size", "catalog_parallel", "epoc
            "rank_positions_per_s_max", "peak_gib", "peak_gib_min", "start_gib", "batch_ms", "model_ms", "loss_ms", "optimizer_ms",
            "step_ms", "host_step_ms", "syncs_per_step", "train_loss", "n_users", "n_items",
            "steps_per_epoch", "positions_per_epoch", "epochs", "error"]
-# train's keywords that build the run (the rest: schedule, evaluation, run folder)
-BUILD_KEYS = ("model_fn", "loss_fn", "batch_size", "max_len", "lr", "weight_decay", "seed")
 
 
 def cce_autotune() -> bool:
@@ -186,13 +185,6 @@ class Config:
     device: torch.device
 
 
-def _train_settings() -> dict:
-    """``train``'s keywords as the parsed gin config sets them (defaults where it does not)."""
-    defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    return {**defaults, **gin.get_bindings(train_configurable)}
-
-
 def _parse(path: str, bindings: list[str]) -> None:
     gin.clear_config()
     try:
@@ -218,7 +210,7 @@ def load_configs(paths: list[str], bindings: list[str], ctx: DistContext = DistC
         _parse(path, bindings)
         try:
             ds = dataset()
-            device = ctx.device if ctx.enabled else _device(_train_settings()["device"])
+            device = dataclasses.replace(bound_config().parallel, ctx=ctx).resolve_device()
         except (DataMissingError, DataFormatError) as err:
             raise BenchError(str(err).splitlines()[0]) from err
         except (ValueError, TypeError) as err:
@@ -233,13 +225,11 @@ def check_parallel(configs: list[Config], variants: list[str], bindings: list[st
     CUDA-graph variants; catalog-parallel with a loss other than exact CE); raises BenchError."""
     for config in configs:
         _parse(config.path, bindings)
-        settings = _train_settings()
-        ranks = Ranks(ctx, catalog_parallel=settings["catalog_parallel"])
+        settings = bound_config()
+        ranks = Ranks(ctx, catalog_parallel=settings.parallel.catalog_parallel)
         for variant in variants:
-            step = parse_variant(variant)
             try:
-                _check_ranks(ranks, compile=step.compile, cuda_graph=step.cuda_graph,
-                             loss=loss_name(settings["loss_fn"]))
+                check_ranks(ranks, parse_variant(variant), settings.loss_fn)
             except ValueError as err:
                 raise BenchError(f"{config.path}, variant {variant!r}: {err}") from err
     gin.clear_config()
@@ -304,14 +294,14 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     """One (config, variant) run -> a row of COLUMNS (plus ``sync_sites`` and ``ranks``, the
     per-rank figures); gin holds the config. Under torchrun every rank runs it (its share of each
     global batch, as ``fit`` trains) and every rank returns the same row but the breakdown (its own)."""
-    settings, data, device = _train_settings(), config.data, config.device
-    step_settings = parse_variant(variant, amp=settings["amp"], graph_min_bucket=args.graph_min_bucket)
-    loss = loss_name(settings["loss_fn"])
-    uses_cce = loss_facts(settings["loss_fn"]).kernels == "cut_cross_entropy"
+    settings, data, device = bound_config(), config.data, config.device
+    step_settings = parse_variant(variant, amp=settings.step.amp, graph_min_bucket=args.graph_min_bucket)
+    loss = loss_name(settings.loss_fn)
+    uses_cce = loss_facts(settings.loss_fn).kernels == "cut_cross_entropy"
     label = f"{variant} (CCE_AUTOTUNE)" if uses_cce and cce_autotune() else variant
     if step_settings.cuda_graph and args.graph_min_bucket != MIN_BUCKET:
         label += f" (min bucket {args.graph_min_bucket})"
-    ranks = Ranks(ctx, catalog_parallel=settings["catalog_parallel"])
+    ranks = Ranks(ctx, catalog_parallel=settings.parallel.catalog_parallel)
     row = {"dataset": config.name, "loss": loss, "variant": label, "world_size": ctx.world,
            "catalog_parallel": ranks.catalog_parallel, "n_users": int(data.n_users),
            "n_items": int(data.n_items), "epochs": args.epochs, "error": None}
@@ -332,7 +322,8 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
     if probe is not None:
         rank_loss = ranks.loss
         ranks.loss = lambda loss_fn: probe.around(rank_loss(loss_fn))
-    run = build(data, device=device, step=step_settings, ranks=ranks, **{k: settings[k] for k in BUILD_KEYS})
+    run = build(data, model=settings.model, loss_fn=settings.loss_fn, optim=settings.optim,
+                step=step_settings, device=device, ranks=ranks)
     step, batches = run.step, run.batches
     if variant == "base":
         step = counted_on_device(step)
@@ -466,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError("give --gin CONFIG (repeatable), e.g. --gin gin/beauty_like_cce.gin")
         _check_exists(args.gin[0])
         _parse(args.gin[0], args.gin_bindings)
-        device = _train_settings()["device"]  # the first config's: the one torchrun's ranks use
+        try:
+            device = bound_config().parallel.device  # the first config's: the one torchrun's ranks use
+        except (ValueError, TypeError) as err:  # e.g. train.cuda_graph and train.compile both set
+            raise BenchError(f"bad gin config {args.gin[0]}: {str(err).splitlines()[0]}") from err
         gin.clear_config()
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -492,7 +486,7 @@ def _bench(args, ctx: DistContext) -> int:
     out = Path(args.out) if args.out else default_out("bench_epoch")
     _parse(configs[0].path, args.gin_bindings)
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
-                      seed=_train_settings()["seed"], cce_autotune=cce_autotune(), world_size=ctx.world)
+                      seed=bound_config().optim.seed, cce_autotune=cce_autotune(), world_size=ctx.world)
     rows, notes, began = [], [], time.perf_counter()
     for config in configs:
         for variant in args.variants:
@@ -508,7 +502,7 @@ def _bench(args, ctx: DistContext) -> int:
                 if ctx.enabled and is_collective_failure(err):
                     raise  # the group is broken: nothing more can run
                 traceback.print_exc()
-                row = error_row(err, dataset=config.name, loss=loss_name(_train_settings()["loss_fn"]),
+                row = error_row(err, dataset=config.name, loss=loss_name(bound_config().loss_fn),
                                 variant=variant, world_size=ctx.world)
             rows.append(row)
             if ctx.is_main:

@@ -111,7 +111,7 @@ class Trainer:
         (``fixed`` False: without the space's fixed bindings, the study's default config)."""
         from core.dataset_config import dataset
         from core.training import RunFolder
-        from core.training.loop import train_configurable
+        from core.training.flat import train_configurable
 
         self.load_data()  # prepared once, by the first run
         self.parse(extra, fixed=fixed)
