@@ -19,7 +19,7 @@ trial left allocated), recorded with the allocation that failed.
 
 The same command after a crash or ``kill -9`` continues the same study: finished trials stay,
 an interrupted one is marked failed (after its worker's heartbeat goes stale, 3 x
-``--heartbeat-s``) and re-run with the same setting, never counted. The study stops at
+``--heartbeat-s``), never counted. The study stops at
 ``--trials`` counted trials (complete, pruned, out of memory, failed; invalid settings are
 skipped with their reason and not counted) or when the trials' wall time reaches ``--budget-s``
 GPU-seconds. Comparisons use the first ``--trials`` counted trials, so every loss gets the same

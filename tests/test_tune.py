@@ -238,7 +238,7 @@ def _running(out: Path):
 def test_kill_9_then_the_same_command_continues_without_loss_or_double_count(tmp_path):
     """Two worker processes on one SQLite file; the whole command is killed (SIGKILL) while a
     trial runs; the same command then finishes the study: 4 counted trials, the killed trial
-    marked failed and re-run with its setting, every counted trial with its own folder."""
+    marked failed and not counted, every counted trial with its own folder."""
     out = tmp_path / "study"
     cmd = [sys.executable, str(REPO / "experiments" / "tune.py"), *SMALL, "--trials", "4",
            "--workers", "2", "--out", str(out), "--heartbeat-s", "1"]
@@ -261,11 +261,8 @@ def test_kill_9_then_the_same_command_continues_without_loss_or_double_count(tmp
     for number in killed_numbers:
         dead = trials[number]
         assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs.get("outcome") is None
-        retries = [t for t in trials if t.system_attrs.get("failed_trial") == number]
-        if "worker" in dead.user_attrs:  # it ran (so it sent heartbeats): re-run with its setting
-            assert len(retries) == 1 and dead.params.items() <= retries[0].params.items()
-        else:  # killed between its creation and its first heartbeat: failed, nothing to re-run
-            assert retries == []
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.WAITING]  # nothing queued
+    assert "error" not in _outcomes(study)  # e.g. two processes on one trial's folder
     for t in counted:
         assert (out / t.user_attrs["run"] / "metrics.json").exists()
     assert "4 of 4 budget trials counted" in (out / "summary" / "study.md").read_text()

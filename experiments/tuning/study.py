@@ -3,7 +3,9 @@
 - Storage: an SQLAlchemy URL (``sqlite:///<out>/study.db`` by default; PostgreSQL or MySQL for
   workers on several machines). Workers send a heartbeat; a trial whose worker died (``kill
   -9``, a lost node) is marked FAIL once its heartbeat is older than the grace period, and a
-  copy of it (same parameters) is queued again: an interrupted trial is re-run, never counted.
+  interrupted trial is marked failed and never counted. It is not queued again: Optuna's retry
+  queue lets two processes pop the same waiting trial on SQLite (no row locks; seen in the
+  kill test), and TPE proposes what it needs anyway.
 - A trial trains ``<out>/trials/trial_NNNN`` with the study's gin files, the space's fixed
   bindings and the sampled ones, ``train.test = False`` (the test split is not read during the
   search) and reports validation NDCG@10 after every epoch to the pruner.
@@ -58,8 +60,7 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     """The study database at ``url`` with worker heartbeats (grace: 3 heartbeats)."""
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     return optuna.storages.RDBStorage(
-        url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s)
 
 
 def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -126,7 +127,7 @@ class Trainer:
     # --- one trial ---
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # alive: see _fail_unborn
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # see _fail_unborn
         values = self.space.suggest(trial)
         reason = invalid_reason(values, n_items=self.load_data().data.n_items)
         if reason:
@@ -191,16 +192,32 @@ def _same_setting(trial: optuna.Trial, values: dict) -> optuna.trial.FrozenTrial
 
 
 def _fail_unborn(study: optuna.Study, grace_s: float) -> None:
-    """Marks FAIL the trials whose worker died between creating them and its first heartbeat
-    (a live worker names itself on the trial within milliseconds; the heartbeat cannot judge a
-    trial that never sent one, and the study would wait for it forever)."""
-    now = datetime.datetime.now()
+    """Marks FAIL the trials whose worker died before its first heartbeat: the heartbeat cannot
+    judge a trial that never sent one, and the study would wait for it forever. Such a trial
+    either never named its worker (killed within milliseconds of its creation) or names a
+    process of this host that no longer runs. Runs after ``fail_stale_trials``, which has by
+    then failed every dead trial that did send heartbeats."""
+    now, host = datetime.datetime.now(), socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "worker" not in t.user_attrs and t.datetime_start and (now - t.datetime_start).total_seconds() > grace_s:
+        if not t.datetime_start or (now - t.datetime_start).total_seconds() <= grace_s:
+            continue
+        worker = t.user_attrs.get("worker")
+        name, _, pid = (worker or "").rpartition(":")
+        if worker is None or (name == host and pid.isdigit() and not _alive(int(pid))):
             try:
                 study.tell(t.number, state=TrialState.FAIL)
             except (RuntimeError, ValueError):  # another worker got there first
                 pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _out_of_memory(err: BaseException) -> float | str | None:
@@ -252,7 +269,7 @@ def work(study: optuna.Study, trainer: Trainer, *, n_trials: int, budget_s: floa
         futile = _futile(study, trainer.out)
         if futile:
             raise StudyStopped(futile)
-        optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
+        optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL
         _fail_unborn(study, grace_s=3 * heartbeat_s)
         done = counted(study)
         spent = sum(t.user_attrs.get("wall_s", 0.0) for t in done)

@@ -70,7 +70,7 @@ def study_markdown(study: optuna.Study, setup: dict) -> str:
              + (f" (cap {setup['budget_s']:.0f})" if setup.get("budget_s") else "")
              + f"; {count['invalid']} invalid and {count['duplicate']} repeated settings skipped, "
              f"{killed} interrupted trials (killed "
-             "workers: marked failed, re-run, not counted). Objective: validation NDCG@10 "
+             "workers: marked failed, not counted). Objective: validation NDCG@10 "
              f"(user's history {'masked' if setup.get('mask_history', True) else 'not masked'} in "
              "ranking); the test split is not read. Trial memory cap: "
              f"{_fmt(setup.get('gpu_memory_gib'))} GiB.",
