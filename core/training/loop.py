@@ -299,8 +299,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
             raise TrainingError("no validation ran, so there is no best checkpoint to test")
         ranks.barrier()  # K ranks: rank 0 has written best.pt
         test_metrics, popularity = _test(run, folder, evaluator, at.best, monitor, read=test)
-        metrics = _metrics(record, at.history, at.best, at.stopped_by == "early stop", test_metrics, popularity, run)
-        metrics["stopped_by"] = at.stopped_by
+        metrics = _metrics(record, at.history, at.best, at.stopped_by, test_metrics, popularity, run)
         folder.write_metrics(metrics)
         log.info("run ended: %s after %d epochs", at.stopped_by or "all epochs done", len(at.history))
         return metrics
@@ -380,9 +379,9 @@ def _test(run: Built, folder: RunFolder, evaluator: Evaluator, best: dict, monit
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test: dict | None,
+def _metrics(record: dict, history: list[dict], best: dict, stopped_by: str | None, test: dict | None,
              popularity: dict | None, run: Built) -> dict:
-    """metrics.json. Epoch time (DESIGN.md): the mean after the first epoch, the first
+    """metrics.json; ``stopped_by``: why training ended early (None: all epochs). Epoch time (DESIGN.md): the mean after the first epoch, the first
     (compilation, autotuning) on its own; after a resume the resumed process's first epoch is
     left out too; with one epoch there is no steady-state figure (null)."""
     s = record["settings"]
@@ -409,7 +408,8 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped: bool, test:
         **per_rank,
         "epochs": len(history),
         "best_epoch": best["epoch"],
-        "early_stopped": stopped,
+        "early_stopped": stopped_by == "early stop",
+        "stopped_by": stopped_by,
         "steps_per_epoch": len(run.batches),
         # processes that trained (torchrun): positions_per_s is their aggregate
         "world_size": s.get("parallel.world_size", 1),
