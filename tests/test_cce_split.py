@@ -11,12 +11,13 @@ GPU in tests/test_losses_agreement.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.child_env import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    env = child_env(TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", CHECK], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -8,10 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+
+from tests.child_env import child_env
 
 from conftest import REPO
 from core.data.prepare import prepare_dataset
@@ -225,7 +226,7 @@ def test_kill_9_leaves_no_hidden_temporaries(tmp_path):
     out = tmp_path / "data" / "ml"
     proc = subprocess.Popen([sys.executable, "-c", _HANG_IN_SHARD_WRITE, "--format", "ml20m", "--raw", str(raw),
                              "--out", str(out), "--quiet"], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env=child_env())
     try:
         assert proc.stdout.readline().strip() == "writing"
     finally:

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.child_env import child_env
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +140,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    env = child_env(TRITON_INTERPRET="1")
     arg = json.dumps([CASES, MUTANTS, str(KERNELS)])
     proc = subprocess.run([sys.executable, "-c", CHECK, arg], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -226,7 +228,7 @@ def test_gin_file_trains_and_names_the_loss(name, tmp_path):
 def test_importing_the_losses_imports_no_triton():
     code = "import sys, core.losses; assert 'triton' not in sys.modules, 'triton imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          env=child_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -19,12 +19,13 @@ both for CUDA, bfloat16 included, at recommender shapes.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.child_env import child_env
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +213,7 @@ print(json.dumps(result))
 
 
 def _run(device: str, cases, dtypes, interpret: bool) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     arg = json.dumps([ORACLE, MUTANTS, str(KERNEL), cases, dtypes, device])

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+from tests.child_env import child_env
 import torch
 
 from experiments import tune
@@ -242,7 +244,7 @@ def test_kill_9_then_the_same_command_continues_without_loss_or_double_count(tmp
     out = tmp_path / "study"
     cmd = [sys.executable, str(REPO / "experiments" / "tune.py"), *SMALL, "--trials", "4",
            "--workers", "2", "--out", str(out), "--heartbeat-s", "1"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
