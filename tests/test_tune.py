@@ -23,7 +23,7 @@ import torch
 
 from experiments import tune
 from experiments.tuning import space as tune_space
-from experiments.tuning.study import COUNTED, Trainer
+from experiments.tuning.study import COUNTED, Trainer, trial_watch
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--gin", "gin/quickstart.gin", "--space", "gin/tune/tiny.gin",
@@ -268,3 +268,28 @@ def test_kill_9_then_the_same_command_continues_without_loss_or_double_count(tmp
     for t in counted:
         assert (out / t.user_attrs["run"] / "metrics.json").exists()
     assert "4 of 4 budget trials counted" in (out / "summary" / "study.md").read_text()
+
+
+class _FakeTrial:
+    def __init__(self, prune_at: int | None = None):
+        self.reported, self.prune_at = [], prune_at
+
+    def report(self, value, step):
+        self.reported.append((step, value))
+
+    def should_prune(self):
+        return self.prune_at is not None and self.reported[-1][0] >= self.prune_at
+
+
+def test_the_time_cap_and_the_pruner_act_only_after_a_validation():
+    """A cap that struck in an epoch without a validation left the trial with no result (seed
+    scale: a CE trial 'error: no validation ran'); now it waits for the next validation."""
+    now = iter([0.0, 200.0, 400.0, 600.0])  # start, then one reading per validated epoch
+    watch = trial_watch(_FakeTrial(), 150, clock=lambda: next(now))
+    assert watch({"epoch": 1, "valid": None}) is None  # past the cap, but nothing validated yet
+    assert watch({"epoch": 2, "valid": {"NDCG@10": 0.1}}) == "time cap (150 s)"
+    trial = _FakeTrial(prune_at=2)
+    watch = trial_watch(trial, None)
+    assert watch({"epoch": 1, "valid": {"NDCG@10": 0.1}}) is None
+    assert watch({"epoch": 2, "valid": {"NDCG@10": 0.1}}) == "pruned"
+    assert trial.reported == [(1, 0.1), (2, 0.1)]

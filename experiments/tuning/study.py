@@ -80,6 +80,28 @@ def best_trial(study: optuna.Study, n_trials: int) -> optuna.trial.FrozenTrial |
     return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
 
+
+def trial_watch(trial, trial_s: float | None, clock=time.monotonic):
+    """The ``watch`` callback of one trial's training: after an epoch with a validation it
+    reports validation NDCG@10 to the pruner and ends training when the pruner says so or when
+    the trial has run longer than ``trial_s`` seconds. Epochs without a validation never end a
+    trial (the cap then strikes at the next validation, so a trial overruns its cap by up to
+    ``eval_every`` epochs): a trial stopped before its first validation has no result (seen at
+    seed scale, where one CE epoch under load outlasted the 150 s cap)."""
+    start = clock()
+
+    def watch(row: dict) -> str | None:
+        if row["valid"] is None:
+            return None
+        trial.report(row["valid"][MONITOR], row["epoch"])
+        if trial.should_prune():
+            return "pruned"
+        if trial_s is not None and clock() - start > trial_s:
+            return f"time cap ({trial_s:g} s)"
+        return None
+
+    return watch
+
 @dataclass
 class Trainer:
     """What every trial of one worker shares: the study's gin setup and the loaded data."""
@@ -146,16 +168,7 @@ class Trainer:
         path = self.out / "trials" / f"trial_{trial.number:04d}"
         trial.set_user_attr("run", str(path.relative_to(self.out)))
         start = time.monotonic()
-
-        def watch(row: dict) -> str | None:
-            if row["valid"] is not None:
-                trial.report(row["valid"][MONITOR], row["epoch"])
-                if trial.should_prune():
-                    return "pruned"
-            if self.trial_s is not None and time.monotonic() - start > self.trial_s:
-                return f"time cap ({self.trial_s:g} s)"
-            return None
-
+        watch = trial_watch(trial, self.trial_s)
         extra = [*as_bindings(values), "train.test = False", f"train.seed = {self.seed}",
                  "train.show_progress = False"]
         try:
