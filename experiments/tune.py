@@ -374,7 +374,7 @@ def _compare(args) -> int:
         n = study.user_attrs["setup"]["n_trials"]
         trials += [{"study": folder.name, "dataset": final["dataset"], "loss": final["loss"], "trial": t}
                    for t in budget_trials(study, n)]
-    ooms = {loss: _oom_rows(loss, trials) for loss in dict.fromkeys(f["loss"] for f in finals)}
+    ooms = {study: _oom_rows(study, trials) for study in dict.fromkeys(t["study"] for t in trials)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = compare_markdown(finals, ooms)
@@ -383,17 +383,17 @@ def _compare(args) -> int:
     return 0
 
 
-def _oom_rows(loss: str, trials: list[dict]) -> list[dict]:
-    """``loss``'s out-of-memory trials, each with the other losses' trials on the same data that
-    ran a setting at least as large (batch size, max_len and dim all >=)."""
+def _oom_rows(study: str, trials: list[dict]) -> list[dict]:
+    """``study``'s out-of-memory trials, each with the trials of the other studies on the same
+    data that ran a setting at least as large (batch size, max_len and dim all >=)."""
     size = ("train.batch_size", "train.max_len", "SASRec.dim")
     rows = []
-    for row in (r for r in trials if r["loss"] == loss and r["trial"].user_attrs.get("outcome") == "oom"):
+    for row in (r for r in trials if r["study"] == study and r["trial"].user_attrs.get("outcome") == "oom"):
         t = row["trial"]
-        ran = [r for r in trials if r["loss"] != loss and r["dataset"] == row["dataset"]
+        ran = [r for r in trials if r["study"] != study and r["dataset"] == row["dataset"]
                and r["trial"].user_attrs.get("outcome") in ("complete", "pruned")
                and all(r["trial"].params.get(k, 0) >= t.params.get(k, 0) for k in size)]
-        ran_by = ", ".join(f"{r['loss']} #{r['trial'].number} ({r['trial'].user_attrs.get('peak_memory_gib') or 0:.1f} GiB)"
+        ran_by = ", ".join(f"{r['study']} #{r['trial'].number} ({r['trial'].user_attrs.get('peak_memory_gib') or 0:.1f} GiB)"
                            for r in ran[:3]) or "—"
         rows.append({"study": row["study"], "number": t.number, "oom_request_gib": t.user_attrs.get("oom_request_gib"),
                      "setting": ", ".join(f"{k.split('.', 1)[1]} {t.params.get(k)}" for k in size), "ran_by": ran_by})

@@ -145,6 +145,15 @@ def test_search_reads_no_test_split_then_final_does_and_its_seeds_reproduce(data
     best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
     assert final["best_trial"] == best.number
     first = json.loads((out / "final" / "tuned_s0" / "metrics.json").read_text())
+    assert [r["loss"] for r in final["rows"]] == ["ce", "ce"]
+
+    # --compare: one default and one tuned row per study, each with the seed's columns.
+    assert tune.main(["--compare", str(out), "--out", str(data_cache / "compare")]) == 0
+    table = (data_cache / "compare" / "tuning.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| loss"))
+    for column in ("HitRate@10", "NDCG@10", "Coverage@10", "Surprisal@10", "peak GiB", "epoch s"):
+        assert column in header
+    assert "| ce | default |" in table and f"| ce | tuned | {final['rows'][1]['HitRate@10'][0]:.4f}" in table
 
     # The tuned seed-0 run again, from its own config.gin through run.py: the same test metrics.
     from experiments import run

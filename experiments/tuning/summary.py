@@ -178,7 +178,7 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def final_record(name: str, runs: list[dict]) -> dict:
     """Mean and sample std over seeds of the test metrics, epoch time and peak memory."""
-    row = {"config": name, "seeds": [m["env"]["seed"] for m in runs]}
+    row = {"config": name, "loss": runs[0]["loss"], "seeds": [m["env"]["seed"] for m in runs]}
     for key in METRICS:
         row[key] = _mean_std([m["test"][key] for m in runs])
     row["epoch_time_s"] = _mean_std([m["epoch_time_s"] for m in runs])
@@ -212,23 +212,22 @@ def write_final(final: dict, out: Path) -> None:
 
 
 def compare_markdown(finals: list[dict], ooms: dict[str, list[dict]]) -> str:
-    """The cross-study table (one block per dataset) and the out-of-memory comparison."""
+    """The cross-study table (one block per dataset: each loss's default and tuned rows with
+    the seed's columns) and the out-of-memory comparison."""
     lines = []
     for dataset in dict.fromkeys(f["dataset"] for f in finals):
         rows = []
         for f in (f for f in finals if f["dataset"] == dataset):
-            default, tuned = f["rows"][0], f["rows"][1]
-            rows.append([f["loss"], *(f"{_pm(default[k])} → {_pm(tuned[k])}" for k in ("NDCG@10", "HitRate@10")),
-                         *(_pm(tuned[k]) for k in ("Coverage@10", "Surprisal@10")),
-                         _pm(tuned["epoch_time_s"], 2), _pm(tuned["peak_memory_gib"], 2),
-                         ", ".join(f"{_short(k)} {_fmt(v)}" for k, v in f["best_params"].items())])
+            setting = ", ".join(f"{_short(k)} {_fmt(v)}" for k, v in f["best_params"].items())
+            for row, what in zip(f["rows"], ("default config", f"trial {f['best_trial']}: {setting}")):
+                rows.append([row.get("loss", f["loss"]), row["config"], *(_pm(row[k]) for k in METRICS),
+                             _pm(row["peak_memory_gib"], 2), _pm(row["epoch_time_s"], 2), _pm(row["epochs"], 1),
+                             what])
         lines += [f"## {dataset}", "",
-                  _markdown(["loss", "NDCG@10 default → tuned", "HitRate@10 default → tuned", "Coverage@10",
-                             "Surprisal@10", "epoch s", "peak GiB", "best setting"], rows), ""]
-    for loss, trials in ooms.items():
+                  _markdown(["loss", "config", *METRICS, "peak GiB", "epoch s", "epochs", "setting"], rows), ""]
+    for study, trials in ooms.items():
         if trials:
-            lines += [f"## Settings {loss} could not run (out of device memory)", "",
-                      _markdown(["study", "trial", "setting", "allocation asked (GiB)", "ran elsewhere"],
-                                [[t["study"], t["number"], t["setting"], t["oom_request_gib"], t["ran_by"]]
-                                 for t in trials]), ""]
+            lines += [f"## Out of device memory in {study}", "",
+                      _markdown(["trial", "setting", "allocation asked (GiB)", "ran in another study"],
+                                [[t["number"], t["setting"], t["oom_request_gib"], t["ran_by"]] for t in trials]), ""]
     return "\n".join(lines)
