@@ -302,3 +302,17 @@ def test_the_time_cap_and_the_pruner_act_only_after_a_validation():
     assert watch({"epoch": 1, "valid": {"NDCG@10": 0.1}}) is None
     assert watch({"epoch": 2, "valid": {"NDCG@10": 0.1}}) == "pruned"
     assert trial.reported == [(1, 0.1), (2, 0.1)]
+
+
+def test_a_new_study_tries_the_default_config_first_where_the_space_holds_it(data_cache, capsys):
+    inside = ["--gin_bindings", "SASRec.dim = 32", "--gin_bindings", "train.batch_size = 64"]
+    out = data_cache / "with_default"
+    assert tune.main([*SMALL, *inside, "--trials", "1", "--out", str(out), "--in-process"]) == 0
+    assert "trial 0: the default config" in capsys.readouterr().out
+    first = _study(out).trials[0]
+    assert first.params == {"SASRec.dim": 32, "SASRec.n_heads": 1, "SASRec.dropout": 0.2,
+                            "train.batch_size": 64, "train.lr": 0.001}
+    out = data_cache / "outside"  # quickstart's dim 64 is not one of tiny.gin's choices
+    assert tune.main([*SMALL, "--trials", "1", "--out", str(out), "--in-process"]) == 0
+    assert "outside the space (SASRec.dim = 64, train.batch_size = 256)" in capsys.readouterr().out
+    assert _study(out).trials[0].params["SASRec.dim"] in (16, 32)

@@ -35,6 +35,13 @@ class Param:
     kind: str
     values: tuple
 
+    def holds(self, value) -> bool:
+        """Whether ``value`` is one this param can take (a default to try first must be)."""
+        if self.kind == "choice":
+            return value in self.values
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            self.values[0] <= value <= self.values[1]
+
     def suggest(self, trial):
         """The trial's value (Optuna names the parameter after the binding)."""
         if self.kind == "choice":
