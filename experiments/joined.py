@@ -44,12 +44,13 @@ def join(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistC
         raise JoinError(f"cannot join the torchrun process group: {first}", 1) from err
 
 
-def run_joined(device: str, body, *, what: str) -> int:
+def run_joined(device: str, body, *, what: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
     """A command-line tool's main under torchrun or alone: joins the group (``join``), returns
     ``body(ctx)``, and turns a bad device or a lost rank into one ``error:`` line and its exit
-    status (2 / 1); the group is shut down whatever happens. ``what`` names the work in the line."""
+    status (2 / 1); the group is shut down whatever happens. ``what`` names the work in the line;
+    ``timeout_s`` is how long a collective waits for the other ranks (``train.dist_timeout_s``)."""
     try:
-        ctx = join(device)
+        ctx = join(device, timeout_s=timeout_s)
     except JoinError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status
@@ -89,9 +90,13 @@ def leave(status: int) -> NoReturn:
 
 @contextlib.contextmanager
 def main_first(ctx: DistContext):
-    """Rank 0 runs the block first (e.g. writes a data cache), then the others (which read it)."""
-    if ctx.enabled and not ctx.is_main:
+    """Each node's local rank 0 runs the block first (e.g. prepares the data cache, which may be
+    node-local), then the node's other ranks (which read it). Across nodes the local ranks 0
+    run side by side: on a shared file system two of them may build one cache at once, which
+    the cache's atomic folder write settles (the loser loads the winner's folder)."""
+    first = ctx.local_rank == 0
+    if ctx.enabled and not first:
         barrier(ctx)
     yield
-    if ctx.enabled and ctx.is_main:
+    if ctx.enabled and first:
         barrier(ctx)

@@ -102,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     device = _bound(gin, "train.device", "auto")
-    return run_joined(device, lambda ctx: _train(args, ctx), what="training")
+    timeout_s = _bound(gin, "train.dist_timeout_s", None)
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                  or not 0 < timeout_s < float("inf")):
+        print(f"error: bad gin config: train.dist_timeout_s must be a number of seconds > 0, got {timeout_s!r}",
+              file=sys.stderr)
+        return 2
+    extra = {} if timeout_s is None else {"timeout_s": float(timeout_s)}
+    return run_joined(device, lambda ctx: _train(args, ctx), what="training", **extra)
 
 
 def _bound(gin, name: str, default):

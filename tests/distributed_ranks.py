@@ -23,14 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
-    """What torchrun sets for a worker on one node."""
-    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+def rank_env(rank: int, world: int, port: int, nodes: int = 1) -> dict[str, str]:
+    """What torchrun sets for a worker, its ranks spread evenly over ``nodes`` simulated nodes."""
+    per_node = world // nodes
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank % per_node),
+            "LOCAL_WORLD_SIZE": str(per_node), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
-def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args) -> None:
-    os.environ.update(rank_env(rank, world, port))
+def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args,
+           nodes: int = 1) -> None:
+    os.environ.update(rank_env(rank, world, port, nodes))
     torch.set_num_threads(1)  # K ranks on a 2-core machine
     from core.parallel.collectives import init_from_env, shutdown
     from experiments.joined import leave
@@ -44,10 +46,12 @@ def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, dev
     leave(0)  # as the tools end: no finalization, where a gloo thread can abort a finished rank
 
 
-def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0, device: str = "cpu") -> list:
-    """[fn(ctx_r, *args) for each rank r], run in ``world`` spawned processes."""
+def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0, device: str = "cpu",
+              nodes: int = 1) -> list:
+    """[fn(ctx_r, *args) for each rank r], run in ``world`` spawned processes (on ``nodes``
+    simulated nodes: LOCAL_RANK and LOCAL_WORLD_SIZE as torchrun sets them on each)."""
     out = Path(tmp_path) / f"ranks_{fn.__name__}_{world}"
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, device, fn, args),
+    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, device, fn, args, nodes),
                        nprocs=world, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]

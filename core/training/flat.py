@@ -18,7 +18,7 @@ import torch
 from core.data.shards import SequenceData
 from core.losses import ce
 from core.model import SASRec
-from core.parallel.collectives import DistContext
+from core.parallel.collectives import DEFAULT_TIMEOUT_S, DistContext
 from core.training.loop import train
 from core.training.run_folder import RunFolder
 from core.training.settings import FLAT, Evaluation, Optim, Parallel, Schedule, TrainConfig
@@ -57,11 +57,15 @@ def train_flat(
     parallel: DistContext | None = None,
     test: bool = _E.test,
     watch: Callable[[dict], str | None] | None = None,
+    dist_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> dict:
     """``train`` with its settings as flat keywords, each the ``train.*`` binding of the same
     name: ``epochs`` goes to ``Schedule``, ``lr`` to ``Optim``, ``eval_batch_size`` to
     ``Evaluation.batch_size``, ``parallel`` (the DistContext) to ``Parallel.ctx``, and so on
-    (``core.training.settings.FLAT``). Returns metrics.json's dict; see ``train``."""
+    (``core.training.settings.FLAT``). ``dist_timeout_s``: the seconds a collective may wait
+    for the other ranks under torchrun before the run ends with one line (a dead or hung
+    rank); the command reads it before it joins the process group (``experiments/run.py``),
+    so it does nothing here. Returns metrics.json's dict; see ``train``."""
     config = TrainConfig.from_flat(
         model_fn=model_fn, loss_fn=loss_fn, epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr,
         weight_decay=weight_decay, patience=patience, eval_every=eval_every, mask_history=mask_history,

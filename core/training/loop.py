@@ -248,11 +248,13 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
     ``record``: what the checkpoints and metrics.json record about the run (``train`` makes it);
     ``ranks``: the processes (``Ranks()``: one); ``test`` and ``watch``: see ``train``.
     """
+    ranks.agree(record)  # K ranks: the same settings everywhere, or one line on every rank
     model, step = run.model, run.step
     monitor = f"NDCG@{evaluator.ks[0]}"
     saved = {"settings": record["settings"], "model_settings": record["model_settings"],
              "data_path": record["data_path"]}
     with folder.open(resume=resume, settings=record["settings"], writer=ranks.writer) as state:
+        ranks.see_shared(folder.path)
         at = Progress()
         if state is not None:
             model.load_state_dict(state["model"])

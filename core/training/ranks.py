@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -183,6 +184,33 @@ class Ranks:
         finally:
             model.item_emb = self._table
 
+    def agree(self, record: dict) -> None:
+        """Before training, every rank compares its operative settings (the run record's
+        ``settings`` and their grouped copy, which adds the schedule, and the loss) with every
+        other rank's. Ranks started by hand (as on several nodes) could otherwise train with
+        another lr and record rank 0's, or end in a misleading "another rank died". Every rank
+        raises the same ``RanksDisagree`` line, so none waits for the others."""
+        if not self.enabled:
+            return
+        every = gather_objects(self.ctx, _operative(record))
+        for rank, theirs in enumerate(every[1:], start=1):
+            for key in sorted(set(every[0]) | set(theirs), key=str):
+                if every[0].get(key) != theirs.get(key):
+                    raise RanksDisagree(f"rank {rank} runs with {key} = {theirs.get(key)!r} but rank 0 with "
+                                        f"{every[0].get(key)!r}: start every rank with the same config")
+
+    def see_shared(self, folder) -> None:
+        """After rank 0 has opened the run folder: every rank must see it, since each reads
+        best.pt back for the test (a node-local ``--out`` crashed there after training, with
+        a FileNotFoundError). The same line on every rank when one does not."""
+        if not self.enabled:
+            return
+        every = gather_objects(self.ctx, (str(folder), Path(folder).is_dir()))
+        blind = [r for r, (_, sees) in enumerate(every) if not sees]
+        if blind:
+            raise RanksDisagree(f"--out {every[0][0]} is not visible on rank(s) {', '.join(map(str, blind))}: on "
+                                f"several nodes --out must be on a file system every node shares")
+
     def decide(self, value):
         """Rank 0's ``value`` (e.g. "stop early") on every rank."""
         return broadcast(self.ctx, value)
@@ -204,6 +232,16 @@ class Ranks:
         if not isinstance(saved, list) or len(saved) != self.ctx.world:
             raise ValueError(f"the checkpoint holds RNG states of another number of ranks, not {self.ctx.world}")
         return saved[self.ctx.rank]
+
+
+class RanksDisagree(ValueError):
+    """Ranks started with different settings; refused before training, on every rank."""
+
+
+def _operative(record: dict) -> dict:
+    groups = {f"{group}.{key}": value for group, values in record.get("settings_by_group", {}).items()
+              if isinstance(values, dict) for key, value in values.items()}
+    return {**groups, **record["settings"], "loss": record.get("loss")}
 
 
 def _per_row(t, table) -> bool:
