@@ -287,3 +287,14 @@ def test_each_run_has_its_own_curve_style_and_legend_entry(tmp_path: Path, monke
     assert len(legend) == 7 and len(set(legend)) == 7
     assert "ce seed 5" in legend and "cce seed 0" in legend
     assert len({line.get_color() for line in ax.get_lines()}) == 2  # colour = loss
+
+
+def test_runs_of_another_parallel_mode_are_never_pooled(tmp_path: Path):
+    """Issue 22.6: one process, 2 data-parallel ranks and 2 catalog-parallel ranks are three rows."""
+    fake_run(tmp_path / "one", settings={"parallel.world_size": 1, "parallel.catalog_parallel": False})
+    fake_run(tmp_path / "dp", settings={"parallel.world_size": 2, "parallel.catalog_parallel": False})
+    fake_run(tmp_path / "cp", settings={"parallel.world_size": 2, "parallel.catalog_parallel": True})
+    rows = report_stats.summarize([report_runs.read_run(p) for p in report_runs.find_metrics_files([tmp_path])])
+    labels = [r["label"] for r in rows if r["label"] != "popularity"]
+    assert len(labels) == 3 and all(r["n"] == 1 for r in rows if r["label"] != "popularity")
+    assert any("parallel.catalog_parallel=true" in label for label in labels)
