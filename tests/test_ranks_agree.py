@@ -75,3 +75,11 @@ def _see(ctx: DistContext, root: str) -> str | None:
 def test_a_run_folder_one_rank_cannot_see_is_one_line_on_every_rank(tmp_path):
     lines = run_ranks(_see, 2, tmp_path, str(tmp_path))
     assert lines[0] == lines[1] and "is not visible on rank(s) 1" in lines[0] and "shares" in lines[0]
+
+
+def test_nccl_runs_get_fault_settings_that_raise_and_keep_the_users_own():
+    from core.parallel.collectives import nccl_fault_env
+
+    env = {"TORCH_NCCL_BLOCKING_WAIT": "0"}
+    nccl_fault_env(env)
+    assert env == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "TORCH_NCCL_BLOCKING_WAIT": "0"}
