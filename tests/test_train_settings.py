@@ -15,7 +15,8 @@ from core.training.settings import FLAT
 
 def test_the_flat_entry_takes_every_flat_name_with_the_objects_defaults():
     params = inspect.signature(train_flat).parameters
-    run_keywords = {"data", "out_dir", "dataset_name", "data_path", "resume", "watch"}
+    # dist_timeout_s: the command reads it before it joins the process group (experiments/run.py)
+    run_keywords = {"data", "out_dir", "dataset_name", "data_path", "resume", "watch", "dist_timeout_s"}
     assert set(params) - run_keywords == set(FLAT)
     defaults = {name: params[name].default for name in FLAT}
     assert TrainConfig.from_flat(**defaults) == TrainConfig()  # one source for every default
