@@ -1,14 +1,14 @@
 """dataset(): caches it owns are rebuilt when stale or corrupted; prepared folders it does not own
 are refused with the command that rebuilds them; temporaries of killed writers are swept."""
 
+import json
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
-from core.data.shards import DataFormatError
+from core.data.shards import FORMAT_VERSION, DataFormatError
 from core.dataset_config import dataset
 
 
@@ -24,9 +24,16 @@ def own_message(err) -> str:
 
 
 def make_stale(folder):
-    for path in folder.glob("*.h5"):
-        with h5py.File(path, "a") as f:
-            f.attrs["format_version"] = 1
+    """A folder as an older version wrote it: no checksum manifest, version 1 in stats.json."""
+    (folder / "manifest.sealed").unlink()
+    stats = json.loads((folder / "stats.json").read_text())
+    (folder / "stats.json").write_text(json.dumps({**stats, "format_version": 1}))
+
+
+def flip_a_byte(path, offset=100):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def test_a_stale_or_corrupted_cache_is_rebuilt(tmp_path):
@@ -36,7 +43,10 @@ def test_a_stale_or_corrupted_cache_is_rebuilt(tmp_path):
     make_stale(first.source)
     again = dataset(**config)
     assert again.source == first.source and np.array_equal(again.data.items, first.data.items)
-    assert again.data.attrs["format_version"] == 2
+    assert again.data.attrs["format_version"] == FORMAT_VERSION
+    flip_a_byte(again.source / "item_ids.h5")
+    rebuilt = dataset(**config)
+    assert np.array_equal(rebuilt.data.item_ids, first.data.item_ids)
 
 
 def test_a_stale_prepared_folder_is_refused_with_the_rebuild_command(tmp_path):
