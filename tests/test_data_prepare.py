@@ -293,3 +293,19 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, limit):
     assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith(f"error: cannot write {out}: File too large (nothing was written)")
     assert list(out.parent.iterdir()) == []  # no folder, no temporary
+
+
+def test_a_really_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """The same on a 64 KiB tmpfs (ENOSPC), where user namespaces allow mounting one."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = f"mount -t tmpfs -o size=64k tmpfs {small}"
+    if subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (no unshare or no user namespaces)")
+    prepare = " ".join([*CLI, "--format synthetic --preset tiny --quiet --out", str(small / "tiny")])
+    script = f"{mount} && {prepare}; echo rc $? >&2; ls -A {small} >&2"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO,
+                            env=child_env())
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: cannot write {small / 'tiny'}: No space left on device (nothing was written)",
+                     "rc 1"], result.stderr[-2000:]

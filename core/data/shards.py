@@ -262,13 +262,14 @@ def write_shards(
     users_per_shard: int = 50_000,
     progress: bool = False,
 ) -> Path:
-    """Writes a CSR dataset as HDF5 shards, item_ids.h5 and stats.json into a NEW folder ``out_dir``.
+    """Writes a CSR dataset as HDF5 shards, item_ids.h5, stats.json and the sealed manifest of
+    their digests into a NEW folder ``out_dir``.
 
     ``user_ids`` (n_users,) and ``item_ids`` (n_items,) are the raw ids of the internal users
     0.. and items 1.. (see ``raw_ids``); left out, the internal ids themselves are stored.
     Atomic (``atomic_dir``): a crash or an error never leaves a half-written dataset. ``attrs``
     (filters, source, source_hash, ...) are stored in every file. Raises FileExistsError if
-    out_dir exists.
+    out_dir exists and DataWriteError if it cannot be written (a full disk).
     """
     out_dir = Path(out_dir)
     offsets = np.asarray(offsets, dtype=np.int64)
