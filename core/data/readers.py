@@ -267,7 +267,7 @@ def read_generic(path: str | os.PathLike, *, columns: str | dict | None = None, 
     )
     time = frame[mapping["time"]] if "time" in mapping else None
     if time is not None:
-        _require_finite(path, time, _lines_before_data({}))
+        _require_finite(path, time, header_lines=1)  # the generic format always has a header
     if time is not None and (time == np.round(time)).all() and np.abs(time).max() < 2**53:
         time = time.astype(np.int64)
     return _to_log(frame[mapping["user"]], frame[mapping["item"]], time, text_ids=True)
