@@ -8,6 +8,12 @@ Sources, one per config:
   downloaded from its provider (checksums where known, a progress bar on a terminal);
 - ``synthetic_preset``: a ``core.data.synthetic`` preset, written once into ``cache_dir``.
 
+Prepared data is checked against its raw file on every load (``core.data.prepare.check_source``:
+size and mtime, then the SHA-256): a changed raw file rebuilds the cache, and a ``path`` folder
+is refused with its rebuild command. A relative ``cache_dir`` is taken from the repository root,
+not the working directory; a relative ``path`` or ``raw`` from the working directory when it
+exists there, else from the repository root (where it is also created).
+
 Missing data raises ``DataMissingError`` whose message is one line saying what to get from
 where and the command that does it; ``experiments/run.py`` prints it as ``error: ...`` before
 any run folder exists. What the function downloads or prepares is said on stderr.
@@ -27,7 +33,7 @@ from pathlib import Path
 import gin
 
 from core.data.download import SOURCES, DownloadError, fetch, how_to_get
-from core.data.prepare import Recipe, prepare
+from core.data.prepare import Recipe, check_source, prepare
 from core.data.shards import DataFormatError, SequenceData, load_sequences, rebuild_command
 from core.paths import REPO_ROOT
 
@@ -49,16 +55,17 @@ class Dataset:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """A relative path is taken from the working directory, else from the repository root.
+    """A relative path is taken from the working directory where it exists there, else from the
+    repository root (also when it exists nowhere yet: that is where it is created).
 
     Configs say ``data/beauty`` or ``../shared/data/...`` relative to the repo root; running
-    from the root (the documented way) and from elsewhere (pytest, an IDE) both find them.
+    from the root (the documented way) and from elsewhere (pytest, an IDE, a read-only folder)
+    all find them, and write new data into the repository, not the working directory.
     """
     path = Path(path).expanduser()
     if path.is_absolute() or path.exists():
         return path
-    from_root = REPO_ROOT / path
-    return from_root if from_root.exists() else path
+    return REPO_ROOT / path
 
 
 def _digest(obj) -> str:
@@ -91,13 +98,17 @@ def _said_on_stderr():
 def _load_cached(cache: Path, recipe: Recipe) -> SequenceData:
     """Loads ``cache``, preparing ``recipe`` into it first when absent or unusable.
 
-    A cache of an older data format (or a corrupted one) is rebuilt rather than reported: it
-    is ours. Two runs racing to build the same cache are fine: shard writes are atomic and
-    refuse an existing directory, so the loser simply loads the winner's output.
+    A cache of an older data format, a corrupted one or one of an older version of the raw
+    file is rebuilt rather than reported: it is ours. Two runs racing to build the same cache
+    are fine: shard writes are atomic and refuse an existing directory, so the loser simply
+    loads the winner's output.
     """
     if cache.exists():
         try:
-            return load_sequences(cache)
+            data = load_sequences(cache)
+            if recipe.raw is not None:
+                check_source(data.attrs, recipe.raw, cache, progress=sys.stderr.isatty())
+            return data
         except DataFormatError as err:
             log.warning("dataset cache %s is unusable (%s): rebuilding it", cache, err)
             shutil.rmtree(cache)
@@ -188,7 +199,7 @@ def dataset(
         raise ValueError(f"dataset '{name}': dataset.synthetic_preset goes without dataset.path and dataset.raw")
     if synthetic_preset is None and path is None and raw is None:
         raise ValueError(f"dataset '{name}': set dataset.path, dataset.raw or dataset.synthetic_preset")
-    cache_root = Path(cache_dir).expanduser()
+    cache_root = REPO_ROOT / Path(cache_dir).expanduser()  # an absolute cache_dir stays as it is
     target = None if path is None else resolve_path(path)
 
     if raw is None and synthetic_preset is None:
@@ -213,6 +224,8 @@ def dataset(
         if target is not None and target.exists():
             data = load_sequences(target)
             _check_recipe_matches(data, recipe, target)
+            if raw_file.is_file():  # a raw file deleted after preparing is fine
+                check_source(data.attrs, raw_file, target, progress=sys.stderr.isatty())
             return Dataset(name, data, target)
         command = None if path is None else (
             f"python tools/prepare_data.py --format {fmt} --download --raw {raw} --out {path}")
@@ -222,9 +235,7 @@ def dataset(
             if target is not None:
                 prepare(recipe, target, progress=sys.stderr.isatty())
                 return Dataset(name, load_sequences(target), target)
-            stat = raw_file.stat()
-            key = _digest([str(raw_file.resolve()), stat.st_size, stat.st_mtime_ns, fmt, columns,
-                           min_user, min_item, keep_duplicates])
+            key = _digest([str(raw_file.resolve()), fmt, columns, min_user, min_item, keep_duplicates])
             cache = cache_root / f"{name}-{key}"
             return Dataset(name, _load_cached(cache, recipe), cache)
 

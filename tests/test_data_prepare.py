@@ -270,3 +270,42 @@ def test_an_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, whe
     rc = prepare_data.main(["--format", "synthetic", "--preset", "tiny", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: cannot write --out") and expect in err and "\n" not in err
+
+
+def _file_size_limit(limit):
+    """A full disk, for one child: writes past ``limit`` bytes fail (EFBIG) instead of killing it."""
+    def limited():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limited
+
+
+@pytest.mark.parametrize("limit", [2_000, 20_000, 100_000])
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, limit):
+    """Issue 23.6: on a full disk tools/prepare_data.py printed 48 lines of HDF5 errors and then
+    crashed with a segmentation fault (rc 139)."""
+    out = tmp_path / "data" / "tiny"
+    result = subprocess.run([*CLI, "--format", "synthetic", "--preset", "tiny", "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, cwd=REPO, env=child_env(),
+                            preexec_fn=_file_size_limit(limit))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: cannot write {out}: File too large (nothing was written)")
+    assert list(out.parent.iterdir()) == []  # no folder, no temporary
+
+
+def test_a_really_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """The same on a 64 KiB tmpfs (ENOSPC), where user namespaces allow mounting one."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = f"mount -t tmpfs -o size=64k tmpfs {small}"
+    if subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (no unshare or no user namespaces)")
+    prepare = " ".join([*CLI, "--format synthetic --preset tiny --quiet --out", str(small / "tiny")])
+    script = f"{mount} && {prepare}; echo rc $? >&2; ls -A {small} >&2"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO,
+                            env=child_env())
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: cannot write {small / 'tiny'}: No space left on device (nothing was written)",
+                     "rc 1"], result.stderr[-2000:]

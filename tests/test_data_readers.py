@@ -101,3 +101,15 @@ def test_missing_and_truncated_files(tmp_path):
 def test_user_item_refuses_a_header_line(tmp_path):
     with pytest.raises(DataFormatError, match="no header"):
         read_user_item(write(tmp_path / "h.txt", "user item\n1 5\n"), progress=False)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity"])
+def test_an_infinite_timestamp_is_refused_like_nan(tmp_path, value):
+    """Issue 23.7: an ``inf`` timestamp was accepted and became the user's test target."""
+    text = f"user_id,item_id,timestamp\n1,2,5\n1,3,6\n1,4,{value}\n"
+    with pytest.raises(DataFormatError) as err:
+        read_generic(write(tmp_path / "g.csv", text), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "line 4: non-finite value" in message and "column 'timestamp'" in message
+    finite = read_generic(write(tmp_path / "ok.csv", "user_id,item_id,timestamp\n1,2,5\n1,3,1e300\n"), progress=False)
+    assert finite.time.tolist() == [5.0, 1e300]  # large finite times stay accepted

@@ -1,6 +1,7 @@
 """HDF5 shards: round trip with raw ids, split accessors, atomic writes, checksums, modes,
 stale/foreign/mixed files."""
 
+import json
 import os
 
 import h5py
@@ -85,13 +86,16 @@ def test_ids_default_to_the_internal_ones(tmp_path):
     assert in_memory.item_ids.tolist() == list(range(n_items + 1))
 
 
+def make_old(folder, version=2, **stats):
+    """A folder as an older version wrote it: no manifest, its version in stats.json."""
+    (folder / "manifest.sealed").unlink()
+    old = json.loads((folder / "stats.json").read_text())
+    (folder / "stats.json").write_text(json.dumps({**old, **stats, "format_version": version}))
+
+
 def test_stale_version_names_the_rebuild_command(tmp_path):
-    def edit(out):
-        for shard in out.glob("*.h5"):
-            with h5py.File(shard, "a") as f:
-                f.attrs["format_version"] = 1
-                f.attrs["source"] = "amazon:ratings_Beauty.csv"
-    message = corrupt(tmp_path, edit)
+    """Decision of issue 23.1: a folder without a manifest (format 1 or 2) is refused as stale."""
+    message = corrupt(tmp_path, lambda out: make_old(out, 1, source="amazon:ratings_Beauty.csv"))
     assert "\n" not in message and "stale data format version 1" in message
     assert f"rebuild it: rm -r {tmp_path / 'ds'} && python tools/prepare_data.py --format amazon --raw " in message
 
@@ -119,13 +123,13 @@ def change_middle_value(path, name, still_valid=False):
 def test_a_changed_byte_inside_the_data_is_refused(tmp_path, name):
     """Issue 15.4: a single changed byte in a shard used to load (and train) silently."""
     message = corrupt(tmp_path, lambda out: change_middle_value(out / "shard_00001.h5", name, name == "items"))
-    assert "\n" not in message and "checksum mismatch" in message and repr(name) in message
-    assert "shard_00001.h5" in message and "rebuild it:" in message
+    assert "\n" not in message and "shard_00001.h5: digest mismatch: the file is corrupted" in message
+    assert "rebuild it:" in message
 
 
 def test_a_changed_byte_in_the_item_ids_is_refused(tmp_path):
     message = corrupt(tmp_path, lambda out: change_middle_value(out / "item_ids.h5", "item_ids"))
-    assert "checksum mismatch in 'item_ids'" in message
+    assert "item_ids.h5: digest mismatch" in message
 
 
 def test_prepared_data_gets_ordinary_modes(tmp_path):
@@ -144,17 +148,82 @@ def test_foreign_hdf5_and_non_hdf5(tmp_path):
     def foreign(out):
         with h5py.File(out / "shard_00000.h5", "w") as f:
             f.create_dataset("x", data=[1])
-    assert "foreign" in corrupt(tmp_path / "a", foreign)
-    assert "cannot read as HDF5" in corrupt(tmp_path / "b", lambda out: (out / "shard_00002.h5").write_bytes(b"junk"))
+    assert "shard_00000.h5: digest mismatch" in corrupt(tmp_path / "a", foreign)
+    assert "shard_00002.h5: digest mismatch" in corrupt(tmp_path / "b", lambda out: (out / "shard_00002.h5").write_bytes(b"junk"))
 
 
 def test_missing_or_mixed_shards(tmp_path):
-    assert "found 2 shards" in corrupt(tmp_path / "a", lambda out: (out / "shard_00001.h5").unlink())
+    assert "shard_00001.h5 is missing" in corrupt(tmp_path / "a", lambda out: (out / "shard_00001.h5").unlink())
 
     def mix(out):
         other = write_shards(out.parent / "other", offsets=small()[0], items=small()[1], n_items=30, attrs={},
                              users_per_shard=4)
         (other / "shard_00001.h5").replace(out / "shard_00001.h5")
-    assert "different write" in corrupt(tmp_path / "b", mix)
+    assert "shard_00001.h5: digest mismatch" in corrupt(tmp_path / "b", mix)
     with pytest.raises(DataFormatError, match="no prepared dataset"):
         load_sequences(tmp_path / "nowhere")
+
+
+def _flip_each_byte(path, step=1):
+    """Yields after flipping each ``step``-th byte of ``path`` in place (restored afterwards)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        for offset in range(0, size, step):
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+            f.flush()
+            yield offset
+            f.seek(offset)
+            f.write(byte)
+            f.flush()
+
+
+def test_every_flipped_byte_is_refused_before_any_file_is_parsed(tmp_path, monkeypatch):
+    """Issue 23.1: a flipped byte in the attribute region of item_ids.h5 hung load_sequences, others
+    gave h5py tracebacks or silently changed attributes. Every byte of a shard, of item_ids.h5, of
+    stats.json and of the manifest is flipped in turn: each flip is refused with one line naming the
+    file and the rebuild command, and h5py never opens a corrupted file (so it cannot hang)."""
+    offsets, items, n_items = small(n_users=6)
+    out = write_shards(tmp_path / "ds", offsets=offsets, items=items, n_items=n_items,
+                       attrs={"source": "synthetic:tiny", "synthetic": {"preset": "tiny", "seed": 0},
+                              "filters": {"min_user": 3}}, users_per_shard=3)
+    real_file = h5py.File
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("h5py opened a file of a corrupted folder")
+
+    monkeypatch.setattr(h5py, "File", no_parsing)
+    rebuild = f"rebuild it: rm -r {out} && python tools/prepare_data.py --format synthetic --preset tiny"
+    names = ["shard_00001.h5", "item_ids.h5", "stats.json", "manifest.sealed"]
+    for name in names:
+        for offset in _flip_each_byte(out / name):
+            with pytest.raises(DataFormatError) as err:
+                load_sequences(out)
+            message = str(err.value)
+            assert "\n" not in message and name in message and rebuild in message, (name, offset, message)
+    monkeypatch.setattr(h5py, "File", real_file)
+    data = load_sequences(out)  # every byte restored: loads again, unchanged
+    assert np.array_equal(data.items, items) and np.array_equal(data.offsets, offsets)
+
+
+def test_a_changed_attribute_or_id_map_is_refused(tmp_path):
+    """Issue 23.1: attributes carry no fletcher32 checksum; a changed one (filters) loaded silently."""
+    def edit(out):
+        with h5py.File(out / "shard_00000.h5", "a") as f:
+            f.attrs["filters"] = 'json:{"mhn_user": 3}'
+    message = corrupt(tmp_path / "a", edit)
+    assert "shard_00000.h5: digest mismatch: the file is corrupted; rebuild it: rm -r" in message
+
+    def new_ids(out):
+        with h5py.File(out / "item_ids.h5", "a") as f:
+            del f["item_ids"]
+            f.create_dataset("item_ids", data=np.arange(31)[::-1], fletcher32=True, chunks=(31,))
+    assert "item_ids.h5: digest mismatch" in corrupt(tmp_path / "b", new_ids)
+
+
+def test_a_file_missing_from_or_added_to_the_folder_is_refused(tmp_path):
+    assert "shard_00001.h5 is missing" in corrupt(tmp_path / "a", lambda out: (out / "shard_00001.h5").unlink())
+    extra = corrupt(tmp_path / "b", lambda out: (out / "shard_00003.h5").write_bytes((out / "shard_00000.h5").read_bytes()))
+    assert "shard_00003.h5 is not part of this dataset" in extra and "rebuild it:" in extra

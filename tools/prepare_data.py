@@ -8,8 +8,8 @@ Examples::
     python tools/prepare_data.py --format synthetic --preset tiny --out data/tiny
 
 The work is ``core.data.prepare.prepare`` (the same function a run calls for a configured
-dataset). Bad input prints one ``error: ...`` line and exits 1 with nothing written to --out;
-bad arguments exit 2.
+dataset). Bad input, or an --out that fills the disk, prints one ``error: ...`` line and exits 1
+with nothing written to --out; bad arguments exit 2.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from core.atomic import remove_stale
 from core.data.download import SOURCES, fetch, source_for_format
 from core.data.filtering import duplicates, kcore, to_csr
 from core.data.readers import FORMATS, parse_columns, read_log
-from core.data.shards import MIN_SEQ_LEN, DataFormatError, write_shards
+from core.data.shards import MIN_SEQ_LEN, DataFormatError, rebuild_command, write_shards
 from core.data.synthetic import write_synthetic
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,23 @@ def file_sha256(path: Path, *, progress: bool = False) -> str:
             digest.update(chunk)
             bar.update(len(chunk))
     return digest.hexdigest()
+
+
+def check_source(attrs: dict, raw: Path, folder: Path, *, progress: bool = False) -> None:
+    """Refuses data prepared from another version of ``raw`` (DataFormatError with the rebuild
+    command). Size and mtime first: when both equal what ``prepare_dataset`` recorded, the file
+    is not read; else its SHA-256 is compared with ``source_hash``. A file touched but unchanged
+    passes, and is hashed again on each check until the folder is rebuilt."""
+    stat = raw.stat()
+    if attrs.get("raw_stat") == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+        return
+    if attrs.get("source_hash") == f"sha256:{file_sha256(raw, progress=progress)}":
+        log.info("%s: modified time changed, content the same as when %s was prepared", raw, folder)
+        return
+    raise DataFormatError(
+        f"{folder} was prepared from another version of {raw} (its SHA-256 differs from the recorded "
+        f"source_hash); {rebuild_command({**attrs, 'raw_path': str(raw)}, folder)}"
+    )
 
 
 def check_filters(min_user: int, min_item: int) -> None:
@@ -82,6 +99,7 @@ def prepare_dataset(
     if not raw.is_file():
         raise DataFormatError(f"raw file not found: {raw}")
 
+    raw_stat = raw.stat()  # before hashing: a file changed meanwhile then fails the next run's check
     source_hash = file_sha256(raw, progress=progress)
     rawlog = read_log(raw, fmt=fmt, columns=columns, progress=progress)
     n_raw_users, n_raw_items = len(rawlog.user_ids), len(rawlog.item_ids)
@@ -124,6 +142,7 @@ def prepare_dataset(
         "source": f"{fmt}:{raw.name}",
         "raw_path": str(raw),
         "source_hash": f"sha256:{source_hash}",
+        "raw_stat": {"size": raw_stat.st_size, "mtime_ns": raw_stat.st_mtime_ns},  # check_source's fast path
         "columns": parse_columns(columns) if fmt == "generic" else None,
         "filters": {"min_user": min_user, "min_item": min_item, "iterative": iterative},
         "duplicates": {"rows": n_copies, "dropped": not keep_duplicates},

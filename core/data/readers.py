@@ -266,9 +266,20 @@ def read_generic(path: str | os.PathLike, *, columns: str | dict | None = None, 
         dtype=dtype,
     )
     time = frame[mapping["time"]] if "time" in mapping else None
+    if time is not None:
+        _require_finite(path, time, header_lines=1)  # the generic format always has a header
     if time is not None and (time == np.round(time)).all() and np.abs(time).max() < 2**53:
         time = time.astype(np.int64)
     return _to_log(frame[mapping["user"]], frame[mapping["item"]], time, text_ids=True)
+
+
+def _require_finite(path: Path, time: pd.Series, header_lines: int) -> None:
+    """Refuses an infinite timestamp (``inf``, ``-inf``) with its line, as a missing one (NaN) is."""
+    bad = ~np.isfinite(time.to_numpy())
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataFormatError(f"{path} line {row + 1 + header_lines}: non-finite value "
+                              f"'{time.iloc[row]}' in column {time.name!r}")
 
 
 def read_user_item(path: str | os.PathLike, *, progress: bool = True) -> RawLog:

@@ -5,6 +5,7 @@ A prepared dataset (format version 2) is a folder::
     shard_00000.h5 ... shard_NNNNN.h5   users [user_start, user_end) each, CSR layout
     item_ids.h5                         the catalog's raw item ids
     stats.json                          sizes and sequence-length statistics, for people
+    manifest.sealed                     every other file's SHA-256, sealed (``core.integrity``)
 
 Each shard holds, for its users only:
 
@@ -20,15 +21,21 @@ Raw ids are stored as read: int64 (on disk int32 where they fit) when every raw 
 column is an integer that fits in int64 (MovieLens, numeric columns, synthetic data), else as
 strings (UTF-8, fixed-length bytes on disk, numpy ``str`` arrays in memory). Both round-trip.
 
-Every dataset carries HDF5's fletcher32 checksum filter, so a flipped byte inside the data is
-refused on load. Every file carries the dataset attributes (format version, n_users, n_items,
-filters, source hash, ...) plus a write id shared by all files of one write, so that files of
-two different writes can never be mixed silently. Folders are written atomically
-(``core.atomic.atomic_dir``).
+Integrity (format 3): the manifest holds the SHA-256 of every file of the folder and is itself
+sealed (``core.integrity.seal``); ``load_sequences`` checks every digest before HDF5 parses any
+file. Hashing only reads bytes, so a corrupted file is refused with one line naming it and the
+rebuild command, never parsed: a flipped byte in an attribute, an id map or the data cannot hang
+the HDF5 library, raise its errors or change a value silently. (fletcher32 on every dataset and
+the write id shared by the files of one write remain, as a second line of defence.) Every file
+carries the dataset attributes (format version, n_users, n_items, filters, source hash, ...).
+Folders are written atomically (``core.atomic.atomic_dir``); the HDF5 files are built in memory
+and written with plain file writes, so a full disk is one ``DataWriteError``, never an HDF5
+crash.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
@@ -39,13 +46,15 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from core.atomic import atomic_dir, write_json
+from core.atomic import atomic_dir, write_bytes, write_json
+from core.integrity import CorruptFile, check_file, seal, sha256_file, unseal
 
-FORMAT_VERSION = 2  # 2: raw user/item ids, fletcher32 checksums
+FORMAT_VERSION = 3  # 2: raw user/item ids, fletcher32 checksums; 3: a sealed manifest of every file's SHA-256
 KIND = "sasrec-cce/sequence-shards"  # marks our files; anything else is foreign
 MIN_SEQ_LEN = 3  # leave-one-out needs a training item, a validation and a test target
 STATS_FILE = "stats.json"
 ITEM_IDS_FILE = "item_ids.h5"
+MANIFEST_FILE = "manifest.sealed"
 _SHARD_GLOB = "shard_*.h5"
 _CHUNK = 1 << 20  # elements per HDF5 chunk: each chunk carries its own checksum
 # Attributes of the dataset as a whole (the same in every file); the rest are per shard.
@@ -54,6 +63,11 @@ _DATASET_ATTRS = ("kind", "format_version", "write_id", "n_users", "n_items", "n
 
 class DataFormatError(ValueError):
     """Bad input data or a stale/foreign/corrupted prepared dataset; the message names the problem."""
+
+
+class DataWriteError(DataFormatError):
+    """A prepared folder could not be written (full disk, no permission); nothing was left behind.
+    A DataFormatError so that every command already prints it as its one error line."""
 
 
 def raw_ids(values) -> np.ndarray:
@@ -248,13 +262,14 @@ def write_shards(
     users_per_shard: int = 50_000,
     progress: bool = False,
 ) -> Path:
-    """Writes a CSR dataset as HDF5 shards, item_ids.h5 and stats.json into a NEW folder ``out_dir``.
+    """Writes a CSR dataset as HDF5 shards, item_ids.h5, stats.json and the sealed manifest of
+    their digests into a NEW folder ``out_dir``.
 
     ``user_ids`` (n_users,) and ``item_ids`` (n_items,) are the raw ids of the internal users
     0.. and items 1.. (see ``raw_ids``); left out, the internal ids themselves are stored.
     Atomic (``atomic_dir``): a crash or an error never leaves a half-written dataset. ``attrs``
     (filters, source, source_hash, ...) are stored in every file. Raises FileExistsError if
-    out_dir exists.
+    out_dir exists and DataWriteError if it cannot be written (a full disk).
     """
     out_dir = Path(out_dir)
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -281,24 +296,98 @@ def write_shards(
         raise ValueError(f"attrs may not override {sorted(clash)}")
     file_attrs = {key: _attr_value(value) for key, value in {**attrs, **dataset_attrs}.items()}
 
-    with atomic_dir(out_dir) as tmp:
-        for shard, (lo, hi) in enumerate(
-            tqdm(list(zip(bounds[:-1], bounds[1:])), desc="writing shards", disable=not progress)
-        ):
-            with h5py.File(tmp / f"shard_{shard:05d}.h5", "w") as f:
-                _put(f, "offsets", offsets[lo : hi + 1] - offsets[lo])
-                _put(f, "items", items[offsets[lo] : offsets[hi]])
-                _put(f, "user_ids", user_ids[lo:hi])
-                f.attrs.update(file_attrs)
-                f.attrs["shard"] = shard
-                f.attrs["user_start"] = lo
-                f.attrs["user_end"] = hi
-        with h5py.File(tmp / ITEM_IDS_FILE, "w") as f:
-            _put(f, "item_ids", item_ids)
-            f.attrs.update(file_attrs)
-        stats = {**sequence_stats(offsets, n_items), "format_version": FORMAT_VERSION, **attrs}
-        write_json(stats, tmp / STATS_FILE)
+    try:
+        with atomic_dir(out_dir) as tmp:
+            for shard, (lo, hi) in enumerate(
+                tqdm(list(zip(bounds[:-1], bounds[1:])), desc="writing shards", disable=not progress)
+            ):
+                arrays = {"offsets": offsets[lo : hi + 1] - offsets[lo], "items": items[offsets[lo] : offsets[hi]],
+                          "user_ids": user_ids[lo:hi]}
+                shard_attrs = {**file_attrs, "shard": shard, "user_start": lo, "user_end": hi}
+                write_bytes(_h5_bytes(arrays, shard_attrs), tmp / f"shard_{shard:05d}.h5")
+            write_bytes(_h5_bytes({"item_ids": item_ids}, file_attrs), tmp / ITEM_IDS_FILE)
+            stats = {**sequence_stats(offsets, n_items), "format_version": FORMAT_VERSION, **attrs}
+            write_json(stats, tmp / STATS_FILE)
+            _write_manifest(tmp, dataset_attrs["write_id"], attrs)
+    except FileExistsError:
+        raise
+    except OSError as err:  # a full disk, a read-only folder: atomic_dir left nothing behind
+        raise DataWriteError(f"cannot write {out_dir}: {err.strerror or err} (nothing was written)") from None
     return out_dir
+
+
+def _h5_bytes(arrays: dict[str, np.ndarray], attrs: dict) -> bytes:
+    """An HDF5 file built in memory: HDF5 never writes to disk itself (on a full disk it printed
+    dozens of errors and then crashed the interpreter), a plain Python write does."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        for name, data in arrays.items():
+            _put(f, name, data)
+        f.attrs.update(attrs)
+    return buffer.getvalue()
+
+
+def _write_manifest(folder: Path, write_id: str, attrs: dict) -> None:
+    """Seals the SHA-256 of every file in ``folder`` (and the attributes a rebuild command needs)."""
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+    payload = {"format_version": FORMAT_VERSION, "write_id": write_id, "files": files, "attrs": attrs}
+    write_bytes(seal(json.dumps(payload, indent=1).encode()), folder / MANIFEST_FILE)
+
+
+def _unverified_stats(folder: Path) -> dict:
+    """stats.json as it parses, unverified: only for the rebuild command of a folder that cannot
+    be verified (it holds the same attributes as the files)."""
+    try:
+        stats = json.loads((folder / STATS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
+def _best_rebuild_command(stats: dict, folder: Path) -> str:
+    try:
+        return rebuild_command(stats, folder)
+    except (AttributeError, TypeError):  # a stats.json of unexpected shape
+        return rebuild_command({}, folder)
+
+
+def verify_folder(path: Path) -> dict:
+    """Checks every file of a prepared folder against its sealed manifest; returns the manifest.
+
+    Runs before any file is parsed: hashing reads bytes in blocks and parses nothing, so a
+    corrupted file costs one read and one line, never a hang or an HDF5 error. Every load
+    hashes every file again (about a second per GB; nothing is cached, so nothing can be
+    trusted that changed since). Refused, with the rebuild command: a corrupted manifest or
+    file, a listed file missing, and an ``.h5`` file the manifest does not list.
+
+    Decision for folders without a manifest (format 1 and 2, written before issue 23): refused
+    as stale with the exact rebuild command (built from stats.json), not half-verified: their
+    attributes and id maps carry no checksum, so what they hold cannot be trusted. A dataset
+    cache (``core.dataset_config``) is rebuilt automatically instead.
+    """
+    manifest_file = path / MANIFEST_FILE
+    if not manifest_file.is_file():
+        stats = _unverified_stats(path)
+        raise DataFormatError(
+            f"{path}: stale data format version {stats.get('format_version', 'unknown')} (this code reads "
+            f"{FORMAT_VERSION}: raw ids, a checksum of every file); {_best_rebuild_command(stats, path)}"
+        )
+    try:
+        fallback = _best_rebuild_command(_unverified_stats(path), path)
+        manifest = json.loads(bytes(unseal(manifest_file.read_bytes(), manifest_file, fallback)))
+        rebuild = rebuild_command(manifest["attrs"], path)
+        extra = sorted({p.name for p in path.glob("*.h5")} - set(manifest["files"]))
+        if extra:
+            raise DataFormatError(f"{path / extra[0]} is not part of this dataset (its manifest); {rebuild}")
+        for name, digest in manifest["files"].items():
+            if not (path / name).is_file():
+                raise DataFormatError(f"{path / name} is missing; {rebuild}")
+            check_file(path / name, digest, rebuild)
+    except CorruptFile as err:
+        raise DataFormatError(str(err)) from None
+    except OSError as err:  # the manifest itself cannot be read
+        raise DataFormatError(f"{manifest_file}: cannot be read ({err.strerror or err}); {fallback}") from None
+    return manifest
 
 
 def _open_checked(path: Path, folder: Path):
@@ -324,11 +413,12 @@ def load_sequences(path: str | os.PathLike) -> SequenceData:
     """Reads and validates a dataset folder written by ``write_shards``, raw ids included.
 
     Raises DataFormatError with a one-line message on a missing folder, a foreign, stale or
-    corrupted (checksum) file, missing or mixed shards, or inconsistent arrays.
+    corrupted (``verify_folder``) file, missing or mixed shards, or inconsistent arrays.
     """
     path = Path(path)
     if not path.is_dir():
         raise DataFormatError(f"no prepared dataset at {path} (run tools/prepare_data.py first)")
+    verify_folder(path)  # before h5py parses anything
     files = sorted(path.glob(_SHARD_GLOB))
     if not files:
         raise DataFormatError(f"{path}: no {_SHARD_GLOB} files; not a prepared dataset")

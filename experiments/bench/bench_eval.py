@@ -210,7 +210,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-users", type=int, default=None,
                         help="override the presets' number of users (quick CPU runs)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache-dir", default="data/cache", help="where presets are written once")
+    parser.add_argument("--cache-dir", default="data/cache", help="where presets are written once (a relative path is taken from the repository root)")
     parser.add_argument("--out", default=None, help="default runs/bench_eval/<UTC time>")
     args = parser.parse_args(argv)
     if args.preset is None:
