@@ -205,6 +205,7 @@ class Ranks:
         a FileNotFoundError). The same line on every rank when one does not."""
         if not self.enabled:
             return
+        self.barrier()  # rank 0 has made the folder (a check before it raced: "not visible")
         every = gather_objects(self.ctx, (str(folder), Path(folder).is_dir()))
         blind = [r for r, (_, sees) in enumerate(every) if not sees]
         if blind:
