@@ -10,17 +10,9 @@ import logging
 
 import torch
 
-from core.losses.registry import IGNORE_INDEX, LossFacts, register, settings_label
+from core.losses.registry import IGNORE_INDEX, LossFacts, register, settings_label, warn_once
 
 log = logging.getLogger(__name__)
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    """Logs ``message`` the first time only: a fallback is said once per process, not per step."""
-    if message not in _warned:
-        log.warning(message)
-        _warned.add(message)
 
 
 def autocast_operands(e: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +38,18 @@ def _facts(settings: dict) -> LossFacts:
                      kernels="cut_cross_entropy")
 
 
-@register(name=_name, facts=_facts, labels={"cce": {"filter_eps": "high"}, "cce_exact": {"filter_eps": None}})
+def _stand_in(settings: dict) -> str:
+    """Off CUDA: ``cce_reference`` (the package's torch_compile reference, no gradient filter),
+    or ``ce`` where cut_cross_entropy cannot be imported (no triton)."""
+    try:
+        import cut_cross_entropy  # noqa: F401
+    except ImportError:
+        return "ce"
+    return "cce_reference"
+
+
+@register(name=_name, facts=_facts, labels={"cce": {"filter_eps": "high"}, "cce_exact": {"filter_eps": None}},
+          stand_in=_stand_in)
 def cce(
     e: torch.Tensor,
     c: torch.Tensor,
@@ -84,7 +87,7 @@ def cce(
     except ImportError:  # no triton (macOS, CPU-only installs): the same loss, materialized
         from core.losses.ce import ce
 
-        _warn_once("cce: cut_cross_entropy cannot be imported here (no triton?); running plain "
+        warn_once(log, "cce: cut_cross_entropy cannot be imported here (no triton?); running plain "
                    "softmax cross-entropy instead (exact gradients, materialized logits)")
         return ce(*autocast_operands(e, c), targets)
 
@@ -94,7 +97,7 @@ def cce(
         return linear_cross_entropy(
             e=e, c=c, targets=targets, ignore_index=IGNORE_INDEX, filter_eps=filter_eps, impl="cce"
         )
-    _warn_once("cce: no CUDA device, running cut_cross_entropy's torch_compile reference "
+    warn_once(log, "cce: no CUDA device, running cut_cross_entropy's torch_compile reference "
                "implementation (exact gradients, materialized logits) instead of the CCE kernel")
     return linear_cross_entropy(
         e=e, c=c, targets=targets, ignore_index=IGNORE_INDEX, impl="torch_compile"
