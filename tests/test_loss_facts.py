@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +82,34 @@ def test_metrics_json_records_the_loss_asked_and_the_loss_that_ran(tmp_path, mon
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["loss"], metrics["loss_ran"]) == ("flash_ce", "ce")
     assert "flash_ce (running ce) loss on cpu" in (tmp_path / "run" / "log.txt").read_text()
+
+
+# --- issue 23.10: a loss setting the kernels would not take is refused before training ----------
+
+
+@pytest.mark.parametrize("eps", ["bogus", -1.0, float("nan"), True])
+def test_a_bad_filter_eps_is_refused_by_the_call_and_before_training(eps):
+    from core.data.shards import SequenceData
+    from core.losses import bind_to_data
+
+    message = rf"^cce\.filter_eps must be None, 'high', 'auto' or a number >= 0, got {re.escape(repr(eps))}"
+    with pytest.raises(ValueError, match=message):
+        cce(torch.randn(4, 8), torch.randn(6, 8), torch.tensor([0, 1, 2, 3]), filter_eps=eps)
+    data = SequenceData(offsets=np.array([0, 3, 6]), items=np.array([1, 2, 3, 3, 2, 1], dtype=np.int32),
+                        n_users=2, n_items=3)
+    with pytest.raises(ValueError, match=message):
+        bind_to_data(functools.partial(cce, filter_eps=eps), data)
+
+
+@pytest.mark.parametrize("value, shown", [("'bogus'", "'bogus'"), ("-1.0", "-1.0")])
+def test_run_py_refuses_a_bad_filter_eps_in_one_line_and_makes_no_folder(tmp_path, capsys, value, shown):
+    from experiments import run
+
+    bindings = [f"dataset.cache_dir = '{tmp_path / 'cache'}'", "dataset.synthetic_overrides = {'n_users': 150}",
+                "train.device = 'cpu'", "train.show_progress = False", f"cce.filter_eps = {value}"]
+    out = tmp_path / "runs" / "r"
+    assert run.main(["--gin", "gin/quickstart.gin", "--gin", "gin/loss/cce.gin", "--out", str(out),
+                     *(a for b in bindings for a in ("--gin_bindings", b))]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [f"error: bad gin config: cce.filter_eps must be None, 'high', 'auto' or a number >= 0, got {shown}"]
+    assert not (tmp_path / "runs").exists()

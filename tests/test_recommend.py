@@ -165,3 +165,12 @@ def test_cli_refuses_bad_outputs_and_device_before_any_work(run_dir, tmp_path, c
     assert err.startswith("error:") and message in err and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]  # nothing written
     assert (tmp_path / "file").read_text() == "keep" and list((tmp_path / "ro").iterdir()) == []
+
+
+@pytest.mark.parametrize("users", ["u005", "12", 12])
+def test_a_single_user_not_in_a_list_is_refused(run_dir, users):
+    """Issue 23.10: users='12' recommended for users '1' and '2'."""
+    run = load_run(run_dir, device="cpu")
+    with pytest.raises(RecommendError, match=r"users must be a list of raw user ids \(e\.g\. \[") as err:
+        recommend(run, users=users, k=5)
+    assert "\n" not in str(err.value)

@@ -7,6 +7,7 @@ cut_cross_entropy (and with it triton) is imported on the first call, not at imp
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -38,6 +39,16 @@ def _facts(settings: dict) -> LossFacts:
                      kernels="cut_cross_entropy")
 
 
+def _check(settings: dict, n_items: int | None = None) -> None:
+    """Refuses a ``filter_eps`` or ``forward`` the kernels would not take (see ``cce``)."""
+    eps = settings["filter_eps"]
+    number = isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0
+    if not (eps is None or number or (isinstance(eps, str) and eps in ("high", "auto"))):
+        raise ValueError(f"cce.filter_eps must be None, 'high', 'auto' or a number >= 0, got {eps!r}")
+    if settings["forward"] not in ("split", "library"):
+        raise ValueError(f"cce.forward must be 'split' or 'library', got {settings['forward']!r}")
+
+
 def _stand_in(settings: dict) -> str:
     """Off CUDA: ``cce_reference`` (the package's torch_compile reference, no gradient filter),
     or ``ce`` where cut_cross_entropy cannot be imported (no triton)."""
@@ -49,7 +60,7 @@ def _stand_in(settings: dict) -> str:
 
 
 @register(name=_name, facts=_facts, labels={"cce": {"filter_eps": "high"}, "cce_exact": {"filter_eps": None}},
-          stand_in=_stand_in)
+          stand_in=_stand_in, check=_check)
 def cce(
     e: torch.Tensor,
     c: torch.Tensor,
@@ -72,8 +83,9 @@ def cce(
     - ``"library"``: ``cut_cross_entropy.linear_cross_entropy`` as published (one host sync
       per call to find the ignored targets).
     """
-    if forward not in ("split", "library"):
-        raise ValueError(f"cce: forward must be 'split' or 'library', not {forward!r}")
+    _check({"filter_eps": filter_eps, "forward": forward})
+    if isinstance(filter_eps, int):
+        filter_eps = float(filter_eps)  # the kernels take a float
     if e.is_cuda and forward == "split":
         from cut_cross_entropy.utils import _handle_eps
 
