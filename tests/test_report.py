@@ -319,3 +319,14 @@ def test_an_unwritable_out_is_one_line_before_any_run_is_read(runs_root: Path, t
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot write --out {out}") and "\n" not in err
     assert (tmp_path / "file").read_text() == "keep" and list(ro.iterdir()) == []
+
+
+def test_a_loss_that_ran_as_a_stand_in_is_said(tmp_path: Path, capsys):
+    """Issue 23.9: metrics.json records the loss asked ("loss") and what ran ("loss_ran")."""
+    for loss, ran in (("flash_ce", "ce"), ("cce", "cce")):
+        metrics = fake_run(tmp_path / "runs" / loss, loss=loss) / "metrics.json"
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "loss_ran": ran}))
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "some runs ran a stand-in (no CUDA): flash_ce ran as ce." in text
+    assert "warning: some runs ran a stand-in for their loss (no CUDA): flash_ce ran as ce" in capsys.readouterr().err
