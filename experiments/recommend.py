@@ -8,7 +8,9 @@ recs.csv has one row per (user, rank): ``user,rank,item,score``, best first, ite
 already has masked. ``--users`` reads raw user ids, one per line (blank lines and lines starting
 with ``#`` skipped). ``--embeddings DIR`` also writes DIR/item_embeddings.npy (n_items, D)
 float32 and DIR/item_ids.txt (the raw id of each row) for an inner-product ANN index.
-Uses the GPU when there is one (``--device`` to choose). Outputs are written atomically.
+Uses the GPU when there is one (``--device`` to choose). ``--out``, ``--embeddings`` and
+``--device`` are checked before the run is loaded (one ``error:`` line, exit 2, nothing
+written); outputs are written atomically.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ e.g. ``cce (optimizer.lr=0.01)``. A run whose metrics.json predates the "setting
 runs committed under ``results/``) is grouped by (dataset, loss) only, with a warning and a line
 in the report. Each dataset also gets its popularity-baseline row.
 
-Writes ``DIR/report.md``, ``DIR/valid_ndcg.png`` (one curve per run: colour = row, linestyle =
+Writes (``--out`` is checked first: a path under a file or on a read-only mount is one
+``error:`` line, exit 2, before any run is read) ``DIR/report.md``, ``DIR/valid_ndcg.png`` (one curve per run: colour = row, linestyle =
 seed, legend "loss (variant) seed S"), ``DIR/epoch_time.png`` and, when any run measured GPU
 memory, ``DIR/memory.png``; prints the report.
 
