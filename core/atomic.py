@@ -49,11 +49,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def unwritable(path: str | Path) -> str | None:
-    """Why ``path`` cannot be created (its nearest existing ancestor is a file, or not
-    writable), or None: checked before any work, so a bad output path is one clear line."""
+def unwritable(path: str | Path, *, file: bool = False) -> str | None:
+    """Why ``path`` cannot be made a folder (``file``: written as a file), or None: its nearest
+    existing ancestor is a file or not writable (a read-only mount too), or ``path`` is a
+    folder where a file is wanted. Every command checks its outputs with it before any work,
+    so a bad output path is one clear line and nothing is computed in vain."""
     path = Path(path).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    if file and path.is_dir():
+        return f"{path} is a folder"
+    start = path.parent if file else path
+    existing = next(p for p in (start, *start.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
         return f"{existing} is a file"
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -15,6 +15,24 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def usable_device(device: str, what: str = "train.device") -> torch.device:
+    """``resolve_device``, refusing in one line (ValueError naming ``what``, the setting or
+    option) a name that is not 'auto', 'cpu', 'cuda' or 'cuda:N' and a CUDA device this
+    machine lacks: every command checks its device with it before any work."""
+    try:
+        dev = resolve_device(str(device))
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    count = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.type == "cuda" and not count:
+        raise ValueError(f"{what} = {device!r}, but this machine has no CUDA device")
+    if dev.type == "cuda" and (dev.index or 0) >= count:
+        raise ValueError(f"{what} = {device!r}, but this machine has {count} CUDA device(s)")
+    return dev
+
+
 def package_version(package: str) -> str | None:
     """Installed distribution version, or None when the package is absent (e.g. triton on macOS)."""
     try:

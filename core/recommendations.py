@@ -43,6 +43,9 @@ def user_index(data, users: Iterable | None) -> np.ndarray:
     """Internal user indices (n,) int64 for raw user ids ``users`` (None: every user, in order)."""
     if users is None:
         return np.arange(data.n_users, dtype=np.int64)
+    if isinstance(users, (str, bytes)) or not isinstance(users, Iterable):  # '12' is not users 1, 2
+        raise RecommendError(f"users must be a list of raw user ids (e.g. [{users!r}]), "
+                             f"got the {type(users).__name__} {users!r}")
     wanted = np.asarray(list(users)).astype(str)
     known = np.asarray(data.user_ids).astype(str)
     order = np.argsort(known, kind="stable")

@@ -40,7 +40,7 @@ def join(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistC
     except (ValueError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if os.environ.get("WORLD_SIZE", "1") == "1":  # one process: only the device can be wrong
-            raise JoinError(f"bad gin config: train.device = {device!r}: {first}", 2) from err
+            raise JoinError(f"bad gin config: {first}", 2) from err  # usable_device's line
         raise JoinError(f"cannot join the torchrun process group: {first}", 1) from err
 
 

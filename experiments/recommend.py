@@ -8,7 +8,9 @@ recs.csv has one row per (user, rank): ``user,rank,item,score``, best first, ite
 already has masked. ``--users`` reads raw user ids, one per line (blank lines and lines starting
 with ``#`` skipped). ``--embeddings DIR`` also writes DIR/item_embeddings.npy (n_items, D)
 float32 and DIR/item_ids.txt (the raw id of each row) for an inner-product ANN index.
-Uses the GPU when there is one (``--device`` to choose). Outputs are written atomically.
+Uses the GPU when there is one (``--device`` to choose). ``--out``, ``--embeddings`` and
+``--device`` are checked before the run is loaded (one ``error:`` line, exit 2, nothing
+written); outputs are written atomically.
 """
 
 from __future__ import annotations
@@ -47,35 +49,57 @@ def _read_users(path: str) -> list[str]:
     return users
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    # Heavy imports after parsing: --help and argument errors answer at once.
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuses (ValueError, one line) an --out, --embeddings or --device that cannot be used,
+    before anything is loaded, computed or written."""
+    from core.atomic import unwritable
+    from core.env import usable_device
+
+    problem = unwritable(args.out, file=True)
+    if problem:
+        raise ValueError(f"cannot write --out {args.out}: {problem}")
+    problem = args.embeddings and unwritable(args.embeddings)
+    if problem:
+        raise ValueError(f"cannot write --embeddings {args.embeddings}: {problem}")
+    usable_device(args.device, "--device")
+
+
+def _write(args: argparse.Namespace, recs, vectors, ids) -> None:
+    """recs.csv, then the embeddings folder, each file atomically."""
     import numpy as np
 
     from core.atomic import atomic_file, write_text
-    from core.recommendations import RecommendError, item_embeddings, recommend
-    from core.training import RunFolderError, load_run
 
-    try:
-        users = None if args.all else _read_users(args.users)
-        run = load_run(args.run, device=args.device)
-        recs = recommend(run, users=users, k=args.k, mask_history=not args.no_mask_history,
-                         context=args.context)
-    except (OSError, ValueError, RecommendError, RunFolderError) as err:
-        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as f:
         f.write(recs.to_csv(index=False).encode())
     if args.embeddings:
-        vectors, ids = item_embeddings(run)
         folder = Path(args.embeddings)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_file(folder / "item_embeddings.npy") as f:
             np.save(f, vectors)
         write_text("".join(f"{i}\n" for i in ids), folder / "item_ids.txt")
-    print(f"{recs['user'].nunique()} users x top-{args.k} -> {out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    # Heavy imports after parsing: --help and argument errors answer at once.
+    from core.recommendations import RecommendError, item_embeddings, recommend
+    from core.training import RunFolderError, load_run
+
+    try:
+        _check_outputs(args)
+        users = None if args.all else _read_users(args.users)
+        run = load_run(args.run, device=args.device)
+        recs = recommend(run, users=users, k=args.k, mask_history=not args.no_mask_history,
+                         context=args.context)
+        vectors, ids = item_embeddings(run) if args.embeddings else (None, None)
+        _write(args, recs, vectors, ids)  # e.g. a disk that fills up: one line too
+    except (OSError, ValueError, RecommendError, RunFolderError) as err:
+        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"{recs['user'].nunique()} users x top-{args.k} -> {args.out}"
           + (f"; {len(vectors)} item embeddings -> {args.embeddings}" if args.embeddings else ""))
     print(recs.head(10).to_string(index=False))
     return 0

@@ -12,7 +12,8 @@ e.g. ``cce (optimizer.lr=0.01)``. A run whose metrics.json predates the "setting
 runs committed under ``results/``) is grouped by (dataset, loss) only, with a warning and a line
 in the report. Each dataset also gets its popularity-baseline row.
 
-Writes ``DIR/report.md``, ``DIR/valid_ndcg.png`` (one curve per run: colour = row, linestyle =
+Writes (``--out`` is checked first: a path under a file or on a read-only mount is one
+``error:`` line, exit 2, before any run is read) ``DIR/report.md``, ``DIR/valid_ndcg.png`` (one curve per run: colour = row, linestyle =
 seed, legend "loss (variant) seed S"), ``DIR/epoch_time.png`` and, when any run measured GPU
 memory, ``DIR/memory.png``; prints the report.
 
@@ -39,7 +40,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.atomic import write_bytes
+from core.atomic import unwritable, write_bytes
 from experiments.report_markdown import coverage_section, dates_line, header_line, results_table
 from experiments.report_markdown import study_section
 from experiments.report_plots import plot_bars, plot_validation, png, pyplot, row_colors
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="which split's metrics to tabulate (valid: tuning trials, which leave "
                              "the test split unread)")
     args = parser.parse_args(argv)
+    problem = unwritable(args.out)
+    if problem:  # before any run is read or plotted
+        print(f"error: cannot write --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     try:
         scaling_files = find_scaling_files(args.scaling, args.runs)
         files = find_metrics_files(args.runs, required=not scaling_files)
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                             extra_sections=[study] if study else [], split=args.split)
     except (ReportError, ScalingError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # e.g. a disk that fills up while the report is written
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     print(text, end="")
     print(f"wrote {args.out}/report.md and plots ({len(runs)} runs, {len(scaling)} scaling rows)",

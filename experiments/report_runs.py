@@ -42,6 +42,7 @@ class RunResult:
     date: str | None = None  # YYYY-MM-DD the run finished
     settings: tuple[tuple[str, str], ...] | None = None  # flattened settings minus IGNORED_SETTINGS
     variant: str = ""  # what sets this run's settings apart within its (dataset, loss); see label_variants
+    loss_ran: str | None = None  # metrics.json "loss_ran": what computed ``loss`` (None: not recorded)
 
     @property
     def label(self) -> str:
@@ -155,6 +156,7 @@ def read_run(metrics_path: Path, split: str = "test") -> RunResult:
         valid_ndcg=_read_history(metrics_path.parent / "history.jsonl"),
         date=str(finished)[:10] if finished else None,  # dates come from the run's own record only
         settings=None if settings is None else flat_settings(settings, metrics_path),
+        loss_ran=record.get("loss_ran"),
     )
 
 
@@ -204,4 +206,8 @@ def grouping_note(runs: list[RunResult]) -> str:
              "and loss only")
         note += (f" {missing} of {len(runs)} runs predate the settings in metrics.json: they are "
                  "grouped by dataset and loss only, so their hyperparameters are unchecked.")
+    stand_ins = sorted({f"{r.loss} ran as {r.loss_ran}" for r in runs if r.loss_ran not in (None, r.loss)})
+    if stand_ins:  # e.g. flash_ce on a CPU: its row is plain CE's numbers
+        warn(f"some runs ran a stand-in for their loss (no CUDA): {', '.join(stand_ins)}")
+        note += f" Rows list the loss asked; some runs ran a stand-in (no CUDA): {', '.join(stand_ins)}."
     return note

@@ -64,7 +64,9 @@ def _summary(metrics: dict, out: Path) -> str:
     """A short table for the terminal; metrics.json holds everything."""
     split = "test" if metrics["test"] is not None else "valid"  # train.test = False: validation only
     keys = list(metrics[split])
-    rows = [("", *keys), (f"SASRec ({metrics['loss']})", *(f"{metrics[split][k]:.4f}" for k in keys))]
+    loss = metrics["loss"] + ("" if metrics.get("loss_ran", metrics["loss"]) == metrics["loss"]
+                              else f", ran {metrics['loss_ran']}")
+    rows = [("", *keys), (f"SASRec ({loss})", *(f"{metrics[split][k]:.4f}" for k in keys))]
     if metrics["popularity_test"] is not None:
         rows.append(("popularity", *(f"{metrics['popularity_test'][k]:.4f}" for k in keys)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

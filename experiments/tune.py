@@ -240,6 +240,7 @@ def _check_config(gin_files: list[str], bindings: list[str], fixed: dict, query=
 
     import core.dataset_config  # noqa: F401  (dataset(), train() and the losses as gin knows them)
     import core.training.flat  # noqa: F401
+    from core.env import usable_device
     from core.gin_search import add_root
     from experiments.tuning.space import as_bindings
 
@@ -247,6 +248,7 @@ def _check_config(gin_files: list[str], bindings: list[str], fixed: dict, query=
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings(gin_files, [*as_bindings(fixed), *bindings], skip_unknown=False)
+        usable_device(gin.query_parameter("train.device"), "train.device")  # before any trial
         values = {}
         for binding in query:
             with contextlib.suppress(ValueError):

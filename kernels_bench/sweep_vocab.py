@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from core.atomic import write_json, write_text
+from core.atomic import unwritable, write_json, write_text
 from core.env import package_version
 from core.losses import IGNORE_INDEX
 from core.paths import REPO_ROOT
@@ -177,6 +177,8 @@ def build_config(args: argparse.Namespace):
             raise BenchError(f"checkpoint embeddings have D={d}: pass --dim {d}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out) if args.out else REPO_ROOT / "runs" / "kernels_bench" / stamp
+    if problem := unwritable(out):
+        raise BenchError(f"cannot write --out {out}: {problem}")
     if out.exists() and any(out.iterdir()):
         raise BenchError(f"output folder {out} exists and is not empty")
     default_warmup, default_rep = (5.0, 20.0) if args.quick else (10.0, 50.0)

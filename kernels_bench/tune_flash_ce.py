@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from core.atomic import write_text
+from core.atomic import unwritable, write_text
 
 KERNELS = ("lse", "de", "dc")
 REGIMES = {0: 560, 1: 12_800}  # index in _TILES' (few rows, many rows) pair -> N timed
@@ -220,6 +220,9 @@ def main(argv=None) -> int:
         return 2
     if not torch.cuda.is_available():
         print("error: tune_flash_ce needs a CUDA GPU", file=sys.stderr)
+        return 2
+    if problem := unwritable(args.out):
+        print(f"error: cannot write --out {args.out}: {problem}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_tune:

@@ -227,3 +227,20 @@ def test_a_file_missing_from_or_added_to_the_folder_is_refused(tmp_path):
     assert "shard_00001.h5 is missing" in corrupt(tmp_path / "a", lambda out: (out / "shard_00001.h5").unlink())
     extra = corrupt(tmp_path / "b", lambda out: (out / "shard_00003.h5").write_bytes((out / "shard_00000.h5").read_bytes()))
     assert "shard_00003.h5 is not part of this dataset" in extra and "rebuild it:" in extra
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o, i: (o, np.where(i == i[-1], 998, i).astype(np.int32), 11), r"item ids outside 1\.\.30 \(found 1\.\.998\)"),
+    (lambda o, i: (o, np.where(i == i[0], 0, i).astype(np.int32), 11), r"item ids outside 1\.\.30 \(found 0\.\."),
+    (lambda o, i: (o, i, 12), "offsets describe 11 users, n_users is 12"),
+    (lambda o, i: (np.concatenate([[0, 2], o[1:] + 2]), np.concatenate([[1, 2], i]).astype(np.int32), 12),
+     "a user has fewer than 3 items"),
+], ids=["item 998", "item 0", "n_users", "a short user"])
+def test_a_hand_built_sequence_data_is_checked_when_built(change, message):
+    """Issue 23.10: an out-of-range item trained, then failed at test time ('index 998 is out of
+    bounds'); it is refused when the SequenceData is made, in one line."""
+    offsets, items, n_items = small()
+    offsets, items, n_users = change(offsets, items)
+    with pytest.raises(DataFormatError, match=f"^SequenceData: {message}") as err:
+        SequenceData(offsets=offsets, items=items, n_users=n_users, n_items=n_items)
+    assert "\n" not in str(err.value)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from core.data.prepare import Recipe, prepare
 from core.data.shards import load_sequences
@@ -114,3 +117,60 @@ def test_cli_bad_input_is_one_line_and_no_file(run_dir, tmp_path, capsys, args, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
     assert not out.exists()
+
+
+# --- issue 23.8: outputs and the device are checked before any work -----------------------------
+
+
+def _read_only(monkeypatch, folder):
+    """``folder`` as on a read-only mount (refused by os.access, as root too)."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("out under a file", "is a file"), ("out on a read-only mount", "is not writable"),
+    ("out is a folder", "is a folder"), ("embeddings at a file", "is a file"),
+    ("embeddings on a read-only mount", "is not writable"), ("device cuda", "--device"),
+])
+def test_cli_refuses_bad_outputs_and_device_before_any_work(run_dir, tmp_path, capsys, monkeypatch,
+                                                           case, message):
+    import core.recommendations
+    import core.training
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the outputs were checked")
+    monkeypatch.setattr(core.training, "load_run", no_work)
+    monkeypatch.setattr(core.recommendations, "recommend", no_work)
+    (tmp_path / "file").write_text("keep")
+    (tmp_path / "ro").mkdir()
+    out, emb, device = tmp_path / "recs.csv", tmp_path / "emb", "cpu"
+    if case == "out under a file":
+        out = tmp_path / "file" / "recs.csv"
+    elif case == "out on a read-only mount":
+        out = tmp_path / "ro" / "recs.csv"
+    elif case == "out is a folder":
+        out = tmp_path / "ro"
+    elif case == "embeddings at a file":
+        emb = tmp_path / "file"
+    elif case == "embeddings on a read-only mount":
+        emb = tmp_path / "ro" / "emb"
+    else:
+        device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    if "read-only" in case:
+        _read_only(monkeypatch, tmp_path / "ro")
+    argv = ["--run", str(run_dir), "--all", "--out", str(out), "--embeddings", str(emb), "--device", device]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]  # nothing written
+    assert (tmp_path / "file").read_text() == "keep" and list((tmp_path / "ro").iterdir()) == []
+
+
+@pytest.mark.parametrize("users", ["u005", "12", 12])
+def test_a_single_user_not_in_a_list_is_refused(run_dir, users):
+    """Issue 23.10: users='12' recommended for users '1' and '2'."""
+    run = load_run(run_dir, device="cpu")
+    with pytest.raises(RecommendError, match=r"users must be a list of raw user ids \(e\.g\. \[") as err:
+        recommend(run, users=users, k=5)
+    assert "\n" not in str(err.value)

@@ -4,6 +4,7 @@ grouping, plots, errors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -298,3 +299,34 @@ def test_runs_of_another_parallel_mode_are_never_pooled(tmp_path: Path):
     labels = [r["label"] for r in rows if r["label"] != "popularity"]
     assert len(labels) == 3 and all(r["n"] == 1 for r in rows if r["label"] != "popularity")
     assert any("parallel.catalog_parallel=true" in label for label in labels)
+
+
+@pytest.mark.parametrize("case", ["under a file", "read-only mount", "a file"])
+def test_an_unwritable_out_is_one_line_before_any_run_is_read(runs_root: Path, tmp_path: Path, capsys,
+                                                             monkeypatch, case):
+    """Issue 23.8: report.py --out unwritable was a traceback after all the work."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("runs were read before --out was checked")
+    monkeypatch.setattr(report, "find_metrics_files", no_work)
+    (tmp_path / "file").write_text("keep")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access  # a read-only mount refuses as root too
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+    out = {"under a file": tmp_path / "file" / "report", "read-only mount": ro / "report",
+           "a file": tmp_path / "file"}[case]
+    assert report.main([str(runs_root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write --out {out}") and "\n" not in err
+    assert (tmp_path / "file").read_text() == "keep" and list(ro.iterdir()) == []
+
+
+def test_a_loss_that_ran_as_a_stand_in_is_said(tmp_path: Path, capsys):
+    """Issue 23.9: metrics.json records the loss asked ("loss") and what ran ("loss_ran")."""
+    for loss, ran in (("flash_ce", "ce"), ("cce", "cce")):
+        metrics = fake_run(tmp_path / "runs" / loss, loss=loss) / "metrics.json"
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "loss_ran": ran}))
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "some runs ran a stand-in (no CUDA): flash_ce ran as ce." in text
+    assert "warning: some runs ran a stand-in for their loss (no CUDA): flash_ce ran as ce" in capsys.readouterr().err

@@ -113,6 +113,12 @@ class SequenceData:
     item_ids: np.ndarray | None = None  # (n_items+1,) int64 or str, [0] = padding
 
     def __post_init__(self):
+        """Refuses (DataFormatError) what training would fail on later: a CSR that is not a
+        leave-one-out split of ``n_users`` users over item ids 1..``n_items``."""
+        _check_csr(np.asarray(self.offsets), np.asarray(self.items), self.n_items, "SequenceData")
+        if len(self.offsets) - 1 != self.n_users:
+            raise DataFormatError(f"SequenceData: offsets describe {len(self.offsets) - 1} users, "
+                                  f"n_users is {self.n_users}")
         if self.user_ids is None:
             object.__setattr__(self, "user_ids", np.arange(self.n_users, dtype=np.int64))
         if self.item_ids is None:
@@ -179,7 +185,8 @@ def _check_csr(offsets: np.ndarray, items: np.ndarray, n_items: int, where: str)
     if (lengths < MIN_SEQ_LEN).any():
         raise DataFormatError(f"{where}: a user has fewer than {MIN_SEQ_LEN} items (min length {lengths.min()})")
     if len(items) and (items.min() < 1 or items.max() > n_items):
-        raise DataFormatError(f"{where}: item ids outside 1..{n_items}")
+        raise DataFormatError(f"{where}: item ids outside 1..{n_items} "
+                              f"(found {items.min()}..{items.max()})")
 
 
 def _attr_value(value):

@@ -20,10 +20,11 @@ from core.losses.registry import (
     bind_to_data,
     loss_facts,
     loss_name,
+    loss_ran,
     loss_settings,
     register,
 )
 from core.losses.sampled import sampled_ce
 
 __all__ = ["IGNORE_INDEX", "LOSSES", "LossFacts", "autocast_operands", "bind_to_data", "ce", "cce", "flash_ce",
-           "flex_ce", "loss_facts", "loss_name", "loss_settings", "register", "sampled_ce"]
+           "flex_ce", "loss_facts", "loss_name", "loss_ran", "loss_settings", "register", "sampled_ce"]

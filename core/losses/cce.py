@@ -7,20 +7,13 @@ cut_cross_entropy (and with it triton) is imported on the first call, not at imp
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
-from core.losses.registry import IGNORE_INDEX, LossFacts, register, settings_label
+from core.losses.registry import IGNORE_INDEX, LossFacts, register, settings_label, warn_once
 
 log = logging.getLogger(__name__)
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    """Logs ``message`` the first time only: a fallback is said once per process, not per step."""
-    if message not in _warned:
-        log.warning(message)
-        _warned.add(message)
 
 
 def autocast_operands(e: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +39,28 @@ def _facts(settings: dict) -> LossFacts:
                      kernels="cut_cross_entropy")
 
 
-@register(name=_name, facts=_facts, labels={"cce": {"filter_eps": "high"}, "cce_exact": {"filter_eps": None}})
+def _check(settings: dict, n_items: int | None = None) -> None:
+    """Refuses a ``filter_eps`` or ``forward`` the kernels would not take (see ``cce``)."""
+    eps = settings["filter_eps"]
+    number = isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0
+    if not (eps is None or number or (isinstance(eps, str) and eps in ("high", "auto"))):
+        raise ValueError(f"cce.filter_eps must be None, 'high', 'auto' or a number >= 0, got {eps!r}")
+    if settings["forward"] not in ("split", "library"):
+        raise ValueError(f"cce.forward must be 'split' or 'library', got {settings['forward']!r}")
+
+
+def _stand_in(settings: dict) -> str:
+    """Off CUDA: ``cce_reference`` (the package's torch_compile reference, no gradient filter),
+    or ``ce`` where cut_cross_entropy cannot be imported (no triton)."""
+    try:
+        import cut_cross_entropy  # noqa: F401
+    except ImportError:
+        return "ce"
+    return "cce_reference"
+
+
+@register(name=_name, facts=_facts, labels={"cce": {"filter_eps": "high"}, "cce_exact": {"filter_eps": None}},
+          stand_in=_stand_in, check=_check)
 def cce(
     e: torch.Tensor,
     c: torch.Tensor,
@@ -69,8 +83,9 @@ def cce(
     - ``"library"``: ``cut_cross_entropy.linear_cross_entropy`` as published (one host sync
       per call to find the ignored targets).
     """
-    if forward not in ("split", "library"):
-        raise ValueError(f"cce: forward must be 'split' or 'library', not {forward!r}")
+    _check({"filter_eps": filter_eps, "forward": forward})
+    if isinstance(filter_eps, int):
+        filter_eps = float(filter_eps)  # the kernels take a float
     if e.is_cuda and forward == "split":
         from cut_cross_entropy.utils import _handle_eps
 
@@ -84,7 +99,7 @@ def cce(
     except ImportError:  # no triton (macOS, CPU-only installs): the same loss, materialized
         from core.losses.ce import ce
 
-        _warn_once("cce: cut_cross_entropy cannot be imported here (no triton?); running plain "
+        warn_once(log, "cce: cut_cross_entropy cannot be imported here (no triton?); running plain "
                    "softmax cross-entropy instead (exact gradients, materialized logits)")
         return ce(*autocast_operands(e, c), targets)
 
@@ -94,7 +109,7 @@ def cce(
         return linear_cross_entropy(
             e=e, c=c, targets=targets, ignore_index=IGNORE_INDEX, filter_eps=filter_eps, impl="cce"
         )
-    _warn_once("cce: no CUDA device, running cut_cross_entropy's torch_compile reference "
+    warn_once(log, "cce: no CUDA device, running cut_cross_entropy's torch_compile reference "
                "implementation (exact gradients, materialized logits) instead of the CCE kernel")
     return linear_cross_entropy(
         e=e, c=c, targets=targets, ignore_index=IGNORE_INDEX, impl="torch_compile"

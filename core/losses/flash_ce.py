@@ -30,14 +30,16 @@ same loss and gradients), logged once, so every config still runs on any machine
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
-from core.losses.cce import _warn_once, autocast_operands
-from core.losses.registry import IGNORE_INDEX, LossFacts, register
+from core.losses.cce import autocast_operands
+from core.losses.registry import IGNORE_INDEX, LossFacts, register, warn_once
 from core.losses.split_lse import split_lse, splits
 
+log = logging.getLogger(__name__)
 _MAX_PARTIAL_BYTES = 64 * 2**20  # the fp32 dE (slices, N, D) and dC (slices, V, D) partials stay below this
 
 # Tile sizes (BLOCK_N, BLOCK_V, num_warps, num_stages) per kernel, per padded head dim and per
@@ -181,7 +183,8 @@ def _kernels_run_here(e: torch.Tensor) -> bool:
     return e.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@register(facts=LossFacts(exact=True, sync_free=True, cuda_only=True, catalog_parallel=False))
+@register(facts=LossFacts(exact=True, sync_free=True, cuda_only=True, catalog_parallel=False),
+          stand_in=lambda settings: None if os.environ.get("TRITON_INTERPRET") == "1" else "ce")
 def flash_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The project's catalog-shaped linear cross-entropy (exact gradients, see the module doc).
 
@@ -192,6 +195,6 @@ def flash_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.T
         return flash_linear_ce(autocast_operands(e, e)[0], c, targets)
     from core.losses.ce import ce
 
-    _warn_once("flash_ce: no CUDA device, running plain softmax cross-entropy instead "
+    warn_once(log, "flash_ce: no CUDA device, running plain softmax cross-entropy instead "
                "(same loss and gradients, materialized logits)")
     return ce(*autocast_operands(e, c), targets)

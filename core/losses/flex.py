@@ -20,10 +20,14 @@ as ``cce`` and ``flash_ce`` do, so every config runs anywhere.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-from core.losses.cce import _warn_once, autocast_operands
-from core.losses.registry import IGNORE_INDEX, LossFacts, register
+from core.losses.cce import autocast_operands
+from core.losses.registry import IGNORE_INDEX, LossFacts, register, warn_once
+
+log = logging.getLogger(__name__)
 
 _compiled = None  # torch.compile(flex_attention), built on the first CUDA call
 
@@ -44,7 +48,8 @@ def _flex():
 
 
 # sync_free: never checked under CUDA-graph capture (a compiled kernel, recompiled per shape).
-@register(facts=LossFacts(exact=True, sync_free=False, cuda_only=True, catalog_parallel=False))
+@register(facts=LossFacts(exact=True, sync_free=False, cuda_only=True, catalog_parallel=False),
+          stand_in=lambda settings: "ce")
 def flex_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean NLL over non-ignored targets from FlexAttention's log-sum-exp (see the module doc).
 
@@ -55,7 +60,7 @@ def flex_ce(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Te
     if not e.is_cuda:
         from core.losses.ce import ce
 
-        _warn_once("flex_ce: no CUDA device, running plain softmax cross-entropy instead "
+        warn_once(log, "flex_ce: no CUDA device, running plain softmax cross-entropy instead "
                    "(same loss, materialized logits)")
         return ce(e, c, targets)
     if e.shape[0] == 0:  # nothing to attend from: ce's NaN loss and zero gradients

@@ -9,6 +9,12 @@ gives it
   ``functools.partial``'s keywords), e.g. ``cce`` with ``filter_eps=None`` -> ``cce_exact``;
 - optionally ``bind_data(loss_fn, data) -> loss_fn``: what a loss needs from the training data
   before the first step (e.g. item popularity for a sampler); training calls ``bind_to_data``;
+- optionally ``check(settings, n_items)``: refuses settings the loss cannot run with on a
+  catalog of ``n_items`` (ValueError, one line in gin's terms: ``cce.filter_eps must be ...,
+  got 'bogus'``); ``bind_to_data`` calls it, so training refuses them before the first step;
+- optionally ``stand_in(settings) -> str | None``: for a loss whose kernels need CUDA, the label
+  of what computes it elsewhere (``ce``, ``cce_reference``; None: its own code runs there too),
+  which ``loss_ran`` reports and metrics.json records as ``loss_ran``;
 - ``facts(settings) -> LossFacts``: what the configured loss is (exact or approximate, sync-free,
   CUDA-only, catalog-parallel capable, whose kernels); every check that depends on the loss asks
   ``loss_facts`` (of a loss function, or of a label as metrics.json records it) instead of
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,25 +59,29 @@ class LossSpec:
     bind_data: Callable | None = None
     facts: Callable[[dict], LossFacts] | None = None
     labels: dict[str, dict] | None = None
+    stand_in: Callable[[dict], str | None] | None = None
+    check: Callable[[dict, int], None] | None = None
 
 
 LOSSES: dict[str, LossSpec] = {}  # function name -> spec
 
 
 def register(*, facts: LossFacts | Callable[[dict], LossFacts], name: Callable[[dict], str] | None = None,
-             bind_data: Callable | None = None, labels: dict[str, dict] | None = None):
+             bind_data: Callable | None = None, labels: dict[str, dict] | None = None,
+             stand_in: Callable[[dict], str | None] | None = None,
+             check: Callable[[dict, int], None] | None = None):
     """Decorator: makes ``fn`` gin-configurable and registers it under its ``__name__``.
 
     ``facts``: the loss's ``LossFacts``, or a function of the call's settings giving them.
     ``name`` maps the call's settings (keyword-only parameters) to the label; default: the
-    function's name. ``labels``: see ``LossSpec``.
+    function's name. ``labels``: see ``LossSpec``; ``stand_in``, ``check``: see the module doc.
     """
 
     def wrap(fn: Callable) -> Callable:
         configurable = gin.configurable(fn)
         label = name or (lambda settings, base=fn.__name__: base)
         of = facts if callable(facts) else (lambda settings, fixed=facts: fixed)
-        LOSSES[fn.__name__] = LossSpec(configurable, label, bind_data, of, labels)
+        LOSSES[fn.__name__] = LossSpec(configurable, label, bind_data, of, labels, stand_in, check)
         return configurable
 
     return wrap
@@ -128,6 +139,28 @@ def loss_name(loss_fn: Callable) -> str:
     return spec_of(loss_fn).name(loss_settings(loss_fn))
 
 
+def loss_ran(loss_fn: Callable, device) -> str:
+    """The label of what computes ``loss_fn`` on ``device`` (a ``torch.device`` or its name):
+    ``loss_name(loss_fn)`` where the loss's own code runs, else its stand-in's (``flash_ce`` on
+    a CPU -> ``ce``). Training records both: metrics.json's ``loss`` (asked) and ``loss_ran``."""
+    name = loss_name(loss_fn)
+    if not _registered(loss_fn) or getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        return name
+    spec = spec_of(loss_fn)
+    return (spec.stand_in and spec.stand_in(loss_settings(loss_fn))) or name
+
+
+_warned: set[str] = set()
+
+
+def warn_once(log: logging.Logger, message: str) -> None:
+    """Logs ``message`` under the loss's own logger the first time only: a fallback is said once
+    per process, not per step."""
+    if message not in _warned:
+        log.warning(message)
+        _warned.add(message)
+
+
 def _defaults(fn: Callable) -> dict:
     params = inspect.signature(inspect.unwrap(fn)).parameters.values()
     return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
@@ -156,10 +189,13 @@ def loss_facts(loss: Callable | str) -> LossFacts:
 
 
 def bind_to_data(loss_fn: Callable, data) -> Callable:
-    """``loss_fn`` ready for training on ``data`` (a ``SequenceData``): most losses need nothing."""
+    """``loss_fn`` ready for training on ``data`` (a ``SequenceData``): its settings checked
+    against the catalog (the spec's ``check``), then bound (``bind_data``; most need nothing)."""
     if not _registered(loss_fn):
         return loss_fn
     spec = spec_of(loss_fn)
+    if spec.check is not None:
+        spec.check(loss_settings(loss_fn), data.n_items)
     return loss_fn if spec.bind_data is None else spec.bind_data(loss_fn, data)
 
 

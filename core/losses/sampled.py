@@ -31,14 +31,16 @@ Decisions (the issue-14 brief asked for them to be written down):
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.losses.cce import autocast_operands
-from core.losses.registry import IGNORE_INDEX, LossFacts, loss_settings, register
+from core.losses.registry import IGNORE_INDEX, LossFacts, loss_settings, register, warn_once
 
+log = logging.getLogger(__name__)
 SAMPLERS = ("uniform", "popularity")
 
 
@@ -148,23 +150,35 @@ def _name(settings: dict) -> str:
 
 def _check_settings(n_negatives, sampler) -> None:
     if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 1:
-        raise ValueError(f"sampled_ce: n_negatives must be a positive integer, not {n_negatives!r}")
+        raise ValueError(f"sampled_ce.n_negatives must be an integer >= 1, got {n_negatives!r}")
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampled_ce: sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+        raise ValueError(f"sampled_ce.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+
+
+def _check(settings: dict, n_items: int) -> None:
+    """Training's check (``bind_to_data``), before the first step."""
+    _check_settings(settings["n_negatives"], settings["sampler"])
+
+
+def _warn_if_more_than_the_catalog(n_negatives: int, n_items: int) -> None:
+    """More negatives than items is said (once, in log.txt), not refused: the project's own
+    configs draw 3,000 from ML-100K's 1,682 items (the "SASRec+ 3000" protocol on every dataset)."""
+    if n_negatives > n_items:
+        warn_once(log, f"sampled_ce.n_negatives = {n_negatives} exceeds the catalog's {n_items} items: "
+                       "drawn with replacement, the (N, K + 1) logits are larger than full ce's, "
+                       "which is exact")
 
 
 def _bind_popularity(loss_fn, data):
-    """The popularity sampler's counts from ``data``'s training split, built once; uniform: as is.
-
-    Bad settings fail here, before the first step."""
+    """The popularity sampler's counts from ``data``'s training split, built once; uniform: as
+    is. Bad settings have failed before (``_check``), before the first step."""
     settings = loss_settings(loss_fn)
-    _check_settings(settings["n_negatives"], settings["sampler"])
     if settings["sampler"] != "popularity":
         return loss_fn
     return functools.partial(loss_fn, popularity=ItemPopularity(train_item_counts(data)))
 
 
-@register(name=_name, bind_data=_bind_popularity,
+@register(name=_name, bind_data=_bind_popularity, check=_check,
           facts=LossFacts(exact=False, sync_free=True, cuda_only=False, catalog_parallel=False))
 def sampled_ce(
     e: torch.Tensor,
@@ -184,6 +198,7 @@ def sampled_ce(
     logit (see the module docstring).
     """
     _check_settings(n_negatives, sampler)
+    _warn_if_more_than_the_catalog(n_negatives, c.shape[0])
     if sampler == "uniform":
         # logq: log q = -log V in every column, which cancels in the softmax.
         negatives = draw_negatives(n_negatives, c.shape[0], device=e.device)

@@ -83,9 +83,9 @@ def init_from_env(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S)
                          f"(each rank picks its own GPU), got {device!r}")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if world == 1:
-        from core.env import resolve_device
+        from core.env import usable_device
 
-        return DistContext(device=resolve_device(device), timeout_s=timeout_s)
+        return DistContext(device=usable_device(device, "train.device"), timeout_s=timeout_s)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))

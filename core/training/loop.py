@@ -34,7 +34,7 @@ from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import SequenceData
 from core.env import environment
 from core.evaluation import count_train_users, default_eval_batch_size, evaluate_model, evaluate_popularity
-from core.losses import bind_to_data, ce, loss_facts, loss_name, loss_settings
+from core.losses import bind_to_data, ce, loss_facts, loss_name, loss_ran, loss_settings
 from core.losses.registry import _unwrap
 from core.model import SASRec
 from core.training.errors import TrainingDiverged, TrainingError
@@ -199,6 +199,7 @@ def _record(data: SequenceData, run: Built, config: TrainConfig, ranks: Ranks, *
     schedule, spec = config.schedule, model_settings(run.model)
     return {"name": name, "data_path": data_path,
             "loss": loss_name(loss_fn), "loss_settings": _jsonable(loss_settings(loss_fn)),
+            "loss_ran": "catalog_parallel_ce" if ranks.catalog_parallel else loss_ran(loss_fn, run.device),
             "settings": settings, "model_settings": spec, "seed": optim.seed,
             # metrics.json's "settings": the same facts grouped, for reports (experiments/report.py)
             "settings_by_group": {
@@ -348,13 +349,19 @@ def _train_epoch(run: Built, ranks: Ranks, folder: RunFolder, record: dict, sche
     return row
 
 
+def _asked_and_ran(record: dict) -> str:
+    """``flash_ce``, or ``flash_ce (running ce)`` where a stand-in computes it."""
+    asked, ran = record["loss"], record["loss_ran"]
+    return asked if ran == asked else f"{asked} (running {ran})"
+
+
 def _log_start(run: Built, record: dict) -> None:
     data = record["settings"]
     if run.step.warning:
         log.warning(run.step.warning)
     log.info("%s: %d users, %d items, %d interactions; %s loss on %s (%s step); %d steps/epoch, "
              "%d scored positions/epoch", record["name"], data["data.n_users"], data["data.n_items"],
-             data["data.n_interactions"], record["loss"], run.device, run.step.kind, len(run.batches),
+             data["data.n_interactions"], _asked_and_ran(record), run.device, run.step.kind, len(run.batches),
              run.batches.positions_per_epoch)
     if record.get("duplicates"):
         dup = record["duplicates"]
@@ -383,7 +390,10 @@ def _test(run: Built, folder: RunFolder, evaluator: Evaluator, best: dict, monit
 
 def _metrics(record: dict, history: list[dict], best: dict, stopped_by: str | None, test: dict | None,
              popularity: dict | None, run: Built) -> dict:
-    """metrics.json; ``stopped_by``: why training ended early (None: all epochs). Epoch time (DESIGN.md): the mean after the first epoch, the first
+    """metrics.json; ``stopped_by``: why training ended early (None: all epochs). ``loss`` is the
+    loss asked for (its label: what reports group by and a resume checks), ``loss_ran`` what
+    computed it (``core.losses.loss_ran``: e.g. ``ce`` for ``flash_ce`` on a CPU, ``cce_reference``
+    for ``cce``; the same label where the loss's own kernels ran). Epoch time (DESIGN.md): the mean after the first epoch, the first
     (compilation, autotuning) on its own; after a resume the resumed process's first epoch is
     left out too; with one epoch there is no steady-state figure (null)."""
     s = record["settings"]
@@ -399,6 +409,7 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped_by: str | No
                     "n_interactions": s["data.n_interactions"], "path": record["data_path"],
                     "duplicates": record.get("duplicates")},
         "loss": record["loss"],
+        "loss_ran": record["loss_ran"],
         "loss_settings": record["loss_settings"],
         "settings": record["settings_by_group"],
         "valid": best["valid"],

@@ -308,7 +308,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "auto") -> Run
     """
     from core.data.shards import load_sequences
     from core.dataset_config import resolve_path
-    from core.env import resolve_device
+    from core.env import usable_device
 
     folder = RunFolder(run_dir)
     if not folder.best.exists():
@@ -319,7 +319,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "auto") -> Run
                              "train the run again to use it")
     model = build_model(state["model_settings"])
     model.load_state_dict(state["model"])
-    model.to(resolve_device(str(device))).eval()
+    model.to(usable_device(str(device), "device")).eval()
     if not state.get("data_path"):
         raise RunFolderError(f"{folder.path}: the run did not record where its data is")
     data = load_sequences(resolve_path(state["data_path"]))

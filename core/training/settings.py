@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.env import resolve_device
+from core.env import usable_device
 from core.losses import ce
 from core.model import SASRec
 from core.parallel.collectives import DistContext
@@ -84,13 +84,7 @@ class Parallel:
         ``train.device`` when it cannot be used."""
         if self.ctx is not None and self.ctx.enabled:
             return self.ctx.device
-        try:
-            dev = resolve_device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"train.device = {self.device!r}, but this machine has no CUDA device")
-        return dev
+        return usable_device(self.device, "train.device")
 
 
 # flat ``train.*`` keyword -> (TrainConfig field, field of that group; None: the group itself)

@@ -88,7 +88,7 @@ from core.training.flat import bound_config
 from core.training.loop import build, check_ranks
 from core.training.ranks import Ranks
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
-from experiments.bench.common import (GIB, BenchError, count_syncs, default_out, error_row, mark,
+from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, mark, output_folder,
     phase_ms, results_table, split_list, sync, write_results)
 from experiments.joined import leave, main_first, run_joined
 from experiments.output import environment
@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.gin:
             raise BenchError("give --gin CONFIG (repeatable), e.g. --gin gin/beauty_like_cce.gin")
         _check_exists(args.gin[0])
+        args.out = str(output_folder(args.out, "bench_epoch"))
         _parse(args.gin[0], args.gin_bindings)
         try:
             device = bound_config().parallel.device  # the first config's: the one torchrun's ranks use
@@ -483,7 +484,7 @@ def _bench(args, ctx: DistContext) -> int:
         say("note: no CUDA device: CPU timings (fp32, CCE's reference implementation) only "
             "check that the benchmark runs", file=sys.stderr)
 
-    out = Path(args.out) if args.out else default_out("bench_epoch")
+    out = Path(args.out)
     _parse(configs[0].path, args.gin_bindings)
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
                       seed=bound_config().optim.seed, cce_autotune=cce_autotune(), world_size=ctx.world)

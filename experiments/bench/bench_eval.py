@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from core.data.batching import SPLITS, DeviceSequences, eval_batches, history
-from core.env import resolve_device
+from core.env import usable_device
 from core.evaluation import (
     autocast,
     count_train_users,
@@ -49,7 +49,7 @@ from core.evaluation import (
 )
 from core.metrics import RankingMetrics, popularity_scores
 from core.model import SASRec
-from experiments.bench.common import (GIB, BenchError, count_syncs, default_out, error_row,
+from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, output_folder,
     load_datasets, mark, phase_ms, results_table, split_list, sync, write_results)
 from experiments.output import environment
 
@@ -243,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         _check(args)
-        device = resolve_device(args.device)
+        out = output_folder(args.out, "bench_eval")
+        try:
+            device = usable_device(args.device, "--device")
+        except ValueError as err:
+            raise BenchError(str(err)) from None
         datasets = load_datasets(args)
         for name, data in datasets:
             if max(args.ks) > data.n_items:
@@ -255,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
         print("note: no CUDA device: CPU timings (fp32) only check that the benchmark runs and "
               "extrapolate per user", file=sys.stderr)
 
-    out = Path(args.out) if args.out else default_out("bench_eval")
     env = environment(device=device, dtype="bfloat16" if device.type == "cuda" else "float32",
                       seed=args.seed)
     rows, began = [], time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 import gin
 import torch
 
-from core.atomic import write_json, write_text
+from core.atomic import unwritable, write_json, write_text
 from core.data.shards import DataFormatError
 from core.data.synthetic import PRESETS
 from core.dataset_config import DataMissingError, dataset
@@ -38,6 +38,16 @@ def utc_now() -> str:
 def default_out(kind: str) -> Path:
     """``runs/<kind>/<UTC time>``: a benchmark's output folder when --out is not given."""
     return Path(f"runs/{kind}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+
+
+def output_folder(out: str | None, kind: str) -> Path:
+    """``--out`` (default ``default_out(kind)``), refused with a BenchError when it cannot be
+    made a folder: checked before the benchmark loads or runs anything."""
+    path = Path(out) if out else default_out(kind)
+    problem = unwritable(path)
+    if problem:
+        raise BenchError(f"cannot write --out {path}: {problem}")
+    return path
 
 
 def error_row(err: BaseException, **keys) -> dict:

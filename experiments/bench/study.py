@@ -52,7 +52,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from core.atomic import write_text
+from core.atomic import unwritable, write_text
 from core.paths import REPO_ROOT
 
 PLANS = ("real", "synthetic", "scaling", "sampled")
@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.is_absolute():  # the runs start in the repository root
         args.out = Path(os.path.relpath(args.out.resolve(), REPO_ROOT))
     try:
+        problem = not args.dry_run and unwritable(REPO_ROOT / args.out)  # absolute stays absolute
+        if problem:
+            raise StudyError(f"cannot write --out {args.out}: {problem}")
         presets = [p.strip() for p in args.scaling_presets.split(",") if p.strip()]
         steps = build_plan(args.plans, out=args.out, seeds=args.seeds, epochs=args.epochs,
                            binds=args.bind, scaling_presets=presets, scaling_users=args.scaling_users)
