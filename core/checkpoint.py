@@ -1,8 +1,16 @@
 """Checkpoints and RNG state; written atomically through ``core.atomic`` (a crash mid-write
-leaves the old file), so ``--resume`` always finds a whole checkpoint."""
+leaves the old file), so ``--resume`` always finds a whole checkpoint.
+
+Every checkpoint carries its own SHA-256 digest (``core.integrity.seal``: a header, the digest,
+then the ``torch.save`` bytes), checked before anything is unpickled: a flipped byte, a
+truncation or garbage is refused with ``CorruptFile`` (one line naming the file and ``fix``),
+never trusted and never a traceback. A checkpoint written before checkpoints carried a digest
+(a bare ``torch.save`` zip) cannot be checked and is refused the same way, with a line saying so.
+"""
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -10,17 +18,49 @@ import numpy as np
 import torch
 
 from core.atomic import atomic_file, write_json, write_text  # noqa: F401  (re-exported)
+from core.integrity import CorruptFile, seal, unseal
+
+_TORCH_ZIP = b"PK\x03\x04"  # what torch.save writes: a checkpoint from before the digest
+DEFAULT_FIX = "it cannot be used: train the run again"
+
+
+class UncheckedFile(CorruptFile):
+    """A checkpoint without the digest header that torch.save alone wrote (before the digest)."""
+
+    def __init__(self, path: str | Path, fix: str):
+        self.path = Path(path)
+        Exception.__init__(self, f"{path}: written without an integrity digest (before checkpoints "
+                                 f"carried one, or not by this tool), so it cannot be checked; {fix}")
 
 
 def save_torch(obj, path: Path) -> None:
-    """``torch.save`` made atomic."""
+    """``torch.save`` made atomic, sealed with its digest (``core.integrity.seal``)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_file(path) as f:
-        torch.save(obj, f)
+        f.write(seal(buffer.getvalue()))
 
 
-def load_torch(path: Path, map_location: torch.device | str = "cpu"):
-    """Loads a checkpoint written by ``save_torch`` (our own file: full unpickling allowed)."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+def _payload(path: Path, fix: str) -> memoryview:
+    """The checked ``torch.save`` bytes of a checkpoint, or ``CorruptFile``."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as err:
+        raise CorruptFile(path, f"cannot be read ({err.strerror or err})", fix) from None
+    if blob.startswith(_TORCH_ZIP):
+        raise UncheckedFile(path, fix)
+    return unseal(blob, path, fix)
+
+
+def load_torch(path: Path, map_location: torch.device | str = "cpu", *, fix: str = DEFAULT_FIX):
+    """Loads a checkpoint written by ``save_torch`` (our own file: full unpickling allowed) once
+    its digest matches; raises ``CorruptFile`` (one line: the file, what is wrong, ``fix``)."""
+    return torch.load(io.BytesIO(_payload(path, fix)), map_location=map_location, weights_only=False)
+
+
+def check_torch(path: Path, *, fix: str = DEFAULT_FIX) -> None:
+    """Raises ``CorruptFile`` as ``load_torch`` would, without unpickling (a cheap check)."""
+    _payload(path, fix)
 
 
 def rng_state() -> dict:

@@ -8,12 +8,17 @@ Writes into --out (default runs/<gin stem>-<UTC time>) the run folder of
 ``core.training.run_folder``: config.gin (the operative config), metrics.json, history.jsonl,
 log.txt, checkpoint.pt, best.pt. Bad settings, a busy or unusable folder and missing data stop
 with one ``error:`` line (exit 2 for bad arguments or settings, 1 otherwise) before anything
-is written; ``--resume`` first checks the new bindings against the checkpoint's settings.
+is written; ``--resume`` first checks the new bindings against the checkpoint's settings (and
+the checkpoints' digests), and a resume that would train no epoch changes nothing (exit 2). A
+corrupted checkpoint, a full disk or SIGTERM end the run with one ``error:`` line too (exit 1;
+143 for SIGTERM, which log.txt records with the epoch it stopped in).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -111,7 +116,36 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     extra = {} if timeout_s is None else {"timeout_s": float(timeout_s)}
-    return run_joined(device, lambda ctx: _train(args, ctx), what="training", **extra)
+    from core.training import RunStopped
+
+
+    with _stop_on(signal.SIGTERM):
+        try:
+            return run_joined(device, lambda ctx: _train(args, ctx), what="training", **extra)
+        except RunStopped as err:  # log.txt says where it stopped; --resume continues from there
+            print(f"error: {err}", file=sys.stderr)
+            return 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _stop_on(signum: int):
+    """``signum`` raises ``RunStopped`` while the block runs: the run folder records why and
+    where the run ended, and ``main`` says it in one line (the previous handler comes back)."""
+    import threading
+
+    from core.training import RunStopped
+
+    def stop(number, _frame):
+        raise RunStopped(signal.Signals(number).name)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may
+        yield
+        return
+    previous = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def _bound(gin, name: str, default):
@@ -129,7 +163,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
     from core.data.shards import DataFormatError
     from core.dataset_config import DataMissingError, dataset
-    from core.training import RunFolder, RunFolderBusy, RunFolderError, TrainingError
+    from core.training import CorruptCheckpoint, RunFolder, RunFolderBusy, RunFolderError, TrainingError
     from experiments.joined import main_first
     from core.training.flat import train_configurable
 
@@ -143,10 +177,11 @@ def _train(args: argparse.Namespace, ctx) -> int:
         metrics = train_configurable(data=data.data, dataset_name=data.name, out_dir=folder,
                                      data_path=_portable(data.source), resume=args.resume,
                                      parallel=ctx if ctx.enabled else None)
+        folder.write_config(gin.operative_config_str())  # with every default that ran (rank 0)
     except (DataMissingError, DataFormatError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
-    except RunFolderBusy as err:
+    except (RunFolderBusy, CorruptCheckpoint) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     except RunFolderError as err:  # an existing run, a changed resume, a path that cannot be one
@@ -160,7 +195,6 @@ def _train(args: argparse.Namespace, ctx) -> int:
         # train.epochs = 'abc', dim not divisible by n_heads): nothing was written.
         print(f"error: bad gin config: {_one_line(err)}", file=sys.stderr)
         return 2
-    folder.write_config(gin.operative_config_str())  # with every default that ran (rank 0)
     if ctx.is_main:
         print(_summary(metrics, out))
     return 0

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoint import load_torch
+from core.integrity import CorruptFile
+
 INPUT_KINDS = ("random", "trained")
 EMBEDDING_KEY = "item_emb.weight"
 
@@ -54,14 +57,12 @@ def load_catalog(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Checkpoints also hold optimizer and RNG state, which the safe loader may refuse.
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise InputError(f"cannot read checkpoint {path}: {exc}") from None
+    try:  # our own checkpoint (it holds optimizer and RNG state too), checked against its digest
+        state = load_torch(path, map_location="cpu", fix="point --checkpoint at an intact best.pt")
+    except CorruptFile as exc:
+        raise InputError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001  an intact file that is not a checkpoint of ours
+        raise InputError(f"cannot read checkpoint {path}: {exc}") from None
     try:
         weight = state["model"][EMBEDDING_KEY]
     except (KeyError, TypeError, IndexError):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from core.losses import IGNORE_INDEX, ce
 from kernels_bench import plots, sweep_vocab
+from core.checkpoint import save_torch
 from kernels_bench.inputs import InputError, fit_catalog, load_catalog, make_inputs
 from kernels_bench.measure import Measurement, floor_ms, is_oom, measure
 from kernels_bench.providers import (
@@ -56,7 +57,7 @@ def test_trained_inputs_are_calibrated_and_aligned():
 def test_checkpoint_catalog_is_loaded_tiled_and_used(tmp_path):
     weight = torch.randn(11, 8)  # n_items + 1 rows, row 0 = padding
     path = tmp_path / "best.pt"
-    torch.save({"model": {"item_emb.weight": weight}, "epoch": 3}, path)
+    save_torch({"model": {"item_emb.weight": weight}, "epoch": 3}, path)
     catalog = load_catalog(path)
     assert torch.equal(catalog, weight[1:])
     assert torch.equal(fit_catalog(catalog, 25)[20:], catalog[:5])  # tiled
@@ -65,9 +66,12 @@ def test_checkpoint_catalog_is_loaded_tiled_and_used(tmp_path):
     assert torch.equal(b.c, fit_catalog(catalog, 25))
     with pytest.raises(InputError, match="D=8"):
         make_inputs("trained", n=64, v=25, d=16, device=CPU, seed=0, catalog=catalog)
-    torch.save({"model": {}}, tmp_path / "bad.pt")
+    save_torch({"model": {}}, tmp_path / "bad.pt")
     with pytest.raises(InputError, match="item_emb.weight"):
         load_catalog(tmp_path / "bad.pt")
+    torch.save({"model": {"item_emb.weight": weight}}, tmp_path / "bare.pt")  # no digest: not trusted
+    with pytest.raises(InputError, match="bare.pt: written without an integrity digest"):
+        load_catalog(tmp_path / "bare.pt")
 
 
 # ---- providers: correctness gate ----

@@ -15,7 +15,7 @@ from core.data.shards import SequenceData, load_sequences
 from core.data.synthetic import write_synthetic
 from core.losses import ce
 from core.model import SASRec
-from core.training import RunFolderError, TrainingDiverged, TrainingError, train_flat
+from core.training import NothingToTrain, RunFolderError, TrainingDiverged, TrainingError, train_flat
 from core.training.step import StepSettings, _eager_step, compact_index, make_step, run_epoch
 
 METRIC_KEYS = {"HitRate@10", "NDCG@10", "MRR@10", "Coverage@10", "Surprisal@10"}
@@ -158,7 +158,14 @@ def test_early_stopping_on_validation_ndcg(data, tmp_path):
     # lr = 0: the model never changes, so no epoch after the first improves NDCG@10.
     metrics = train_flat(data=data, out_dir=tmp_path, epochs=20, patience=2, lr=0.0, **FAST)
     assert metrics["epochs"] == 3 and metrics["best_epoch"] == 1 and metrics["early_stopped"]
-    # Resuming a finished run does no more epochs and reports the same test result.
+    # Resuming a finished, early-stopped run would train nothing: refused, the folder unchanged
+    # (issue 23.3: it used to rewrite config.gin with settings that never applied).
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(NothingToTrain, match=r"nothing to train: the run ended at epoch 3 \(early stop\)"):
+        train_flat(data=data, out_dir=tmp_path, epochs=20, patience=20, lr=0.0, resume=True, **FAST)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # Without metrics.json (killed after the last checkpoint, before the test) it runs the test only.
+    (tmp_path / "metrics.json").unlink()
     again = train_flat(data=data, out_dir=tmp_path, epochs=20, patience=2, lr=0.0, resume=True, **FAST)
     assert again["epochs"] == 3 and again["test"] == metrics["test"]
 

@@ -254,7 +254,8 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
     monitor = f"NDCG@{evaluator.ks[0]}"
     saved = {"settings": record["settings"], "model_settings": record["model_settings"],
              "data_path": record["data_path"]}
-    with folder.open(resume=resume, settings=record["settings"], writer=ranks.writer) as state:
+    with folder.open(resume=resume, settings=record["settings"], writer=ranks.writer,
+                     epochs=schedule.epochs) as state:
         ranks.see_shared(folder.path)
         at = Progress()
         if state is not None:
@@ -269,6 +270,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
         for epoch in range(start_epoch, schedule.epochs + 1):
             if at.stopped:
                 break
+            folder.stage = f"epoch {epoch}"  # where a SIGTERM stopped it, for log.txt
             row = _train_epoch(run, ranks, folder, record, schedule, epoch, first=epoch == start_epoch)
 
             # --- validate, keep the best, stop early ---
@@ -301,6 +303,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
         if at.best["epoch"] == 0:
             raise TrainingError("no validation ran, so there is no best checkpoint to test")
         ranks.barrier()  # K ranks: rank 0 has written best.pt
+        folder.stage = "the test"
         test_metrics, popularity = _test(run, folder, evaluator, at.best, monitor, read=test)
         metrics = _metrics(record, at.history, at.best, at.stopped_by, test_metrics, popularity, run)
         folder.write_metrics(metrics)

@@ -15,6 +15,19 @@ constructor arguments, batch size, max_len, optimizer, loss and its settings, se
 checkpoint, naming the setting, before anything is written. Settings a resume may change:
 epochs, patience, eval_every, nan_check_every, show_progress, device and the evaluation batch
 size (they are not in ``settings``).
+
+What the folder refuses, in one line each (``RunFolderError``), before writing anything:
+- a fresh run into a folder that holds one: checkpoint.pt, best.pt, history.jsonl or
+  metrics.json there (a finished run whose checkpoint.pt was deleted is still a run);
+- a ``--resume`` that changes a setting, or whose checkpoint.pt or best.pt fails its digest
+  (``CorruptCheckpoint``: ``core.checkpoint`` seals every checkpoint with a SHA-256 digest);
+- a ``--resume`` that would train no epoch (the run early-stopped, or ``train.epochs`` is not
+  above the epochs done) of a finished run (``NothingToTrain``): nothing in the folder changes,
+  log.txt included. Without metrics.json (the run ended between its last checkpoint and its
+  test) such a resume runs the test and writes metrics.json, but leaves config.gin as it was.
+A file that cannot be written later (a full disk) ends the run with ``WriteFailed`` naming it
+and the epoch checkpoint.pt still holds; a SIGTERM (``RunStopped``, experiments/run.py) ends it
+with a line in log.txt saying so and where. Either way ``--resume`` continues from there.
 """
 
 from __future__ import annotations
@@ -37,11 +50,18 @@ import torch
 
 from core import checkpoint as ckpt
 from core.atomic import _pid_alive, unwritable
-from core.training.errors import RunFolderBusy, RunFolderError
+from core.integrity import CorruptFile
+from core.training.errors import (CorruptCheckpoint, NothingToTrain, RunFolderBusy, RunFolderError, RunStopped,
+                                  WriteFailed)
 
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
+# What to do about a corrupted checkpoint (the end of its one error line).
+CHECKPOINT_FIX = ("--resume cannot continue this run: train it again into another --out (its best.pt, if "
+                  "intact, still serves recommend.py and load_run)")
+BEST_FIX = ("the best model is lost (checkpoint.pt holds the last epoch, not the best one): train the run "
+            "again into another --out")
 
 
 class RunFolder:
@@ -59,6 +79,9 @@ class RunFolder:
         self.metrics = self.path / "metrics.json"
         self._notes: list[str] = []  # warnings from before log.txt exists
         self.writer = True  # False on data-parallel ranks other than 0: ``open`` sets it
+        self.saved_epoch = 0  # the epoch checkpoint.pt holds (``open`` and ``save_checkpoint`` set it)
+        self.stage = "the start"  # where the run is, for a stop's log line (``fit`` sets it)
+        self.keep_config = False  # a resume that trains no epoch leaves config.gin as it was
 
     # --- before anything is written ---
 
@@ -78,11 +101,20 @@ class RunFolder:
         if not resume and self.checkpoint.exists():
             raise RunFolderError(f"{self.path} already holds a run; pass --resume to continue it "
                                  "or choose another --out")
+        results = [p.name for p in (self.metrics, self.best, self.history) if p.exists()]
+        if not resume and results:
+            raise RunFolderError(f"{self.path} already holds a run ({', '.join(results)}) with no checkpoint.pt "
+                                 "to resume; choose another --out (or delete the folder to start over)")
 
     def check_resume(self, settings: dict) -> dict:
         """The checkpoint to resume, if it was written with ``settings``; else one line naming
         the first setting that differs."""
-        state = ckpt.load_torch(self.checkpoint, map_location="cpu")  # RNG states stay on the CPU
+        state = _load(self.checkpoint, "cpu", CHECKPOINT_FIX)  # RNG states stay on the CPU
+        if self.best.exists():  # checked now, not after the epochs that the test would follow
+            try:
+                ckpt.check_torch(self.best, fix=BEST_FIX)
+            except CorruptFile as err:
+                raise CorruptCheckpoint(str(err)) from None
         saved = state.get("settings")
         if saved is None:
             raise RunFolderError(f"--resume: {self.checkpoint} predates recorded settings and "
@@ -95,22 +127,40 @@ class RunFolder:
                     "run keeps its own settings (drop the binding, or start a new run elsewhere)")
         return state
 
+    def check_work(self, state: dict, epochs: int | None) -> None:
+        """Refuses (``NothingToTrain``) a resume of a finished run that would train no epoch;
+        one without metrics.json goes on to its test but keeps its config.gin."""
+        self.saved_epoch = done = state["epoch"]
+        stopped = state.get("stopped_by") or ("early stop" if state.get("stopped") else None)
+        if epochs is None or (not stopped and epochs > done):
+            return
+        self.keep_config = True
+        if not self.metrics.exists():
+            return
+        why = (f"the run ended at epoch {done} ({stopped}) and a resume does not restart it" if stopped else
+               f"it has trained {done} epochs and train.epochs = {epochs}; raise train.epochs to train more")
+        raise NothingToTrain(f"--resume: nothing to train: {why}; {self.path} is unchanged")
+
     # --- the session ---
 
     @contextlib.contextmanager
-    def open(self, *, resume: bool, settings: dict, writer: bool = True) -> Iterator[dict | None]:
+    def open(self, *, resume: bool, settings: dict, writer: bool = True,
+             epochs: int | None = None) -> Iterator[dict | None]:
         """Takes the lock, checks (``precheck``, ``check_resume``), writes config.gin and sends
         the ``core`` loggers to log.txt; yields the checkpoint to resume (None for a fresh run).
 
         A refused or failed start leaves nothing behind: a folder this call created is removed
         again unless a checkpoint exists by then. An error inside the block is written to
-        log.txt as why the run ended. ``writer`` False (a data-parallel rank other than 0):
-        no lock, no files, the checks only.
+        log.txt as why the run ended. ``epochs``: ``train.epochs``, for ``check_work``.
+        ``writer`` False (a data-parallel rank other than 0): no lock, no files, the checks only.
         """
         self.writer = writer
         if not writer:
             self.precheck(resume=resume)
-            yield self.check_resume(settings) if resume else None
+            state = self.check_resume(settings) if resume else None
+            if state is not None:
+                self.check_work(state, epochs)
+            yield state
             return
         self.precheck(resume=resume)
         created = self._make()
@@ -119,6 +169,8 @@ class RunFolder:
             lock = self._lock()
             self.precheck(resume=resume)  # again: another process may have written meanwhile
             state = self.check_resume(settings) if resume else None
+            if state is not None:
+                self.check_work(state, epochs)
             if self.config_text is not None:
                 self.write_config(self.config_text)
             with self._logging():
@@ -212,7 +264,7 @@ class RunFolder:
         exception is recorded in log.txt only (the caller prints its own one-line error)."""
         logger = logging.getLogger("core")
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-        to_file = logging.FileHandler(self.log)
+        to_file = _LogFile(self.log)
         handlers = (to_file, logging.StreamHandler(sys.stderr)) if self.echo else (to_file,)
         for handler in handlers:
             handler.setFormatter(fmt)
@@ -223,6 +275,8 @@ class RunFolder:
         try:
             yield
         except BaseException as err:
+            if isinstance(err, RunStopped) and not err.placed:  # say where, in log.txt and the error line
+                err.args, err.placed = (f"stopped by {err.signal_name} in {self.stage}; {self.kept()}",), True
             message = " ".join(str(err).split()) or type(err).__name__
             to_file.handle(logger.makeRecord("core.training", logging.ERROR, __file__, 0,
                                              "run ended: %s: %s", (type(err).__name__, message), None))
@@ -236,30 +290,60 @@ class RunFolder:
 
     # --- what a run writes ---
 
+    def kept(self) -> str:
+        """What the folder holds after a failure, and how to go on (the end of its line)."""
+        if self.saved_epoch:
+            return f"{self.checkpoint} holds epoch {self.saved_epoch} whole: --resume continues the run"
+        return "no epoch was saved: start the run again into a new --out"
+
+    def _write(self, path: Path, write, *args) -> None:
+        """``write(*args, path)`` on rank 0; an OSError (a full disk) as one ``WriteFailed`` line.
+        Writes are atomic (``core.atomic``): the old file stays whole."""
+        if not self.writer:
+            return
+        try:
+            write(*args, path)
+        except OSError as err:
+            raise WriteFailed(f"cannot write {path}: {err.strerror or err}; {self.kept()}") from None
+
     def write_config(self, text: str) -> None:
-        """config.gin: the config that ran (run.py rewrites it with every default at the end)."""
-        if self.writer:
-            ckpt.write_text(text, self.config)
+        """config.gin: the config that ran (run.py rewrites it with every default at the end);
+        left as it was by a resume that trains no epoch (``check_work``)."""
+        if not self.keep_config:
+            self._write(self.config, ckpt.write_text, text)
 
     def save_checkpoint(self, state: dict) -> None:
-        if self.writer:
-            ckpt.save_torch(state, self.checkpoint)
+        self._write(self.checkpoint, ckpt.save_torch, state)
+        self.saved_epoch = state["epoch"]
 
     def save_best(self, state: dict) -> None:
-        if self.writer:
-            ckpt.save_torch(state, self.best)
+        self._write(self.best, ckpt.save_torch, state)
 
     def best_model_state(self, device: torch.device) -> dict:
-        return ckpt.load_torch(self.best, map_location=device)["model"]
+        return _load(self.best, device, BEST_FIX)["model"]
 
     def write_history(self, history: list[dict]) -> None:
         """history.jsonl, rewritten whole so that it always matches checkpoint.pt after a resume."""
-        if self.writer:
-            ckpt.write_text("".join(json.dumps(r) + "\n" for r in history), self.history)
+        self._write(self.history, ckpt.write_text, "".join(json.dumps(r) + "\n" for r in history))
 
     def write_metrics(self, metrics: dict) -> None:
-        if self.writer:
-            ckpt.write_json(metrics, self.metrics)
+        self._write(self.metrics, ckpt.write_json, metrics)
+
+
+class _LogFile(logging.FileHandler):
+    """log.txt's handler: a line that cannot be written (a full disk) is lost quietly, instead of
+    a logging traceback on stderr; the run's own error line still says what happened."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (logging's name)
+        pass
+
+
+def _load(path: Path, device, fix: str) -> dict:
+    """A checkpoint (``core.checkpoint.load_torch``); a failed digest as ``CorruptCheckpoint``."""
+    try:
+        return ckpt.load_torch(path, map_location=device, fix=fix)
+    except CorruptFile as err:
+        raise CorruptCheckpoint(str(err)) from None
 
 
 def _rmdir(folder: Path) -> None:
@@ -313,7 +397,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "auto") -> Run
     folder = RunFolder(run_dir)
     if not folder.best.exists():
         raise RunFolderError(f"{folder.path}: no best.pt (not a run folder, or no validation ran yet)")
-    state = ckpt.load_torch(folder.best, map_location="cpu")
+    state = _load(folder.best, "cpu", BEST_FIX)
     if "model_settings" not in state:
         raise RunFolderError(f"{folder.best} predates checkpoints that carry the model's settings; "
                              "train the run again to use it")
