@@ -268,3 +268,166 @@ def test_load_run_rebuilds_the_best_model_without_gin(tmp_path):
     assert test == metrics["test"]
     assert metrics["loss"] == "ce" and metrics["loss_settings"] == {}
     assert metrics["dataset"]["path"] == str(folder)
+
+
+# --- issue 23: corrupted checkpoints, finished runs, idle resumes, a full disk, SIGTERM ---------
+
+
+def _tensor_offset(path: Path) -> int:
+    """An offset inside the item table's raw bytes in a checkpoint file (sealed or not)."""
+    try:
+        state = checkpoint.load_torch(path)
+    except Exception:  # noqa: BLE001  a checkpoint from before the digest
+        state = torch.load(path, weights_only=False)
+    needle = state["model"]["item_emb.weight"][1:].numpy().tobytes()[:64]
+    offset = path.read_bytes().find(needle)
+    assert offset > 0
+    return offset + 17
+
+
+def _corrupt(path: Path, how: str) -> None:
+    blob = bytearray(path.read_bytes())
+    if how == "flipped byte in tensor data":
+        blob[_tensor_offset(path)] ^= 0x10
+    elif how == "truncated":
+        blob = blob[: len(blob) // 2]
+    elif how == "garbage":
+        blob = bytearray(os.urandom(len(blob)))
+    else:  # "no digest": a bare torch.save, as checkpoints were written before the digest
+        torch.save(checkpoint.load_torch(path), path)
+        return
+    path.write_bytes(bytes(blob))
+
+
+CORRUPTIONS = ["flipped byte in tensor data", "truncated", "garbage", "no digest"]
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_a_corrupted_checkpoint_is_refused_on_resume_with_one_line(finished, tmp_path, capsys, how):
+    """Issue 23.5: a flipped byte resumed silently (loss 63.77 instead of 6.18, rc 0); a truncated
+    or garbage checkpoint.pt was a 48-line traceback."""
+    out = _copy(finished, tmp_path / "run")
+    _corrupt(out / "checkpoint.pt", how)
+    before = _files(out)
+    assert run.main(["--resume", "--out", str(out), "--gin_bindings", "train.epochs = 2"]) == 1
+    line = _error_line(capsys)
+    assert f"error: {out / 'checkpoint.pt'}: " in line and "--resume cannot continue this run" in line
+    assert ("without an integrity digest" in line) == (how == "no digest")
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_a_corrupted_best_pt_is_refused_by_resume_load_run_and_recommend(finished, tmp_path, capsys, how):
+    """Issue 23.5: a truncated best.pt was a traceback in recommend.py."""
+    from core.training import CorruptCheckpoint
+    from experiments import recommend
+
+    out = _copy(finished, tmp_path / "run")
+    _corrupt(out / "best.pt", how)
+    before = _files(out)
+    assert run.main(["--resume", "--out", str(out), "--gin_bindings", "train.epochs = 2"]) == 1
+    assert f"{out / 'best.pt'}: " in _error_line(capsys)
+    assert _files(out) == before  # refused before training, not after the epochs
+    with pytest.raises(CorruptCheckpoint, match="best.pt: .*train the run again"):
+        load_run(out, device="cpu")
+    assert recommend.main(["--run", str(out), "--all", "--out", str(tmp_path / "recs.csv")]) == 2
+    assert f"error: {out / 'best.pt'}: " in _error_line(capsys)
+    assert not (tmp_path / "recs.csv").exists()
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_overwritten(finished, tiny, tmp_path, capsys):
+    """Issue 23.2: with checkpoint.pt gone, a new run overwrote best.pt, metrics.json, history."""
+    out = _copy(finished, tmp_path / "run")
+    (out / "checkpoint.pt").unlink()
+    before = _files(out)
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny,
+                     "--gin_bindings", "train.lr = 0.005"]) == 2
+    line = _error_line(capsys)
+    assert "already holds a run (metrics.json, best.pt, history.jsonl)" in line and "another --out" in line
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("bindings, why", [
+    (["train.epochs = 1"], "it has trained 1 epochs and train.epochs = 1"),  # recorded epochs = 1
+    (["train.epochs = 1", "train.patience = 20"], "raise train.epochs"),  # recorded patience = 20
+])
+def test_a_resume_that_trains_no_epoch_changes_nothing_and_says_so(finished, tmp_path, capsys, bindings, why):
+    """Issue 23.3: such a resume rewrote config.gin with settings that never applied."""
+    out = _copy(finished, tmp_path / "run")
+    before = _files(out)
+    assert run.main(["--resume", "--out", str(out), *(a for b in bindings for a in ("--gin_bindings", b))]) == 2
+    line = _error_line(capsys)
+    assert "--resume: nothing to train: " in line and why in line and f"{out} is unchanged" in line
+    assert _files(out) == before
+
+
+def _ending_line(capsys) -> str:
+    """The one ``error:`` line that ends a run that began training (its log lines echo before)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert not any(line.startswith("Traceback") for line in lines), lines
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], lines
+    return lines[-1]
+
+
+def _fail_at(monkeypatch, name: str, nth: int, action) -> None:
+    """``action()`` at the ``nth`` atomic write of a file called ``name`` (inside the real
+    ``atomic_file``, so its clean-up runs as for a real failure)."""
+    import contextlib
+
+    real, calls = checkpoint.atomic_file, []
+
+    @contextlib.contextmanager
+    def failing(path):
+        with real(path) as f:
+            if Path(path).name == name:
+                calls.append(path)
+                if len(calls) == nth:
+                    action()
+            yield f
+    monkeypatch.setattr(checkpoint, "atomic_file", failing)
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes(tiny, tmp_path, capsys, monkeypatch):
+    """Issue 23.8: ENOSPC while writing checkpoint.pt was a traceback (the folder stayed whole)."""
+    out = tmp_path / "run"
+
+    def full():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    _fail_at(monkeypatch, "checkpoint.pt", 2, full)
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny,
+                     "--gin_bindings", "train.epochs = 3"]) == 1
+    line = _ending_line(capsys)
+    assert line == (f"error: cannot write {out / 'checkpoint.pt'}: {os.strerror(errno.ENOSPC)}; "
+                    f"{out / 'checkpoint.pt'} holds epoch 1 whole: --resume continues the run")
+    assert "run ended: WriteFailed: cannot write" in (out / "log.txt").read_text()
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # no half-written temporary
+    assert checkpoint.load_torch(out / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.undo()
+    assert run.main(["--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_sigterm_is_recorded_in_log_txt_and_the_run_resumes(tiny, tmp_path, capsys, monkeypatch):
+    """Issue 23.8: SIGTERM ended a run with no line in log.txt saying why."""
+    import signal
+
+    def unhandled(*_):  # what the test sees if run.py installs no handler (instead of dying)
+        raise RuntimeError("SIGTERM reached the test's own handler")
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        out = tmp_path / "run"
+        # SIGTERM arrives while epoch 2's checkpoint is being written: the write is abandoned
+        _fail_at(monkeypatch, "checkpoint.pt", 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny,
+                         "--gin_bindings", "train.epochs = 2"]) == 128 + signal.SIGTERM
+        kept = f"{out / 'checkpoint.pt'} holds epoch 1 whole: --resume continues the run"
+        assert _ending_line(capsys) == f"error: stopped by SIGTERM in epoch 2; {kept}"
+        assert (out / "log.txt").read_text().splitlines()[-1].endswith(
+            f"run ended: RunStopped: stopped by SIGTERM in epoch 2; {kept}")
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # run.py put the old handler back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert run.main(["--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
