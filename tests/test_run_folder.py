@@ -348,7 +348,7 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(finished, tiny
 
 
 @pytest.mark.parametrize("bindings, why", [
-    (["train.epochs = 1"], "it has trained 1 epochs and train.epochs = 1"),  # recorded epochs = 1
+    (["train.epochs = 1"], "checkpoint.pt holds epoch 1 and train.epochs = 1"),  # recorded epochs = 1
     (["train.epochs = 1", "train.patience = 20"], "raise train.epochs"),  # recorded patience = 20
 ])
 def test_a_resume_that_trains_no_epoch_changes_nothing_and_says_so(finished, tmp_path, capsys, bindings, why):

@@ -138,7 +138,7 @@ class RunFolder:
         if not self.metrics.exists():
             return
         why = (f"the run ended at epoch {done} ({stopped}) and a resume does not restart it" if stopped else
-               f"it has trained {done} epochs and train.epochs = {epochs}; raise train.epochs to train more")
+               f"checkpoint.pt holds epoch {done} and train.epochs = {epochs}; raise train.epochs to train more")
         raise NothingToTrain(f"--resume: nothing to train: {why}; {self.path} is unchanged")
 
     # --- the session ---
@@ -388,7 +388,8 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "auto") -> Run
     """Rebuilds a run's best model (best.pt's weights, no gin needed) and loads its data.
 
     The data comes from the shard folder the run recorded (relative paths are tried from the
-    working directory, then from the repository root). Raises RunFolderError in one line.
+    working directory, then from the repository root). Raises RunFolderError in one line;
+    ``CorruptCheckpoint`` (one) when best.pt fails its digest, before anything is unpickled.
     """
     from core.data.shards import load_sequences
     from core.dataset_config import resolve_path
