@@ -431,3 +431,33 @@ def test_sigterm_is_recorded_in_log_txt_and_the_run_resumes(tiny, tmp_path, caps
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     assert run.main(["--resume", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_a_real_sigterm_mid_run_is_one_line_a_log_line_and_a_resumable_folder(tiny, tmp_path):
+    """Issue 23.8, as a user's ``kill`` (or a scheduler's) does it: a process, a real signal."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    long = ["--gin_bindings", "train.epochs = 500", "--gin_bindings", "train.patience = 500"]
+    proc = subprocess.Popen([sys.executable, "experiments/run.py", "--gin", "gin/quickstart.gin", *tiny, *long,
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 300  # a bound on a hang only: any speed gets there
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stopped by SIGTERM in epoch ") and "--resume continues the run" in last
+    assert "run ended: RunStopped: stopped by SIGTERM in epoch " in (out / "log.txt").read_text().splitlines()[-1]
+    done = checkpoint.load_torch(out / "checkpoint.pt")["epoch"]
+    assert run.main(["--resume", "--out", str(out), "--gin_bindings", f"train.epochs = {done + 1}"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == done + 1
