@@ -6,6 +6,10 @@ then the ``torch.save`` bytes), checked before anything is unpickled: a flipped 
 truncation or garbage is refused with ``CorruptFile`` (one line naming the file and ``fix``),
 never trusted and never a traceback. A checkpoint written before checkpoints carried a digest
 (a bare ``torch.save`` zip) cannot be checked and is refused the same way, with a line saying so.
+Readers: the run folder (``--resume``: checkpoint.pt and best.pt; the test: best.pt), ``load_run``
+(best.pt, for ``core.recommend`` and experiments/recommend.py) and kernels_bench's ``--checkpoint``.
+There are no ``torch.distributed.checkpoint`` folders: under torchrun rank 0 writes these same
+files (catalog-parallel ranks gather the item table first), so the one digest covers them too.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import checkpoint
+from core import atomic, checkpoint
 from core.data.batching import DeviceSequences
 from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
@@ -384,27 +384,31 @@ def _fail_at(monkeypatch, name: str, nth: int, action) -> None:
                 if len(calls) == nth:
                     action()
             yield f
-    monkeypatch.setattr(checkpoint, "atomic_file", failing)
+    monkeypatch.setattr(checkpoint, "atomic_file", failing)  # checkpoints
+    monkeypatch.setattr(atomic, "atomic_file", failing)  # history.jsonl, metrics.json, config.gin
 
 
-def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes(tiny, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name, nth, kept", [("checkpoint.pt", 2, 1), ("history.jsonl", 2, 2), ("metrics.json", 1, 3)])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes(tiny, tmp_path, capsys, monkeypatch,
+                                                                     name, nth, kept):
     """Issue 23.8: ENOSPC while writing checkpoint.pt was a traceback (the folder stayed whole)."""
     out = tmp_path / "run"
 
     def full():
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    _fail_at(monkeypatch, "checkpoint.pt", 2, full)
+    _fail_at(monkeypatch, name, nth, full)
     assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny,
                      "--gin_bindings", "train.epochs = 3"]) == 1
     line = _ending_line(capsys)
-    assert line == (f"error: cannot write {out / 'checkpoint.pt'}: {os.strerror(errno.ENOSPC)}; "
-                    f"{out / 'checkpoint.pt'} holds epoch 1 whole: --resume continues the run")
+    assert line == (f"error: cannot write {out / name}: {os.strerror(errno.ENOSPC)}; "
+                    f"{out / 'checkpoint.pt'} holds epoch {kept} whole: --resume continues the run")
     assert "run ended: WriteFailed: cannot write" in (out / "log.txt").read_text()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # no half-written temporary
-    assert checkpoint.load_torch(out / "checkpoint.pt")["epoch"] == 1
+    assert checkpoint.load_torch(out / "checkpoint.pt")["epoch"] == kept
     monkeypatch.undo()
     assert run.main(["--resume", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+    assert len((out / "history.jsonl").read_text().splitlines()) == 3
 
 
 def test_sigterm_is_recorded_in_log_txt_and_the_run_resumes(tiny, tmp_path, capsys, monkeypatch):
