@@ -465,3 +465,17 @@ def test_a_real_sigterm_mid_run_is_one_line_a_log_line_and_a_resumable_folder(ti
     done = checkpoint.load_torch(out / "checkpoint.pt")["epoch"]
     assert run.main(["--resume", "--out", str(out), "--gin_bindings", f"train.epochs = {done + 1}"]) == 0
     assert json.loads((out / "metrics.json").read_text())["epochs"] == done + 1
+
+
+def test_a_resume_that_only_runs_the_missing_test_keeps_config_gin(finished, tmp_path, capsys):
+    """Issue 23.3: a run killed between its last checkpoint and its test resumes to write
+    metrics.json, but config.gin keeps what trained (not the resume's patience = 20)."""
+    out = _copy(finished, tmp_path / "run")
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").unlink()
+    config = (out / "config.gin").read_bytes()
+    assert run.main(["--resume", "--out", str(out), "--gin_bindings", "train.epochs = 1",
+                     "--gin_bindings", "train.patience = 20"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["epochs"] == 1 and again["test"] == metrics["test"]
+    assert (out / "config.gin").read_bytes() == config
