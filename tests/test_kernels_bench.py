@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.checkpoint import save_torch
 from core.losses import IGNORE_INDEX, ce
 from kernels_bench import plots, sweep_vocab
-from core.checkpoint import save_torch
 from kernels_bench.inputs import InputError, fit_catalog, load_catalog, make_inputs
 from kernels_bench.measure import Measurement, floor_ms, is_oom, measure
 from kernels_bench.providers import (

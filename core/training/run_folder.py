@@ -334,7 +334,7 @@ class _LogFile(logging.FileHandler):
     """log.txt's handler: a line that cannot be written (a full disk) is lost quietly, instead of
     a logging traceback on stderr; the run's own error line still says what happened."""
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (logging's name)
+    def handleError(self, record: logging.LogRecord) -> None:  # logging's own name
         pass
 
 
