@@ -42,24 +42,28 @@ def save_torch(obj, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with atomic_file(path) as f:
-        f.write(seal(buffer.getvalue()))
+        f.write(seal(buffer.getbuffer()))  # a view: no third copy of a large checkpoint
 
 
-def _payload(path: Path, fix: str) -> memoryview:
-    """The checked ``torch.save`` bytes of a checkpoint, or ``CorruptFile``."""
+def _payload(path: Path, fix: str) -> io.BytesIO:
+    """The checked ``torch.save`` bytes of a checkpoint, as a file positioned at them (sharing
+    the bytes read: one copy of the checkpoint in memory), or ``CorruptFile``."""
     try:
         blob = Path(path).read_bytes()
     except OSError as err:
         raise CorruptFile(path, f"cannot be read ({err.strerror or err})", fix) from None
     if blob.startswith(_TORCH_ZIP):
         raise UncheckedFile(path, fix)
-    return unseal(blob, path, fix)
+    payload = unseal(blob, path, fix)
+    f = io.BytesIO(blob)
+    f.seek(len(blob) - len(payload))
+    return f
 
 
 def load_torch(path: Path, map_location: torch.device | str = "cpu", *, fix: str = DEFAULT_FIX):
     """Loads a checkpoint written by ``save_torch`` (our own file: full unpickling allowed) once
     its digest matches; raises ``CorruptFile`` (one line: the file, what is wrong, ``fix``)."""
-    return torch.load(io.BytesIO(_payload(path, fix)), map_location=map_location, weights_only=False)
+    return torch.load(_payload(path, fix), map_location=map_location, weights_only=False)
 
 
 def check_torch(path: Path, *, fix: str = DEFAULT_FIX) -> None:
