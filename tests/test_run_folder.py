@@ -479,3 +479,19 @@ def test_a_resume_that_only_runs_the_missing_test_keeps_config_gin(finished, tmp
     again = json.loads((out / "metrics.json").read_text())
     assert again["epochs"] == 1 and again["test"] == metrics["test"]
     assert (out / "config.gin").read_bytes() == config
+
+
+def test_a_log_line_that_a_full_disk_refuses_is_lost_quietly(tmp_path, capsys):
+    """Issue 23.8: on a full disk log.txt fails too; logging printed its own traceback then."""
+    import logging
+
+    from core.training.run_folder import _LogFile
+
+    handler = _LogFile(tmp_path / "log.txt")
+
+    def full(_text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    handler.stream.write = full
+    handler.handle(logging.makeLogRecord({"msg": "epoch 2: ...", "levelno": logging.INFO}))
+    handler.close()
+    assert "Traceback" not in capsys.readouterr().err

@@ -335,7 +335,8 @@ class _LogFile(logging.FileHandler):
     a logging traceback on stderr; the run's own error line still says what happened."""
 
     def handleError(self, record: logging.LogRecord) -> None:  # logging's own name
-        pass
+        if not isinstance(sys.exc_info()[1], OSError):  # a bad format string is still reported
+            super().handleError(record)
 
 
 def _load(path: Path, device, fix: str) -> dict:
