@@ -29,12 +29,14 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
             "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
-def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args) -> None:
+def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args,
+           started) -> None:
     os.environ.update(rank_env(rank, world, port))
     torch.set_num_threads(1)  # K ranks on a 2-core machine
     from core.parallel.collectives import init_from_env, shutdown
     from experiments.joined import leave
 
+    started.wait()  # all imported: the rendezvous (within timeout_s) never waits on a slow import
     ctx = init_from_env(device, timeout_s=timeout_s)
     try:
         result = fn(ctx, *args)
@@ -48,6 +50,7 @@ def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0, de
     """[fn(ctx_r, *args) for each rank r], run in ``world`` spawned processes."""
     out = Path(tmp_path) / f"ranks_{fn.__name__}_{world}"
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, device, fn, args),
+    started = mp.get_context("spawn").Barrier(world)
+    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, device, fn, args, started),
                        nprocs=world, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
