@@ -32,6 +32,7 @@ from pathlib import Path
 
 import gin
 
+from core.atomic import unwritable
 from core.data.download import SOURCES, DownloadError, fetch, how_to_get
 from core.data.prepare import Recipe, check_source, prepare
 from core.data.shards import DataFormatError, SequenceData, load_sequences, rebuild_command
@@ -112,6 +113,9 @@ def _load_cached(cache: Path, recipe: Recipe) -> SequenceData:
         except DataFormatError as err:
             log.warning("dataset cache %s is unusable (%s): rebuilding it", cache, err)
             shutil.rmtree(cache)
+    blocked = unwritable(cache)  # a file where the cache folder goes: one line, before any work
+    if blocked:
+        raise ValueError(f"dataset.cache_dir: cannot make {cache}: {blocked}")
     try:
         prepare(recipe, cache, progress=sys.stderr.isatty())
     except FileExistsError:

@@ -1,11 +1,20 @@
-"""The environment for a test's child Python process: this checkout first on PYTHONPATH, and
-whatever the caller had there after it (packages installed with ``--target``, as on the GPU
-machine; replacing PYTHONPATH hid gin-config there, and the checkout's gin/ folder of configs
-was imported as ``gin`` instead)."""
+"""The environment of the tests and of their child processes.
+
+``child_env``: the environment for a test's child Python process: this checkout first on
+PYTHONPATH, and whatever the caller had there after it (packages installed with ``--target``, as
+on the GPU machine; replacing PYTHONPATH hid gin-config there, and the checkout's gin/ folder of
+configs was imported as ``gin`` instead).
+
+``use_temp_folder``: where the temporary files go, for this process and every child it starts
+(they inherit os.environ, and ``child_env`` copies it): TMPDIR (tempfile, pytest's tmp_path,
+torchrun's ``torchelastic_*`` folders, the kernels' mutant modules) and torch.compile's cache.
+tests/conftest.py points both into one folder that it removes when pytest ends.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,3 +24,10 @@ def child_env(**extra: str) -> dict[str, str]:
     inherited = os.environ.get("PYTHONPATH")
     path = str(REPO) if not inherited else os.pathsep.join([str(REPO), inherited])
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def use_temp_folder(folder: Path) -> None:
+    """Temporary files of this process and its children, and torch.compile's cache (else
+    ``torchinductor_<user>`` in the system's temporary folder), go under ``folder``."""
+    os.environ.update(TMPDIR=str(folder), TORCHINDUCTOR_CACHE_DIR=str(folder / "torchinductor"))
+    tempfile.tempdir = None  # gettempdir() keeps its first answer: ask again

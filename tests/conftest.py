@@ -1,11 +1,27 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and one temporary folder for the whole session, removed at its end."""
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.child_env import use_temp_folder
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # real logs live beside the repo, never inside it
+_SESSION_TEMP = pytest.StashKey[Path]()
+
+
+def pytest_configure(config):
+    """Everything the tests and their child processes write to the temporary folder (pytest's
+    tmp_path too) goes into one folder of the session, so that none of it outlives pytest."""
+    config.stash[_SESSION_TEMP] = Path(tempfile.mkdtemp(prefix="sasrec-tests-"))
+    use_temp_folder(config.stash[_SESSION_TEMP])
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash[_SESSION_TEMP], ignore_errors=True)
 
 
 @pytest.fixture

@@ -31,12 +31,13 @@ def rank_env(rank: int, world: int, port: int, nodes: int = 1) -> dict[str, str]
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, timeout_s: float, device: str, fn, args,
-           nodes: int = 1) -> None:
+           started, nodes: int = 1) -> None:
     os.environ.update(rank_env(rank, world, port, nodes))
     torch.set_num_threads(1)  # K ranks on a 2-core machine
     from core.parallel.collectives import init_from_env, shutdown
     from experiments.joined import leave
 
+    started.wait()  # all imported: the rendezvous (within timeout_s) never waits on a slow import
     ctx = init_from_env(device, timeout_s=timeout_s)
     try:
         result = fn(ctx, *args)
@@ -52,6 +53,7 @@ def run_ranks(fn, world: int, tmp_path: Path, *args, timeout_s: float = 60.0, de
     simulated nodes: LOCAL_RANK and LOCAL_WORLD_SIZE as torchrun sets them on each)."""
     out = Path(tmp_path) / f"ranks_{fn.__name__}_{world}"
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, device, fn, args, nodes),
+    started = mp.get_context("spawn").Barrier(world)
+    mp.start_processes(_entry, args=(world, free_port(), str(out), timeout_s, device, fn, args, started, nodes),
                        nprocs=world, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -253,13 +253,14 @@ def test_the_tool_and_a_configured_dataset_prepare_the_same_data(tmp_path):
     assert tool.attrs["duplicates"] == configured.attrs["duplicates"]
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+@pytest.mark.parametrize("where", ["under_a_file", "a_file", "read_only"])
 def test_an_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, where, capsys):
+    """The file cases run as root too (CI's user); "read_only" (chmod) only without root."""
     from tools import prepare_data
 
-    if where == "under_a_file":
+    if where != "read_only":
         (tmp_path / "f").write_text("x")
-        out, expect = tmp_path / "f" / "d", "is a file"
+        out, expect = (tmp_path / "f" / "d" if where == "under_a_file" else tmp_path / "f"), "is a file"
     else:
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")

@@ -171,11 +171,26 @@ def test_a_bad_value_is_one_error_line_and_leaves_no_folder(tiny, tmp_path, caps
     assert not (tmp_path / "runs").exists()
 
 
-def test_an_out_under_a_regular_file_is_one_error_line(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("under", [True, False], ids=["under_a_file", "a_file"])
+def test_an_out_under_a_regular_file_is_one_error_line(tiny, tmp_path, capsys, under):
     (tmp_path / "file").write_text("not a folder")
-    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(tmp_path / "file" / "r"), *tiny]) == 2
+    out = tmp_path / "file" / "r" if under else tmp_path / "file"
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny]) == 2
     assert "is a file" in _error_line(capsys)
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("under", [True, False], ids=["under_a_file", "a_file"])
+def test_a_cache_dir_that_is_or_is_under_a_file_is_one_error_line(tiny, tmp_path, capsys, under):
+    """Runs as root too (issue 23.11): a file where the data cache's folder goes was a traceback
+    (FileExistsError, NotADirectoryError) after the data had been generated."""
+    (tmp_path / "file").write_text("not a folder")
+    cache = tmp_path / "file" / "cache" if under else tmp_path / "file"
+    assert run.main(["--gin", "gin/quickstart.gin", "--out", str(tmp_path / "r"), *tiny,
+                     "--gin_bindings", f"dataset.cache_dir = '{cache}'"]) == 2
+    line = _error_line(capsys)
+    assert "dataset.cache_dir" in line and f"{tmp_path / 'file'} is a file" in line
+    assert (tmp_path / "file").read_text() == "not a folder" and not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
