@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     extra = {} if timeout_s is None else {"timeout_s": float(timeout_s)}
     from core.training import RunStopped
 
-
     with _stop_on(signal.SIGTERM):
         try:
             return run_joined(device, lambda ctx: _train(args, ctx), what="training", **extra)
