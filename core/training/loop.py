@@ -104,7 +104,7 @@ def build(data: SequenceData, *, model: Callable[..., torch.nn.Module], loss_fn:
     random.seed(optim.seed)
     seqs = DeviceSequences.from_data(data, device)
     ranks = ranks or Ranks()
-    net = ranks.shard(model(n_items=data.n_items, max_len=optim.max_len)).to(device)
+    net = ranks.build_model(model, n_items=data.n_items, max_len=optim.max_len).to(device)
     train_step = make_step(ranks.prepare(net), ranks.loss(bind_to_data(loss_fn, data)), lr=optim.lr,
                            weight_decay=optim.weight_decay, settings=step, batch_size=optim.batch_size,
                            max_len=optim.max_len)
