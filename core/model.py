@@ -107,7 +107,8 @@ def item_table_init(seed: int, lo: int, hi: int, dim: int) -> torch.Tensor:
 
 def whole_item_table(n_items: int, dim: int, seed: int) -> nn.Embedding:
     """One process's item table: all n_items + 1 rows of ``item_table_init``."""
-    return nn.Embedding.from_pretrained(item_table_init(seed, 0, n_items + 1, dim), freeze=False, padding_idx=0)
+    weight = item_table_init(seed, 0, n_items + 1, dim)
+    return nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=0)
 
 
 # n_items comes from the data and max_len from train.max_len (one value for batches and

@@ -52,7 +52,8 @@ class Ranks:
 
     - ``build_model(make, **kwargs)``: with ``catalog_parallel`` the model is made with only
       this rank's shard of the item table (``ShardedItemEmbedding``), which DDP leaves alone
-      (its gradients are exact on their owner); ``prepare(model)``: the model the step trains, DDP around it;
+      (its gradients are exact on their owner); ``prepare(model)``: the model the step trains,
+      DDP around it;
       ``attach(optimizer)``: the optimizer's checkpoints hold the whole table's Adam state.
     - ``loss(loss_fn)``: this rank's loss for its share of a global batch, ``loss(e, c, targets,
       shares=...)`` with the batch's ``RankShares``: the local mean scaled by ``loss_scale``, or
@@ -96,14 +97,15 @@ class Ranks:
 
     def _item_shard(self, n_items: int, dim: int, seed: int) -> ShardedItemEmbedding:
         lo, hi = item_range(n_items, self.ctx.rank, self.ctx.world)
-        self._table = ShardedItemEmbedding(item_table_init(seed, 1 + lo, 1 + hi, dim), ctx=self.ctx, n_items=n_items)
+        rows = item_table_init(seed, 1 + lo, 1 + hi, dim)  # table row 1 + i is catalog column i
+        self._table = ShardedItemEmbedding(rows, ctx=self.ctx, n_items=n_items)
         return self._table
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model the step trains: DDP around ``model`` (which keeps plain state-dict keys)."""
         if not self.enabled:
             return model
-        if self._table is not None:  # the shard differs on every rank and its gradient is exact: DDP leaves it
+        if self._table is not None:  # differs on every rank, its gradient already exact: DDP leaves it
             _DDP._set_params_and_buffers_to_ignore_for_model(model, ["item_emb.weight"])
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         return _DDP(model, device_ids=device_ids)
