@@ -12,6 +12,7 @@ Padding convention (shared with ``core.data.batching``): sequences are LEFT-padd
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import gin
 import torch
@@ -79,13 +80,49 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_ffn(x))
 
 
+INIT_STD = 0.02  # every weight's Normal(0, std) init (nanoGPT/BERT)
+INIT_BLOCK_ROWS = 4096  # the item table's init is drawn in blocks of this many rows
+
+
+def item_table_init(seed: int, lo: int, hi: int, dim: int) -> torch.Tensor:
+    """Rows [lo, hi) of the initial (n_items + 1, dim) item table: Normal(0, INIT_STD), row 0
+    (padding) zero, in the default dtype, on the CPU.
+
+    A function of ``seed`` and the rows only: block b (rows [b * INIT_BLOCK_ROWS, (b + 1) *
+    INIT_BLOCK_ROWS)) is always drawn whole by a generator seeded with (seed + b) mod 2**32,
+    so a rank can make its shard of the table, with the values the whole table has there,
+    without drawing (or allocating) the rest; the transient is one block.
+    """
+    out = torch.empty(max(hi - lo, 0), dim)
+    for b in range(lo // INIT_BLOCK_ROWS, -(-hi // INIT_BLOCK_ROWS)):
+        start = b * INIT_BLOCK_ROWS
+        gen = torch.Generator().manual_seed((seed + b) % 2**32)
+        block = torch.randn(INIT_BLOCK_ROWS, dim, generator=gen)  # (INIT_BLOCK_ROWS, dim), whole
+        a, z = max(lo, start), min(hi, start + INIT_BLOCK_ROWS)
+        out[a - lo : z - lo] = block[a - start : z - start] * INIT_STD
+    if lo == 0 and hi > 0:
+        out[0] = 0.0  # the padding row
+    return out
+
+
+def whole_item_table(n_items: int, dim: int, seed: int) -> nn.Embedding:
+    """One process's item table: all n_items + 1 rows of ``item_table_init``."""
+    weight = item_table_init(seed, 0, n_items + 1, dim)
+    return nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=0)
+
+
 # n_items comes from the data and max_len from train.max_len (one value for batches and
-# positions): binding them here would be silently overridden, so gin refuses it.
-@gin.configurable(denylist=["n_items", "max_len"])
+# positions): binding them here would be silently overridden, so gin refuses it. item_table is
+# the training ranks' (core.training.ranks.Ranks.build_model), not a setting.
+@gin.configurable(denylist=["n_items", "max_len", "item_table"])
 class SASRec(nn.Module):
     """SASRec over ``n_items`` items (ids 1..n_items; 0 is padding).
 
     Defaults are the seed's settings: embedding 64, max_len 50, 2 blocks, 1 head, dropout 0.2.
+    ``item_table(n_items, dim, seed)`` makes the item table (``whole_item_table``; a rank of a
+    catalog-parallel run makes only its shard of it): its init is ``item_table_init`` with a
+    seed drawn from torch's global RNG, so the rest of the model draws the same values
+    whatever the table's size or split.
     """
 
     def __init__(
@@ -97,6 +134,7 @@ class SASRec(nn.Module):
         n_blocks: int = 2,
         n_heads: int = 1,
         dropout: float = 0.2,
+        item_table: Callable[[int, int, int], nn.Module] = whole_item_table,
     ):
         super().__init__()
         if n_items < 1:
@@ -110,7 +148,7 @@ class SASRec(nn.Module):
         # rebuilt without gin (core.training.load_run).
         self.settings = dict(n_items=n_items, dim=dim, max_len=max_len, n_blocks=n_blocks,
                              n_heads=n_heads, dropout=dropout)
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.item_emb = item_table(n_items, dim, int(torch.randint(2**31, ())))
         self.pos_emb = nn.Embedding(max_len, dim)
         self.emb_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -120,19 +158,17 @@ class SASRec(nn.Module):
         # The original scales item embeddings by sqrt(dim) before adding positions; we keep
         # it, so items dominate positions at init exactly as in the paper's model.
         self.emb_scale = math.sqrt(dim)
-        self.apply(self._init_weights)
+        for name, child in self.named_children():
+            if name != "item_emb":  # initialised by item_table, from its own seed
+                child.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        """Normal(0, 0.02) weights and zero biases (nanoGPT/BERT); padding row stays zero."""
+        """Normal(0, INIT_STD) weights and zero biases (nanoGPT/BERT)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=INIT_STD)
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
 
     def forward(self, seq: torch.Tensor, *, shares=None) -> torch.Tensor:
         """seq (B, L) int64 item ids, left-padded with 0 -> hidden states (B, L, D).

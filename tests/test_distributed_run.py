@@ -2,7 +2,8 @@
 
 Data-parallel (K = 2) and catalog-parallel (K = 3, 500 items: not divisible by 3; CE and the
 exact-CCE binding) give the 1-process loss curve within float32 noise and the same metrics;
-only rank 0 writes; ``--resume`` with the same K continues as if uninterrupted, another K is
+only rank 0 writes; ``--resume`` with the same K continues as an uninterrupted run (within
+float32 noise for K = 3: ``core.training.loop.train``'s docstring says why), another K is
 refused; compile under torchrun is refused with one error line.
 """
 

@@ -9,9 +9,12 @@ continues training as if nothing happened.
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from core.data.batching import DeviceSequences, TrainBatches
 from core.evaluation import count_train_users, evaluate_model
@@ -26,9 +29,9 @@ from tests.test_distributed import make_data
 N_ITEMS, MAX_LEN, BATCH, STEPS = 23, 8, 7, 3
 
 
-def make_model() -> SASRec:
+def make_model(**kwargs) -> SASRec:
     torch.manual_seed(3)
-    return SASRec(N_ITEMS, dim=16, max_len=MAX_LEN, n_blocks=1, n_heads=2, dropout=0.0)
+    return SASRec(N_ITEMS, dim=16, max_len=MAX_LEN, n_blocks=1, n_heads=2, dropout=0.0, **kwargs)
 
 
 def _step(net, model, optimizer, loss_fn, batch) -> float:
@@ -46,9 +49,8 @@ def _step(net, model, optimizer, loss_fn, batch) -> float:
 def _train(ctx: DistContext, catalog_parallel: bool, resume_after: int | None = None) -> dict:
     data = make_data()
     seqs = DeviceSequences.from_data(data, ctx.device)
-    model = make_model()
     ranks = Ranks(ctx, catalog_parallel=catalog_parallel)  # one process: every member a no-op
-    model = ranks.shard(model).to(ctx.device)
+    model = ranks.build_model(make_model).to(ctx.device)
     net = ranks.prepare(model)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
     loss_fn = ranks.loss(ce)
@@ -121,6 +123,57 @@ def test_k_ranks_train_like_one_on_cuda(catalog_parallel, tmp_path):
     expected = _train(DistContext(device=torch.device("cuda", 0)), False)
     for got in run_ranks(_train, 2, tmp_path, catalog_parallel, device="cuda"):
         assert_same_training(got, expected)
+
+
+def _rank(rank: int, world: int) -> Ranks:
+    """Rank ``rank`` of ``world`` as ``build_model`` sees it (it talks to no other rank)."""
+    return Ranks(DistContext(rank=rank, world=world, backend="gloo"), catalog_parallel=True)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_rank_builds_the_one_process_values_of_its_rows(world):
+    """The shard is the one-process table's rows, the rest of the model is the same, and the
+    global RNG goes on from the same state (dropout, batches) on every rank."""
+    one = make_model()
+    after_one = torch.rand(4)
+    for rank, (lo, hi) in enumerate(shard_bounds(N_ITEMS, world)):
+        model = _rank(rank, world).build_model(make_model)
+        assert torch.equal(torch.rand(4), after_one)
+        assert not model.item_emb.weight[0].any()
+        assert torch.equal(model.item_emb.weight[1:], one.item_emb.weight[1 + lo : 1 + hi])
+        theirs = dict(model.named_parameters())
+        for name, value in one.named_parameters():
+            if name != "item_emb.weight":
+                assert torch.equal(theirs[name], value), name
+
+
+class _LargestTensor(TorchDispatchMode):
+    """The largest tensor any torch op makes (factories, copies, views) while it is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.numel = max([self.numel, *sizes])
+        return out
+
+
+def test_a_rank_never_makes_the_whole_item_table():
+    """Building rank 1 of 3 of a 30,000-item model makes no tensor beyond its shard (+ the
+    padding row): the whole (V + 1, D) table is never allocated, not even for a moment."""
+    n_items, dim, world = 30_000, 4, 3
+    lo, hi = shard_bounds(n_items, world)[1]
+    make = functools.partial(SASRec, n_items, dim=dim, max_len=4, n_blocks=0)
+    with _LargestTensor() as one:
+        make()
+    assert one.numel == (n_items + 1) * dim  # the measure sees the whole table where there is one
+    with _LargestTensor() as rank:
+        model = _rank(1, world).build_model(make)
+    assert model.item_emb.weight.shape == (hi - lo + 1, dim)
+    assert rank.numel <= (hi - lo + 1) * dim
 
 
 def test_catalog_parallel_checkpoint_round_trip(tmp_path):

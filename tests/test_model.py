@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.model import SASRec
+from core.model import INIT_BLOCK_ROWS, SASRec, item_table_init
 
 N_ITEMS, DIM, MAX_LEN = 37, 16, 8
 
@@ -40,6 +40,21 @@ def test_shapes_and_catalog():
 
 def test_padding_row_is_zero_at_init():
     assert make().item_emb.weight[0].abs().sum() == 0
+
+
+def test_item_table_init_of_any_row_range_is_those_rows_of_the_whole_table():
+    """Blockwise seeding: a range (inside a block, across block edges, the end) is reproduced
+    without the rest; the model's table is that init, row 0 (padding) zero."""
+    rows, seed = 2 * INIT_BLOCK_ROWS + 10, 7
+    whole = item_table_init(seed, 0, rows, 3)
+    assert whole[0].abs().sum() == 0 and whole[1:].std().item() == pytest.approx(0.02, rel=0.05)
+    for lo, hi in [(1, 5), (1, INIT_BLOCK_ROWS + 1), (INIT_BLOCK_ROWS - 2, 2 * INIT_BLOCK_ROWS + 3),
+                   (2 * INIT_BLOCK_ROWS, rows), (0, 3), (5, 5)]:
+        assert torch.equal(item_table_init(seed, lo, hi, 3), whole[lo:hi]), (lo, hi)
+    assert not torch.equal(item_table_init(seed + 1, 0, rows, 3), whole)
+    torch.manual_seed(0)
+    seed = int(torch.randint(2**31, ()))  # the model's draw
+    assert torch.equal(make().item_emb.weight, item_table_init(seed, 0, N_ITEMS + 1, DIM))
 
 
 def test_causality_future_items_do_not_change_the_past():

@@ -280,16 +280,15 @@ class ShardedItemEmbedding(torch.nn.Module):
     folder looks the same for any K (``load_run``, ``recommend`` need no change).
     """
 
-    def __init__(self, full_weight: torch.Tensor, *, ctx: DistContext, n_items: int):
+    def __init__(self, rows: torch.Tensor, *, ctx: DistContext, n_items: int):
+        """``rows`` (V_r, D): this rank's rows of the table, items ``item_range(n_items, rank, K)``
+        (made by the caller, e.g. ``core.model.item_table_init``: the whole table is never made)."""
         super().__init__()
         self.ctx, self.n_items = ctx, n_items
         self.lo, self.hi = item_range(n_items, ctx.rank, ctx.world)
-        if full_weight.shape[0] != n_items + 1:
-            raise ValueError(f"expected the (n_items + 1, D) table, got {tuple(full_weight.shape)}")
-        shard = torch.zeros(self.hi - self.lo + 1, full_weight.shape[1], dtype=full_weight.dtype,
-                            device=full_weight.device)
-        shard[1:] = full_weight.detach()[1 + self.lo : 1 + self.hi]
-        self.weight = torch.nn.Parameter(shard)
+        if rows.shape[0] != self.hi - self.lo:
+            raise ValueError(f"rank {ctx.rank} owns items [{self.lo}, {self.hi}), got {rows.shape[0]} rows")
+        self.weight = torch.nn.Parameter(torch.cat([rows.new_zeros(1, rows.shape[1]), rows.detach()]))
         self.grad_scale = 1.0 / ctx.world  # DDP's convention: see the module docstring
 
     def forward(self, ids: torch.Tensor, shares: RankShares | None = None) -> torch.Tensor:

@@ -104,7 +104,7 @@ def build(data: SequenceData, *, model: Callable[..., torch.nn.Module], loss_fn:
     random.seed(optim.seed)
     seqs = DeviceSequences.from_data(data, device)
     ranks = ranks or Ranks()
-    net = ranks.shard(model(n_items=data.n_items, max_len=optim.max_len)).to(device)
+    net = ranks.build_model(model, n_items=data.n_items, max_len=optim.max_len).to(device)
     train_step = make_step(ranks.prepare(net), ranks.loss(bind_to_data(loss_fn, data)), lr=optim.lr,
                            weight_decay=optim.weight_decay, settings=step, batch_size=optim.batch_size,
                            max_len=optim.max_len)
@@ -143,8 +143,13 @@ def train(data: SequenceData, out_dir: str | Path | RunFolder, *,
     ``data``: a SequenceData (leave-one-out split inside); ``dataset_name`` / ``data_path`` are
     recorded (``load_run`` reloads the data from the path). ``loss_fn(e (N, D), c (V, D),
     targets (N,)) -> scalar``, named in metrics.json by ``core.losses.loss_name``. ``resume``:
-    continue from checkpoint.pt (the result equals an uninterrupted run's, bit for bit on the
-    CPU); only the ``schedule``, ``parallel.device`` and ``evaluation.batch_size`` may change.
+    continue from checkpoint.pt; only the ``schedule``, ``parallel.device`` and
+    ``evaluation.batch_size`` may change. The result equals an uninterrupted run's bit for bit
+    on the CPU with 1 or 2 processes; with 3 ranks (data- or catalog-parallel) the weights end
+    up to ~3e-7 apart (the attention key bias, whose gradient is rounding noise; others ~7e-9;
+    tiny preset, 1 + 1 epochs): a fresh process's first step all-reduces the gradients in
+    DDP's initial bucket layout, later steps in the rebuilt one, and gloo sums three ranks'
+    values in an order that depends on the position in the bucket (two commute exactly).
     Every bad value raises ValueError naming its ``train.*`` setting before anything is written.
 
     ``parallel.ctx``: this process's place in a torchrun run (None: one process). Each rank

@@ -24,7 +24,8 @@ import torch
 
 from core.data.batching import Batch
 from core.evaluation import eval_args
-from core.parallel.catalog import ShardedItemEmbedding, catalog_parallel_ce
+from core.model import item_table_init
+from core.parallel.catalog import ShardedItemEmbedding, catalog_parallel_ce, item_range
 from core.parallel.collectives import DistContext, barrier, broadcast, gather_objects, mean_over_ranks
 from core.parallel.shares import RankShares, ShardedBatch, scaled_loss, shard_batch
 
@@ -49,9 +50,10 @@ class Ranks:
     With one process every member is a no-op (the model, loss and batches pass through). With
     K ranks (a ``ctx`` from ``init_from_env``):
 
-    - ``shard(model)``: with ``catalog_parallel`` the item table becomes this rank's shard
-      (``ShardedItemEmbedding``), which DDP leaves alone (its gradients are exact on their
-      owner); ``prepare(model)``: the model the step trains, DDP around it;
+    - ``build_model(make, **kwargs)``: with ``catalog_parallel`` the model is made with only
+      this rank's shard of the item table (``ShardedItemEmbedding``), which DDP leaves alone
+      (its gradients are exact on their owner); ``prepare(model)``: the model the step trains,
+      DDP around it;
       ``attach(optimizer)``: the optimizer's checkpoints hold the whole table's Adam state.
     - ``loss(loss_fn)``: this rank's loss for its share of a global batch, ``loss(e, c, targets,
       shares=...)`` with the batch's ``RankShares``: the local mean scaled by ``loss_scale``, or
@@ -86,22 +88,25 @@ class Ranks:
 
     # --- building ---
 
-    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` with this rank's part of the item table only (catalog-parallel), else as is.
+    def build_model(self, make, **kwargs) -> torch.nn.Module:
+        """``make(**kwargs)``; under catalog-parallel with ``item_table=`` this rank's shard of the
+        item table (``item_table_init`` of its rows only): no rank ever makes the whole table."""
+        if not self.catalog_parallel:
+            return make(**kwargs)
+        return make(**kwargs, item_table=self._item_shard)
 
-        Called before the model moves to its device, so the device never holds the whole table.
-        """
-        if self.catalog_parallel:
-            self._table = ShardedItemEmbedding(model.item_emb.weight, ctx=self.ctx, n_items=model.n_items)
-            model.item_emb = self._table
-            # the shard differs on every rank and its gradient is already exact: DDP must not average it
-            _DDP._set_params_and_buffers_to_ignore_for_model(model, ["item_emb.weight"])
-        return model
+    def _item_shard(self, n_items: int, dim: int, seed: int) -> ShardedItemEmbedding:
+        lo, hi = item_range(n_items, self.ctx.rank, self.ctx.world)
+        rows = item_table_init(seed, 1 + lo, 1 + hi, dim)  # table row 1 + i is catalog column i
+        self._table = ShardedItemEmbedding(rows, ctx=self.ctx, n_items=n_items)
+        return self._table
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model the step trains: DDP around ``model`` (which keeps plain state-dict keys)."""
         if not self.enabled:
             return model
+        if self._table is not None:  # differs on every rank, its gradient already exact: DDP leaves it
+            _DDP._set_params_and_buffers_to_ignore_for_model(model, ["item_emb.weight"])
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         return _DDP(model, device_ids=device_ids)
 
