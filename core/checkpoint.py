@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from core.atomic import atomic_file, write_json, write_text  # noqa: F401  (re-exported)
-from core.integrity import CorruptFile, seal, unseal
+from core.integrity import CorruptFile, seal_header, unseal
 
 _TORCH_ZIP = b"PK\x03\x04"  # what torch.save writes: a checkpoint from before the digest
 DEFAULT_FIX = "it cannot be used: train the run again"
@@ -41,8 +41,10 @@ def save_torch(obj, path: Path) -> None:
     """``torch.save`` made atomic, sealed with its digest (``core.integrity.seal``)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_file(path) as f:
-        f.write(seal(buffer.getbuffer()))  # a view: no third copy of a large checkpoint
+    payload = buffer.getbuffer()
+    with atomic_file(path) as f:  # header, then the bytes: one copy of the checkpoint in memory
+        f.write(seal_header(payload))
+        f.write(payload)
 
 
 def _payload(path: Path, fix: str) -> io.BytesIO:

@@ -6,7 +6,8 @@ parser or ending in a traceback.
   it never parses anything).
 - ``check_file(path, expected, fix)``: raises ``CorruptFile`` naming the file and what to do
   when the digest differs (or the file is missing or unreadable).
-- ``seal(payload)`` / ``unseal(blob, path, fix)``: a payload framed as MAGIC + digest + bytes,
+- ``seal(payload)`` (or ``seal_header`` then the payload) / ``unseal(blob, path, fix)``: a
+  payload framed as MAGIC + digest + bytes,
   for single files that carry their own digest (checkpoints); ``unseal`` returns the payload
   or raises ``CorruptFile``.
 
@@ -55,8 +56,14 @@ def check_file(path: str | Path, expected: str, fix: str) -> None:
         raise CorruptFile(path, "digest mismatch", fix)
 
 
+def seal_header(payload: bytes | memoryview) -> bytes:
+    """What ``seal`` puts before ``payload``: write it, then the payload, to seal a large payload
+    without a second copy of it in memory."""
+    return MAGIC + hashlib.sha256(payload).digest()
+
+
 def seal(payload: bytes) -> bytes:
-    return MAGIC + hashlib.sha256(payload).digest() + payload
+    return seal_header(payload) + payload
 
 
 def unseal(blob: bytes, path: str | Path, fix: str) -> memoryview:
