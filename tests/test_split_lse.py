@@ -119,6 +119,11 @@ MUTANTS = [
 # chunk (100, 123, 130: two or three chunks), a single row, more rows than one block.
 CASES = [(5, 129, 24), (37, 1000, 64), (130, 3001, 100), (70, 200, 16), (1, 33, 7), (90, 517, 123),
          (200, 300, 130)]
+# Mutants that compile to the same instructions on an NVIDIA GPU, so only the interpreter can tell
+# them apart: Triton lowers tl.exp(x) to ex2.approx(x * log2 e), which is what
+# "natural_exp_as_exp2" writes out by hand (bit-identical on the H200, session-3 call A of
+# 2026-12-02, results/gpu_suite_2026-12-02b). An equivalent mutant, not a blind spot of the test.
+CUDA_EQUIVALENT = {"natural_exp_as_exp2"}
 GPU_CASES = [(560, 20011, 64), (12800, 5003, 128), (97, 1031, 256), (300, 2049, 100), (1, 33, 7)]
 
 CHECK = r"""
@@ -130,7 +135,7 @@ from core.losses.flash_ce import _block_d, lse_forward, tiles
 from core.losses.kernels.cce_split import split_lse as cce_split_lse
 from core.losses.split_lse import sm_count
 
-oracle_src, mutants, kernel_path, cases, dtypes, device = json.loads(sys.argv[1])
+oracle_src, mutants, kernel_path, cases, dtypes, device, mutant_inputs = json.loads(sys.argv[1])
 
 def load(name, source):
     path = tempfile.mkdtemp() + "/" + name + ".py"
@@ -183,10 +188,10 @@ for n, v, d in cases:
                            c.to(c_dtype).to(device)))
 expected = [(old_flash(e, c), old_cce(e, c)) for _, e, c in inputs]
 
-def differences():
+def differences(limit=None):
     # the new path against the old kernels: the cases (and which user) where any bit differs
     out = []
-    for (case, e, c), (flash_old, cce_old) in zip(inputs, expected):
+    for (case, e, c), (flash_old, cce_old) in list(zip(inputs, expected))[:limit]:
         for user, got, want in (("flash_ce", lse_forward(e, c), flash_old),
                                 ("cce", cce_split_lse(e, c)[0], cce_old)):
             if not torch.equal(got, want):
@@ -207,16 +212,18 @@ for name, text, replacement in mutants:
     mod = load("mutant_" + name, source.replace(text, replacement))
     core.losses.kernels.split_lse = mod
     sys.modules["core.losses.kernels.split_lse"] = mod
-    result["mutants"][name] = differences()
+    result["mutants"][name] = differences(mutant_inputs)
 print(json.dumps(result))
 """
 
 
-def _run(device: str, cases, dtypes, interpret: bool) -> dict:
+def _run(device: str, cases, dtypes, interpret: bool, mutants=MUTANTS, mutant_inputs=None) -> dict:
+    """The check in a child process; mutants are run on the first ``mutant_inputs`` (case, dtype)
+    inputs only (all by default): every mutant breaks every input, compiling them all is slow."""
     env = child_env()
     if interpret:
         env["TRITON_INTERPRET"] = "1"
-    arg = json.dumps([ORACLE, MUTANTS, str(KERNEL), cases, dtypes, device])
+    arg = json.dumps([ORACLE, mutants, str(KERNEL), cases, dtypes, device, mutant_inputs])
     proc = subprocess.run([sys.executable, "-c", CHECK, arg], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -244,12 +251,16 @@ def test_split_lse_is_bit_identical_to_the_old_kernels(interpreted):
 
 def test_every_mutant_ran(interpreted):
     assert set(interpreted["mutants"]) == {m[0] for m in MUTANTS}
+    assert CUDA_EQUIVALENT < {m[0] for m in MUTANTS}  # a renamed mutant must not drop out silently
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_split_lse_is_bit_identical_to_the_old_kernels_on_the_gpu():
     """Compiled for the GPU (tensor cores, real SM count), bfloat16 included."""
-    result = _run("cuda", GPU_CASES, ["float32", "float16", "bfloat16"], interpret=False)
+    mutants = [m for m in MUTANTS if m[0] not in CUDA_EQUIVALENT]
+    # mutants on the first case's five inputs: fp32, fp16 and bf16 (the 16-bit ones with an fp32 catalog too)
+    result = _run("cuda", GPU_CASES, ["float32", "float16", "bfloat16"], interpret=False,
+                  mutants=mutants, mutant_inputs=5)
     # fp32 logits over D <= 256 unit-variance products; tf32 is not used (ieee for fp32).
     _check(result, {"float32": 1e-4, "float16": 1e-3, "bfloat16": 1e-3})
