@@ -114,6 +114,7 @@ def test_a_failing_run_becomes_an_error_row(tmp_path, capsys, monkeypatch, confi
     (["--gin", "gin/quickstart.gin", "--gin_bindings", "train.device = 'tpu:9'"], "train.device"),
     ([], "--gin"),
     (["--gin", "gin/data/does_not_exist.gin"], "bad gin config"),
+    (["--gin", "gin/quickstart.gin", "--profile-steps", "-1"], "--profile-steps"),
 ])
 def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, argv, message):
     assert_one_error_line(main, argv, message, tmp_path, capsys)
@@ -126,3 +127,23 @@ def assert_one_error_line(main, argv, message, tmp_path, capsys, *extra):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
     assert not out.exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_profile_steps_write_a_kernel_table(tmp_path, configs):
+    """On CUDA, --profile-steps profiles the step kernel by kernel (the graphed one too) into
+    profile.md, and results.json keeps the numbers."""
+    (ce_gin, _), bindings = configs
+    i = bindings.index("train.device = 'cpu'")
+    bindings = bindings[: i - 1] + bindings[i + 1 :]  # drop the CPU binding and its flag
+    out = tmp_path / "bench"
+    assert main(["--gin", ce_gin, *bindings, "--variants", "static,graph", "--epochs", "1",
+                 "--sample-steps", "2", "--profile-steps", "3", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    for row in rows:
+        prof = row["profile"]
+        assert prof["steps"] == 3 and prof["total_ms"] > 0 and prof["kernels"]
+        assert prof["total_ms"] == pytest.approx(sum(k["ms"] for k in prof["kernels"]) + prof["other_ms"])
+    text = (out / "profile.md").read_text()
+    assert text.count("GPU time per step") == 2 and "| ms/step | calls/step | kernel |" in text

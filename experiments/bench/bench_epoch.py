@@ -83,13 +83,14 @@ from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_facts, loss_name
 from core.parallel.collectives import DistContext, all_reduce, broadcast, gather_objects, is_collective_failure
+from core.atomic import write_text
 from core.paths import REPO_ROOT
 from core.training.flat import bound_config
 from core.training.loop import build, check_ranks
 from core.training.ranks import Ranks
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
-from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, mark, output_folder,
-    phase_ms, results_table, split_list, sync, write_results)
+from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, kernel_profile, mark,
+    output_folder, phase_ms, profile_markdown, results_table, split_list, sync, write_results)
 from experiments.joined import leave, main_first, run_joined
 from experiments.output import environment
 
@@ -385,6 +386,8 @@ def bench_one(config: Config, *, variant: str, args, ctx: DistContext = DistCont
             batch = next(later)
             step.on(batch)
         row["syncs_per_step"], row["sync_sites"] = count_syncs(one_step, times=5)
+        if args.profile_steps:
+            row["profile"] = kernel_profile(one_step, steps=args.profile_steps)
     return row
 
 
@@ -420,6 +423,11 @@ def write_outputs(out: Path, rows: list[dict], env: dict, args, notes: list[str]
     """results.csv / .md / .json after every run; returns the Markdown."""
     table = markdown(rows, env)
     write_results(out, rows, columns=COLUMNS, table=table, env=env, args=args, notes=notes)
+    profiles = [profile_markdown(f"{r['dataset']}, {r['loss']}, {r['variant']}", r["profile"])
+                for r in rows if r.get("profile")]
+    if profiles:
+        write_text(f"# Kernel profiles ({env['device']}, torch {env['torch']})\n\n" + "\n".join(profiles),
+                   out / "profile.md")
     return table
 
 
@@ -437,6 +445,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--graph-min-bucket", type=int, default=MIN_BUCKET,
                         help="'graph' variant: smallest size step of the compact block (fewer, "
                              "larger buckets = fewer graphs, more padding)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="CUDA only: also profile this many steps kernel by kernel "
+                             "(torch.profiler device time) into profile.md")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no new run after this many seconds (the rest is reported skipped)")
     parser.add_argument("--out", default=None, help="default runs/bench_epoch/<UTC time>")
@@ -450,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for variant in args.variants:
             parse_variant(variant)
-        if min(args.epochs, args.sample_steps, args.graph_min_bucket) < 1 or args.warmup_steps < 0:
+        if min(args.epochs, args.sample_steps, args.graph_min_bucket) < 1 or min(args.warmup_steps, args.profile_steps) < 0:
             raise BenchError("--epochs, --sample-steps and --graph-min-bucket must be >= 1, "
-                             "--warmup-steps >= 0")
+                             "--warmup-steps and --profile-steps >= 0")
         if not args.gin:
             raise BenchError("give --gin CONFIG (repeatable), e.g. --gin gin/beauty_like_cce.gin")
         _check_exists(args.gin[0])

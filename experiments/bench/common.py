@@ -100,6 +100,36 @@ def count_syncs(run_once, *, times: int) -> tuple[float, list[str]]:
     return len(hits) / times, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
 
 
+def kernel_profile(run_once, *, steps: int, top: int = 25) -> dict:
+    """Device time per call of ``run_once()``, kernel by kernel: ``steps`` calls under
+    torch.profiler (CUDA activity; kernels replayed from CUDA graphs are traced too), after one
+    untraced call. -> {"total_ms", "kernels": [{"kernel", "ms", "calls"} per call, largest
+    first, at most ``top``], "other_ms": the rest}. Device times are exact even when the host
+    is the bottleneck; they add up the GPU's busy time, not the wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run_once()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            run_once()
+        torch.cuda.synchronize()
+    events = [(e.key, e.self_device_time_total / steps / 1e3, e.count / steps)
+              for e in prof.key_averages() if e.self_device_time_total > 0]
+    events.sort(key=lambda e: -e[1])
+    kernels = [{"kernel": k, "ms": ms, "calls": calls} for k, ms, calls in events[:top]]
+    return {"total_ms": sum(e[1] for e in events), "kernels": kernels,
+            "other_ms": sum(e[1] for e in events[top:]), "steps": steps}
+
+
+def profile_markdown(title: str, prof: dict) -> str:
+    """``kernel_profile``'s result as a Markdown table under ``title``."""
+    rows = [[f"{k['ms']:.4f}", f"{k['calls']:g}", k["kernel"][:120].replace("|", "/")] for k in prof["kernels"]]
+    rows.append([f"{prof['other_ms']:.4f}", "", "(the rest)"])
+    return (f"### {title}\n\nGPU time per step {prof['total_ms']:.3f} ms (torch.profiler, device "
+            f"time, mean of {prof['steps']} steps)\n\n" + markdown_table(["ms/step", "calls/step", "kernel"], rows) + "\n")
+
+
 def results_table(rows: list[dict], *, head: list[str], keys: list[tuple[str, int]], lead: int,
                   footer: str) -> str:
     """A Markdown table of ``rows``: ``keys`` = (column, decimals) under ``head``; an error row
