@@ -4,8 +4,8 @@
 
 For each head dim D and each regime of the table (few rows: N = 560, many rows: N = 12,800; both
 against V = 207,649 items, bf16), every candidate (BLOCK_N, BLOCK_V, num_warps, num_stages) of
-each kernel is timed through its launcher (``lse_forward``, ``grad_e``, ``grad_c``: the kernel
-plus its small torch merge) with ``triton.testing.do_bench``. All candidates are first compiled
+each kernel is timed through its launcher (``forward_stats``, ``grad_e``, ``grad_c``: the kernel
+plus its small merge kernels) with ``triton.testing.do_bench``. All candidates are first compiled
 by parallel worker processes at the same shapes (Triton's on-disk cache), so the timing loop
 does not wait on the compiler. Then the best table is applied and each kernel, and the whole
 loss (forward + backward, eagerly and replayed from a CUDA graph), is timed at the issue's shapes
@@ -58,7 +58,8 @@ _CACHE: dict = {}
 
 
 def operands(n: int, v: int, d: int):
-    """bf16 (e, c), targets, and the forward's LSE and row weights (1/N), cached per shape."""
+    """bf16 (e, c), targets, the forward's stats (LSEs and count) and an upstream gradient of 1,
+    cached per shape."""
     fce = importlib.import_module("core.losses.flash_ce")  # the module, not the function
 
     key = (n, v, d)
@@ -68,24 +69,24 @@ def operands(n: int, v: int, d: int):
         e = (torch.randn(n, d, device="cuda", generator=g) * d**-0.25).bfloat16()
         c = (torch.randn(v, d, device="cuda", generator=g) * d**-0.25).bfloat16()
         t = torch.randint(0, v, (n,), device="cuda", generator=g)
-        lse = fce.lse_forward(e, c)
-        w = torch.full((n,), 1.0 / n, device="cuda")
-        _CACHE[key] = (e, c, t, lse, w)
+        stats = fce.forward_stats(e, c, t)[1]
+        grad = torch.ones((), device="cuda")
+        _CACHE[key] = (e, c, t, stats, grad)
     return _CACHE[key]
 
 
 def call(kernel: str, n: int, v: int, d: int):
-    """The launcher of ``kernel`` bound to cached operands: () -> tensor."""
+    """The launcher of ``kernel`` bound to cached operands: () -> tensor. The plan is rebuilt
+    per call here (``set_tile`` changes the tiles between candidates)."""
     fce = importlib.import_module("core.losses.flash_ce")  # the module, not the function
 
-    e, c, t, lse, w = operands(n, v, d)
-    scale = w.abs().amax() / 2**15
-    w = w / scale
+    e, c, t, stats, grad = operands(n, v, d)
+    fce._PLANS.clear()
     if kernel == "lse":
-        return lambda: fce.lse_forward(e, c)
+        return lambda: fce.forward_stats(e, c, t)
     if kernel == "de":
-        return lambda: fce.grad_e(e, c, lse, w, scale, t)
-    return lambda: fce.grad_c(e, c, lse, w, scale, t)
+        return lambda: fce.grad_e(e, c, stats, t, grad)
+    return lambda: fce.grad_c(e, c, stats, t, grad)
 
 
 def set_tile(kernel: str, d: int, regime: int, cfg) -> None:
@@ -94,6 +95,7 @@ def set_tile(kernel: str, d: int, regime: int, cfg) -> None:
     pair = list(fce._TILES[d][kernel])
     pair[regime] = tuple(cfg)
     fce._TILES[d][kernel] = tuple(pair)
+    fce._PLANS.clear()  # plans hold the tiles they were built with
 
 
 def jobs(dims) -> list[tuple]:
@@ -150,6 +152,7 @@ def tune(dims, workers: int, budget_s: float, out: Path) -> dict:
     for d in dims:
         for k in KERNELS:
             fce._TILES[d][k] = table[d][k]
+            fce._PLANS.clear()
             print(f"D={d:3d} {k:3s}: " + ", ".join(
                 f"N={REGIMES[r]} {best[(d, k, r)][0]} {best[(d, k, r)][1]:.3f} ms"
                 for r in REGIMES if (d, k, r) in best), flush=True)

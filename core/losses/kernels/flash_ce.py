@@ -2,24 +2,31 @@
 
 Hidden states ``E`` (N, D) are the queries, the catalog ``C`` (V, D) the keys; the loss needs the
 row log-sum-exp of ``E C^T`` (forward) and, backward, ``P = (softmax - onehot) * g`` against both
-operands: ``dE = P C`` and ``dC = P^T E``. The forward's LSE is the split kernel ``cce`` shares
-(core/losses/kernels/split_lse.py); the backward is two kernels here, neither takes a lock or an
-atomic:
+operands: ``dE = P C`` and ``dC = P^T E``. The forward's partial LSEs come from the split kernel
+``cce`` shares (core/losses/kernels/split_lse.py); everything else is here, and no kernel takes a
+lock or an atomic:
 
+- ``_finish_kernel``: program per row block: merges the slices' partial LSEs, gathers the target
+  rows of ``C`` for the target logit, and writes each row's LSE plus its block's loss sum and
+  count of scored rows; ``_loss_kernel`` (one program) sums the blocks in a fixed order and
+  writes the mean loss and the count (NaN loss with no scored row, as ``F.cross_entropy``).
 - ``_de_kernel``: program (row block, catalog slice): recomputes the logits of its slice and
-  accumulates ``P C`` in fp32 registers; writes a (slices, N, D) fp32 partial, summed afterwards.
+  accumulates ``P C`` in fp32 registers; writes dE itself (one slice) or an fp32 partial.
 - ``_dc_kernel``: program per (catalog tile, row slice): loops over the slice's row blocks,
   recomputes the logits (transposed: items x rows) and accumulates ``P^T E`` in fp32 registers;
   one slice (large catalogs) writes its dC rows once, several write fp32 partials.
+- ``_sum_cast_kernel``: sums fp32 partials over slices in a fixed order and casts.
 
 Operands: ``E`` bf16/fp16/fp32 and ``C`` any float dtype, cast to ``E``'s dtype per tile. Logits
 and accumulators are fp32; the backward's second matmul takes ``P`` rounded to ``E``'s dtype, as
 flash attention (and plain CE under autocast) do. Rows past N, items past V and head dims past D
 are masked. Every scored row has the same weight (the upstream gradient over the number of
-scored rows): ``W`` (N,) holds 2**15 for scored rows and 0 for ignored ones (their target is
-replaced by 0), and the accumulators are multiplied by the device scalar ``Scale`` = weight /
-2**15 before the store. So the rounded ``P`` entries are large: softmax entries of ~1/V times
-1/N would be fp16 subnormals (at V = 207,649, N = 560) and lose their precision.
+scored rows), read from device memory in the kernels, so nothing is computed by torch between
+launches: each row's weight is ``W_SCORED`` = 2**15 for scored rows and 0 for ignored ones
+(target ``IGNORE_INDEX``) and rows past N, and the accumulators are multiplied by
+``grad / (max(count, 1) * 2**15)`` before the store. So the rounded ``P`` entries are large:
+softmax entries of ~1/V times 1/N would be fp16 subnormals (at V = 207,649, N = 560) and lose
+their precision. ``Stats`` is the forward's (N + 1,) fp32 buffer: each row's LSE, then the count.
 Launchers and tile sizes live in core/losses/flash_ce.py; this module is imported lazily there.
 """
 
@@ -28,17 +35,76 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from core.losses.registry import IGNORE_INDEX as _IGNORE_INDEX
+
 # exp(x) = exp2(x * LOG2E): the hardware has exp2, and with the row's LSE pre-scaled the
 # exponent is one fused multiply-add per logit.
 LOG2E = tl.constexpr(1.4426950408889634)
+IGNORE = tl.constexpr(_IGNORE_INDEX)
+W_SCORED = tl.constexpr(32768.0)  # 2**15: see the module doc
+
+
+@triton.jit
+def _finish_kernel(
+    PartLSE, E, C, T, Stats, BlockSums, N, V, D, stride_e, stride_c, n_splits, n_prog,
+    BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Program per row block: Stats[rows] = LSE merged over slices; BlockSums[pid] = sum over
+    its scored rows of LSE - target logit, BlockSums[n_prog + pid] = their count."""
+    pid = tl.program_id(0)
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_mask = offs_r < N
+    offs_s = tl.arange(0, BLOCK_S)
+    run_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_R,), tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):  # log-sum-exp of the slices' partial LSEs
+        s = s0 + offs_s
+        part = tl.load(PartLSE + s[:, None] * N + offs_r[None, :],
+                       mask=(s < n_splits)[:, None] & r_mask[None, :], other=float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(part, axis=0))
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows past N only
+        run_sum = run_sum * tl.exp(run_max - safe_max) + tl.sum(tl.exp(part - safe_max[None, :]), axis=0)
+        run_max = new_max
+    lse = run_max + tl.log(run_sum)
+    tl.store(Stats + offs_r, lse, mask=r_mask)
+    # The target logit as the backward kernels see it: operands rounded to E's dtype, fp32 sum.
+    tgt = tl.load(T + offs_r, mask=r_mask, other=IGNORE)
+    valid = r_mask & (tgt != IGNORE)
+    in_catalog = valid & (tgt >= 0) & (tgt < V)  # never read outside C (a bad target reads as 0)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    e = tl.load(E + offs_r[:, None].to(tl.int64) * stride_e + offs_d[None, :],
+                mask=valid[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_R, BLOCK_D)
+    c = tl.load(C + tgt[:, None].to(tl.int64) * stride_c + offs_d[None, :],
+                mask=in_catalog[:, None] & d_mask[None, :], other=0.0).to(e.dtype)
+    dot = tl.sum(e.to(tl.float32) * c.to(tl.float32), axis=1)  # (BLOCK_R,)
+    row_loss = tl.where(valid, lse - dot, 0.0)
+    tl.store(BlockSums + pid, tl.sum(row_loss, axis=0))
+    tl.store(BlockSums + n_prog + pid, tl.sum(valid.to(tl.float32), axis=0))
+
+
+@triton.jit
+def _loss_kernel(BlockSums, Stats, Loss, N, n_blocks, BLOCK: tl.constexpr):
+    """One program: Loss = sum of the blocks' loss sums / their count (0 / 0 = NaN); Stats[N] = count."""
+    total = tl.zeros((BLOCK,), tl.float32)
+    count = tl.zeros((BLOCK,), tl.float32)
+    for b0 in range(0, n_blocks, BLOCK):
+        b = b0 + tl.arange(0, BLOCK)
+        total += tl.load(BlockSums + b, mask=b < n_blocks, other=0.0)
+        count += tl.load(BlockSums + n_blocks + b, mask=b < n_blocks, other=0.0)
+    total_sum = tl.sum(total, axis=0)
+    count_sum = tl.sum(count, axis=0)
+    tl.store(Loss, total_sum / count_sum)
+    tl.store(Stats + N, count_sum)
 
 
 @triton.jit
 def _de_kernel(
-    E, C, LSE, W, Scale, T, PartDE, N, V, D, stride_e, stride_c, tiles_per_split,
+    E, C, Stats, Grad, T, OutDE, N, V, D, stride_e, stride_c, stride_split, tiles_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Program (row block, slice): PartDE[slice, rows] = sum over the slice's items of P C (fp32)."""
+    """Program (row block, slice): OutDE[slice, rows] = sum over the slice's items of P C: dE
+    itself (one slice, its dtype) or an fp32 partial (rows of D entries, slices ``stride_split`` apart)."""
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -46,9 +112,9 @@ def _de_kernel(
     d_mask = offs_d < D
     e = tl.load(E + offs_n[:, None].to(tl.int64) * stride_e + offs_d[None, :],
                 mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-    lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0) * LOG2E  # (BLOCK_N,) base 2
-    w = tl.load(W + offs_n, mask=n_mask, other=0.0)  # (BLOCK_N,): 0 past N and for ignored rows
-    tgt = tl.load(T + offs_n, mask=n_mask, other=-1).to(tl.int32)  # (BLOCK_N,)
+    lse = tl.load(Stats + offs_n, mask=n_mask, other=0.0) * LOG2E  # (BLOCK_N,) base 2
+    tgt = tl.load(T + offs_n, mask=n_mask, other=IGNORE).to(tl.int32)  # (BLOCK_N,)
+    w = tl.where(tgt != IGNORE, W_SCORED, 0.0)  # (BLOCK_N,): 0 past N and for ignored rows
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for t in range(tiles_per_split):
         offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -59,14 +125,15 @@ def _de_kernel(
         p = tl.exp2(logits * LOG2E - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)
         p = p * w[:, None]
         acc = tl.dot(p.to(e.dtype), c, acc, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
-    acc = acc * tl.load(Scale)
-    tl.store(PartDE + (pid_s * N + offs_n[:, None].to(tl.int64)) * BLOCK_D + offs_d[None, :], acc,
-             mask=n_mask[:, None])
+    scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)
+    acc = acc * scale
+    tl.store(OutDE + pid_s * stride_split + offs_n[:, None].to(tl.int64) * D + offs_d[None, :],
+             acc.to(OutDE.dtype.element_ty), mask=n_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit
 def _dc_kernel(
-    E, C, LSE, W, Scale, T, DC, N, V, D, stride_e, stride_c, stride_dc_split, stride_dc, rows_per_split,
+    E, C, Stats, Grad, T, DC, N, V, D, stride_e, stride_c, stride_dc_split, stride_dc, rows_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Program (catalog tile, row slice): DC[slice, items] = sum over the slice's rows of P^T E.
@@ -89,13 +156,37 @@ def _dc_kernel(
         n_mask = offs_n < row_end
         e = tl.load(E + offs_n[:, None].to(tl.int64) * stride_e + offs_d[None, :],
                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-        lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0) * LOG2E  # base 2
-        w = tl.load(W + offs_n, mask=n_mask, other=0.0)  # rows past the slice get weight 0
-        tgt = tl.load(T + offs_n, mask=n_mask, other=-1).to(tl.int32)
+        lse = tl.load(Stats + offs_n, mask=n_mask, other=0.0) * LOG2E  # base 2
+        tgt = tl.load(T + offs_n, mask=n_mask, other=IGNORE).to(tl.int32)
+        w = tl.where(tgt != IGNORE, W_SCORED, 0.0)  # rows past the slice get weight 0
         logits = tl.dot(c, tl.trans(e), input_precision=PRECISION)  # (BLOCK_V, BLOCK_N)
         p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)
         p = p * w[None, :]
         acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
-    acc = acc * tl.load(Scale)
+    scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)
+    acc = acc * scale
     tl.store(DC + pid_s * stride_dc_split + offs_v[:, None].to(tl.int64) * stride_dc + offs_d[None, :],
-             acc, mask=v_mask[:, None] & d_mask[None, :])
+             acc.to(DC.dtype.element_ty), mask=v_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _sum_cast_kernel(
+    Part, Out, R, D, n_splits, stride_split, stride_out,
+    BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Program per row block: Out[rows] = sum over slices of Part[slice, rows] (fp32, slices in a
+    fixed order: reruns are bit-identical), cast to Out's dtype. Part rows hold D entries."""
+    pid = tl.program_id(0)
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_s = tl.arange(0, BLOCK_S)
+    rd_mask = (offs_r < R)[:, None] & (offs_d < D)[None, :]
+    rd = offs_r[:, None].to(tl.int64) * D + offs_d[None, :]  # (BLOCK_R, BLOCK_D)
+    acc = tl.zeros((BLOCK_R, BLOCK_D), tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        s = s0 + offs_s
+        tile = tl.load(Part + s[:, None, None].to(tl.int64) * stride_split + rd[None, :, :],
+                       mask=(s < n_splits)[:, None, None] & rd_mask[None, :, :], other=0.0)
+        acc += tl.sum(tile, axis=0)
+    tl.store(Out + offs_r[:, None].to(tl.int64) * stride_out + offs_d[None, :],
+             acc.to(Out.dtype.element_ty), mask=rd_mask)
