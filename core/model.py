@@ -7,17 +7,198 @@ the model knowing which loss it is.
 
 Padding convention (shared with ``core.data.batching``): sequences are LEFT-padded with item id
 0 to length ``L <= max_len``, so the most recent item is always the last column.
+
+Packed batches (``forward(seq, pack=T)``, what training runs by default: ``SASRec.packed``): a
+beauty-like batch is 256 rows x 50 columns holding ~2-3 real items a row, so the padded body
+computes 12,800 positions for ~600 real ones. Packed, the batch's real positions are
+concatenated in row-major order into one (T, D) block (then filler up to T), each with its
+row as its document id; attention stays inside a document and is causal there
+(document-causal), and positions are counted from each row's end exactly as in the padded
+layout, so a real position's output is the padded model's (``tests/test_packed.py`` holds the
+padded model as the oracle). See ``Packing`` for the layout and the two attention kernels
+(FlexAttention on CUDA, a padded-layout SDPA elsewhere).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import gin
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+# FlexAttention's tile: a packed block's length T must be a multiple of it where the block
+# mask is built (CUDA); ``packed_length`` rounds the step's sizes up to it.
+FLEX_BLOCK = 128
+
+
+# --- packed batches ---------------------------------------------------------------------------
+
+
+class Packing(NamedTuple):
+    """Where a (B, L) left-padded batch's real positions sit in a packed (T, D) block.
+
+    Slots 0..N-1 hold the N real positions (``seq != 0``) in row-major order (row 0's items
+    oldest first, then row 1's, ...): the same order as the training step's compaction of the
+    scored targets (``core.training.step.padded_compact_index``), since inputs and targets are
+    one window shifted by one and left-padded alike. Slots N..T-1 are filler: item 0, and each
+    its own document (``doc`` = B + slot), so a filler slot attends only to itself and no real
+    slot ever sees one (nor does any real slot see another row's items). Every field is
+    computed on the device from ``seq`` without a host sync.
+    """
+
+    index: torch.Tensor  # (T,) int64: the slot's flat index into (B*L); 0 for filler
+    valid: torch.Tensor  # (T,) bool: a real position
+    doc: torch.Tensor  # (T,) int64: the row of a real slot, B + slot for filler; non-decreasing
+    start: torch.Tensor  # (T,) int64: the first slot of the slot's document
+    shape: tuple[int, int]  # (B, L) of the padded batch
+    block_mask: BlockMask | None  # FlexAttention's document-causal mask (built on CUDA)
+
+
+def pack(seq: torch.Tensor, length: int, *, block_mask: bool | None = None) -> Packing:
+    """The ``Packing`` of ``seq`` (B, L) into ``length`` slots (>= the number of real items;
+    the caller knows that count on the host). ``block_mask``: build FlexAttention's block mask
+    (default: on CUDA, where the packed attention is FlexAttention); needs ``length`` to be a
+    multiple of ``FLEX_BLOCK``."""
+    B, L = seq.shape
+    device = seq.device
+    real = (seq != 0).flatten()  # (B*L,)
+    if not real.is_cuda and int(real.sum()) > length:  # free on the CPU: a wrong count in tests
+        raise ValueError(f"pack: {int(real.sum())} real positions do not fit in {length} slots")
+    rank = real.cumsum(0)  # (B*L,): 1-based slot of each real position
+    slot = torch.where(real, rank - 1, length)  # padding -> the spare slot, dropped
+    index = torch.zeros(length + 1, dtype=torch.int64, device=device)
+    index.scatter_(0, slot, torch.arange(B * L, device=device))
+    index = index[:length]
+    slots = torch.arange(length, device=device)
+    valid = slots < rank[-1]
+    counts = (seq != 0).sum(1)  # (B,)
+    first = counts.cumsum(0) - counts  # (B,): each row's first slot
+    row = index // L
+    doc = torch.where(valid, row, B + slots)
+    start = torch.where(valid, first[row], slots)
+    if block_mask is None:
+        block_mask = seq.is_cuda
+    mask = document_causal_block_mask(doc, start) if block_mask else None
+    return Packing(index, valid, doc, start, (B, L), mask)
+
+
+def document_causal(doc: torch.Tensor):
+    """FlexAttention's ``mask_mod``: key ``kv`` is in query ``q``'s document and not after it.
+    (A real query never sees a filler key: each filler slot is a document of its own.)"""
+
+    def mask_mod(b, h, q, kv):
+        return (doc[q] == doc[kv]) & (kv <= q)
+
+    return mask_mod
+
+
+def document_causal_block_mask(doc: torch.Tensor, start: torch.Tensor, *,
+                               mask_mod: Callable | None = None, block: int = FLEX_BLOCK) -> BlockMask:
+    """The document-causal ``BlockMask`` over T = len(doc) slots, built from tensors with
+    sync-free ops (what ``create_block_mask`` gives for ``document_causal(doc)``, without its
+    (T, T) evaluation of the mask; capturable in a CUDA graph). ``mask_mod``: another mask
+    for the pairs inside partial tiles (tests); ``block``: the tile (FLEX_BLOCK, smaller in
+    tests to get many tiles).
+
+    Documents are contiguous runs of ``doc`` (non-decreasing) and ``start`` is each slot's
+    document start. Tile (i, j) of FLEX_BLOCK x FLEX_BLOCK has an allowed pair iff
+    start(first query of tile i) // FLEX_BLOCK <= j <= i: every key tile from the first
+    query's document start up to the diagonal holds keys of that document before it, and no
+    query of tile i has a document starting earlier. It is full (no mask needed) iff j < i and
+    the first key of tile j is in the last query's document: then every slot from there to
+    the end of tile i is one document, and every key precedes every query.
+    """
+    T = doc.numel()
+    if T % block:
+        raise ValueError(f"a packed block's length must be a multiple of {block}, got {T}")
+    n = T // block
+    firsts = torch.arange(n, device=doc.device) * block  # (n,) first slot of each tile
+    lasts = firsts + block - 1
+    i = torch.arange(n, device=doc.device)[:, None]  # (n, 1) query tile
+    j = torch.arange(n, device=doc.device)[None, :]  # (1, n) key tile
+    touched = (j >= (start[firsts] // block)[:, None]) & (j <= i)  # (n, n)
+    full = (j < i) & (doc[firsts][None, :] == doc[lasts][:, None])  # (n, n)
+    partial = touched & ~full
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(count per row, its column indices first, ascending) as BlockMask wants them."""
+        count = blocks.sum(-1, dtype=torch.int32)[None, None]  # (1, 1, n)
+        cols = torch.argsort(blocks.to(torch.int32), dim=-1, descending=True, stable=True)
+        return count, cols.to(torch.int32)[None, None]  # (1, 1, n, n)
+
+    kv_num, kv_idx = ordered(partial)
+    full_num, full_idx = ordered(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
+                                    mask_mod=mask_mod or document_causal(doc), seq_lengths=(T, T))
+
+
+_compiled_flex = None
+
+
+def compiled_flex_attention():
+    """``torch.compile(flex_attention, dynamic=False)``, made once (on first use: importing the
+    model compiles nothing). Eager flex_attention materializes the scores; compiled, it is one
+    fused kernel per shape. One compile per (T, dtype): the training step rounds T to a few
+    buckets, and dynamo's recompile limit (8 per function) is raised to 64 so that a run with
+    more buckets than 8 keeps the compiled kernel instead of falling back to eager."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, *,
+                     kernel: str | None = None) -> torch.Tensor:
+    """Document-causal attention over a packed block: q, k, v (1, H, T, d) -> (1, H, T, d).
+
+    ``kernel``: "flex" (FlexAttention with ``packing.block_mask``; compiled on CUDA) or
+    "padded" (the block scattered back into the (B, L) layout, SDPA under the padded model's
+    mask, gathered again: exact, O(B L^2), no (T, T) anything; the CPU's path, since
+    FlexAttention has no CPU backward). Default: "flex" when a block mask was built (CUDA).
+    No attention-probability dropout on either (FlexAttention has none): see ``SASRec``.
+    """
+    kernel = kernel or ("flex" if packing.block_mask is not None else "padded")
+    if kernel == "flex":
+        flex = compiled_flex_attention() if q.is_cuda else flex_attention
+        return flex(q, k, v, block_mask=packing.block_mask)
+    if kernel != "padded":
+        raise ValueError(f"kernel must be 'flex' or 'padded', got {kernel!r}")
+    B, L = packing.shape
+    _, H, T, d = q.shape
+    target = torch.where(packing.valid, packing.index, B * L)  # filler -> the spare row, dropped
+
+    def unpack(t: torch.Tensor) -> torch.Tensor:  # (1, H, T, d) -> (B, H, L, d)
+        rows = t[0].transpose(0, 1)  # (T, H, d)
+        out = rows.new_zeros(B * L + 1, H, d).index_put((target,), rows)
+        return out[:-1].view(B, L, H, d).transpose(1, 2)
+
+    real = torch.zeros(B * L + 1, dtype=torch.bool, device=q.device)
+    real = real.index_put((target,), packing.valid)[:-1].view(B, L)
+    y = F.scaled_dot_product_attention(unpack(q), unpack(k), unpack(v),
+                                       attn_mask=padded_mask(real)[:, None])  # (B, H, L, d)
+    return y.transpose(1, 2).reshape(B * L, H, d).index_select(0, packing.index).transpose(0, 1)[None]
+
+
+def padded_mask(real: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool real positions -> (B, L, L) the padded model's attention mask: causal AND
+    "key is a real item": real positions never look at padding, so their outputs do not
+    depend on how long the padding is. The diagonal stays open so that a padded query (whose
+    keys are all padding) gets a finite softmax instead of NaN."""
+    L = real.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=real.device).tril()  # (L, L)
+    eye = torch.eye(L, dtype=torch.bool, device=real.device)  # (L, L)
+    return (causal & real[:, None, :]) | eye  # (B, L, L)
+
+
+# --- the model --------------------------------------------------------------------------------
 
 
 class CausalSelfAttention(nn.Module):
@@ -33,8 +214,15 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), mask (B, 1, L, L) bool, True = may attend -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing) -> torch.Tensor:
+        """x (B, L, D), mask (B, 1, L, L) bool, True = may attend -> (B, L, D); or a packed
+        block x (T, D) with its ``Packing`` -> (T, D) (no attention dropout: see ``SASRec``)."""
+        if isinstance(mask, Packing):
+            T, D = x.shape
+            q, k, v = (t.view(1, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+                       for t in self.qkv(x).split(D, dim=1))  # 3 x (1, H, T, D/H)
+            y = packed_attention(q, k, v, mask)  # (1, H, T, D/H)
+            return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(T, D)))
         B, L, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, L, D)
         # (B, L, D) -> (B, H, L, D/H)
@@ -60,7 +248,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) -> (B, L, D)."""
+        """(..., D) -> (..., D)."""
         return self.dropout(self.proj(self.dropout(F.relu(self.fc(x)))))
 
 
@@ -74,8 +262,8 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim=dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), mask (B, 1, L, L) -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing) -> torch.Tensor:
+        """x (B, L, D), mask (B, 1, L, L) -> (B, L, D); or x (T, D) and its ``Packing``."""
         x = x + self.attn(self.ln_attn(x), mask)
         return x + self.ffn(self.ln_ffn(x))
 
@@ -123,6 +311,15 @@ class SASRec(nn.Module):
     catalog-parallel run makes only its shard of it): its init is ``item_table_init`` with a
     seed drawn from torch's global RNG, so the rest of the model draws the same values
     whatever the table's size or split.
+
+    ``packed`` (gin ``SASRec.packed``, default True): the training step runs the body on the
+    batch's real positions only (``forward(seq, pack=T)``; ``core.training.step``), False keeps
+    the padded (B, L) body. Packed attention has no dropout on its probabilities (FlexAttention
+    offers none; the embedding, residual and feed-forward dropouts stay), so with ``dropout`` > 0
+    packed training is a slightly different regularizer than padded; in eval mode the two give
+    the same outputs. Evaluation always runs the padded ``forward(seq)`` (it scores only the
+    last column). ``packed`` says how training runs, not what the model is, so it is not among
+    the recorded constructor arguments (``settings``): checkpoints of either kind load alike.
     """
 
     def __init__(
@@ -135,6 +332,7 @@ class SASRec(nn.Module):
         n_heads: int = 1,
         dropout: float = 0.2,
         item_table: Callable[[int, int, int], nn.Module] = whole_item_table,
+        packed: bool = True,
     ):
         super().__init__()
         if n_items < 1:
@@ -144,6 +342,7 @@ class SASRec(nn.Module):
                              f"got dim={dim}, n_heads={n_heads}, n_blocks={n_blocks}, dropout={dropout}")
         self.n_items = n_items
         self.max_len = max_len
+        self.packed = bool(packed)
         # The constructor's arguments: checkpoints record them, so a trained model can be
         # rebuilt without gin (core.training.load_run).
         self.settings = dict(n_items=n_items, dim=dim, max_len=max_len, n_blocks=n_blocks,
@@ -170,7 +369,7 @@ class SASRec(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    def forward(self, seq: torch.Tensor, *, shares=None) -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, *, shares=None, pack: int | None = None) -> torch.Tensor:
         """seq (B, L) int64 item ids, left-padded with 0 -> hidden states (B, L, D).
 
         Row b, column j is the representation after seeing seq[b, :j+1]; score it against
@@ -178,29 +377,43 @@ class SASRec(nn.Module):
         nothing; callers score only positions with a real target. ``shares``: only when the
         item table is split over ranks (``core.parallel.catalog.ShardedItemEmbedding``), every
         rank's share of the batch, which its lookup (a collective) takes as an argument.
+
+        ``pack=T``: the body runs on the batch's real positions packed into T slots (``pack``;
+        T >= their count, a multiple of ``FLEX_BLOCK`` on CUDA) and returns (T, D): slot s <->
+        the s-th real position in row-major order, the rest filler. Not with ``shares``.
         """
         B, L = seq.shape
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len={self.max_len}")
+        if pack is not None:
+            if shares is not None:
+                raise ValueError("a packed forward runs in one process (no rank shares)")
+            return self._forward_packed(seq, pack)
         # Positions are counted from the right end (the last item always gets max_len - 1),
         # so a sequence's real items get the same positions however much padding precedes them.
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)  # (L,)
         items = self.item_emb(seq) if shares is None else self.item_emb(seq, shares)  # (B, L, D)
         x = items * self.emb_scale + self.pos_emb(pos)  # (B, L, D)
         x = self.emb_dropout(x)
-
-        # Causal mask AND "key is a real item": real positions never look at padding, so their
-        # outputs do not depend on how long the padding is. The diagonal stays open so that a
-        # padded query (whose keys are all padding) gets a finite softmax instead of NaN.
-        real = seq != 0  # (B, L)
-        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()  # (L, L)
-        eye = torch.eye(L, dtype=torch.bool, device=seq.device)  # (L, L)
-        mask = (causal & real[:, None, :]) | eye  # (B, L, L)
-        mask = mask[:, None]  # (B, 1, L, L): broadcast over heads
-
+        mask = padded_mask(seq != 0)[:, None]  # (B, 1, L, L): broadcast over heads
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_out(x)  # (B, L, D)
+
+    def _forward_packed(self, seq: torch.Tensor, length: int) -> torch.Tensor:
+        """seq (B, L) -> (length, D): ``forward(seq, pack=length)``."""
+        packing = pack(seq, length)
+        L = seq.shape[1]
+        items = torch.where(packing.valid, seq.flatten().index_select(0, packing.index), 0)  # (T,)
+        # The padded layout's position of column j is max_len - L + j: the same here, from
+        # each slot's column, so a real item's position is max_len - 1 - (its distance from
+        # its row's end) in both layouts.
+        pos = self.max_len - L + packing.index % L  # (T,)
+        x = self.item_emb(items) * self.emb_scale + self.pos_emb(pos)  # (T, D)
+        x = self.emb_dropout(x)
+        for block in self.blocks:
+            x = block(x, packing)
+        return self.ln_out(x)  # (T, D)
 
     def catalog(self) -> torch.Tensor:
         """Item embeddings without the padding row, (n_items, D): column i <-> item id i + 1."""

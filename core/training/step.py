@@ -23,6 +23,21 @@ bound by Python, not the GPU. The graphed step captures forward, loss, backward 
 The first batch of each size runs eagerly on a side stream (its real training step; it also
 compiles kernels and allocates gradients and optimizer state), then the same step is
 captured: capture records without executing, so no batch is trained twice.
+
+Packed body (``SASRec.packed``, on by default; ``core.model``): the model runs on the batch's
+real positions only, packed into T slots (``model(inputs, pack=T)`` -> (T, D)), instead of on
+all B x L. A training batch's real INPUT positions are exactly its real TARGET positions (one
+window shifted by one, both left-padded), in the same row-major order, so the packed output
+rows ARE the loss's compact block: no second gather. The eager step packs into
+``packed_length(positions)`` slots and hands the first ``positions`` rows to the loss; the
+graphed step packs into its bucket ``n_pad`` (rounded up to FlexAttention's 128-slot tile),
+filler slots getting ``IGNORE_INDEX`` targets as before, and the block mask is built on the
+device from tensors (``core.model.document_causal_block_mask``: sync-free, so it is captured
+with the rest). On CUDA the attention is FlexAttention, compiled once per T; on the CPU an
+exact padded-layout SDPA (``core.model.packed_attention``). Where the body stays padded: a
+model with ``packed = False``, a ``train.compile``d body (its one static (B, L) shape is what
+it compiles for) and a step with rank ``shares`` (data- and catalog-parallel runs: DDP wraps
+the model and the sharded item lookup takes the padded batch; refused nowhere, just padded).
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ from tqdm import tqdm
 from core.data.batching import Batch
 from core.evaluation import autocast
 from core.losses import IGNORE_INDEX
+from core.model import FLEX_BLOCK
 from core.parallel.shares import RankShares, ShardedBatch
 
 # torch.compile modes of ``train.compile``; True means "default". "reduce-overhead" adds CUDA
@@ -105,6 +121,7 @@ class Step:
     optimizer: torch.optim.Optimizer
     kind: str
     warning: str | None = None  # a setting that could not apply here (logged by the loop)
+    packed: bool = False  # the body runs on packed real positions (steps with rank shares: padded)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, positions: int, *,
                  shares: RankShares | None = None) -> torch.Tensor:
@@ -125,9 +142,16 @@ def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **kind)
 
 
+def packs(model: torch.nn.Module) -> bool:
+    """Whether the step runs ``model``'s body packed: a model that says so (``SASRec.packed``).
+    A wrapper (DDP, under torchrun) does not answer ``packed``, so ranks stay padded."""
+    return bool(getattr(model, "packed", False))
+
+
 def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_decay: float,
               settings: StepSettings, batch_size: int, max_len: int) -> Step:
-    """The step for ``settings`` on the model's device, with its Adam optimizer."""
+    """The step for ``settings`` on the model's device, with its Adam optimizer. The body runs
+    packed when the model asks for it (``packs``), except under ``train.compile``."""
     device = next(model.parameters()).device
     amp = settings.amp and device.type == "cuda"
     graphed = settings.cuda_graph and device.type == "cuda"
@@ -137,14 +161,17 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_de
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, capturable=graphed)
     if graphed:
         run = _graph_step(model, optimizer, loss_fn, amp=amp, batch_size=batch_size,
-                          max_len=max_len, min_bucket=settings.graph_min_bucket)
-        return Step(run, optimizer, f"whole-step CUDA graphs (min bucket {settings.graph_min_bucket})")
+                          max_len=max_len, min_bucket=settings.graph_min_bucket, packed=packs(model))
+        return Step(run, optimizer, f"whole-step CUDA graphs (min bucket {settings.graph_min_bucket})",
+                    packed=packs(model))
     mode = compile_mode(settings.compile)
     # dynamic=False: every batch is padded to batch_size rows, so one graph serves the run.
     forward = model if mode is None else torch.compile(model, mode=mode, dynamic=False)
+    packed = packs(model) and mode is None  # a compiled body keeps its one (B, L) shape
     run = _eager_step(model, forward, optimizer, loss_fn, amp=amp,
-                      pad_to=batch_size if mode else None, cudagraphs=mode == "reduce-overhead")
-    return Step(run, optimizer, "eager" if mode is None else f"compiled body ({mode})", warning)
+                      pad_to=batch_size if mode else None, cudagraphs=mode == "reduce-overhead",
+                      packed=packed, min_bucket=settings.graph_min_bucket)
+    return Step(run, optimizer, "eager" if mode is None else f"compiled body ({mode})", warning, packed)
 
 
 # --- compaction -----------------------------------------------------------------------------
@@ -188,15 +215,27 @@ def bucket_size(positions: int, min_bucket: int = MIN_BUCKET) -> int:
     return max(step, -(-positions // step) * step)
 
 
+def packed_length(positions: int, min_bucket: int = MIN_BUCKET) -> int:
+    """A packed block's length for ``positions`` real positions: ``bucket_size`` rounded up to
+    FlexAttention's tile (``FLEX_BLOCK``; a no-op for buckets of 1024 and more). A few lengths
+    per run: one compiled attention kernel (and one graph) each."""
+    return -(-bucket_size(positions, min_bucket) // FLEX_BLOCK) * FLEX_BLOCK
+
+
 # --- eager (optionally compiled body) ---------------------------------------------------------
 
 
 def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | None,
-                cudagraphs: bool) -> Callable[..., torch.Tensor]:
+                cudagraphs: bool, packed: bool = False,
+                min_bucket: int = MIN_BUCKET) -> Callable[..., torch.Tensor]:
     """The eager step. ``pad_to`` pads a smaller (last) batch with empty rows so a compiled
     body sees one shape: empty rows have no targets and SASRec's rows never interact, so loss
     and gradients are the unpadded batch's (only dropout draws differ). ``cudagraphs`` tells
-    CUDA-graph trees where each step begins (``reduce-overhead``)."""
+    CUDA-graph trees where each step begins (``reduce-overhead``). ``packed``: the body runs on
+    the real positions (one process only; a step with ``shares`` stays padded), packed into
+    ``packed_length(positions, min_bucket)`` slots on CUDA (a few lengths: one compiled
+    attention kernel each) and exactly ``positions`` on the CPU; the loss takes the first
+    ``positions`` rows."""
     device = next(model.parameters()).device
 
     def step(inputs, targets, positions, shares=None):
@@ -207,9 +246,13 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp):
-            hidden = forward(inputs, **extra)  # (B, L, D)
             index = compact_index(targets != 0, positions)  # (N,): positions with a real next item
-            e = hidden.flatten(0, 1).index_select(0, index)  # (N, D)
+            if packed and shares is None:
+                length = packed_length(positions, min_bucket) if device.type == "cuda" else max(positions, 1)
+                e = forward(inputs, pack=length)[:positions]  # (N, D): the same positions, in order
+            else:
+                hidden = forward(inputs, **extra)  # (B, L, D)
+                e = hidden.flatten(0, 1).index_select(0, index)  # (N, D)
             t = targets.flatten().index_select(0, index)  # (N,)
             loss = loss_fn(e, model.catalog(), t - 1, **extra)  # catalog column = item id - 1
         optimizer.zero_grad(set_to_none=True)
@@ -224,14 +267,20 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
 
 
 def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
-              inputs: torch.Tensor, targets: torch.Tensor, n_pad: int, amp: bool) -> torch.Tensor:
-    """One step on fixed-shape tensors: forward, loss on ``n_pad`` slots, backward, Adam."""
+              inputs: torch.Tensor, targets: torch.Tensor, n_pad: int, amp: bool,
+              packed: bool = False) -> torch.Tensor:
+    """One step on fixed-shape tensors: forward, loss on ``n_pad`` slots, backward, Adam.
+    ``packed``: the body runs on the real positions packed into the ``n_pad`` slots (a
+    multiple of ``FLEX_BLOCK`` on CUDA: ``packed_length``), whose output is the loss's block."""
     optimizer.zero_grad(set_to_none=False)  # the gradient buffers must keep their addresses
     # cache_enabled=False: autocast's weight-cast cache must not outlive a captured region.
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-        hidden = model(inputs)  # (B, L, D)
         index, valid = padded_compact_index(targets != 0, n_pad)  # (n_pad,), (n_pad,)
-        e = hidden.flatten(0, 1).index_select(0, index)  # (n_pad, D)
+        if packed:
+            e = model(inputs, pack=n_pad)  # (n_pad, D): real positions in ``index``'s order, then filler
+        else:
+            hidden = model(inputs)  # (B, L, D)
+            e = hidden.flatten(0, 1).index_select(0, index)  # (n_pad, D)
         t = torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
         loss = loss_fn(e, model.catalog(), t)
     loss.backward()
@@ -240,9 +289,10 @@ def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
 
 
 def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_len: int,
-                min_bucket: int) -> Callable[..., torch.Tensor]:
+                min_bucket: int, packed: bool = False) -> Callable[..., torch.Tensor]:
     """The step replayed as CUDA graphs (one per bucket of positions, captured on first use).
-    ``optimizer`` must be Adam with ``capturable=True``."""
+    ``optimizer`` must be Adam with ``capturable=True``. ``packed``: the body on the real
+    positions, the buckets rounded up to FlexAttention's tile (``packed_length``)."""
     device = next(model.parameters()).device
     static_inputs = torch.zeros((batch_size, max_len), dtype=torch.int64, device=device)
     static_targets = torch.zeros_like(static_inputs)
@@ -251,7 +301,7 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
 
     def body(n_pad: int) -> torch.Tensor:
         return step_body(model, optimizer, loss_fn, inputs=static_inputs, targets=static_targets,
-                         n_pad=n_pad, amp=amp)
+                         n_pad=n_pad, amp=amp, packed=packed)
 
     def capture(n_pad: int) -> torch.Tensor:
         side = torch.cuda.Stream(device)
@@ -280,7 +330,7 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
         if rows < batch_size:  # the last, smaller batch: empty rows have no targets
             static_inputs[rows:].zero_()
             static_targets[rows:].zero_()
-        n_pad = bucket_size(positions, min_bucket)
+        n_pad = (packed_length if packed else bucket_size)(positions, min_bucket)
         if n_pad in graphs:
             graph, out = graphs[n_pad]
             graph.replay()
