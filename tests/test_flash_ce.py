@@ -29,7 +29,8 @@ KERNELS = REPO / "core" / "losses" / "kernels" / "flash_ce.py"
 
 # (N, V, D, dtype): few and many rows (both tile-table rows), D = 16..256 incl. non-powers of
 # two, V never a tile multiple, many catalog slices (N = 130, V = 1,000), row slices in dC
-# (N = 300, V = 40), one row. The broken kernels run on the first four.
+# (N = 300, V = 40), one row; a fifth entry is a stand-in SM count (more slices than one chunk of
+# the finish and slice-sum kernels). The broken kernels run on the first four and the last.
 CASES = [
     (5, 129, 24, "float32"),
     (37, 300, 64, "float32"),
@@ -39,6 +40,7 @@ CASES = [
     (9, 150, 256, "float16"),
     (1, 33, 7, "float32"),
     (2100, 70, 32, "float32"),
+    (37, 3000, 16, "float32", 64),  # 64 stand-in SMs: 47 slices, merged in 2 finish / 3 dE-sum chunks
 ]
 # float32: the agreement suite's bound. float16: P is rounded to fp16 (2**-11 relative) before
 # the gradient matmuls, logits are fp32-accumulated: a few 1e-4 measured, 2e-3 bound.
@@ -63,6 +65,32 @@ MUTANTS = [
     ("dc_row_slice_overlap",  # dC row slices each run one block into the next slice
      "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split)",
      "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split + BLOCK_N)"),
+    ("finish_no_valid_mask",  # the loss sums ignored rows too
+     "row_loss = tl.where(valid, lse - dot, 0.0)", "row_loss = tl.where(r_mask, lse - dot, 0.0)"),
+    ("count_all_rows",  # the count (loss mean and gradient scale) includes ignored rows
+     "tl.sum(valid.to(tl.float32), axis=0)", "tl.sum(r_mask.to(tl.float32), axis=0)"),
+    ("finish_merge_no_rescale",  # the slices' LSE merge forgets to rescale its running sum
+     "run_sum = run_sum * tl.exp(run_max - safe_max) + tl.sum(tl.exp(part - safe_max[None, :]), axis=0)",
+     "run_sum = run_sum + tl.sum(tl.exp(part - safe_max[None, :]), axis=0)"),
+    ("de_partials_not_summed",  # dE takes the first catalog slice's partial only
+     "mask=(s < n_splits)[:, None, None] & rd_mask[None, :, :], other=0.0)",
+     "mask=(s < 1)[:, None, None] & rd_mask[None, :, :], other=0.0)"),
+    ("de_scale_not_over_count",  # dE's scale forgets the count of scored rows
+     "(tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)\n    acc = acc * scale\n    tl.store(OutDE",
+     "(1.0 * W_SCORED)\n    acc = acc * scale\n    tl.store(OutDE"),
+    ("de_ignored_rows_weighted",  # dE weighs ignored rows as scored ones
+     "w = tl.where(tgt != IGNORE, W_SCORED, 0.0)  # (BLOCK_N,)", "w = tl.where(n_mask, W_SCORED, 0.0)  # (BLOCK_N,)"),
+]
+# Broken copies of the launchers (core/losses/flash_ce.py), caught by the reuse checks.
+LAUNCHER = REPO / "core" / "losses" / "flash_ce.py"
+LAUNCHER_MUTANTS = [
+    ("stats_in_workspace",  # the LSEs saved for the backward in a reused buffer: a second loss
+     # built before the first one's backward overwrites them
+     "stats = torch.empty(n + 1, dtype=torch.float32, device=e.device)",
+     "stats = _workspace(e.device, \"stats\", n + 1)"),
+    ("plan_without_catalog_size",  # a shape's launch plan looked up without V
+     "key = (e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1])",
+     "key = (e.device, e.dtype, e.shape[0], e.shape[1])"),
 ]
 
 CHECK = r"""
@@ -73,9 +101,13 @@ import core.losses.kernels
 from core.losses import flash_ce, IGNORE_INDEX
 from core.losses.flash_ce import flash_linear_ce
 
-cases, mutants, kernels_path = json.loads(sys.argv[1])
+fce = sys.modules["core.losses.flash_ce"]  # the module (core.losses.flash_ce is the function)
+import core.losses.split_lse as split_lse_module
 
-def errors(n, v, d, dtype, seed=0, ignore=0.2):
+cases, mutants, kernels_path, launcher_mutants, launcher_path = json.loads(sys.argv[1])
+real_sm_count = split_lse_module.sm_count
+
+def operands(n, v, d, dtype, seed=0, ignore=0.2):
     g = torch.Generator().manual_seed(seed)
     dt = getattr(torch, dtype)
     e = torch.randn(n, d, generator=g).to(dt).requires_grad_()
@@ -83,8 +115,17 @@ def errors(n, v, d, dtype, seed=0, ignore=0.2):
     t = torch.randint(0, v, (n,), generator=g)
     t[torch.rand(n, generator=g) < ignore] = IGNORE_INDEX
     t[0] = v - 1  # a target in the last (ragged) tile
-    loss = flash_linear_ce(e, c, t)
+    return e, c, t
+
+def errors(n, v, d, dtype, sms=None, seed=0, ignore=0.2, linear_ce=None):
+    split_lse_module.sm_count = (lambda device: sms) if sms else real_sm_count
+    fce._PLANS.clear()  # plans hold the slice counts
+    e, c, t = operands(n, v, d, dtype, seed, ignore)
+    loss = (linear_ce or flash_linear_ce)(e, c, t)
     loss.backward()
+    return compare(e, c, t, loss)
+
+def compare(e, c, t, loss):
     e64 = e.detach().double().requires_grad_()
     c64 = c.detach().double().requires_grad_()
     ref = F.cross_entropy(e64 @ c64.T, t, ignore_index=IGNORE_INDEX)
@@ -117,7 +158,68 @@ for _ in range(2):
     flash_ce(e, c, t).backward()
     grads.append((e.grad.clone(), c.grad.clone()))
 edge["deterministic"] = all(torch.equal(a, b) for a, b in zip(*grads))
+# A multi-block case with every row ignored, and one whose first finish block is all ignored.
+e = torch.randn(130, 32, requires_grad=True)
+c = torch.randn(50, 32, requires_grad=True)
+loss = flash_ce(e, c, torch.full((130,), IGNORE_INDEX))
+loss.backward()
+edge["all_ignored_130"] = [str(loss.item()), e.grad.abs().sum().item(), c.grad.abs().sum().item()]
+e, c, t = operands(130, 1000, 32, "float32", seed=3)
+t[:64] = IGNORE_INDEX
+loss = flash_linear_ce(e, c, t)
+loss.backward()
+edge["block_ignored"] = compare(e, c, t, loss)
+# An fp32 catalog with fp16 hidden states: tiles cast in the kernels, dC in fp32; the oracle
+# takes the catalog as the kernels see it (fp16 values held in fp32).
+e, c, t = operands(37, 300, 64, "float16", seed=5)
+c32 = c.detach().float().requires_grad_()
+loss = flash_linear_ce(e, c32, t)
+loss.backward()
+edge["fp32_catalog"] = compare(e, c32, t, loss) | {"dc_dtype": str(c32.grad.dtype)}
 out["edge"] = edge
+
+def reuse(linear_ce):
+    # Workspaces reused: three losses (two of one shape, one larger) built before any backward,
+    # backwards in another order; then calls alternating shapes (the buffers grow, then serve
+    # smaller shapes), the last a rerun of the first, bit for bit.
+    split_lse_module.sm_count = real_sm_count
+    fce._PLANS.clear()
+    res = {}
+    ops = [operands(37, 300, 24, "float32", seed=1), operands(37, 300, 24, "float32", seed=2),
+           operands(130, 1000, 32, "float32", seed=3)]
+    losses = [linear_ce(*op) for op in ops]
+    for i in (2, 0, 1):
+        losses[i].backward()
+    res["outstanding"] = [compare(*op, loss) for op, loss in zip(ops, losses)]
+    seq = []
+    for shape in ((5, 129, 24), (130, 1000, 32), (5, 129, 24), (5, 1000, 24), (300, 40, 16), (37, 300, 64),
+                  (5, 129, 24)):
+        e, c, t = operands(*shape, "float32", seed=4)
+        loss = linear_ce(e, c, t)
+        loss.backward()
+        seq.append((compare(e, c, t, loss), (loss.detach(), e.grad, c.grad)))
+    res["shapes"] = [err for err, _ in seq]
+    res["rerun_identical"] = all(torch.equal(a, b) for a, b in zip(seq[0][1], seq[-1][1]))
+    return res
+
+out["reuse"] = reuse(flash_linear_ce)
+
+# Broken copies of the launchers: a module of their own, calling the real kernels.
+launcher_source = open(launcher_path).read()
+out["launcher_mutants"] = {}
+for name, old, new in launcher_mutants:
+    if launcher_source.count(old) != 1:
+        out["launcher_mutants"][name] = "source text not found exactly once"
+        continue
+    path = tempfile.mkdtemp() + "/launcher_" + name + ".py"
+    open(path, "w").write(launcher_source.replace(old, new).replace("@register(", "@(lambda **kw: (lambda f: f))("))
+    spec = importlib.util.spec_from_file_location("launcher_" + name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    real = fce
+    fce = mod  # reuse() clears this module's plans
+    out["launcher_mutants"][name] = reuse(mod.flash_linear_ce)
+    fce = real
 
 # Broken copies of the kernels module, swapped in where the launchers import it from.
 source = open(kernels_path).read()
@@ -133,7 +235,7 @@ for name, old, new in mutants:
     spec.loader.exec_module(mod)
     core.losses.kernels.flash_ce = mod
     sys.modules["core.losses.kernels.flash_ce"] = mod
-    out["mutants"][name] = [errors(*case) for case in cases[:4]]
+    out["mutants"][name] = [errors(*case) for case in cases[:4] + cases[-1:]]
 print(json.dumps(out))
 """
 
@@ -141,7 +243,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
     env = child_env(TRITON_INTERPRET="1")
-    arg = json.dumps([CASES, MUTANTS, str(KERNELS)])
+    arg = json.dumps([CASES, MUTANTS, str(KERNELS), LAUNCHER_MUTANTS, str(LAUNCHER)])
     proc = subprocess.run([sys.executable, "-c", CHECK, arg], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,7 +255,8 @@ def _failures(case, err) -> list[str]:
     return [f"{what} {err[what]:.3g} > {tol:g}" for what in ("loss", "de", "dc") if not err[what] <= tol]
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: "N%d-V%d-D%d-%s" % CASES[i])
+@pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: "N%d-V%d-D%d-%s" % CASES[i][:4]
+                         + ("-%dSMs" % CASES[i][4] if len(CASES[i]) > 4 else ""))
 def test_loss_and_gradients_match_float64(interpreted, index):
     err = interpreted["cases"][index]
     assert not _failures(CASES[index], err), f"{CASES[index]}: {_failures(CASES[index], err)}"
@@ -180,8 +283,41 @@ def test_reruns_are_bit_identical(interpreted):
 def test_broken_kernels_are_caught(interpreted, name):
     result = interpreted["mutants"][name]
     assert isinstance(result, list), f"{name}: {result}"  # the mutation applied
-    caught = [_failures(case, err) for case, err in zip(CASES, result)]
+    caught = [_failures(case, err) for case, err in zip(CASES[:4] + CASES[-1:], result)]
     assert any(caught), f"mutant {name} passed every check: {result}"
+
+
+def test_all_ignored_over_several_blocks_and_an_ignored_block(interpreted):
+    loss, de_sum, dc_sum = interpreted["edge"]["all_ignored_130"]
+    assert loss == "nan" and de_sum == 0.0 and dc_sum == 0.0
+    err = interpreted["edge"]["block_ignored"]
+    assert not _failures((130, 1000, 32, "float32"), err) and err["ignored_grad"] == 0.0, err
+
+
+def test_fp32_catalog_with_fp16_hidden_states(interpreted):
+    err = interpreted["edge"]["fp32_catalog"]
+    assert not _failures((37, 300, 64, "float16"), err) and err["dc_dtype"] == "torch.float32", err
+
+
+def _reuse_failures(res) -> list[str]:
+    bad = [f"outstanding loss {i}: {f}" for i, err in enumerate(res["outstanding"])
+           if (f := _failures((0, 0, 0, "float32"), err))]
+    bad += [f"call {i} of the shape sequence: {f}" for i, err in enumerate(res["shapes"])
+            if (f := _failures((0, 0, 0, "float32"), err))]
+    return bad + ([] if res["rerun_identical"] else ["a rerun after other shapes differs"])
+
+
+def test_workspaces_reused_across_outstanding_graphs_and_shapes(interpreted):
+    """Losses built before either backward keep their own saved state; buffers grown by a
+    larger shape serve smaller ones; a rerun after other shapes is bit-identical."""
+    assert not _reuse_failures(interpreted["reuse"]), _reuse_failures(interpreted["reuse"])
+
+
+@pytest.mark.parametrize("name", [m[0] for m in LAUNCHER_MUTANTS])
+def test_broken_launchers_are_caught(interpreted, name):
+    result = interpreted["launcher_mutants"][name]
+    assert isinstance(result, dict), f"{name}: {result}"
+    assert _reuse_failures(result), f"launcher mutant {name} passed the reuse checks: {result}"
 
 
 # --------------------------------------------------------------------------------------------
