@@ -2,6 +2,47 @@
 
 Both go through the same loop, so the baseline sees exactly the users, targets and history
 masking the model sees: it differs only in how a batch of users is scored.
+
+Streaming evaluation ("evaluation at the floor", issue 21.5; the default ``path``). A batch
+("block") of B users is scored one catalog chunk at a time: per chunk one fp32 matmul writes a
+(B, chunk) buffer, the block's history pairs that fall in the chunk are set to -inf in it, the
+target's score is picked from it when the target is in the chunk, and the chunk's top-k is
+merged into a running top-k (``core.metrics.chunk_top`` / ``merge_top``, state
+``CatalogTop``). No (B, n_items) matrix exists; rank, Coverage and Surprisal all come from the
+final state (``RankingMetrics.update_top``), with the same values as the dense path on the same
+scores (tests/test_eval_streaming.py):
+- ranks: 1 + #(top-k scores > target score), exact for rank <= max(ks), a miss beyond; the
+  target's score comes from the same buffer as the other scores (a separately computed dot
+  product may differ in the last bit, and ties count in the target's favour);
+- tie rule: equal scores rank the lower item id first, in both paths (``core.metrics``);
+  torch.topk leaves ties unspecified, so rows with a tie across the k-th place are redone with
+  a stable sort (rare with real fp32 scores; never with the popularity baseline);
+- scores stay fp32 (bf16 scores tie often and ties favour the target).
+Chunk top-k (``chunk_top``): the max of each run of ``group_size`` (64) columns, top-(k+1) of
+those maxima, then top-(k+1) over the k best groups' columns: the chunk is written once by the
+matmul and read about once by the group max, instead of the several radix passes of a
+torch.topk over the whole chunk.
+
+Sizes and memory: ``batch_size`` users per block (default 4096 on the streaming path) times
+``chunk_size`` items (default 32768, ``DEFAULT_CHUNK``) fp32 is the one big buffer, 512 MiB at
+the defaults whatever the catalog; the rest is O(B * (chunk / group + k * group)). Host syncs:
+three per block (``history`` sizes, the split of the history pairs over chunks, the NaN /
+tie-fix check), none per chunk. ``path="dense"`` keeps the previous evaluation (a (B, n_items)
+matrix per batch, ``RankingMetrics.update``; default batch ``default_eval_batch_size(n,
+"dense")``, ~1 GiB) as the reference and the "before" of ``experiments/bench/bench_eval.py``.
+
+On the GPU (beauty-like, 729,576 users x 207,649 items, D = 64, one H200): the dense path takes
+5.7 s per split (1,292 users per batch: 3.4 ms scoring, 6.0 ms metrics). The streaming path
+moves ~2 bytes/score through HBM (matmul write + group-max read, ~1.2 TB per split, ~0.25 s at
+4.8 TB/s) plus the fp32 matmul itself (19 TFLOP per split: ~0.3-0.4 s on fp32 CUDA cores)
+plus ~20 small kernels per (block, chunk) (179 blocks x 7 chunks); the expected split time is
+~0.7-1.0 s, to be measured (``bench_eval.py --path dense,streaming``). If the matmul runs
+below ~50 fp32 TFLOP/s the 1.0 s target is missed by that excess: a fused score+select kernel
+(issue 22) would then be the next step.
+
+Across ranks: ``merge_top`` merges the states of disjoint catalog parts, so ranks that each own
+a catalog shard can combine theirs (a distributed top-k, issue 22); within one process the
+shards are only chunks. Rows ranks are split as before (``eval_shard``, ``reduce_metrics``).
 """
 
 from __future__ import annotations
@@ -15,17 +56,28 @@ import torch.distributed as dist
 
 from core.data.batching import DeviceSequences, eval_batches, history
 from core.data.shards import SequenceData
-from core.metrics import RankingMetrics, popularity_scores
+from core.metrics import (CatalogTop, RankingMetrics, chunk_top, exact_top, merge_top, needs_exact,
+                          popularity_scores)
 from core.parallel.collectives import DistContext, all_gather_rows, all_reduce
 
-# (B, n_items) fp32 scores per batch are the evaluation's big buffer: bound it at 2**28 floats
-# (1 GiB), so a 10M-item catalog gets batches of ~26 users and a 20k-item one the cap of 4096.
+# Dense path: (B, n_items) fp32 scores per batch are the evaluation's big buffer: bound it at
+# 2**28 floats (1 GiB), so a 10M-item catalog gets batches of ~26 users and a 20k-item one 4096.
 _SCORE_BUDGET = 2**28
 _MAX_EVAL_BATCH = 4096
+PATHS = ("streaming", "dense")
+DEFAULT_PATH = "streaming"
+DEFAULT_CHUNK = 32768  # items per chunk: (4096, 32768) fp32 = 512 MiB
+DEFAULT_GROUP = 64  # columns per group of chunk_top's first stage
+
+# A chunk's scores: ``chunk(lo, hi) -> (B, hi - lo)`` fp32, a fresh tensor (masked in place).
+ChunkScores = Callable[[int, int], torch.Tensor]
 
 
-def default_eval_batch_size(n_items: int) -> int:
-    """Users per evaluation batch such that the score matrix stays near 1 GiB."""
+def default_eval_batch_size(n_items: int, path: str = DEFAULT_PATH) -> int:
+    """Users per evaluation batch: 4096 on the streaming path (its buffer is (B, chunk)); on the
+    dense path such that the (B, n_items) score matrix stays near 1 GiB."""
+    if path == "streaming":
+        return _MAX_EVAL_BATCH
     return max(1, min(_MAX_EVAL_BATCH, _SCORE_BUDGET // n_items))
 
 
@@ -41,9 +93,95 @@ def count_train_users(data: SequenceData) -> int:
     return int((data.lengths() - 2 > 0).sum())
 
 
+def chunk_ranges(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut into consecutive (start, stop) column ranges of at most ``size``."""
+    if size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {size}")
+    return [(a, min(a + size, hi)) for a in range(lo, hi, size)]
+
+
+def _history_by_chunk(seen: tuple[torch.Tensor, torch.Tensor] | None,
+                      ranges: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """Per chunk (rows, chunk-local columns) of the history pairs (rows, item ids) inside it.
+
+    Sorted by column once and cut where the chunks start: one host sync per block.
+    """
+    if seen is None or not ranges:
+        return [None] * len(ranges)
+    rows, items = seen
+    cols, order = (items - 1).sort()
+    rows = rows[order]
+    starts = torch.tensor([a for a, _ in ranges] + [ranges[-1][1]], device=cols.device, dtype=cols.dtype)
+    cuts = torch.searchsorted(cols, starts).tolist()
+    return [(rows[c0:c1], cols[c0:c1] - a) for (a, _), c0, c1 in zip(ranges, cuts[:-1], cuts[1:])]
+
+
+def _mask_chunk(scores: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Sets a chunk's history pairs to -inf in place."""
+    if pairs is not None and len(pairs[0]):
+        scores[pairs[0], pairs[1]] = float("-inf")
+
+
+def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
+                 targets: torch.Tensor | None, seen: tuple[torch.Tensor, torch.Tensor] | None,
+                 device, lo: int = 0, hi: int | None = None, chunk_size: int = DEFAULT_CHUNK,
+                 group_size: int = DEFAULT_GROUP, rows: torch.Tensor | None = None) -> CatalogTop:
+    """The streaming state of ``n_users`` users over catalog columns [lo, hi) (default: all).
+
+    ``chunk(a, b)`` scores columns [a, b) of every user; ``targets`` (B,) item ids (None: no
+    target, as for recommendations); ``seen`` the history pairs (rows, item ids) to mask.
+    ``rows``: only these users, with an exact stable sort per chunk (the tie fix-up; the
+    chunks are still scored for all users, so their scores are bit for bit the same).
+    No tie fix-up and no host sync per chunk: see ``catalog_top``.
+    """
+    hi = n_items if hi is None else hi
+    ranges = chunk_ranges(lo, hi, chunk_size)
+    masks = _history_by_chunk(seen, ranges)
+    size = n_users if rows is None else len(rows)
+    state = CatalogTop.empty(size, k, n_items=n_items, device=device)
+    t_col = None if targets is None else targets.to(device=device, dtype=torch.int64) - 1
+    for (a, b), pairs in zip(ranges, masks):
+        scores = chunk(a, b)  # (B, b - a) fp32
+        _mask_chunk(scores, pairs)
+        if t_col is None:
+            inside = torch.zeros(n_users, dtype=torch.bool, device=device)
+            target = torch.full((n_users,), float("-inf"), device=device)
+        else:
+            inside = (t_col >= a) & (t_col < b)
+            picked = scores.gather(1, (t_col - a).clamp(0, b - a - 1)[:, None]).squeeze(1)
+            target = torch.where(inside, picked, float("-inf"))
+        if rows is None:
+            part = chunk_top(scores, k, lo=a, sentinel=n_items, group=group_size)
+            values, cols, tie = part
+        else:
+            scores, inside, target = scores[rows], inside[rows], target[rows]
+            values, cols = exact_top(scores, k, lo=a, sentinel=n_items)
+            tie = torch.full((size,), float("-inf"), device=device)
+        nan = torch.isnan(values).any(dim=1)  # topk and sort rank NaN first
+        state = merge_top(state, CatalogTop(values, cols, target, inside, tie, nan))
+    return state
+
+
+def catalog_top(chunk: ChunkScores, n_users: int, **scan_args) -> CatalogTop:
+    """``scan_catalog`` over the whole catalog, NaN refused, ties fixed to the tie rule.
+
+    One host sync for both checks; the rows ``needs_exact`` names (rare) are scanned again
+    with a stable sort. Raises ValueError on a NaN score.
+    """
+    top = scan_catalog(chunk, n_users, **scan_args)
+    fix = needs_exact(top)
+    has_nan, has_fix = torch.stack([top.nan.any(), fix.any()]).tolist()
+    if has_nan:
+        raise ValueError("scores contain NaN: the model diverged or the inputs are broken")
+    if has_fix:
+        rows = fix.nonzero().squeeze(1)
+        top = top.put(rows, scan_catalog(chunk, n_users, rows=rows, **scan_args))
+    return top
+
+
 @torch.no_grad()
 def rank_split(
-    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    score_fn: Callable[[torch.Tensor], ChunkScores],
     seqs: DeviceSequences,
     *,
     split: str,
@@ -55,24 +193,37 @@ def rank_split(
     n_train_users: int,
     users: torch.Tensor | None = None,
     reduce: Callable[[RankingMetrics], None] | None = None,
+    path: str = DEFAULT_PATH,
+    chunk_size: int = DEFAULT_CHUNK,
+    group_size: int = DEFAULT_GROUP,
 ) -> dict[str, float]:
     """Ranks the whole catalog for every user of ``split`` ("valid" or "test").
 
-    ``score_fn(inputs (B, L)) -> (B, n_items)`` fp32 scores; they are masked in place.
+    ``score_fn(inputs (B, L))`` returns ``chunk(lo, hi) -> (B, hi - lo)`` fp32 scores of
+    catalog columns [lo, hi) (a fresh tensor: it is masked in place). ``path``: "streaming"
+    (chunks of ``chunk_size`` items, module docstring) or "dense" (one (B, n_items) chunk
+    through ``RankingMetrics.update``, the previous evaluation); same metrics.
     ``item_user_counts`` (``SequenceData.train_item_user_counts()``) and ``n_train_users``
     (``count_train_users``) feed Surprisal; callers compute them once per run, not per call.
     ``users`` (default: all) and ``reduce`` (called on the metrics before ``compute``) let
     each rank of a distributed run rank its share of the users and combine the results
     exactly (``eval_shard``, ``reduce_metrics``).
     """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     metrics = RankingMetrics(
         n_items=seqs.n_items, ks=ks, item_user_counts=item_user_counts, n_train_users=n_train_users
     )
     batches = eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len, users=users)
     for batch_users, inputs, targets in batches:
-        scores = score_fn(inputs)  # (B, n_items)
+        chunk = score_fn(inputs)
         seen = history(seqs, batch_users, split=split) if mask_history else None
-        metrics.update(scores, targets, history=seen)
+        if path == "dense":
+            metrics.update(chunk(0, seqs.n_items), targets, history=seen)
+        else:
+            metrics.update_top(catalog_top(
+                chunk, len(batch_users), n_items=seqs.n_items, k=max(metrics.ks), targets=targets,
+                seen=seen, device=seqs.device, chunk_size=chunk_size, group_size=group_size))
     if reduce is not None:
         reduce(metrics)
     return metrics.compute()
@@ -82,13 +233,28 @@ def score_catalog(model: torch.nn.Module, forward: Callable[[torch.Tensor], torc
                   inputs: torch.Tensor, *, amp: bool) -> torch.Tensor:
     """(B, n_items) fp32 scores of the next item after each row of ``inputs`` (B, L).
 
-    Evaluation and ``core.recommend`` both score through here. Scores are fp32 even under
-    bf16 training: bf16 scores tie often, and ties count in the target's favour (rank = 1 +
-    strictly higher), which would inflate every metric.
+    Scores are fp32 even under bf16 training: bf16 scores tie often, and ties count in the
+    target's favour (rank = 1 + strictly higher), which would inflate every metric.
+    ``model_scores(...)(inputs)(0, n_items)`` gives the same values.
     """
     with autocast(inputs.device, amp):
         last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
     return last.float() @ model.catalog().float().T  # (B, n_items)
+
+
+def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], *,
+                 amp: bool) -> Callable[[torch.Tensor], ChunkScores]:
+    """``score_fn`` of ``rank_split`` for a model: the user vectors once per batch, then fp32
+    ``u @ catalog[lo:hi].T`` per chunk (evaluation and ``core.recommend`` both score so)."""
+    catalog = model.catalog().float()  # (n_items, D), once per split
+
+    def score_fn(inputs: torch.Tensor) -> ChunkScores:
+        with autocast(inputs.device, amp):
+            last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
+        users = last.float()
+        return lambda lo, hi: users @ catalog[lo:hi].T  # (B, hi - lo)
+
+    return score_fn
 
 
 def evaluate_model(
@@ -106,7 +272,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        return rank_split(lambda inputs: score_catalog(model, forward, inputs, amp=amp), seqs, **rank_args)
+        return rank_split(model_scores(model, forward, amp=amp), seqs, **rank_args)
     finally:
         model.train(was_training)
 
@@ -115,11 +281,11 @@ def evaluate_popularity(seqs: DeviceSequences, **rank_args) -> dict[str, float]:
     """Most-popular baseline (distinct training users per item), ranked like the model."""
     popular = popularity_scores(rank_args["item_user_counts"])  # (n_items,) on the CPU
 
-    def score(inputs: torch.Tensor) -> torch.Tensor:
+    def score(inputs: torch.Tensor) -> ChunkScores:
         nonlocal popular
         popular = popular.to(inputs.device)  # once: a no-op after the first batch
-        # A fresh (B, n_items) copy: RankingMetrics masks history in place.
-        return popular.expand(inputs.shape[0], -1).clone()
+        # A fresh (B, hi - lo) copy: the chunk is masked in place.
+        return lambda lo, hi: popular[lo:hi].expand(inputs.shape[0], -1).clone()
 
     return rank_split(score, seqs, **rank_args)
 

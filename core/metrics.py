@@ -12,14 +12,42 @@ Definitions (DESIGN.md, "Evaluation protocol"), one held-out target per user, ra
 
 Everything is batched on the scores' device; sums are kept in float64 so that the result does
 not depend on the batch size.
+
+Tie rule (both paths). Ranking counts ties in the target's favour (above). The top-k lists
+(Coverage, Surprisal) order items by score, and EQUAL SCORES BY THE LOWER ITEM ID FIRST; this
+fixes both which tied items enter a top-k at its boundary and the order inside it (each k of
+``ks`` takes a prefix). ``torch.topk`` does not define either (its docs leave the order of equal
+elements unspecified; on the CPU it selects by value alone, on CUDA a radix select fills the
+boundary in index order but then sorts the k results unstably), so the dense ``update`` and the
+streaming path both apply the rule explicitly: ``torch.topk(k + 1)`` finds the values, a tie
+across the k-th place is seen from the (k+1)-th value, and only such rows are redone with a
+stable sort (``exact_top``); the k results are then put in (score desc, id asc) order
+(``canonical_order``). Ties among masked items (-inf) do not matter: they are no
+recommendation.
+
+Streaming state (``CatalogTop``; see ``core.evaluation``'s docstring for the scan). Per user:
+the best k scores and their catalog columns (rule above), the target's score (-inf when masked,
+taken from the very score buffer the top-k came from), whether this part of the catalog held the
+target, and ``tie``: the k-th score of any catalog part whose own top-k had a tie across its
+k-th place (else -inf). ``merge_top`` combines the states of two disjoint parts of the catalog
+(two chunks, or two ranks' catalog shards) into the state of their union; it is associative
+and commutative. From the final state rank = 1 + #(top-k scores > target score): exact whenever
+rank <= k, and k + 1 (a miss at every cut-off) otherwise, which is all HitRate/NDCG/MRR@k for
+k <= max(ks) need, so no count over the whole catalog (which would need the target's score
+before the scan) is kept. A final state whose ``tie`` equals its k-th score may hold the wrong
+tied items (a part chose among ties before the global boundary was known): ``needs_exact``
+names those rows, which are then recomputed with ``exact_top``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+
+NEG_INF = float("-inf")
 
 
 def _as_int64_tensor(values, name: str) -> torch.Tensor:
@@ -57,6 +85,180 @@ def item_surprisal(item_user_counts, *, n_train_users: int) -> torch.Tensor:
     log_n = math.log2(n_train_users)
     # pop == 0 -> clamped to 1 -> s = log2(N) / log2(N) = 1, which is exactly RePlay's rule
     return -torch.log2(pop.clamp(min=1) / n_train_users) / log_n
+
+
+# --- top-k with the tie rule, and the streaming state ----------------------------------------
+
+
+def canonical_order(values: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(B, n) int64 permutation of each row putting (values, cols) in (value desc, col asc) order.
+
+    Two stable sorts: by column, then by value (descending); small (B, n) lists only.
+    """
+    by_col = cols.argsort(dim=1, stable=True)
+    by_value = values.gather(1, by_col).argsort(dim=1, descending=True, stable=True)
+    return by_col.gather(1, by_value)
+
+
+def _pad_top(values: torch.Tensor, cols: torch.Tensor, k: int, sentinel: int):
+    """Pads (B, n < k) lists to k entries with (-inf, ``sentinel``): no recommendation."""
+    missing = k - values.shape[1]
+    if missing <= 0:
+        return values, cols
+    B = values.shape[0]
+    return (torch.cat([values, values.new_full((B, missing), NEG_INF)], 1),
+            torch.cat([cols, cols.new_full((B, missing), sentinel)], 1))
+
+
+def exact_top(scores: torch.Tensor, k: int, *, lo: int = 0, sentinel: int | None = None):
+    """(values (B, k), cols (B, k)) of ``scores`` (B, w) by the tie rule, with a stable sort.
+
+    The reference and the fix-up of rows whose top-k is ambiguous (a full sort of the row:
+    slow, used only for those rows). Columns are ``lo`` + position; fewer than k columns are
+    padded with (-inf, ``sentinel``) (default ``lo + w``).
+    """
+    w = scores.shape[1]
+    kk = min(k, w)
+    values, order = scores.sort(dim=1, descending=True, stable=True)  # equal values: lower col first
+    values, cols = values[:, :kk], order[:, :kk] + lo
+    return _pad_top(values, cols, k, lo + w if sentinel is None else sentinel)
+
+
+class ChunkTop(NamedTuple):
+    """One part's top-k by value: ``values`` (B, k) desc, ``cols`` (B, k) int64 global columns,
+    ``tie`` (B,) the k-th value where a tie crosses the k-th place (-inf otherwise)."""
+
+    values: torch.Tensor
+    cols: torch.Tensor
+    tie: torch.Tensor
+
+
+def chunk_top(scores: torch.Tensor, k: int, *, lo: int = 0, sentinel: int, group: int = 64) -> ChunkTop:
+    """Top-k of a (B, w) fp32 score chunk whose column j is global column ``lo + j``.
+
+    The k values are exact; which tied items fill the k-th place is torch.topk's choice, and
+    ``tie`` says where that choice could matter (the (k+1)-th best equals the k-th). ``group``
+    > 1: two-stage selection that reads the chunk once more instead of sorting it: the max of
+    each run of ``group`` columns, the k groups with the best maxima (every top-k item lies in
+    one of them: an item outside is <= its group's max <= the k-th best max <= the k-th value
+    found), then top-k over those k * group candidates. An item outside equal to the k-th value
+    is seen through the (k+1)-th group max and reported in ``tie`` as well. Columns beyond
+    ``w`` (never real) become ``sentinel``; lists shorter than k are padded with it at -inf.
+    """
+    B, w = scores.shape
+    n_full, rest = divmod(w, group) if group > 1 else (w, 0)
+    n_groups = n_full + (rest > 0)
+    if group > 1 and n_groups > k + 1:
+        maxima = scores[:, :n_full * group].reshape(B, n_full, group).amax(dim=2)  # (B, G)
+        if rest:
+            maxima = torch.cat([maxima, scores[:, n_full * group:].amax(dim=1, keepdim=True)], 1)
+        group_max, best = maxima.topk(k + 1, dim=1)  # (B, k + 1), sorted
+        offsets = torch.arange(group, device=scores.device)
+        cand_cols = (best[:, :k, None] * group + offsets).reshape(B, k * group)  # (B, k * group)
+        cand = scores.gather(1, cand_cols.clamp(max=w - 1))
+        cand = cand.masked_fill(cand_cols >= w, NEG_INF)  # the last group's columns past w
+        values, pos = cand.topk(k + 1, dim=1)
+        cols = cand_cols.gather(1, pos)
+        after = torch.maximum(values[:, k], group_max[:, k])  # best value not taken
+        values, cols = values[:, :k], cols[:, :k]
+    else:
+        kk = min(k + 1, w)
+        values, cols = scores.topk(kk, dim=1)
+        after = values[:, k] if kk > k else values.new_full((B,), NEG_INF)
+        values, cols = _pad_top(values[:, :k], cols[:, :k], k, w)
+    kth = values[:, k - 1]
+    tie = torch.where((kth > NEG_INF) & (after == kth), kth, NEG_INF)
+    cols = torch.where(cols < w, cols + lo, sentinel)
+    return ChunkTop(values, cols, tie)
+
+
+class CatalogTop(NamedTuple):
+    """The streaming state of a batch of B users over a part of the catalog (module docstring).
+
+    ``values`` (B, k) fp32, best first, ``cols`` (B, k) int64 catalog columns (item id - 1;
+    ``n_items`` pads a list with fewer than k real items), ``target`` (B,) fp32 the target's
+    score with history masked (-inf where masked or not in this part), ``has_target`` (B,)
+    bool, ``tie`` (B,) fp32, ``nan`` (B,) bool: a NaN score was seen in the row.
+    """
+
+    values: torch.Tensor
+    cols: torch.Tensor
+    target: torch.Tensor
+    has_target: torch.Tensor
+    tie: torch.Tensor
+    nan: torch.Tensor
+
+    @classmethod
+    def empty(cls, B: int, k: int, *, n_items: int, device) -> CatalogTop:
+        """The state of no catalog at all: merging it changes nothing."""
+        neg = torch.full((B,), NEG_INF, device=device)
+        return cls(torch.full((B, k), NEG_INF, device=device),
+                   torch.full((B, k), n_items, dtype=torch.int64, device=device),
+                   neg, torch.zeros(B, dtype=torch.bool, device=device), neg.clone(),
+                   torch.zeros(B, dtype=torch.bool, device=device))
+
+    def take(self, rows: torch.Tensor) -> CatalogTop:
+        """The state of the users ``rows`` only."""
+        return CatalogTop(*(t[rows] for t in self))
+
+    def put(self, rows: torch.Tensor, other: CatalogTop) -> CatalogTop:
+        """This state with the users ``rows`` replaced by ``other``'s (a fix-up's result)."""
+        out = [t.clone() for t in self]
+        for t, o in zip(out, other):
+            t[rows] = o
+        return CatalogTop(*out)
+
+
+def merge_top(a: CatalogTop, b: CatalogTop) -> CatalogTop:
+    """The state of the union of two disjoint catalog parts (same users, same k).
+
+    Top-k of the 2k candidates by (value desc, col asc); the target's score from the part
+    that holds it; ``tie`` the larger (a tie below the final k-th value cannot matter).
+    """
+    k = a.values.shape[1]
+    values = torch.cat([a.values, b.values], 1)
+    cols = torch.cat([a.cols, b.cols], 1)
+    order = canonical_order(values, cols)[:, :k]
+    return CatalogTop(values.gather(1, order), cols.gather(1, order),
+                      torch.where(a.has_target, a.target, b.target), a.has_target | b.has_target,
+                      torch.maximum(a.tie, b.tie), a.nan | b.nan)
+
+
+def needs_exact(top: CatalogTop) -> torch.Tensor:
+    """(B,) bool: rows whose tied items at the k-th place may not follow the tie rule.
+
+    Some part's own top-k had a tie across its k-th place at a value equal to the final k-th
+    value: that part chose among equal items without the rule. (A part's tie below the final
+    k-th value involves no item of the final list; above it is impossible, since that part alone
+    would then put k + 1 items above the final k-th value.)
+    """
+    return (top.tie > NEG_INF) & (top.tie == top.values[:, -1])
+
+
+def rank_from_top(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 rank = 1 + #(top-k values strictly above the target's score).
+
+    Exact when the target's rank is <= k (every item above it is then in the top-k); k + 1
+    otherwise: a miss at every cut-off <= k either way.
+    """
+    return 1 + (values > target[:, None]).sum(dim=1).to(torch.float64)
+
+
+def dense_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values (B, k), cols (B, k)) of dense (B, V) scores by the tie rule (module docstring).
+
+    ``torch.topk(k + 1)``, then rows with a tie across the k-th place are redone with a stable
+    sort (one host sync to find them), then (score desc, id asc) order inside the k.
+    """
+    V = scores.shape[1]
+    part = chunk_top(scores, k, lo=0, sentinel=V, group=1)
+    values, cols = part.values, part.cols
+    ambiguous = (part.tie > NEG_INF).nonzero().squeeze(1)
+    if len(ambiguous):
+        values, cols = values.clone(), cols.clone()
+        values[ambiguous], cols[ambiguous] = exact_top(scores[ambiguous], k, sentinel=V)
+    order = canonical_order(values, cols)
+    return values.gather(1, order), cols.gather(1, order)
 
 
 class RankingMetrics:
@@ -138,12 +340,34 @@ class RankingMetrics:
         # rank = 1 + #(items strictly above the target)
         target_scores = scores.gather(1, (targets - 1)[:, None])  # (B, 1)
         rank = 1 + (scores > target_scores).sum(dim=1).to(torch.float64)  # (B,)
+        top_scores, top_cols = dense_top(scores, max(self.ks))  # (B, k_max), tie rule
+        self._accumulate(rank, top_scores, top_cols)
 
-        k_max = max(self.ks)
-        top_scores, top_cols = scores.topk(k_max, dim=1)  # (B, k_max), best first
+    @torch.no_grad()
+    def update_top(self, top: CatalogTop) -> None:
+        """Adds a batch from its streaming state over the whole catalog (``core.evaluation``).
+
+        ``top.values``/``top.cols`` are the (B, max(ks)) best scores and catalog columns by the
+        tie rule, history already masked; the rank comes from them (``rank_from_top``), which
+        gives every metric exactly as ``update`` does on the same scores.
+        """
+        B, k = top.values.shape
+        if k != max(self.ks):
+            raise ValueError(f"update_top: the state keeps {k} items, expected max(ks) = {max(self.ks)}")
+        device = top.values.device
+        if self._surprisal.device != device:
+            self._surprisal = self._surprisal_cpu.to(device)
+        self._accumulate(rank_from_top(top.values, top.target), top.values, top.cols)
+
+    def _accumulate(self, rank: torch.Tensor, top_scores: torch.Tensor, top_cols: torch.Tensor) -> None:
+        """Adds a batch's float64 sums: ``rank`` (B,) float64 (exact up to max(ks), larger
+        beyond), ``top_scores``/``top_cols`` (B, max(ks)) best first by the tie rule."""
+        B = rank.shape[0]
+        device = rank.device
         # A top-k entry at -inf is a masked item (only when fewer than k items are unmasked):
         # it is not a recommendation, so it counts for neither Coverage nor Surprisal.
         top_valid = top_scores > float("-inf")  # (B, k_max)
+        top_cols = top_cols.clamp(max=self.n_items - 1)  # a pad column (never valid) stays in range
         top_surprisal = self._surprisal[top_cols]  # (B, k_max) float64
 
         row: dict[str, torch.Tensor] = {}

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from core.data.batching import DeviceSequences, context_windows, history
-from core.evaluation import default_eval_batch_size, score_catalog
+from core.evaluation import DEFAULT_CHUNK, catalog_top, default_eval_batch_size, model_scores
 
 CONTEXTS = ("full", "test")
 
@@ -62,31 +62,34 @@ def user_index(data, users: Iterable | None) -> np.ndarray:
 @torch.no_grad()
 def top_k(model: torch.nn.Module, seqs: DeviceSequences, users: torch.Tensor, *, k: int,
           mask_history: bool = True, context: str = "full", batch_size: int | None = None,
-          amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+          amp: bool = False, chunk_size: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """(items (U, k) int64 ids 1..n_items, scores (U, k) fp32) for internal ``users`` (U,).
 
-    Masked items score -inf; they appear only when fewer than k items are left unmasked.
+    Best first; equal scores list the lower item id first (evaluation's tie rule). Masked
+    items score -inf; they appear only when fewer than k items are left unmasked.
     """
     if context not in CONTEXTS:
         raise RecommendError(f"context must be one of {CONTEXTS}, got {context!r}")
     if not 1 <= k <= seqs.n_items:
         raise RecommendError(f"k must be in [1, {seqs.n_items}] (the catalog), got {k}")
     split = "full" if context == "full" else "test"
-    batch_size = batch_size or default_eval_batch_size(seqs.n_items)
+    # evaluation's batch, fewer users when k is large: the running top-k is (B, k) (x4 in the merge)
+    batch_size = batch_size or max(1, min(default_eval_batch_size(seqs.n_items), 2**24 // k))
     was_training = model.training
     model.eval()
     items, scores = [], []
     try:
+        score_fn = model_scores(model, model, amp=amp)
         for lo in range(0, len(users), batch_size):
             u = users[lo: lo + batch_size].to(seqs.device)  # (B,)
             inputs = context_windows(seqs, u, split=split, max_len=model.max_len)  # (B, L)
-            s = score_catalog(model, model, inputs, amp=amp)  # (B, n_items)
-            if mask_history:
-                rows, seen = history(seqs, u, split=split)
-                s[rows, seen - 1] = float("-inf")
-            top_scores, top_cols = s.topk(k, dim=1)  # (B, k), best first
-            items.append(top_cols + 1)
-            scores.append(top_scores)
+            seen = history(seqs, u, split=split) if mask_history else None
+            # Streaming over catalog chunks, as evaluation ranks: the same scores and tie rule
+            # (equal scores: lower item id first), never a (B, n_items) matrix.
+            top = catalog_top(score_fn(inputs), len(u), n_items=seqs.n_items, k=k, targets=None,
+                              seen=seen, device=seqs.device, chunk_size=chunk_size)
+            items.append(top.cols + 1)
+            scores.append(top.values)
     finally:
         model.train(was_training)
     if not items:
