@@ -87,6 +87,14 @@ def pack(seq: torch.Tensor, length: int, *, block_mask: bool | None = None) -> P
     return Packing(index, valid, doc, start, (B, L), mask)
 
 
+def packed_positions(packing: Packing, max_len: int) -> torch.Tensor:
+    """(T,) int64 position-embedding index of each slot: the padded layout gives column j of a
+    (B, L) batch position max_len - L + j; a slot keeps its column's, so a real item's position
+    is max_len - 1 - (its distance from its row's end) in both layouts (filler: column 0's)."""
+    L = packing.shape[1]
+    return max_len - L + packing.index % L
+
+
 def document_causal(doc: torch.Tensor):
     """FlexAttention's ``mask_mod``: key ``kv`` is in query ``q``'s document and not after it.
     (A real query never sees a filler key: each filler slot is a document of its own.)"""
@@ -403,12 +411,8 @@ class SASRec(nn.Module):
     def _forward_packed(self, seq: torch.Tensor, length: int) -> torch.Tensor:
         """seq (B, L) -> (length, D): ``forward(seq, pack=length)``."""
         packing = pack(seq, length)
-        L = seq.shape[1]
         items = torch.where(packing.valid, seq.flatten().index_select(0, packing.index), 0)  # (T,)
-        # The padded layout's position of column j is max_len - L + j: the same here, from
-        # each slot's column, so a real item's position is max_len - 1 - (its distance from
-        # its row's end) in both layouts.
-        pos = self.max_len - L + packing.index % L  # (T,)
+        pos = packed_positions(packing, self.max_len)  # (T,)
         x = self.item_emb(items) * self.emb_scale + self.pos_emb(pos)  # (T, D)
         x = self.emb_dropout(x)
         for block in self.blocks:
