@@ -12,6 +12,7 @@ from core.data.batching import DeviceSequences
 from core.data.shards import SequenceData
 from core.data.synthetic import PRESETS, generate
 from core.evaluation import (
+    DEFAULT_CHUNK,
     count_train_users,
     default_eval_batch_size,
     evaluate_model,
@@ -30,7 +31,7 @@ def test_runs_on_cpu_and_writes_the_three_files(tmp_path, capsys):
     assert status == 0
     captured = capsys.readouterr()
     assert "no CUDA device" in captured.err
-    header = "| dataset | users | items | scorer | split | batch | seconds |"
+    header = "| dataset | users | items | path | scorer | split | batch | chunk | seconds |"
     assert captured.out.splitlines()[0].startswith(header)
 
     frame = pd.read_csv(out / "results.csv")
@@ -39,7 +40,9 @@ def test_runs_on_cpu_and_writes_the_three_files(tmp_path, capsys):
         ("model", "valid"), ("model", "test"), ("popularity", "valid"), ("popularity", "test")]
     assert (frame["dataset"] == "tiny").all() and (frame["users"] == 300).all()
     n_items = int(frame["items"][0])
+    assert (frame["path"] == "streaming").all()  # the default: what train() evaluates with
     assert (frame["batch_size"] == default_eval_batch_size(n_items)).all()  # train()'s default
+    assert (frame["chunk_size"] == DEFAULT_CHUNK).all()
     assert (frame["n_batches"] == 1).all() and frame["error"].isna().all()
     assert (frame["seconds"] > 0).all()
     assert frame["users_per_s"].tolist() == pytest.approx((300 / frame["seconds"]).tolist())
@@ -77,9 +80,31 @@ def _small_data() -> SequenceData:
                         n_items=params["n_items"], attrs={})
 
 
+def test_dense_and_streaming_in_one_call_give_the_same_metrics(tmp_path, capsys):
+    """The before/after call: --path dense,streaming, small chunks (not a multiple of the catalog)."""
+    out = tmp_path / "bench"
+    assert main(["--preset", "tiny", "--n-users", "300", "--path", "dense,streaming", "--scorers", "model",
+                 "--chunk-size", "37", "--group-size", "4", "--ks", "1,5,10", "--sample-batches", "2",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    frame = pd.read_csv(out / "results.csv")
+    assert list(zip(frame["path"], frame["split"])) == [
+        ("dense", "valid"), ("dense", "test"), ("streaming", "valid"), ("streaming", "test")]
+    assert frame["error"].isna().all() and (frame["seconds"] > 0).all()
+    n_items = int(frame["items"][0])
+    assert frame["batch_size"].tolist() == [default_eval_batch_size(n_items, "dense")] * 2 + [
+        default_eval_batch_size(n_items, "streaming")] * 2
+    assert frame["chunk_size"].isna().tolist() == [True, True, False, False]
+    assert (frame["chunk_size"].dropna() == 37).all()
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows[0]["metrics"] == rows[2]["metrics"] and rows[1]["metrics"] == rows[3]["metrics"]
+    assert "| dense | model | valid |" in table and "| streaming | model | test |" in table
+
+
+@pytest.mark.parametrize("path", ["dense", "streaming"])
 @pytest.mark.parametrize("scorer", ["model", "popularity"])
 @pytest.mark.parametrize("split", ["valid", "test"])
-def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, split):
+def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, split, path):
     """The breakdown times the same work as evaluate_model / evaluate_popularity."""
     data = _small_data()
     seqs = DeviceSequences.from_data(data, "cpu")
@@ -87,13 +112,13 @@ def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, spli
     model = SASRec(n_items=data.n_items, max_len=20, dropout=0.5).eval()
     eval_args = dict(batch_size=64, max_len=20, mask_history=True, ks=(1, 10),
                      item_user_counts=data.train_item_user_counts(),
-                     n_train_users=count_train_users(data))
+                     n_train_users=count_train_users(data), chunk_size=50, group_size=4)
     if scorer == "model":
-        real = evaluate_model(model, model, seqs, split=split, amp=False, **eval_args)
+        real = evaluate_model(model, model, seqs, split=split, amp=False, path=path, **eval_args)
     else:
-        real = evaluate_popularity(seqs, split=split, **eval_args)
+        real = evaluate_popularity(seqs, split=split, path=path, **eval_args)
     score = make_score(scorer, model, amp=False, item_user_counts=eval_args["item_user_counts"])
-    run, metrics = batch_runner(seqs, score, split=split, eval_args=eval_args)
+    run, metrics = batch_runner(seqs, score, split=split, eval_args=eval_args, path=path)
     with torch.no_grad():
         for _ in range(-(-data.n_users // 64)):  # one pass over the split: 4 batches
             stamps = []
@@ -107,6 +132,8 @@ def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, spli
     (["--preset", "tiny", "--scorers", "model,random"], "--scorers"),
     (["--preset", "tiny", "--splits", "train"], "--splits"),
     (["--preset", "tiny", "--batch-size", "0"], "--batch-size"),
+    (["--preset", "tiny", "--path", "sparse"], "--path"),
+    (["--preset", "tiny", "--chunk-size", "0"], "--chunk-size"),
     (["--preset", "tiny", "--ks", "ten"], "--ks"),
     (["--preset", "tiny", "--n-users", "300", "--ks", "100000"], "exceeds"),
     (["--gin", "gin/data/does_not_exist.gin"], "bad data config"),
@@ -119,9 +146,13 @@ def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, argv, messa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_run_reports_memory_and_syncs(tmp_path):
     out = tmp_path / "bench"
-    assert main(["--preset", "tiny", "--device", "cuda", "--sample-batches", "2",
+    assert main(["--preset", "tiny", "--device", "cuda", "--sample-batches", "2", "--path", "dense,streaming",
+                 "--profile-batches", "2",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     frame = pd.read_csv(out / "results.csv")
     assert frame["error"].isna().all()
     assert (frame["peak_gib"] > 0).all() and frame["syncs_per_batch"].notna().all()
-    assert json.loads((out / "results.json").read_text())["env"]["dtype"] == "bfloat16"
+    report = json.loads((out / "results.json").read_text())
+    assert report["env"]["dtype"] == "bfloat16"
+    assert len(report["rows"]) == 8 and all(r["profile"]["kernels"] for r in report["rows"])
+    assert "### tiny streaming model valid" in (out / "results.md").read_text()

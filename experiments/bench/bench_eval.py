@@ -1,22 +1,31 @@
 """Evaluation benchmark: full-catalog ranking of every user, for the model and the popularity baseline.
 
-    python experiments/bench/bench_eval.py --preset beauty-like
+    python experiments/bench/bench_eval.py --preset beauty-like --path dense,streaming   # before / after
     python experiments/bench/bench_eval.py --preset beauty-like --n-users 20000   # a quick CPU run
 
-For each dataset, scorer ("model": a freshly initialised SASRec; "popularity": the most-popular
-baseline) and split ("valid", "test") it times the evaluation train() runs, i.e.
+For each dataset, path, scorer ("model": a freshly initialised SASRec; "popularity": the
+most-popular baseline) and split ("valid", "test") it times the evaluation train() runs, i.e.
 ``core.evaluation.evaluate_model`` / ``evaluate_popularity`` over ALL users with history
 masking, bf16 autocast on CUDA and fp32 scores, after one untimed warm-up batch, GPU
-synchronized. The model is not trained: ranking the whole catalog costs the same whatever the
-weights are (the metrics of an untrained model are only a sanity check, kept in results.json).
+synchronized: the ``seconds`` column is the time of one split. ``--path``: "streaming" (the
+default evaluation: catalog chunks of ``--chunk-size`` items, running top-k, see
+``core.evaluation``) and/or "dense" (the previous one: a (B, n_items) score matrix per batch);
+the batch size defaults to ``default_eval_batch_size(n_items, path)`` (4096 streaming, ~1 GiB
+of scores dense). The model is not trained: ranking the whole catalog costs the same whatever
+the weights are (the metrics of an untrained model are only a sanity check, kept in
+results.json; both paths must give the same ones).
 
 A separate instrumented pass over ``--sample-batches`` batches then gives the mean ms per batch
 of each phase (CUDA events on the GPU, the host clock on the CPU; each batch starts on an idle
-device): ``batch`` (``eval_batches`` builds inputs and targets), ``score`` (the (B, n_items)
-fp32 scores), ``history`` (``history()`` plus the in-place -inf masking that
-``RankingMetrics.update`` would do) and ``metrics`` (the rest of ``update``: rank, top-k,
-running sums). On CUDA a few batches under ``torch.cuda.set_sync_debug_mode`` count the
-device->host syncs per batch and where they happen.
+device): ``batch`` (``eval_batches`` builds inputs and targets), ``score`` (dense: the
+(B, n_items) fp32 scores; streaming: the user vectors only, the matmul is in the scan),
+``history`` (``history()``, plus on the dense path the in-place -inf masking that
+``RankingMetrics.update`` would do) and ``metrics`` (dense: the rest of ``update``: rank,
+top-k, running sums; streaming: the whole scan over the catalog, i.e. matmul + masking +
+top-k per chunk, then ``update_top``). On CUDA a few batches under
+``torch.cuda.set_sync_debug_mode`` count the device->host syncs per batch and where they
+happen, and ``--profile-batches N`` adds a per-kernel GPU time table (torch.profiler) of N
+instrumented batches per row to results.md.
 
 Writes results.csv, results.md and results.json (rows with metrics, environment, arguments,
 sync sites) into ``--out`` after every run and prints the Markdown table last.
@@ -41,27 +50,34 @@ import torch
 from core.data.batching import SPLITS, DeviceSequences, eval_batches, history
 from core.env import usable_device
 from core.evaluation import (
-    autocast,
+    DEFAULT_CHUNK,
+    DEFAULT_GROUP,
+    PATHS,
+    catalog_top,
     count_train_users,
     default_eval_batch_size,
     evaluate_model,
     evaluate_popularity,
+    model_scores,
 )
 from core.metrics import RankingMetrics, popularity_scores
 from core.model import SASRec
-from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, output_folder,
-    load_datasets, mark, phase_ms, results_table, split_list, sync, write_results)
+from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, kernel_profile,
+    output_folder, load_datasets, mark, phase_ms, profile_markdown, results_table, split_list,
+    sync, write_results)
 from experiments.output import environment
 
 SCORERS = ("model", "popularity")
 PHASES = ("batch", "score", "history", "metrics")
-COLUMNS = ["dataset", "users", "items", "scorer", "split", "batch_size", "n_batches", "seconds",
+COLUMNS = ["dataset", "users", "items", "path", "scorer", "split", "batch_size", "chunk_size",
+           "n_batches", "seconds",
            "users_per_s", "peak_gib", "batch_ms", "score_ms", "history_ms", "metrics_ms",
            "step_ms", "syncs_per_batch", "error"]
 
 
 def make_score(scorer: str, model: SASRec, *, amp: bool, item_user_counts: np.ndarray):
-    """``score(inputs (B, L)) -> (B, n_items)`` fp32, as evaluate_model / evaluate_popularity score.
+    """``score(inputs (B, L)) -> chunk(lo, hi) -> (B, hi - lo)`` fp32, as evaluate_model /
+    evaluate_popularity score (``core.evaluation.rank_split``'s ``score_fn``).
 
     Only the warm-up batch and the instrumented pass use it; the timed pass calls the real
     functions (tests/test_bench_eval.py checks that both give the same metrics).
@@ -69,21 +85,15 @@ def make_score(scorer: str, model: SASRec, *, amp: bool, item_user_counts: np.nd
     device = next(model.parameters()).device
     if scorer == "popularity":
         popular = popularity_scores(item_user_counts).to(device)  # (n_items,)
-        return lambda inputs: popular.expand(inputs.shape[0], -1).clone()
-
-    def score(inputs: torch.Tensor) -> torch.Tensor:
-        with autocast(device, amp):
-            last = model(inputs)[:, -1]  # (B, D)
-        return last.float() @ model.catalog().float().T  # (B, n_items)
-
-    return score
+        return lambda inputs: (lambda lo, hi: popular[lo:hi].expand(inputs.shape[0], -1).clone())
+    return model_scores(model, model, amp=amp)
 
 
-def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict):
+def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict, path: str = "dense"):
     """One instrumented evaluation batch at a time: returns (``run``, its RankingMetrics).
 
-    ``run(stamps)`` evaluates the next batch of ``split`` (starting over after the last) and
-    appends a ``mark`` to ``stamps`` at each phase boundary.
+    ``run(stamps)`` evaluates the next batch of ``split`` (starting over after the last) on
+    ``path`` and appends a ``mark`` to ``stamps`` at each phase boundary.
     """
     metrics = RankingMetrics(n_items=seqs.n_items, ks=eval_args["ks"],
                              item_user_counts=eval_args["item_user_counts"],
@@ -100,13 +110,20 @@ def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict):
             batch = next(batches)
         users, inputs, targets = batch
         mark(stamps, seqs.device)
-        scores = score(inputs)  # (B, n_items)
+        chunk = score(inputs)  # streaming: the user vectors
+        scores = chunk(0, seqs.n_items) if path == "dense" else None  # (B, n_items)
         mark(stamps, seqs.device)
-        if eval_args["mask_history"]:
-            rows, items = history(seqs, users, split=split)
-            scores[rows, items - 1] = float("-inf")  # what update(history=...) does first
+        seen = history(seqs, users, split=split) if eval_args["mask_history"] else None
+        if path == "dense" and seen is not None:
+            scores[seen[0], seen[1] - 1] = float("-inf")  # what update(history=...) does first
         mark(stamps, seqs.device)
-        metrics.update(scores, targets, history=None)
+        if path == "dense":
+            metrics.update(scores, targets, history=None)
+        else:
+            metrics.update_top(catalog_top(
+                chunk, len(users), n_items=seqs.n_items, k=max(metrics.ks), targets=targets,
+                seen=seen, device=seqs.device, chunk_size=eval_args["chunk_size"],
+                group_size=eval_args["group_size"]))
         mark(stamps, seqs.device)
 
     return run, metrics
@@ -127,16 +144,18 @@ def breakdown(run, *, device: torch.device, sample_batches: int) -> dict:
     return out
 
 
-def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dict, args,
+def bench_one(seqs, model, *, name: str, path: str, scorer: str, split: str, eval_args: dict, args,
               device) -> dict:
-    """One (dataset, scorer, split) -> a row of COLUMNS (plus ``metrics`` and ``sync_sites``)."""
+    """One (dataset, path, scorer, split) -> a row of COLUMNS (plus ``metrics``, ``sync_sites``
+    and, with --profile-batches on CUDA, ``profile``)."""
     n_batches = -(-seqs.n_users // eval_args["batch_size"])
-    row = {"dataset": name, "users": seqs.n_users, "items": seqs.n_items, "scorer": scorer,
-           "split": split, "batch_size": eval_args["batch_size"], "n_batches": n_batches,
-           "error": None}
+    row = {"dataset": name, "users": seqs.n_users, "items": seqs.n_items, "path": path,
+           "scorer": scorer, "split": split, "batch_size": eval_args["batch_size"],
+           "chunk_size": eval_args["chunk_size"] if path == "streaming" else None,
+           "n_batches": n_batches, "error": None}
     amp = device.type == "cuda"  # train()'s default: bf16 autocast on CUDA, fp32 on the CPU
     score = make_score(scorer, model, amp=amp, item_user_counts=eval_args["item_user_counts"])
-    run, _ = batch_runner(seqs, score, split=split, eval_args=eval_args)
+    run, _ = batch_runner(seqs, score, split=split, eval_args=eval_args, path=path)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -147,10 +166,11 @@ def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dic
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
+        rank_args = dict(eval_args, path=path)
         if scorer == "model":
-            metrics = evaluate_model(model, model, seqs, split=split, amp=amp, **eval_args)
+            metrics = evaluate_model(model, model, seqs, split=split, amp=amp, **rank_args)
         else:
-            metrics = evaluate_popularity(seqs, split=split, **eval_args)
+            metrics = evaluate_popularity(seqs, split=split, **rank_args)
         sync(device)
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
@@ -162,6 +182,8 @@ def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dic
         row["syncs_per_batch"], row["sync_sites"] = None, []
         if device.type == "cuda":
             row["syncs_per_batch"], row["sync_sites"] = count_syncs(lambda: run([]), times=3)
+            if args.profile_batches:
+                row["profile"] = kernel_profile(lambda: run([]), steps=args.profile_batches)
     return row
 
 
@@ -170,23 +192,27 @@ def bench_one(seqs, model, *, name: str, scorer: str, split: str, eval_args: dic
 
 def markdown(rows: list[dict], env: dict) -> str:
     """The results table; the breakdown is in mean ms per batch of the instrumented pass."""
-    head = ["dataset", "users", "items", "scorer", "split", "batch", "seconds", "users/s",
-            "peak GiB", "batch ms", "score ms", "history ms", "metrics ms", "step ms", "syncs/batch"]
-    keys = [("dataset", 0), ("users", 0), ("items", 0), ("scorer", 0), ("split", 0),
-            ("batch_size", 0), ("seconds", 2), ("users_per_s", 0), ("peak_gib", 2),
+    head = ["dataset", "users", "items", "path", "scorer", "split", "batch", "chunk", "seconds",
+            "users/s", "peak GiB", "batch ms", "score ms", "history ms", "metrics ms", "step ms",
+            "syncs/batch"]
+    keys = [("dataset", 0), ("users", 0), ("items", 0), ("path", 0), ("scorer", 0), ("split", 0),
+            ("batch_size", 0), ("chunk_size", 0), ("seconds", 3), ("users_per_s", 0), ("peak_gib", 2),
             ("batch_ms", 2), ("score_ms", 2), ("history_ms", 2), ("metrics_ms", 2),
             ("step_ms", 2), ("syncs_per_batch", 1)]
     footer = (f"{env['device']}; torch {env['torch']}; {env['dtype']} model, fp32 scores; "
               f"seed {env['seed']}. Seconds: all users of the split, history masked, CUDA "
               "synchronized, after one untimed batch. Breakdown: mean ms per batch of a "
-              "separate instrumented pass (each batch from an idle device).")
-    return results_table(rows, head=head, keys=keys, lead=6, footer=footer)
+              "separate instrumented pass (each batch from an idle device); streaming: score = "
+              "user vectors, metrics = the scan (matmul + mask + top-k per chunk).")
+    return results_table(rows, head=head, keys=keys, lead=8, footer=footer)
 
 
 def write_outputs(out: Path, rows: list[dict], env: dict, args) -> str:
     """results.csv / .md / .json after every run; returns the Markdown."""
     table = markdown(rows, env)
-    write_results(out, rows, columns=COLUMNS, table=table, env=env, args=args)
+    notes = [profile_markdown(f"{r['dataset']} {r['path']} {r['scorer']} {r['split']} (per batch)", r["profile"])
+             for r in rows if r.get("profile")]
+    write_results(out, rows, columns=COLUMNS, table=table, env=env, args=args, notes=notes)
     return table
 
 
@@ -196,10 +222,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="synthetic presets, comma-separated (default beauty-like unless --gin)")
     parser.add_argument("--gin", action="append", default=[],
                         help="a data config (e.g. gin/data/beauty.gin); repeatable")
+    parser.add_argument("--path", type=split_list, default=["streaming"],
+                        help="evaluation paths, comma-separated: streaming (default), dense (the "
+                             "previous one); 'dense,streaming' times before and after in one call")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
+                        help=f"items per catalog chunk of the streaming path (default {DEFAULT_CHUNK})")
+    parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP,
+                        help=f"columns per group of the streaming top-k (default {DEFAULT_GROUP}; 1: plain topk)")
+    parser.add_argument("--profile-batches", type=int, default=0,
+                        help="CUDA only: per-kernel GPU time of this many instrumented batches per row")
     parser.add_argument("--scorers", type=split_list, default=list(SCORERS))
     parser.add_argument("--splits", type=split_list, default=list(SPLITS))
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="users per batch (default: default_eval_batch_size(n_items), as train())")
+                        help="users per batch (default: default_eval_batch_size(n_items, path), as train())")
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--ks", type=split_list, default=["10"], help="metric cut-offs, e.g. 10,20")
     parser.add_argument("--no-mask-history", dest="mask_history", action="store_false",
@@ -220,6 +255,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _check(args) -> None:
     """Raises BenchError on arguments that cannot run (before anything is written)."""
+    if not args.path or not set(args.path) <= set(PATHS):
+        raise BenchError(f"--path must be among {','.join(PATHS)}, got {','.join(args.path)}")
+    if args.chunk_size < 1 or args.group_size < 1 or args.profile_batches < 0:
+        raise BenchError("--chunk-size and --group-size must be >= 1, --profile-batches >= 0")
     if not args.scorers or not set(args.scorers) <= set(SCORERS):
         raise BenchError(f"--scorers must be among {','.join(SCORERS)}, got {','.join(args.scorers)}")
     if not args.splits or not set(args.splits) <= set(SPLITS):
@@ -239,7 +278,7 @@ def _check(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs every (dataset, scorer, split), writes the outputs, prints the table last."""
+    """Runs every (dataset, path, scorer, split), writes the outputs, prints the table last."""
     args = _parse_args(argv)
     try:
         _check(args)
@@ -266,22 +305,26 @@ def main(argv: list[str] | None = None) -> int:
         seqs = DeviceSequences.from_data(data, device)
         torch.manual_seed(args.seed)
         model = SASRec(n_items=data.n_items, max_len=args.max_len).to(device).eval()
-        eval_args = dict(batch_size=args.batch_size or default_eval_batch_size(data.n_items),
-                         max_len=args.max_len, mask_history=args.mask_history, ks=args.ks,
-                         item_user_counts=data.train_item_user_counts(),
-                         n_train_users=count_train_users(data))
-        for scorer in args.scorers:
-            for split in args.splits:
-                print(f"[{time.perf_counter() - began:6.0f} s] {name} {scorer} {split}", file=sys.stderr)
-                try:
-                    row = bench_one(seqs, model, name=name, scorer=scorer, split=split,
-                                    eval_args=eval_args, args=args, device=device)
-                except Exception as err:  # e.g. out of memory at a large --batch-size: a result
-                    traceback.print_exc()
-                    row = error_row(err, dataset=name, users=data.n_users, items=data.n_items,
-                                    scorer=scorer, split=split, batch_size=eval_args["batch_size"])
-                rows.append(row)
-                write_outputs(out, rows, env, args)
+        for path in args.path:
+            eval_args = dict(batch_size=args.batch_size or default_eval_batch_size(data.n_items, path),
+                             max_len=args.max_len, mask_history=args.mask_history, ks=args.ks,
+                             item_user_counts=data.train_item_user_counts(),
+                             n_train_users=count_train_users(data), chunk_size=args.chunk_size,
+                             group_size=args.group_size)
+            for scorer in args.scorers:
+                for split in args.splits:
+                    print(f"[{time.perf_counter() - began:6.0f} s] {name} {path} {scorer} {split}",
+                          file=sys.stderr)
+                    try:
+                        row = bench_one(seqs, model, name=name, path=path, scorer=scorer, split=split,
+                                        eval_args=eval_args, args=args, device=device)
+                    except Exception as err:  # e.g. out of memory at a large --batch-size: a result
+                        traceback.print_exc()
+                        row = error_row(err, dataset=name, users=data.n_users, items=data.n_items,
+                                        path=path, scorer=scorer, split=split,
+                                        batch_size=eval_args["batch_size"])
+                    rows.append(row)
+                    write_outputs(out, rows, env, args)
         del seqs, model
     table = write_outputs(out, rows, env, args)
     print(f"wrote {out}/results.csv, results.md, results.json", file=sys.stderr)
