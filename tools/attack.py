@@ -293,16 +293,8 @@ class Ctx:
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env or self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=timeout or self.timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            timed_out = True
-        return Outcome(self.show(cmd), None if timed_out else proc.returncode, err.decode(errors="replace"),
-                       out.decode(errors="replace"), timed_out, time.monotonic() - start)
+        proc.shown, proc.started = self.show(cmd), start
+        return self.finish(proc, timeout)
 
     def start(self, cmd: list) -> subprocess.Popen:
         cmd = [str(c) for c in cmd]
@@ -321,6 +313,10 @@ class Ctx:
                 os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
             timed_out = True
+        except BaseException:  # the suite itself stopped (Ctrl-C, SIGTERM): leave no child behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
         return Outcome(proc.shown, None if timed_out else proc.returncode, err.decode(errors="replace"),
                        out.decode(errors="replace"), timed_out, time.monotonic() - proc.started)
 
@@ -1547,6 +1543,9 @@ def run_case(ctx: Ctx, c: Case) -> Result:
         return Result(c.id, c.group, c.name, c.expect, "skipped", str(why), "", 0, "", "", time.monotonic() - start, str(why))
     except SetupError as why:
         return Result(c.id, c.group, c.name, c.expect, "unexpected", str(why), "", 0, "", "", time.monotonic() - start, str(why))
+    except Exception as err:  # noqa: BLE001  (a fault of the case itself: said, and the suite goes on)
+        why = f"the attack tool's own case failed: {type(err).__name__}: {err}"
+        return Result(c.id, c.group, c.name, c.expect, "unexpected", why, "", 0, "", "", time.monotonic() - start, why)
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(ctx.dir)
@@ -1640,6 +1639,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout_s <= 0:
         print("error: --timeout-s must be > 0", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleans up like Ctrl-C (the finally below)
     scratch = Path(tempfile.mkdtemp(prefix="attack-"))
     if scratch.resolve().is_relative_to(ROOT.resolve()):
         print(f"error: the temporary folder {scratch} is inside the repository", file=sys.stderr)
