@@ -386,3 +386,71 @@ def test_tune_script_refuses_bad_dims(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --dims")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# GPU (-m gpu): the compiled kernels at the issue's shape, bf16.
+
+
+def _gpu_inputs(n, v, d, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    e = (torch.randn(n, d, device="cuda", generator=g) * d**-0.25).bfloat16().requires_grad_()
+    c = (torch.randn(v, d, device="cuda", generator=g) * d**-0.25).bfloat16().requires_grad_()
+    t = torch.randint(0, v, (n,), device="cuda", generator=g)
+    t[torch.rand(n, device="cuda", generator=g) < 0.15] = -100
+    return e, c, t
+
+
+def _gpu_errors(e, c, t, loss):
+    import torch.nn.functional as F
+
+    e64 = e.detach().double().requires_grad_()
+    c64 = c.detach().double().requires_grad_()
+    ref = F.cross_entropy(e64 @ c64.T, t, ignore_index=-100)
+    ref.backward()
+    rel = lambda a, b: (torch.linalg.norm(a.double() - b) / torch.linalg.norm(b)).item()  # noqa: E731
+    return abs(loss.item() - ref.item()), rel(e.grad, e64.grad), rel(c.grad, c64.grad)
+
+
+GPU_TOL = 2e-2  # bf16: P rounded to bf16 (2**-8 relative) before the gradient matmuls
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
+    """Compiled: two losses built before either backward (plus one of another shape) match
+    float64 and reruns bit for bit; every broken kernel of MUTANTS is caught at 560 x 50,000."""
+    import importlib.util
+
+    import core.losses.kernels
+    from core.losses.flash_ce import flash_linear_ce
+
+    ops = [_gpu_inputs(560, 50_000, 64, seed) for seed in (0, 1)] + [_gpu_inputs(1000, 20_729, 64, 2)]
+    losses = [flash_linear_ce(*op) for op in ops]
+    for i in (2, 0, 1):
+        losses[i].backward()
+    for op, loss in zip(ops, losses):
+        assert max(_gpu_errors(*op, loss)) < GPU_TOL, _gpu_errors(*op, loss)
+        grads = (loss.detach().clone(), op[0].grad.clone(), op[1].grad.clone())
+        op[0].grad = op[1].grad = None
+        again = flash_linear_ce(*op)
+        again.backward()
+        assert all(torch.equal(a, b) for a, b in zip(grads, (again.detach(), op[0].grad, op[1].grad)))
+    source = KERNELS.read_text()
+    escaped = []
+    for name, old, new in MUTANTS:
+        assert source.count(old) == 1, name
+        path = tmp_path / f"mutant_{name}.py"
+        path.write_text(source.replace(old, new))
+        spec = importlib.util.spec_from_file_location(f"mutant_{name}", path)
+        mutant = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mutant)
+        monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
+        monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)
+        e, c, t = _gpu_inputs(560, 50_000, 64)
+        loss = flash_linear_ce(e, c, t)
+        loss.backward()
+        err = _gpu_errors(e, c, t, loss)
+        if all(x <= GPU_TOL for x in err):  # NaN counts as caught
+            escaped.append((name, err))
+    assert not escaped, f"broken kernels not caught on the GPU: {escaped}"
