@@ -118,9 +118,9 @@ class _Plan:
         fin_r = max(16, min(64, 4096 // block_d))  # rows per finish program: E and C tiles of 4,096 entries
         self.fin_blocks = -(-n // fin_r)
         self.fin_grid = (self.fin_blocks,)
-        self.fin_meta = dict(BLOCK_R=fin_r, BLOCK_S=min(32, _pow2(self.lse_splits)), BLOCK_D=block_d,
+        self.fin_meta = dict(BLOCK_R=fin_r, BLOCK_S=max(2, min(32, _pow2(self.lse_splits))), BLOCK_D=block_d,
                              num_warps=4)
-        self.loss_meta = dict(BLOCK=min(1024, _pow2(max(1, self.fin_blocks))), num_warps=4)
+        self.loss_meta = dict(BLOCK=max(16, min(1024, _pow2(self.fin_blocks))), num_warps=4)
         # Backward: dE (row block x catalog slice), dC (catalog tile x row slice).
         bn, bv, warps, stages = tiles("de", n, d)
         n_blocks = -(-n // bn)
@@ -150,8 +150,8 @@ class _Plan:
     @staticmethod
     def _sum_meta(rows: int, n_splits: int, block_d: int):
         """(grid, meta) of ``_sum_cast_kernel``: tiles of ~2,048 partial entries, many programs."""
-        block_s = min(16, _pow2(n_splits))
-        block_r = max(1, 2048 // (block_s * block_d))
+        block_s = max(2, min(16, _pow2(n_splits)))  # no size-1 block dims: >= 2 throughout
+        block_r = max(2, 2048 // (block_s * block_d))
         return (-(-rows // block_r),), dict(BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
 
 
