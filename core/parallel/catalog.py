@@ -15,7 +15,7 @@ catalog no longer fit or pay on one device. Here rank r of K holds only the item
   model. Ids are gathered, every rank fills the rows it owns, and the sums go back to the rank
   that asked; backward gathers the output gradients and each owner adds them to its rows.
 - ``ShardedItemEmbedding``: the model's item table (input embedding and output head) holding
-  only this rank's rows, looked up with ``sharded_lookup``; checkpoints hold the whole table.
+  only this rank's rows, looked up with ``sharded_lookup``; checkpoints save each rank's rows (DCP).
 
 Every rank's row count (``counts``) comes from the caller when it is known on the host: the
 training step passes its batch's ``core.parallel.shares.RankShares`` as an argument, so no
@@ -38,6 +38,7 @@ catalog, which at V ~ 2e5 costs dE ~1-12% relative error (experiments/bench/NOTE
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -46,18 +47,32 @@ import torch.distributed as dist
 # The one loss module this layer uses: the constant every loss skips. (The split-LSE kernel,
 # core.losses.kernels.cce_split, loads on first use on CUDA; tests/test_layers.py allows both.)
 from core.losses.registry import IGNORE_INDEX
-from core.parallel.collectives import DistContext, _to_comm, all_gather_rows, collective_errors, shard_bounds
+from core.parallel.collectives import DistContext, _to_comm, all_gather_rows, collective_errors
 from core.parallel.shares import RankShares
 
 # fp32 logits per chunk (128 MiB): the bound on the loss's largest transient, whatever N and V_k
 _CHUNK_ELEMENTS = 2**25
 
 
+def item_ranges(n_items: int, world: int) -> list[tuple[int, int]]:
+    """[lo, hi) catalog columns (item id - 1) of every rank: DTensor's ``Shard(0)`` rule.
+
+    Rank r owns ``ceil(V / K)`` items from ``r * ceil(V / K)`` on (the last rank fewer), as
+    ``torch.chunk`` and DTensor split a dimension, so a rank's rows are its local part of a
+    ``Shard(0)`` DTensor of the whole table: sharded checkpoints (``core.checkpoint``,
+    ``torch.distributed.checkpoint``) save and reshard them with DCP's own planner, whose
+    offsets follow this rule only (explicit uneven shards are not supported by torch 2.13's
+    DTensor). A split that would leave a rank no item is refused."""
+    chunk = -(-n_items // world) if world >= 1 else 0
+    if world < 1 or n_items < world or chunk * (world - 1) >= n_items:
+        raise ValueError(f"catalog-parallel needs at least one item per rank: {n_items} items in chunks of "
+                         f"{chunk} over {world} ranks leave the last rank none")
+    return [(r * chunk, min((r + 1) * chunk, n_items)) for r in range(world)]
+
+
 def item_range(n_items: int, rank: int, world: int) -> tuple[int, int]:
-    """[lo, hi) catalog columns (item id - 1) that rank ``rank`` owns; sizes differ by at most one."""
-    if n_items < world:
-        raise ValueError(f"catalog-parallel needs at least one item per rank: {n_items} items, {world} ranks")
-    return shard_bounds(n_items, world)[rank]
+    """[lo, hi) catalog columns that rank ``rank`` owns (``item_ranges``)."""
+    return item_ranges(n_items, world)[rank]
 
 
 def _row_counts(ctx: DistContext, n: int, counts: Sequence[int] | None) -> list[int]:
@@ -275,9 +290,9 @@ class ShardedItemEmbedding(torch.nn.Module):
     ``item_range(n_items, rank, K)``, so ``SASRec.catalog()`` (``item_emb.weight[1:]``) is this
     rank's shard and Adam keeps V / K rows of state. Lookups go through ``sharded_lookup``.
 
-    Checkpoints hold the whole table: ``state_dict`` gathers the shards into the (V + 1, D)
-    weight of a 1-rank model and ``load_state_dict`` takes this rank's rows of it, so a run
-    folder looks the same for any K (``load_run``, ``recommend`` need no change).
+    ``state_dict`` gathers the shards into the (V + 1, D) weight of a 1-rank model and
+    ``load_state_dict`` takes this rank's rows of it (a whole-table view, for comparisons);
+    run checkpoints do not use it: they are sharded (``local_state``, ``core.checkpoint``).
     """
 
     def __init__(self, rows: torch.Tensor, *, ctx: DistContext, n_items: int):
@@ -313,7 +328,7 @@ class ShardedItemEmbedding(torch.nn.Module):
         if not self.ctx.enabled:
             return [shard.to(device)]
         parts = []
-        for r, (lo, hi) in enumerate(shard_bounds(self.n_items, self.ctx.world)):
+        for r, (lo, hi) in enumerate(item_ranges(self.n_items, self.ctx.world)):
             if r == self.ctx.rank:
                 buf = _to_comm(self.ctx, shard)
             else:
@@ -323,8 +338,21 @@ class ShardedItemEmbedding(torch.nn.Module):
             parts.append(buf.to(device))
         return parts
 
+    @contextlib.contextmanager
+    def local_state(self):
+        """``state_dict`` holds this rank's (V_r + 1, D) weight itself while the block lasts (no
+        gathering): what sharded checkpoints (``core.training.ranks``) save and load in place."""
+        self._local = True
+        try:
+            yield
+        finally:
+            self._local = False
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.full_weight("cpu")  # checkpoints go to host memory
+        if getattr(self, "_local", False):
+            destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+            return
+        destination[prefix + "weight"] = self.full_weight("cpu")  # the whole table, in host memory
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -39,7 +39,7 @@ from core.losses.registry import _unwrap
 from core.model import SASRec
 from core.training.errors import TrainingDiverged, TrainingError
 from core.training.ranks import Ranks
-from core.training.run_folder import RunFolder, model_settings
+from core.training.run_folder import BEST_FIX, CHECKPOINT_FIX, RunFolder, model_settings
 from core.training.settings import Evaluation, Optim, Parallel, Schedule, TrainConfig
 from core.training.step import GraphCaptureError, Step, StepSettings, make_step, run_epoch
 
@@ -263,9 +263,8 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
                      epochs=schedule.epochs) as state:
         ranks.see_shared(folder.path)
         at = Progress()
-        if state is not None:
-            model.load_state_dict(state["model"])
-            step.optimizer.load_state_dict(state["optimizer"])
+        if state is not None:  # a sealed file, or a sharded folder (each rank reads its rows)
+            ranks.restore(model, step.optimizer, state, CHECKPOINT_FIX)
             ckpt.set_rng_state(ranks.own_rng_state(state["rng"]))
             at = Progress.from_checkpoint(state)
             log.info("resumed %s at epoch %d (best %s %.4f at epoch %d)", folder.path, at.epoch,
@@ -283,7 +282,7 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
                 row["valid"] = valid = evaluator.model(model, run.seqs, "valid", run.amp)
                 if valid[monitor] > at.best["metric"]:
                     at.best, at.bad_evals = {"metric": valid[monitor], "epoch": epoch, "valid": valid}, 0
-                    folder.save_best({"model": model.state_dict(), "epoch": epoch, "best": at.best, **saved})
+                    folder.save_best(ranks.checkpoint(model, None, {"epoch": epoch, "best": at.best, **saved}))
                 else:
                     at.bad_evals += 1
                     at.stopped = at.bad_evals >= schedule.patience
@@ -294,10 +293,10 @@ def fit(run: Built, folder: RunFolder, *, schedule: Schedule, evaluator: Evaluat
             at.stopped = ranks.decide(at.stopped)  # K ranks: rank 0 decides for all
             at.history.append(row)
             at.epoch = epoch
-            folder.save_checkpoint({
-                "model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "epoch": epoch,
-                "rng": ranks.rng_state(ckpt.rng_state()), "best": at.best, "bad_evals": at.bad_evals,
-                "stopped": at.stopped, "stopped_by": at.stopped_by, "history": at.history, **saved})
+            folder.save_checkpoint(ranks.checkpoint(model, step.optimizer, {
+                "epoch": epoch, "rng": ranks.rng_state(ckpt.rng_state()), "best": at.best,
+                "bad_evals": at.bad_evals, "stopped": at.stopped, "stopped_by": at.stopped_by,
+                "history": at.history, **saved}))
             folder.write_history(at.history)
             valid_msg = f"valid {monitor} {row['valid'][monitor]:.4f}" if row["valid"] else "no eval"
             log.info("epoch %d: loss %.4f, %.2f s (%.0f positions/s), %s, best %.4f at epoch %d%s",
@@ -385,7 +384,7 @@ def _test(run: Built, folder: RunFolder, evaluator: Evaluator, best: dict, monit
         log.info("test split not read (train.test = False): best validation %s %.4f at epoch %d",
                  monitor, best["metric"], best["epoch"])
         return None, None
-    run.model.load_state_dict(folder.best_model_state(run.device))
+    evaluator.ranks.restore(run.model, None, folder.read_best(run.device), BEST_FIX)  # sharded: each rank its rows
     test_metrics = evaluator.model(run.model, run.seqs, "test", run.amp)
     popularity = evaluator.popularity(run.seqs, "test")
     log.info("test (best epoch %d): %s", best["epoch"], _fmt(test_metrics))
@@ -442,7 +441,7 @@ def _metrics(record: dict, history: list[dict], best: dict, stopped_by: str | No
 
 def _diverged(folder: RunFolder, epoch: int, loss: float, steps: int) -> str:
     """The NaN stop's message, true in every case: which epoch the checkpoint holds, if any."""
-    if folder.checkpoint.exists():
+    if folder.has_checkpoint():
         kept = f"{folder.checkpoint} still holds the last good epoch ({epoch - 1})"
     else:
         kept = "no checkpoint was written (it diverged in the first epoch)"

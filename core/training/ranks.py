@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from core import checkpoint as ckpt
 from core.data.batching import Batch
 from core.evaluation import eval_args
 from core.model import item_table_init
 from core.parallel.catalog import ShardedItemEmbedding, catalog_parallel_ce, item_range
 from core.parallel.collectives import DistContext, barrier, broadcast, gather_objects, mean_over_ranks
 from core.parallel.shares import RankShares, ShardedBatch, scaled_loss, shard_batch
+from core.training.errors import CorruptCheckpoint
 
 
 class _DDP(torch.nn.parallel.DistributedDataParallel):
@@ -111,7 +114,9 @@ class Ranks:
         return _DDP(model, device_ids=device_ids)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Checkpoints of ``optimizer`` hold the whole table's Adam state (catalog-parallel)."""
+        """``optimizer.state_dict()`` holds the whole table's Adam state (catalog-parallel; a
+        collective, a whole-table view for comparisons): run checkpoints do not call it, they
+        save each rank's rows (``checkpoint``)."""
         if self._table is None:
             return
         table = self._table
@@ -224,6 +229,50 @@ class Ranks:
     def barrier(self) -> None:
         barrier(self.ctx)
 
+    # --- checkpoints ---
+
+    @property
+    def sharded(self) -> bool:
+        """Checkpoints are sharded folders (DCP): the item table is split over the ranks."""
+        return self._table is not None
+
+    def checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict):
+        """What the run folder saves: ``{"model": ..., "optimizer": ..., **state}`` (one sealed
+        file, rank 0 writes it), or under catalog-parallel a ``Sharded`` checkpoint: each
+        rank's rows of the table and their Adam state, nothing gathered."""
+        if self._table is None:
+            whole = {"model": model.state_dict()}
+            if optimizer is not None:
+                whole["optimizer"] = optimizer.state_dict()
+            return {**whole, **state}
+        tensors, extra = sharded_tensors(model, optimizer, self._table, self._mesh())
+        return Sharded(tensors, {**state, **extra}, self.ctx)
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict,
+                fix: str) -> None:
+        """Loads a checkpoint (``RunFolder.check_resume`` / ``read_best``'s ``state``) into ``model``
+        and ``optimizer``: a sealed file's dicts, or a sharded folder read by DCP, each rank its
+        rows (any number of ranks wrote it). Raises ``CorruptCheckpoint`` on every rank when
+        any rank finds a file of the folder corrupted (they share the hashing)."""
+        path = state.get(ckpt.SHARDED_PATH)
+        if path is None:
+            model.load_state_dict(state["model"])
+            if optimizer is not None:
+                optimizer.load_state_dict(state["optimizer"])
+            return
+        errors = self.gather(_check_part(path, fix, self.ctx.rank, self.ctx.world))
+        if any(errors):
+            raise CorruptCheckpoint(next(e for e in errors if e))
+        load_sharded_into(model, optimizer, state, self._table, self._mesh() if self._table is not None else None,
+                          self.ctx)
+
+    def _mesh(self):
+        if getattr(self, "_device_mesh", None) is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self._device_mesh = init_device_mesh(self._table.weight.device.type, (self.ctx.world,))
+        return self._device_mesh
+
     def rng_state(self, state: dict):
         """What the checkpoint keeps of the RNGs: ``state`` itself for one process, every
         rank's (a list, rank 0 writes it) for K."""
@@ -235,8 +284,10 @@ class Ranks:
         """This process's entry of what ``rng_state`` returned."""
         if not self.enabled:
             return saved
-        if not isinstance(saved, list) or len(saved) != self.ctx.world:
-            raise ValueError(f"the checkpoint holds RNG states of another number of ranks, not {self.ctx.world}")
+        if not isinstance(saved, list):
+            raise ValueError(f"the checkpoint holds one process's RNG state, not {self.ctx.world} ranks'")
+        if len(saved) != self.ctx.world:  # a sharded run resumed on another number of ranks:
+            return saved[0]  # every rank goes on from rank 0's state, as every rank starts from one seed
         return saved[self.ctx.rank]
 
 
@@ -256,3 +307,153 @@ def _per_row(t, table) -> bool:
 
 def _is_whole(t, table) -> bool:
     return isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == table.n_items + 1
+
+
+# --- sharded checkpoints (catalog-parallel): what each rank saves and loads ----------------------
+
+_PAD = "#pad"  # a table's row 0 (SASRec's padding row), saved apart from its item rows
+
+
+@dataclass
+class Sharded:
+    """A checkpoint of a catalog-parallel run, as every rank saves it together
+    (``core.checkpoint.save_sharded``): ``tensors`` (this rank's rows as ``Shard(0)`` DTensors,
+    the replicated rest as plain tensors) and ``state`` (the rest, the same on every rank)."""
+
+    tensors: dict
+    state: dict
+    ctx: object
+
+    def __getitem__(self, key):  # reads like the whole-file checkpoint's dict ("epoch", ...)
+        return self.state[key]
+
+    def save(self, path: Path) -> None:
+        ckpt.save_sharded(self.tensors, self.state, path, self.ctx)
+
+
+def _table_key(model: torch.nn.Module, table) -> str:
+    return next(f"{name}.weight" for name, module in model.named_modules() if module is table)
+
+
+def _rows(local: torch.Tensor, mesh, n_items: int) -> torch.Tensor:
+    """This rank's item rows (``local``, V_r x D) as its part of the (V, D) ``Shard(0)`` DTensor."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    return DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=(n_items, local.shape[1]),
+                              stride=(local.shape[1], 1))
+
+
+def _param_names(model: torch.nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def sharded_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, table, mesh
+                    ) -> tuple[dict, dict]:
+    """(tensors, state) of a sharded checkpoint: ``model.NAME`` for the model's state,
+    ``optim.NAME.KEY`` for the optimizer's state of parameter NAME; the table's item rows and
+    their per-row Adam state as ``Shard(0)`` DTensors (row 0 apart, ``#pad``), nothing copied.
+    ``state`` names the sharded keys and holds the optimizer's param groups (by parameter name)."""
+    key = _table_key(model, table)
+    with table.local_state():
+        model_state = model.state_dict()
+    tensors = {}
+    for name, value in model_state.items():
+        if name == key:
+            tensors[f"model.{name}"] = _rows(value[1:], mesh, table.n_items)
+            tensors[f"model.{name}{_PAD}"] = value[:1]
+        else:
+            tensors[f"model.{name}"] = value
+    extra = {"sharded": {"table": key, "n_items": table.n_items, "world_size": table.ctx.world}}
+    if optimizer is None:
+        return tensors, extra
+    names = _param_names(model)
+    groups, keys = [], {}
+    for group in optimizer.param_groups:
+        groups.append({**{k: v for k, v in group.items() if k != "params"},
+                       "params": [names[id(p)] for p in group["params"]]})
+        for p in group["params"]:
+            name = names[id(p)]
+            keys[name] = {}
+            for k, value in optimizer.state.get(p, {}).items():
+                fqn = f"optim.{name}.{k}"
+                if not isinstance(value, torch.Tensor):
+                    keys[name][k] = value  # (Adam keeps none: its step is a tensor)
+                    continue
+                keys[name][k] = None
+                if p is table.weight and value.shape == p.shape:
+                    tensors[fqn] = _rows(value.detach()[1:], mesh, table.n_items)
+                    tensors[fqn + _PAD] = value.detach()[:1]
+                else:
+                    tensors[fqn] = value.detach()
+    extra["optimizer"] = {"param_groups": groups, "state": keys}
+    return tensors, extra
+
+
+def load_sharded_into(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict,
+                      table=None, mesh=None, ctx=None) -> None:
+    """Reads a (checked) sharded checkpoint into ``model`` (and ``optimizer``) in place with DCP.
+
+    ``table`` (a ``ShardedItemEmbedding``, with ``mesh``): this rank reads its rows of the saved
+    table and of its Adam state, whatever the number of ranks that saved it. Without it (one
+    process, a whole nn.Embedding): the whole table is read, from every saved shard.
+    """
+    path = state[ckpt.SHARDED_PATH]
+    key = state["sharded"]["table"]
+    saved = ckpt.sharded_tensors(path)
+    dest = {}
+    if table is not None:
+        with table.local_state():
+            model_state = model.state_dict()
+    else:
+        model_state = model.state_dict()
+    for name, value in model_state.items():
+        if name == key:
+            rows = value[1:]
+            if table is not None:
+                dest[f"model.{name}"] = _rows(rows, mesh, table.n_items)
+            elif (rows.shape[0], *rows.shape[1:]) != saved[f"model.{name}"][0]:
+                raise ValueError(f"{path}: {name} holds {saved[f'model.{name}'][0]} items x dim, the model {tuple(rows.shape)}")
+            else:
+                dest[f"model.{name}"] = rows
+            dest[f"model.{name}{_PAD}"] = value[:1]
+        else:
+            dest[f"model.{name}"] = value
+    groups, per_param = None, {}
+    if optimizer is not None:
+        names = _param_names(model)
+        by_name = {names[id(p)]: p for g in optimizer.param_groups for p in g["params"]}
+        saved_opt = state["optimizer"]
+        for name, keys in saved_opt["state"].items():
+            p = by_name[name]
+            per_param[name] = {}
+            for k, plain in keys.items():
+                fqn = f"optim.{name}.{k}"
+                if plain is not None or fqn not in saved:
+                    per_param[name][k] = plain
+                    continue
+                shape, dtype = saved[fqn]
+                if fqn + _PAD in saved:  # the table's per-row state: this rank's rows (and row 0)
+                    local = torch.empty(p.shape, dtype=dtype, device=p.device)
+                    dest[fqn] = _rows(local[1:], mesh, table.n_items) if table is not None else local[1:]
+                    dest[fqn + _PAD] = local[:1]
+                else:
+                    local = torch.empty(shape, dtype=dtype)
+                    dest[fqn] = local
+                per_param[name][k] = local
+        groups = saved_opt["param_groups"]
+    ckpt.load_sharded(dest, path, ctx)
+    if optimizer is None:
+        return
+    index = {names[id(p)]: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    optimizer.load_state_dict({
+        "state": {index[name]: values for name, values in per_param.items() if values},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]})
+
+
+def _check_part(path: Path, fix: str, rank: int, world: int) -> str | None:
+    """This rank's share of the digests of a sharded checkpoint: None, or the one error line."""
+    try:
+        ckpt.check_sharded(path, fix=fix, part=(rank, world))
+    except ckpt.CorruptFile as err:
+        return str(err)
+    return None

@@ -92,13 +92,13 @@ class RunFolder:
         problem = unwritable(self.path)
         if problem:
             raise RunFolderError(f"cannot make run folder {self.path}: {problem}")
-        if resume and not self.checkpoint.exists():
+        if resume and not self.has_checkpoint():
             owner = self._live_owner()
             if owner:  # a run still in its first epoch: say so, not "no checkpoint"
                 raise RunFolderBusy(f"{self.path} is in use by {owner}: another run is writing it "
                                     "(no checkpoint yet); wait for it to end or choose another --out")
             raise RunFolderError(f"--resume: no checkpoint at {self.checkpoint}")
-        if not resume and self.checkpoint.exists():
+        if not resume and self.has_checkpoint():
             raise RunFolderError(f"{self.path} already holds a run; pass --resume to continue it "
                                  "or choose another --out")
         results = [p.name for p in (self.metrics, self.best, self.history) if p.exists()]
@@ -109,19 +109,24 @@ class RunFolder:
     def check_resume(self, settings: dict) -> dict:
         """The checkpoint to resume, if it was written with ``settings``; else one line naming
         the first setting that differs."""
-        state = _load(self.checkpoint, "cpu", CHECKPOINT_FIX)  # RNG states stay on the CPU
-        if self.best.exists():  # checked now, not after the epochs that the test would follow
-            try:
-                ckpt.check_torch(self.best, fix=BEST_FIX)
+        state = _read(self.checkpoint, "cpu", CHECKPOINT_FIX)  # RNG states stay on the CPU
+        best = ckpt.latest(self.best)
+        if best is not None:  # checked now, not after the epochs that the test would follow
+            try:  # (a sharded best.pt: its seal and files here, its digests when it is read)
+                ckpt.check_sharded(best, fix=BEST_FIX, part=None) if ckpt.is_sharded(best) else \
+                    ckpt.check_torch(best, fix=BEST_FIX)
             except CorruptFile as err:
                 raise CorruptCheckpoint(str(err)) from None
         saved = state.get("settings")
         if saved is None:
             raise RunFolderError(f"--resume: {self.checkpoint} predates recorded settings and "
                                  "cannot be checked; start a new run")
+        # a sharded checkpoint is resharded by DCP: a catalog-parallel run resumes on any K >= 2
+        reshards = ckpt.SHARDED_PATH in state and saved.get("train.catalog_parallel") is True \
+            and settings.get("train.catalog_parallel") is True
         for key in [*settings, *(k for k in saved if k not in settings)]:  # data, model, loss, ...
             old, new = saved.get(key, "(unset)"), settings.get(key, "(unset)")
-            if old != new:
+            if old != new and not (reshards and key == "parallel.world_size"):
                 raise RunFolderError(
                     f"--resume: {key} is {new!r} here but the run trained with {old!r}; a resumed "
                     "run keeps its own settings (drop the binding, or start a new run elsewhere)")
@@ -182,7 +187,7 @@ class RunFolder:
         except (RunFolderError, ValueError, TypeError, AssertionError):
             # A refused start or a bad setting leaves nothing; a run that failed later (a
             # TrainingError) keeps its folder, whose log.txt says why it ended.
-            if not self.checkpoint.exists():
+            if not self.has_checkpoint():
                 for folder in created:  # deepest first
                     if folder == self.path:
                         shutil.rmtree(folder, ignore_errors=True)
@@ -312,12 +317,32 @@ class RunFolder:
         if not self.keep_config:
             self._write(self.config, ckpt.write_text, text)
 
-    def save_checkpoint(self, state: dict) -> None:
-        self._write(self.checkpoint, ckpt.save_torch, state)
+    def has_checkpoint(self) -> bool:
+        """A whole checkpoint.pt is there (a file, or a sealed sharded folder: ``core.checkpoint.latest``)."""
+        return ckpt.latest(self.checkpoint) is not None
+
+    def _save(self, path: Path, state) -> None:
+        """A sealed file written by rank 0, or a sharded checkpoint (``Ranks.checkpoint``)
+        written by every rank together; either way the old one stays whole until the new one is."""
+        if not hasattr(state, "save"):
+            self._write(path, ckpt.save_torch, state)
+            return
+        try:
+            state.save(path)
+        except OSError as err:
+            raise WriteFailed(f"cannot write {path}: {err.strerror or err}; {self.kept()}") from None
+
+    def save_checkpoint(self, state) -> None:
+        self._save(self.checkpoint, state)
         self.saved_epoch = state["epoch"]
 
-    def save_best(self, state: dict) -> None:
-        self._write(self.best, ckpt.save_torch, state)
+    def save_best(self, state) -> None:
+        self._save(self.best, state)
+
+    def read_best(self, device: torch.device | str = "cpu") -> dict:
+        """best.pt's state: the dicts of a sealed file, or a sharded folder's state (its tensors
+        are read by ``Ranks.restore``)."""
+        return _read(self.best, device, BEST_FIX)
 
     def best_model_state(self, device: torch.device) -> dict:
         return _load(self.best, device, BEST_FIX)["model"]
@@ -337,6 +362,21 @@ class _LogFile(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:  # logging's own name
         if not isinstance(sys.exc_info()[1], OSError):  # a bad format string is still reported
             super().handleError(record)
+
+
+def _read(path: Path, device, fix: str) -> dict:
+    """A checkpoint's state: ``_load``'s dict for a file; for a sharded folder (the sealed one
+    ``core.checkpoint.latest`` picks) its ``state.pt``, with the folder under ``SHARDED_PATH``."""
+    whole = ckpt.latest(path)
+    if whole is None and Path(path).is_dir():
+        raise CorruptCheckpoint(str(CorruptFile(path, "no seal (its save did not finish)", fix)))
+    if whole is None or not ckpt.is_sharded(whole):
+        return _load(path, device, fix)
+    try:
+        state = ckpt.sharded_state(whole, fix=fix)
+    except CorruptFile as err:
+        raise CorruptCheckpoint(str(err)) from None
+    return {**state, ckpt.SHARDED_PATH: whole}
 
 
 def _load(path: Path, device, fix: str) -> dict:
@@ -385,12 +425,19 @@ class Run:
     settings: dict
 
 
-def load_run(run_dir: str | Path, *, device: str | torch.device = "auto") -> Run:
+def load_run(run_dir: str | Path, *, device: str | torch.device = "auto", ctx=None) -> Run:
     """Rebuilds a run's best model (best.pt's weights, no gin needed) and loads its data.
 
     The data comes from the shard folder the run recorded (relative paths are tried from the
     working directory, then from the repository root). Raises RunFolderError in one line;
     ``CorruptCheckpoint`` (one) when best.pt fails its digest, before anything is unpickled.
+
+    A catalog-parallel run's best.pt is sharded (a DCP folder). In one process the whole
+    table is read from its shards (the model holds it: loading one process is the user's
+    choice). ``ctx``: a ``core.parallel.collectives.DistContext`` of K ranks (under torchrun,
+    every rank calls ``load_run`` together): each rank then builds and reads only its rows of
+    the table (``ShardedItemEmbedding``: ``item_embeddings`` gives this rank's items, and the
+    model's forward is a collective), whatever K wrote it.
     """
     from core.data.shards import load_sequences
     from core.dataset_config import resolve_path
@@ -399,13 +446,34 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "auto") -> Run
     folder = RunFolder(run_dir)
     if not folder.best.exists():
         raise RunFolderError(f"{folder.path}: no best.pt (not a run folder, or no validation ran yet)")
-    state = _load(folder.best, "cpu", BEST_FIX)
+    state = folder.read_best("cpu")
     if "model_settings" not in state:
         raise RunFolderError(f"{folder.best} predates checkpoints that carry the model's settings; "
                              "train the run again to use it")
-    model = build_model(state["model_settings"])
-    model.load_state_dict(state["model"])
-    model.to(usable_device(str(device), "device")).eval()
+    sharded = ckpt.SHARDED_PATH in state
+    if sharded and ctx is not None and ctx.enabled:
+        from core.training.ranks import Ranks
+
+        ranks = Ranks(ctx, catalog_parallel=True)
+        spec = state["model_settings"]
+        module, _, name = spec["class"].rpartition(".")
+        model = ranks.build_model(getattr(importlib.import_module(module), name), **spec["kwargs"])
+        model.to(ctx.device)
+        ranks.restore(model, None, state, BEST_FIX)
+        model.eval()
+    else:
+        model = build_model(state["model_settings"])
+        if sharded:
+            from core.training.ranks import load_sharded_into
+
+            try:
+                ckpt.check_sharded(state[ckpt.SHARDED_PATH], fix=BEST_FIX)
+            except CorruptFile as err:
+                raise CorruptCheckpoint(str(err)) from None
+            load_sharded_into(model, None, state)
+        else:
+            model.load_state_dict(state["model"])
+        model.to(usable_device(str(device), "device")).eval()
     if not state.get("data_path"):
         raise RunFolderError(f"{folder.path}: the run did not record where its data is")
     data = load_sequences(resolve_path(state["data_path"]))
