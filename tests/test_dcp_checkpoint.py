@@ -203,3 +203,86 @@ def test_a_corrupted_missing_or_unsealed_folder_is_one_line_and_never_the_latest
     ckpt.save_sharded(tensors, {"epoch": 3}, path, ctx)  # the next save settles the leftovers
     assert sorted(p.name for p in tmp_path.iterdir() if "best" in p.name) == ["best.pt"]
     assert ckpt.sharded_state(path)["epoch"] == 3
+
+
+# --- a catalog-parallel run: checkpoints, resume (same K and 2 -> 3), load_run in one process --------
+
+
+def _fit(ctx: DistContext, data_path: str, out: str, epochs: int, resume: bool) -> dict:
+    from core.data.shards import load_sequences
+    from core.training.loop import train
+    from core.training.settings import Evaluation, Optim, Parallel, Schedule
+    from tests.test_distributed import MAX_LEN
+
+    data = load_sequences(data_path)
+    metrics = train(data, out, optim=Optim(batch_size=8, max_len=MAX_LEN, lr=1e-2, seed=0),
+                    schedule=Schedule(epochs=epochs, patience=5, show_progress=False),
+                    evaluation=Evaluation(ks=(5,), batch_size=8),
+                    parallel=Parallel(ctx=ctx, catalog_parallel=True), resume=resume, data_path=data_path)
+    model = {k: v for k, v in _whole_model(ctx, out).items()}
+    return {"metrics": metrics, "model": model}
+
+
+def _whole_model(ctx: DistContext, out: str) -> dict:
+    """The last checkpoint's model as this rank reads it (its rows), gathered for the comparison."""
+    from core.training.run_folder import RunFolder, _read
+
+    ranks = Ranks(ctx, catalog_parallel=True)
+    state = _read(RunFolder(out).checkpoint, "cpu", "fix")
+    spec = state["model_settings"]
+    model = ranks.build_model(SASRec, **spec["kwargs"])
+    ranks.restore(model, None, state, "fix")
+    return {k: v.clone() for k, v in model.state_dict().items()}  # the whole-table view
+
+
+@pytest.fixture
+def data_path(tmp_path):
+    from core.data.shards import write_shards
+    from tests.test_distributed import make_data
+
+    data = make_data()
+    return str(write_shards(tmp_path / "data", offsets=data.offsets, items=data.items, n_items=data.n_items,
+                            attrs={"name": "synthetic"}))
+
+
+def test_a_run_resumes_equal_to_an_uninterrupted_one_and_on_3_ranks(data_path, tmp_path):
+    whole = run_ranks(_fit, 2, tmp_path, data_path, str(tmp_path / "whole"), 2, False)
+    half = tmp_path / "half"
+    run_ranks(_fit, 2, tmp_path, data_path, str(half), 1, False)
+    assert (half / "checkpoint.pt" / ckpt.SEAL).is_file() and (half / "best.pt" / ckpt.SEAL).is_file()
+    shutil.copytree(half, tmp_path / "half3")
+    resumed = run_ranks(_fit, 2, tmp_path, data_path, str(half), 2, True)
+    for got, want in zip(resumed, whole):
+        assert got["metrics"]["valid"] == want["metrics"]["valid"]
+        assert got["metrics"]["test"] == want["metrics"]["test"]
+        for key, value in want["model"].items():
+            assert torch.equal(got["model"][key], value), key
+    three = run_ranks(_fit, 3, tmp_path, data_path, str(tmp_path / "half3"), 2, True)
+    assert three[0]["metrics"]["epochs"] == 2 and three[0]["metrics"]["world_size"] == 3
+    for r in three[1:]:  # every rank reads the same model back from the 3-rank checkpoint
+        for key, value in three[0]["model"].items():
+            assert torch.equal(r["model"][key], value), key
+    # load_run in one process: the whole table, read from the shards, equals the ranks' model
+    from core.training.run_folder import load_run
+
+    run = load_run(half, device="cpu")
+    best = run_ranks(_best, 2, tmp_path, str(half))
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(best[0][key], value), key
+    # a flipped byte of a shard: one line, before anything is read
+    shard = next(p for p in (half / "best.pt").iterdir() if p.name.startswith("__1_"))
+    blob = bytearray(shard.read_bytes())
+    blob[-5] ^= 1
+    shard.write_bytes(bytes(blob))
+    with pytest.raises(CorruptCheckpoint, match="digest mismatch") as err:
+        load_run(half, device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def _best(ctx: DistContext, out: str) -> dict:
+    """best.pt read by each rank (its rows), then gathered for the comparison."""
+    from core.training.run_folder import load_run
+
+    run = load_run(out, ctx=ctx)
+    assert run.model.item_emb.weight.shape[0] - 1 < run.model.item_emb.n_items
+    return {k: v.clone() for k, v in run.model.state_dict().items()}
