@@ -6,9 +6,10 @@ masking the model sees: it differs only in how a batch of users is scored.
 Streaming evaluation ("evaluation at the floor", issue 21.5; the default ``path``). A batch
 ("block") of B users is scored one catalog chunk at a time: per chunk one fp32 matmul writes a
 (B, chunk) buffer, the block's history pairs that fall in the chunk are set to -inf in it, the
-target's score is picked from it when the target is in the chunk, and the chunk's top-k is
-merged into a running top-k (``core.metrics.chunk_top`` / ``merge_top``, state
-``CatalogTop``). No (B, n_items) matrix exists; rank, Coverage and Surprisal all come from the
+target's score is picked from it when the target is in the chunk, and the chunk's top-k
+(``core.metrics.chunk_top``) joins the running top-k (``merge_top``, state ``CatalogTop``;
+merged every ``_MERGE_EVERY`` = 8 chunks to save launches, so at most 8 (B, k) lists wait).
+No (B, n_items) matrix exists; rank, Coverage and Surprisal all come from the
 final state (``RankingMetrics.update_top``), with the same values as the dense path on the same
 scores (tests/test_eval_streaming.py):
 - ranks: 1 + #(top-k scores > target score), exact for rank <= max(ks), a miss beyond; the
@@ -33,13 +34,14 @@ matrix per batch, ``RankingMetrics.update``; default batch ``default_eval_batch_
 
 On the GPU (beauty-like, 729,576 users x 207,649 items, D = 64, one H200): the dense path takes
 5.7 s per split (1,292 users per batch: 3.4 ms scoring, 6.0 ms metrics). The streaming path
-moves ~2 bytes/score through HBM (matmul write + group-max read, ~1.2 TB per split, ~0.25 s at
-4.8 TB/s) plus the fp32 matmul itself (19 TFLOP per split: ~0.3-0.4 s on fp32 CUDA cores)
-plus ~20 small kernels per (block, chunk) (179 blocks x 7 chunks); the expected split time is
-~0.7-1.0 s, to be measured (``bench_eval.py --path dense,streaming``). If the matmul runs
-below ~50 fp32 TFLOP/s the 1.0 s target is missed by that excess: a fused score+select kernel
-(issue 22) would then be the next step.
-
+moves 8 bytes per score through HBM (the matmul's write, the group max's read: 1.2 TB per
+split, ~0.25 s at 4.8 TB/s), runs the fp32 matmul (19.4 TFLOP per split: 0.3-0.4 s at 50-67
+fp32 TFLOP/s) and ~15 small kernels per (block, chunk) (179 blocks x 7 chunks, ~0.1 s of
+launches, overlapped); expected ~0.6-1.0 s per split, to be measured
+(``bench_eval.py --path dense,streaming``). The risk is the matmul: with K = 64 an fp32 GEMM
+may run far below peak (the dense scoring above, if it is all matmul, ran at ~10 TFLOP/s,
+which would be ~1.9 s per split on its own); ``--profile-batches`` shows its share. Scores
+must stay fp32, so TF32/bf16 are no way out; a fused score + group-max kernel would be.
 Across ranks: ``merge_top`` merges the states of disjoint catalog parts, so ranks that each own
 a catalog shard can combine theirs (a distributed top-k, issue 22); within one process the
 shards are only chunks. Rows ranks are split as before (``eval_shard``, ``reduce_metrics``).
@@ -56,8 +58,15 @@ import torch.distributed as dist
 
 from core.data.batching import DeviceSequences, eval_batches, history
 from core.data.shards import SequenceData
-from core.metrics import (CatalogTop, RankingMetrics, chunk_top, exact_top, merge_top, needs_exact,
-                          popularity_scores)
+from core.metrics import (
+    CatalogTop,
+    RankingMetrics,
+    chunk_top,
+    exact_top,
+    merge_top,
+    needs_exact,
+    popularity_scores,
+)
 from core.parallel.collectives import DistContext, all_gather_rows, all_reduce
 
 # Dense path: (B, n_items) fp32 scores per batch are the evaluation's big buffer: bound it at
@@ -68,6 +77,7 @@ PATHS = ("streaming", "dense")
 DEFAULT_PATH = "streaming"
 DEFAULT_CHUNK = 32768  # items per chunk: (4096, 32768) fp32 = 512 MiB
 DEFAULT_GROUP = 64  # columns per group of chunk_top's first stage
+_MERGE_EVERY = 8  # chunk states merged into the running state in batches of this many
 
 # A chunk's scores: ``chunk(lo, hi) -> (B, hi - lo)`` fp32, a fresh tensor (masked in place).
 ChunkScores = Callable[[int, int], torch.Tensor]
@@ -138,7 +148,7 @@ def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
     ranges = chunk_ranges(lo, hi, chunk_size)
     masks = _history_by_chunk(seen, ranges)
     size = n_users if rows is None else len(rows)
-    state = CatalogTop.empty(size, k, n_items=n_items, device=device)
+    parts = [CatalogTop.empty(size, k, n_items=n_items, device=device)]
     t_col = None if targets is None else targets.to(device=device, dtype=torch.int64) - 1
     for (a, b), pairs in zip(ranges, masks):
         scores = chunk(a, b)  # (B, b - a) fp32
@@ -158,8 +168,10 @@ def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
             values, cols = exact_top(scores, k, lo=a, sentinel=n_items)
             tie = torch.full((size,), float("-inf"), device=device)
         nan = torch.isnan(values).any(dim=1)  # topk and sort rank NaN first
-        state = merge_top(state, CatalogTop(values, cols, target, inside, tie, nan))
-    return state
+        parts.append(CatalogTop(values, cols, target, inside, tie, nan))
+        if len(parts) == _MERGE_EVERY:  # one merge per few chunks: fewer launches, bounded memory
+            parts = [merge_top(*parts)]
+    return merge_top(*parts)
 
 
 def catalog_top(chunk: ChunkScores, n_users: int, **scan_args) -> CatalogTop:

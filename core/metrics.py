@@ -209,19 +209,25 @@ class CatalogTop(NamedTuple):
         return CatalogTop(*out)
 
 
-def merge_top(a: CatalogTop, b: CatalogTop) -> CatalogTop:
-    """The state of the union of two disjoint catalog parts (same users, same k).
+def merge_top(*parts: CatalogTop) -> CatalogTop:
+    """The state of the union of disjoint catalog parts (same users, same k): ``merge_top(a, b)``.
 
-    Top-k of the 2k candidates by (value desc, col asc); the target's score from the part
-    that holds it; ``tie`` the larger (a tie below the final k-th value cannot matter).
+    Top-k of all the parts' candidates by (value desc, col asc); the target's score from the
+    part that holds it (the others hold -inf); ``tie`` the largest (a tie below the final k-th
+    value cannot matter). Associative and commutative, so parts (chunks, catalog shards of
+    ranks) may be merged in any grouping and order.
     """
-    k = a.values.shape[1]
-    values = torch.cat([a.values, b.values], 1)
-    cols = torch.cat([a.cols, b.cols], 1)
+    if len(parts) == 1:
+        return parts[0]
+    k = parts[0].values.shape[1]
+    values = torch.cat([p.values for p in parts], 1)
+    cols = torch.cat([p.cols for p in parts], 1)
     order = canonical_order(values, cols)[:, :k]
-    return CatalogTop(values.gather(1, order), cols.gather(1, order),
-                      torch.where(a.has_target, a.target, b.target), a.has_target | b.has_target,
-                      torch.maximum(a.tie, b.tie), a.nan | b.nan)
+    has = torch.stack([p.has_target for p in parts], 1)  # (B, n_parts)
+    target = torch.where(has, torch.stack([p.target for p in parts], 1), NEG_INF).amax(dim=1)
+    return CatalogTop(values.gather(1, order), cols.gather(1, order), target, has.any(dim=1),
+                      torch.stack([p.tie for p in parts], 1).amax(dim=1),
+                      torch.stack([p.nan for p in parts], 1).any(dim=1))
 
 
 def needs_exact(top: CatalogTop) -> torch.Tensor:
@@ -321,6 +327,7 @@ class RankingMetrics:
         does: a re-consumed target then counts as a miss). ``None`` ranks the whole catalog.
         To avoid a second (B, n_items) buffer the masking is done IN PLACE on ``scores``.
         Compare scores in fp32: bf16 scores create ties, and ties count in the target's favour.
+        Top-k lists follow the tie rule (equal scores: lower item id first; module docstring).
         """
         B, V = scores.shape
         if V != self.n_items:
@@ -351,7 +358,7 @@ class RankingMetrics:
         tie rule, history already masked; the rank comes from them (``rank_from_top``), which
         gives every metric exactly as ``update`` does on the same scores.
         """
-        B, k = top.values.shape
+        k = top.values.shape[1]
         if k != max(self.ks):
             raise ValueError(f"update_top: the state keeps {k} items, expected max(ks) = {max(self.ks)}")
         device = top.values.device

@@ -23,7 +23,12 @@ import pandas as pd
 import torch
 
 from core.data.batching import DeviceSequences, context_windows, history
-from core.evaluation import DEFAULT_CHUNK, catalog_top, default_eval_batch_size, model_scores
+from core.evaluation import (
+    DEFAULT_CHUNK,
+    catalog_top,
+    default_eval_batch_size,
+    model_scores,
+)
 
 CONTEXTS = ("full", "test")
 

@@ -62,9 +62,22 @@ from core.evaluation import (
 )
 from core.metrics import RankingMetrics, popularity_scores
 from core.model import SASRec
-from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, kernel_profile,
-    output_folder, load_datasets, mark, phase_ms, profile_markdown, results_table, split_list,
-    sync, write_results)
+from experiments.bench.common import (
+    GIB,
+    BenchError,
+    count_syncs,
+    error_row,
+    kernel_profile,
+    load_datasets,
+    mark,
+    output_folder,
+    phase_ms,
+    profile_markdown,
+    results_table,
+    split_list,
+    sync,
+    write_results,
+)
 from experiments.output import environment
 
 SCORERS = ("model", "popularity")
