@@ -82,35 +82,38 @@ def oracle_top(scores: torch.Tensor, history, k: int):
     return masked, np.take_along_axis(x, order, 1), order
 
 
-def streaming(users, catalog, targets, history, *, k, chunk_size, group_size):
+def streaming(users, catalog, targets, history, *, k, chunk_size, group_size, device="cpu"):
     return catalog_top(chunk_fn(users, catalog), len(users), n_items=len(catalog), k=k, targets=targets,
-                       seen=history, device="cpu", chunk_size=chunk_size, group_size=group_size)
+                       seen=history, device=device, chunk_size=chunk_size, group_size=group_size)
 
 
-def mismatches(case, *, k=10, chunk_size, group_size, mask=True) -> list[str]:
+def mismatches(case, *, k=10, chunk_size, group_size, mask=True, device="cpu") -> list[str]:
     """Everything the streaming path must reproduce, as a list of differences (empty: equal)."""
-    users, catalog, targets, history = case
+    users, catalog, targets, history = (t.to(device) if isinstance(t, torch.Tensor) else
+                                        tuple(h.to(device) for h in t) for t in case)
     history = history if mask else None
     out = []
     try:
-        top = streaming(users, catalog, targets, history, k=k, chunk_size=chunk_size, group_size=group_size)
+        top = streaming(users, catalog, targets, history, k=k, chunk_size=chunk_size,
+                        group_size=group_size, device=device)
     except (IndexError, RuntimeError, ValueError) as err:  # a mutant may break shapes: detected too
         return [f"raised {type(err).__name__}: {err}"]
-    scores = dense_scores(users, catalog, chunk_size)
-    masked, values, cols = oracle_top(scores, history, k)
+    scores = dense_scores(users, catalog, chunk_size)  # on the device: the very same bits
+    masked, values, cols = oracle_top(scores.cpu(), None if history is None else tuple(h.cpu() for h in history), k)
+    masked, top, targets = masked.to(device), CatalogTop(*(t.cpu() for t in top)), targets.cpu()
     valid = np.isfinite(values)  # -inf entries are no recommendation: their ids do not matter
     if not np.array_equal(top.values.numpy().astype(np.float64), values):
         out.append("top-k values")
     if not np.array_equal(np.where(valid, top.cols.numpy(), -1), np.where(valid, cols, -1)):
         out.append("top-k items (tie rule)")
-    if not torch.equal(top.target, masked.gather(1, (targets - 1)[:, None]).squeeze(1)):
+    if not torch.equal(top.target, masked.cpu().gather(1, (targets - 1)[:, None]).squeeze(1)):
         out.append("target scores")
     # metrics: dense update (the previous evaluation) vs update_top, same scores
     counts = np.concatenate([[0], np.arange(len(catalog)) % 7])
     dense = RankingMetrics(n_items=len(catalog), ks=KS, item_user_counts=counts, n_train_users=10)
     stream = RankingMetrics(n_items=len(catalog), ks=KS, item_user_counts=counts, n_train_users=10)
-    dense.update(scores.clone(), targets, history=history)
-    stream.update_top(top)
+    dense.update(scores.clone(), targets.to(device), history=history)
+    stream.update_top(CatalogTop(*(t.to(device) for t in top)))
     if dense.compute() != stream.compute():
         got, want = stream.compute(), dense.compute()
         out.append("metrics " + ", ".join(key for key in want if got[key] != want[key]))
@@ -286,3 +289,19 @@ def test_every_mutant_is_detected(mutant, monkeypatch):
     MUTANTS[mutant](monkeypatch)
     found = [m for kind in CASES for m in mismatches(CASES[kind], chunk_size=40, group_size=2)]
     assert found, f"mutant {mutant!r} went unnoticed"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_cuda_streaming_equals_the_dense_oracle(kind):
+    """On the GPU: torch.topk's CUDA tie order, NaN placement and the fix-up, same comparisons."""
+    for chunk_size, group_size in [(37, 1), (64, 4), (1000, 8)]:
+        for mask in (True, False):
+            assert mismatches(CASES[kind], chunk_size=chunk_size, group_size=group_size, mask=mask,
+                              device="cuda") == [], (chunk_size, group_size, mask)
+    users, catalog, targets, _ = make_case("float", n_users=4, n_items=300)
+    catalog[133, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        streaming(users.cuda(), catalog.cuda(), targets.cuda(), None, k=10, chunk_size=128,
+                  group_size=8, device="cuda")
