@@ -84,20 +84,20 @@ def test_dense_and_streaming_in_one_call_give_the_same_metrics(tmp_path, capsys)
     """The before/after call: --path dense,streaming, small chunks (not a multiple of the catalog)."""
     out = tmp_path / "bench"
     assert main(["--preset", "tiny", "--n-users", "300", "--path", "dense,streaming", "--scorers", "model",
-                 "--chunk-size", "37", "--group-size", "4", "--ks", "1,5,10", "--sample-batches", "2",
+                 "--chunk-size", "37,100000", "--group-size", "4", "--ks", "1,5,10", "--sample-batches", "2",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     table = capsys.readouterr().out
     frame = pd.read_csv(out / "results.csv")
     assert list(zip(frame["path"], frame["split"])) == [
-        ("dense", "valid"), ("dense", "test"), ("streaming", "valid"), ("streaming", "test")]
+        ("dense", "valid"), ("dense", "test"), ("streaming", "valid"), ("streaming", "test"),
+        ("streaming", "valid"), ("streaming", "test")]
     assert frame["error"].isna().all() and (frame["seconds"] > 0).all()
     n_items = int(frame["items"][0])
     assert frame["batch_size"].tolist() == [default_eval_batch_size(n_items, "dense")] * 2 + [
-        default_eval_batch_size(n_items, "streaming")] * 2
-    assert frame["chunk_size"].isna().tolist() == [True, True, False, False]
-    assert (frame["chunk_size"].dropna() == 37).all()
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert rows[0]["metrics"] == rows[2]["metrics"] and rows[1]["metrics"] == rows[3]["metrics"]
+        default_eval_batch_size(n_items, "streaming")] * 4
+    assert frame["chunk_size"].fillna(0).tolist() == [0, 0, 37, 37, 100000, 100000]
+    metrics = [r["metrics"] for r in json.loads((out / "results.json").read_text())["rows"]]
+    assert metrics[0] == metrics[2] == metrics[4] and metrics[1] == metrics[3] == metrics[5]
     assert "| dense | model | valid |" in table and "| streaming | model | test |" in table
 
 
@@ -134,6 +134,7 @@ def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, spli
     (["--preset", "tiny", "--batch-size", "0"], "--batch-size"),
     (["--preset", "tiny", "--path", "sparse"], "--path"),
     (["--preset", "tiny", "--chunk-size", "0"], "--chunk-size"),
+    (["--preset", "tiny", "--chunk-size", "big"], "--chunk-size"),
     (["--preset", "tiny", "--ks", "ten"], "--ks"),
     (["--preset", "tiny", "--n-users", "300", "--ks", "100000"], "exceeds"),
     (["--gin", "gin/data/does_not_exist.gin"], "bad data config"),

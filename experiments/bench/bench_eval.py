@@ -8,7 +8,7 @@ most-popular baseline) and split ("valid", "test") it times the evaluation train
 ``core.evaluation.evaluate_model`` / ``evaluate_popularity`` over ALL users with history
 masking, bf16 autocast on CUDA and fp32 scores, after one untimed warm-up batch, GPU
 synchronized: the ``seconds`` column is the time of one split. ``--path``: "streaming" (the
-default evaluation: catalog chunks of ``--chunk-size`` items, running top-k, see
+default evaluation: catalog chunks of ``--chunk-size`` items (a list times each), running top-k, see
 ``core.evaluation``) and/or "dense" (the previous one: a (B, n_items) score matrix per batch);
 the batch size defaults to ``default_eval_batch_size(n_items, path)`` (4096 streaming, ~1 GiB
 of scores dense). The model is not trained: ranking the whole catalog costs the same whatever
@@ -223,7 +223,8 @@ def markdown(rows: list[dict], env: dict) -> str:
 def write_outputs(out: Path, rows: list[dict], env: dict, args) -> str:
     """results.csv / .md / .json after every run; returns the Markdown."""
     table = markdown(rows, env)
-    notes = [profile_markdown(f"{r['dataset']} {r['path']} {r['scorer']} {r['split']} (per batch)", r["profile"])
+    notes = [profile_markdown(f"{r['dataset']} {r['path']} {r.get('chunk_size') or ''} {r['scorer']} "
+                              f"{r['split']} (per batch)".replace("  ", " "), r["profile"])
              for r in rows if r.get("profile")]
     write_results(out, rows, columns=COLUMNS, table=table, env=env, args=args, notes=notes)
     return table
@@ -238,8 +239,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--path", type=split_list, default=["streaming"],
                         help="evaluation paths, comma-separated: streaming (default), dense (the "
                              "previous one); 'dense,streaming' times before and after in one call")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
-                        help=f"items per catalog chunk of the streaming path (default {DEFAULT_CHUNK})")
+    parser.add_argument("--chunk-size", type=split_list, default=[str(DEFAULT_CHUNK)],
+                        help=f"items per catalog chunk of the streaming path (default {DEFAULT_CHUNK}); "
+                             "comma-separated: one streaming row each")
     parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP,
                         help=f"columns per group of the streaming top-k (default {DEFAULT_GROUP}; 1: plain topk)")
     parser.add_argument("--profile-batches", type=int, default=0,
@@ -270,7 +272,11 @@ def _check(args) -> None:
     """Raises BenchError on arguments that cannot run (before anything is written)."""
     if not args.path or not set(args.path) <= set(PATHS):
         raise BenchError(f"--path must be among {','.join(PATHS)}, got {','.join(args.path)}")
-    if args.chunk_size < 1 or args.group_size < 1 or args.profile_batches < 0:
+    try:
+        args.chunk_size = [int(c) for c in args.chunk_size]
+    except ValueError:
+        raise BenchError(f"--chunk-size takes comma-separated integers, got {','.join(args.chunk_size)}") from None
+    if not args.chunk_size or min(args.chunk_size) < 1 or args.group_size < 1 or args.profile_batches < 0:
         raise BenchError("--chunk-size and --group-size must be >= 1, --profile-batches >= 0")
     if not args.scorers or not set(args.scorers) <= set(SCORERS):
         raise BenchError(f"--scorers must be among {','.join(SCORERS)}, got {','.join(args.scorers)}")
@@ -318,16 +324,18 @@ def main(argv: list[str] | None = None) -> int:
         seqs = DeviceSequences.from_data(data, device)
         torch.manual_seed(args.seed)
         model = SASRec(n_items=data.n_items, max_len=args.max_len).to(device).eval()
-        for path in args.path:
+        runs = [(path, chunk) for path in args.path
+                for chunk in (args.chunk_size if path == "streaming" else [None])]
+        for path, chunk_size in runs:
             eval_args = dict(batch_size=args.batch_size or default_eval_batch_size(data.n_items, path),
                              max_len=args.max_len, mask_history=args.mask_history, ks=args.ks,
                              item_user_counts=data.train_item_user_counts(),
-                             n_train_users=count_train_users(data), chunk_size=args.chunk_size,
-                             group_size=args.group_size)
+                             n_train_users=count_train_users(data),
+                             chunk_size=chunk_size or DEFAULT_CHUNK, group_size=args.group_size)
             for scorer in args.scorers:
                 for split in args.splits:
-                    print(f"[{time.perf_counter() - began:6.0f} s] {name} {path} {scorer} {split}",
-                          file=sys.stderr)
+                    print(f"[{time.perf_counter() - began:6.0f} s] {name} {path} {chunk_size or ''} "
+                          f"{scorer} {split}", file=sys.stderr)
                     try:
                         row = bench_one(seqs, model, name=name, path=path, scorer=scorer, split=split,
                                         eval_args=eval_args, args=args, device=device)
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                         traceback.print_exc()
                         row = error_row(err, dataset=name, users=data.n_users, items=data.n_items,
                                         path=path, scorer=scorer, split=split,
-                                        batch_size=eval_args["batch_size"])
+                                        batch_size=eval_args["batch_size"], chunk_size=chunk_size)
                     rows.append(row)
                     write_outputs(out, rows, env, args)
         del seqs, model
