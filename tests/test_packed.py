@@ -137,6 +137,23 @@ def test_block_mask_built_from_tensors_is_create_block_masks(lengths, block):
         assert torch.equal(mine[used], theirs[used])
 
 
+def test_a_new_batchs_block_mask_reuses_the_compiled_attention():
+    """The compiled FlexAttention (CUDA) sees a new mask_mod closure every batch: only a new
+    length T may compile again, not a new batch (a counting backend, on the CPU)."""
+    from torch._dynamo.testing import CompileCounter
+    from torch.nn.attention.flex_attention import flex_attention
+
+    counter = CompileCounter()
+    flex = torch.compile(flex_attention, backend=counter, dynamic=False)
+    for i, lengths in enumerate(LENGTHS * 2):
+        seq = _batch(lengths * 3, seed=i)
+        T = 512 if i < len(LENGTHS) else 640
+        q = torch.randn(1, 2, T, 16)
+        with torch.no_grad():
+            flex(q, q, q, block_mask=pack(seq, T, block_mask=True).block_mask)
+        assert counter.frame_count == (1 if i < len(LENGTHS) else 2)
+
+
 # --- the packed body against the padded oracle ---------------------------------------------------
 
 
