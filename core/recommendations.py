@@ -113,6 +113,9 @@ def recommend(run, data=None, *, users: Iterable | None = None, k: int = 10,
     an item masked away (possible only when fewer than k remain) is left out.
     """
     model, data = _model_and_data(run, data)
+    if hasattr(getattr(model, "item_emb", None), "lo"):  # a rank's shard (load_run with ctx, torchrun)
+        raise RecommendError("recommend needs the whole catalog: this model holds one rank's shard of a "
+                             "catalog-parallel run; load the run in one process (core.load_run without ctx)")
     device = next(model.parameters()).device
     seqs = DeviceSequences.from_data(data, device)
     index = user_index(data, users)
@@ -132,9 +135,16 @@ def recommend(run, data=None, *, users: Iterable | None = None, k: int = 10,
 def item_embeddings(run, data=None) -> tuple[np.ndarray, np.ndarray]:
     """(vectors (n_items, D) float32, raw item ids (n_items,)): the catalog the model scores with.
 
+    From a model holding one rank's shard of a catalog-parallel run (``load_run(..., ctx=...)``
+    under torchrun): that rank's items only, with their ids (an index per shard, no rank
+    holding the whole table).
+
     A user's score for an item is the dot product of the model's last hidden state with the
     item's vector, so an inner-product ANN index over these vectors serves the same ranking.
     """
     model, data = _model_and_data(run, data)
     vectors = model.catalog().detach().float().cpu().numpy()
+    table = getattr(model, "item_emb", None)
+    if hasattr(table, "lo"):  # a rank's shard (load_run with ctx, under torchrun): its items only
+        return vectors, np.asarray(data.item_ids)[1 + table.lo : 1 + table.hi]
     return vectors, np.asarray(data.item_ids)[1:]

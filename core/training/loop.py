@@ -144,7 +144,8 @@ def train(data: SequenceData, out_dir: str | Path | RunFolder, *,
     recorded (``load_run`` reloads the data from the path). ``loss_fn(e (N, D), c (V, D),
     targets (N,)) -> scalar``, named in metrics.json by ``core.losses.loss_name``. ``resume``:
     continue from checkpoint.pt; only the ``schedule``, ``parallel.device`` and
-    ``evaluation.batch_size`` may change. The result equals an uninterrupted run's bit for bit
+    ``evaluation.batch_size`` may change (and, catalog-parallel, the number of ranks K >= 2:
+    the sharded checkpoint is resharded; that resume is not bit-equal to either K's run). The result equals an uninterrupted run's bit for bit
     on the CPU with 1 or 2 processes; with 3 ranks (data- or catalog-parallel) the weights end
     up to ~3e-7 apart (the attention key bias, whose gradient is rounding noise; others ~7e-9;
     tiny preset, 1 + 1 epochs): a fresh process's first step all-reduces the gradients in

@@ -3,8 +3,9 @@
 What a K-rank run changes in training, and where the exact pieces live:
 
 - the model: DDP around it; under catalog-parallel its item table is this rank's shard
-  (``core.parallel.catalog.ShardedItemEmbedding``), which DDP leaves alone, and the
-  optimizer's checkpoints hold the whole table's Adam state;
+  (``core.parallel.catalog.ShardedItemEmbedding``), which DDP leaves alone; checkpoints are
+  sharded (``checkpoint`` / ``restore``: each rank saves and reads its rows and their Adam
+  state with ``torch.distributed.checkpoint``, on any number of ranks);
 - the batches: this rank's share of each global batch, carrying every rank's share sizes
   (``core.parallel.shares.ShardedBatch``); the step passes those to the loss and the model;
 - the loss: the local mean weighted by ``loss_scale`` (data-parallel), or the catalog-parallel
@@ -83,8 +84,10 @@ class Ranks:
         return self.ctx.enabled
 
     def settings(self) -> dict:
-        """Recorded with the run's settings: a resume needs the same K (the RNG states, the
-        shards). Empty for one process, so 1-process runs record what they always did."""
+        """Recorded with the run's settings: a data-parallel resume needs the same K (the RNG
+        states); a catalog-parallel one may change K >= 2 (DCP reshards its checkpoint; every
+        rank then goes on from rank 0's RNG state). Empty for one process, so 1-process runs
+        record what they always did."""
         if not self.enabled:
             return {}
         return {"parallel.world_size": self.ctx.world, "train.catalog_parallel": self.catalog_parallel}
