@@ -25,6 +25,8 @@ def cases(classify_fn):
         (Check(Outcome("c", 2, "error: bad gin config: train.epochs must be an integer >= 1, got 'abc'\n"), "error"), "ok"),
         (Check(Outcome("c", 1, "2026-12-02 12:00:00 INFO core.training.loop: tiny: 150 users\n"
                                "error: epoch 1: training loss is nan\n"), "error"), "ok"),
+        (Check(Outcome("c", 2, "usage: prepare_data.py [-h] --format\n    [--raw RAW]\n"
+                               "prepare_data.py: error: argument --format: invalid choice: 'x'\n"), "error"), "ok"),
         (Check(Outcome("c", 0, ""), "error"), "unexpected"),
         (Check(Outcome("c", 1, "error: one\nerror: two\n"), "error"), "unexpected"),
         (Check(Outcome("c", 1, "some warning\nerror: one\n"), "error"), "unexpected"),
