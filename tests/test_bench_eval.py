@@ -156,4 +156,5 @@ def test_cuda_run_reports_memory_and_syncs(tmp_path):
     report = json.loads((out / "results.json").read_text())
     assert report["env"]["dtype"] == "bfloat16"
     assert len(report["rows"]) == 8 and all(r["profile"]["kernels"] for r in report["rows"])
-    assert "### tiny streaming model valid" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "### tiny streaming model valid (chunk " in text and "### tiny dense model valid, per batch" in text

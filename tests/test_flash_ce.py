@@ -412,7 +412,16 @@ def _gpu_errors(e, c, t, loss):
     return abs(loss.item() - ref.item()), rel(e.grad, e64.grad), rel(c.grad, c64.grad)
 
 
-GPU_TOL = 2e-2  # bf16: P rounded to bf16 (2**-8 relative) before the gradient matmuls
+GPU_TOL = 2e-2  # gradients, bf16: P rounded to bf16 (2**-8 relative) before the gradient matmuls
+# The loss is fp32 arithmetic on the bf16 operands the float64 reference also gets, so it is held
+# much tighter: a slice merge without rescaling was 0.013 off at 560 x 50,000 (H200, call B),
+# inside the gradients' tolerance.
+GPU_LOSS_TOL = 1e-3
+
+
+def _gpu_ok(err) -> bool:
+    """(loss abs error, dE rel, dC rel) within tolerance (NaN is not)."""
+    return err[0] < GPU_LOSS_TOL and err[1] < GPU_TOL and err[2] < GPU_TOL
 
 
 @pytest.mark.gpu
@@ -430,7 +439,7 @@ def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
     for i in (2, 0, 1):
         losses[i].backward()
     for op, loss in zip(ops, losses):
-        assert max(_gpu_errors(*op, loss)) < GPU_TOL, _gpu_errors(*op, loss)
+        assert _gpu_ok(_gpu_errors(*op, loss)), _gpu_errors(*op, loss)
         grads = (loss.detach().clone(), op[0].grad.clone(), op[1].grad.clone())
         op[0].grad = op[1].grad = None
         again = flash_linear_ce(*op)
@@ -451,6 +460,6 @@ def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
         loss = flash_linear_ce(e, c, t)
         loss.backward()
         err = _gpu_errors(e, c, t, loss)
-        if all(x <= GPU_TOL for x in err):  # NaN counts as caught
+        if _gpu_ok(err):  # NaN counts as caught
             escaped.append((name, err))
     assert not escaped, f"broken kernels not caught on the GPU: {escaped}"

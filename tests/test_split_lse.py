@@ -124,7 +124,8 @@ CASES = [(5, 129, 24), (37, 1000, 64), (130, 3001, 100), (70, 200, 16), (1, 33, 
 # "natural_exp_as_exp2" writes out by hand (bit-identical on the H200, session-3 call A of
 # 2026-12-02, results/gpu_suite_2026-12-02b). An equivalent mutant, not a blind spot of the test.
 CUDA_EQUIVALENT = {"natural_exp_as_exp2"}
-GPU_CASES = [(560, 20011, 64), (12800, 5003, 128), (97, 1031, 256), (300, 2049, 100), (1, 33, 7)]
+# First: a head dim cce's kernel loops over in chunks (100 = 64 + 36): the GPU's mutants run on it.
+GPU_CASES = [(300, 2049, 100), (560, 20011, 64), (12800, 5003, 128), (97, 1031, 256), (1, 33, 7)]
 
 CHECK = r"""
 import importlib.util, json, sys, tempfile
@@ -259,7 +260,9 @@ def test_every_mutant_ran(interpreted):
 def test_split_lse_is_bit_identical_to_the_old_kernels_on_the_gpu():
     """Compiled for the GPU (tensor cores, real SM count), bfloat16 included."""
     mutants = [m for m in MUTANTS if m[0] not in CUDA_EQUIVALENT]
-    # mutants on the first case's five inputs: fp32, fp16 and bf16 (the 16-bit ones with an fp32 catalog too)
+    # mutants on the first case's five inputs (D = 100: two chunks in cce's kernel; at D = 64 the
+    # chunk loop runs once, so the GPU showed 'last_chunk_skipped' passing there, call B): fp32,
+    # fp16 and bf16 (the 16-bit ones with an fp32 catalog too)
     result = _run("cuda", GPU_CASES, ["float32", "float16", "bfloat16"], interpret=False,
                   mutants=mutants, mutant_inputs=5)
     # fp32 logits over D <= 256 unit-variance products; tf32 is not used (ieee for fp32).

@@ -220,11 +220,15 @@ def markdown(rows: list[dict], env: dict) -> str:
     return results_table(rows, head=head, keys=keys, lead=8, footer=footer)
 
 
+def _chunk(row: dict) -> str:
+    return f" (chunk {row['chunk_size']:,})" if row.get("chunk_size") else ""
+
+
 def write_outputs(out: Path, rows: list[dict], env: dict, args) -> str:
     """results.csv / .md / .json after every run; returns the Markdown."""
     table = markdown(rows, env)
-    notes = [profile_markdown(f"{r['dataset']} {r['path']} {r.get('chunk_size') or ''} {r['scorer']} "
-                              f"{r['split']} (per batch)".replace("  ", " "), r["profile"])
+    notes = [profile_markdown(f"{r['dataset']} {r['path']} {r['scorer']} {r['split']}{_chunk(r)}, per batch",
+                              r["profile"])
              for r in rows if r.get("profile")]
     write_results(out, rows, columns=COLUMNS, table=table, env=env, args=args, notes=notes)
     return table
