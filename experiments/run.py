@@ -11,7 +11,7 @@ with one ``error:`` line (exit 2 for bad arguments or settings, 1 otherwise) bef
 is written; ``--resume`` first checks the new bindings against the checkpoint's settings (and
 the checkpoints' digests), and a resume that would train no epoch changes nothing (exit 2). A
 corrupted checkpoint, a full disk or SIGTERM end the run with one ``error:`` line too (exit 1;
-143 for SIGTERM, which log.txt records with the epoch it stopped in).
+143 for SIGTERM, 130 for Ctrl-C; log.txt records either with the epoch it stopped in).
 """
 
 from __future__ import annotations
@@ -118,18 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     extra = {} if timeout_s is None else {"timeout_s": float(timeout_s)}
     from core.training import RunStopped
 
-    with _stop_on(signal.SIGTERM):
+    with _stop_on(signal.SIGTERM, signal.SIGINT):
         try:
             return run_joined(device, lambda ctx: _train(args, ctx), what="training", **extra)
         except RunStopped as err:  # log.txt says where it stopped; --resume continues from there
             print(f"error: {err}", file=sys.stderr)
-            return 128 + signal.SIGTERM
+            return 128 + signal.Signals[err.signal_name]
 
 
 @contextlib.contextmanager
-def _stop_on(signum: int):
-    """``signum`` raises ``RunStopped`` while the block runs: the run folder records why and
-    where the run ended, and ``main`` says it in one line (the previous handler comes back)."""
+def _stop_on(*signums: int):
+    """Each of ``signums`` (SIGTERM, and Ctrl-C's SIGINT) raises ``RunStopped`` while the block
+    runs: the run folder records why and where the run ended, and ``main`` says it in one line
+    (exit 128 + the signal's number: 143, 130); the previous handlers come back."""
     import threading
 
     from core.training import RunStopped
@@ -140,11 +141,12 @@ def _stop_on(signum: int):
     if threading.current_thread() is not threading.main_thread():  # only the main thread may
         yield
         return
-    previous = signal.signal(signum, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signum, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _bound(gin, name: str, default):

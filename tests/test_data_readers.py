@@ -113,3 +113,19 @@ def test_an_infinite_timestamp_is_refused_like_nan(tmp_path, value):
     assert "\n" not in message and "line 4: non-finite value" in message and "column 'timestamp'" in message
     finite = read_generic(write(tmp_path / "ok.csv", "user_id,item_id,timestamp\n1,2,5\n1,3,1e300\n"), progress=False)
     assert finite.time.tolist() == [5.0, 1e300]  # large finite times stay accepted
+
+
+def test_a_row_longer_than_the_header_is_refused(tmp_path):
+    """Attack case 15.in-p: a 5-cell row under a 3-column header was read as its first three
+    cells (pandas' usecols drops the rest silently). Extra columns the header names are fine."""
+    from core.data.readers import read_generic
+    from core.data.shards import DataFormatError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,timestamp\n1,2,3\n3,1,2,12,105\n4,5,6\n")
+    with pytest.raises(DataFormatError, match="line 3, saw 5"):
+        read_generic(bad)
+    extra = tmp_path / "extra.csv"
+    extra.write_text("user_id,rating,item_id,timestamp,review\n1,5,2,3,good\n3,,1,2,\n4,1,5,6,bad\n")
+    log = read_generic(extra)
+    assert len(log.user) == 3  # a blank cell in a column the mapping does not use is no error

@@ -426,26 +426,30 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes(tiny, tmp_p
     assert len((out / "history.jsonl").read_text().splitlines()) == 3
 
 
-def test_sigterm_is_recorded_in_log_txt_and_the_run_resumes(tiny, tmp_path, capsys, monkeypatch):
-    """Issue 23.8: SIGTERM ended a run with no line in log.txt saying why."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_sigterm_is_recorded_in_log_txt_and_the_run_resumes(tiny, tmp_path, capsys, monkeypatch, signame):
+    """Issue 23.8: SIGTERM ended a run with no line in log.txt saying why. Ctrl-C (SIGINT) ended
+    it with a KeyboardInterrupt traceback (the attack suite's case 15.sigint2): both are one line."""
     import signal
 
+    signum = getattr(signal, signame)
+
     def unhandled(*_):  # what the test sees if run.py installs no handler (instead of dying)
-        raise RuntimeError("SIGTERM reached the test's own handler")
-    previous = signal.signal(signal.SIGTERM, unhandled)
+        raise RuntimeError(f"{signame} reached the test's own handler")
+    previous = signal.signal(signum, unhandled)
     try:
         out = tmp_path / "run"
-        # SIGTERM arrives while epoch 2's checkpoint is being written: the write is abandoned
-        _fail_at(monkeypatch, "checkpoint.pt", 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        # the signal arrives while epoch 2's checkpoint is being written: the write is abandoned
+        _fail_at(monkeypatch, "checkpoint.pt", 2, lambda: os.kill(os.getpid(), signum))
         assert run.main(["--gin", "gin/quickstart.gin", "--out", str(out), *tiny,
-                         "--gin_bindings", "train.epochs = 2"]) == 128 + signal.SIGTERM
+                         "--gin_bindings", "train.epochs = 2"]) == 128 + signum
         kept = f"{out / 'checkpoint.pt'} holds epoch 1 whole: --resume continues the run"
-        assert _ending_line(capsys) == f"error: stopped by SIGTERM in epoch 2; {kept}"
+        assert _ending_line(capsys) == f"error: stopped by {signame} in epoch 2; {kept}"
         assert (out / "log.txt").read_text().splitlines()[-1].endswith(
-            f"run ended: RunStopped: stopped by SIGTERM in epoch 2; {kept}")
-        assert signal.getsignal(signal.SIGTERM) is unhandled  # run.py put the old handler back
+            f"run ended: RunStopped: stopped by {signame} in epoch 2; {kept}")
+        assert signal.getsignal(signum) is unhandled  # run.py put the old handler back
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
     monkeypatch.undo()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     assert run.main(["--resume", "--out", str(out)]) == 0
