@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad gin config: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
+    changed = _changed_data_binding(args, gin)
+    if changed:
+        print(f"error: {changed}", file=sys.stderr)
+        return 2
+
     device = _bound(gin, "train.device", "auto")
     timeout_s = _bound(gin, "train.dist_timeout_s", None)
     if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
@@ -147,6 +152,34 @@ def _stop_on(*signums: int):
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _changed_data_binding(args: argparse.Namespace, gin) -> str | None:
+    """``--resume`` with a ``dataset.*`` binding whose value differs from the run's config.gin:
+    the refusal, said before any data is read or prepared (the settings check after loading
+    would refuse it too, but only once the other data had been written into the cache).
+    ``dataset.cache_dir`` may change (where the cache lives, not what it holds). Leaves gin
+    holding ``args``' config as it found it."""
+    names = {b.split("=", 1)[0].strip() for b in args.gin_bindings if b.strip().startswith("dataset.")}
+    names.discard("dataset.cache_dir")
+    config = Path(args.out) / "config.gin" if args.out else None
+    if not args.resume or not names or not config.is_file():
+        return None
+    here = {n: _bound(gin, n, None) for n in names}
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings([str(config)], [], skip_unknown=False)
+        then = {n: _bound(gin, n, None) for n in names}
+    except (ValueError, OSError, SyntaxError, KeyError, TypeError):
+        return None  # the folder's own checks say what is wrong with it
+    finally:
+        gin.clear_config()
+        gin.parse_config_files_and_bindings(args.gin, args.gin_bindings, skip_unknown=False)
+    for name in sorted(names):
+        if here[name] != then[name]:
+            return (f"--resume: {name} is {here[name]!r} here but the run trained with {then[name]!r}; "
+                    "a resumed run keeps its own data (drop the binding, or start a new run elsewhere)")
+    return None
 
 
 def _bound(gin, name: str, default):
