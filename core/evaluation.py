@@ -43,14 +43,32 @@ may run far below peak (the dense scoring above, if it is all matmul, ran at ~10
 which would be ~1.9 s per split on its own); ``--profile-batches`` shows its share. Scores
 must stay fp32, so TF32/bf16 are no way out; a fused score + group-max kernel would be.
 Across ranks: ``merge_top`` merges the states of disjoint catalog parts, so ranks that each own
-a catalog shard can combine theirs (a distributed top-k, issue 22); within one process the
-shards are only chunks. Rows ranks are split as before (``eval_shard``, ``reduce_metrics``).
+a catalog shard combine theirs: a distributed top-k (issue 22). A catalog-parallel model
+(``evaluate_model`` sees a ``ShardedItemEmbedding``; ``sharded_scoring``) is evaluated so:
+- every rank ranks EVERY user of the split, in the one-process batches (the body is replicated,
+  and equal batch shapes keep the hidden states bit-identical to one process); the input
+  lookup is ``SameIdsLookup`` (each rank fills its own rows, one all-reduce of (B, L, D));
+- each rank scans only its columns [lo, hi) (``scan_catalog(lo=, hi=)``): history masked where
+  it falls in the shard, the target's score on the rank that owns it;
+- the (B, k) states are all-gathered, one (B, 2k + 4) float64 block per rank, and merged in
+  rank order (``merge_ranks``); every rank then holds the same state, so the NaN check and the
+  tie fix-up take the same branch everywhere: the rows ``needs_exact`` names are rescanned by
+  every rank over its shard with the stable sort and those states merged the same way;
+- every rank returns the one-process metrics (no ``reduce_metrics``). Per rank: its shard, one
+  (B, chunk) score buffer, O(B x (k x K + L x D)) states and activations, and the metrics'
+  O(n_items) Surprisal / Coverage vectors (scalars per item); never the table.
+Exact as one process as long as a column's score is the same bit for bit whatever chunk it is
+computed in (the same assumption as chunking within one process; on the CPU a (B, 1) or (B, 2)
+matmul can round the last bit differently from a wider one).
+Data-parallel runs (and the popularity baseline) split the users instead (``eval_shard``,
+``reduce_metrics``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -174,20 +192,71 @@ def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
     return merge_top(*parts)
 
 
-def catalog_top(chunk: ChunkScores, n_users: int, **scan_args) -> CatalogTop:
+@dataclass(frozen=True)
+class CatalogShard:
+    """This rank's part of a catalog split over ranks (catalog-parallel): columns [lo, hi).
+
+    Evaluation over a shard (``rank_split(shard=...)``): every rank ranks the SAME users in the
+    same batches against its own columns only, and the ranks' streaming states are gathered
+    and merged (``merge_ranks``): a distributed top-k, equal to one process's (module docstring
+    of ``core.metrics``: ``merge_top`` is exact for disjoint parts)."""
+
+    ctx: DistContext
+    lo: int
+    hi: int
+
+
+def _pack(top: CatalogTop) -> torch.Tensor:
+    """A state as one (B, 2k + 4) float64 block (one collective): fp32 values and int64 columns
+    (< 2**53) are exact in float64, the flags 0/1."""
+    return torch.cat([top.values.double(), top.cols.double(), top.target.double()[:, None],
+                      top.has_target.double()[:, None], top.tie.double()[:, None], top.nan.double()[:, None]], 1)
+
+
+def _unpack(block: torch.Tensor, k: int) -> CatalogTop:
+    return CatalogTop(block[:, :k].float(), block[:, k:2 * k].long(), block[:, 2 * k].float(),
+                      block[:, 2 * k + 1] > 0, block[:, 2 * k + 2].float(), block[:, 2 * k + 3] > 0)
+
+
+def _merge_ranks(parts: list[CatalogTop]) -> CatalogTop:
+    """The ranks' states (rank order) merged: ``merge_top`` (the tests break this one)."""
+    return merge_top(*parts)
+
+
+def merge_ranks(ctx: DistContext, top: CatalogTop) -> CatalogTop:
+    """Every rank's state of the same B users over its catalog shard -> the state over the whole
+    catalog, the same on every rank: one all-gather of (B, 2k + 4) float64 per rank (never a
+    table), merged in rank order. ``top`` itself on one process."""
+    if not ctx.enabled:
+        return top
+    k = top.values.shape[1]
+    blocks = all_gather_rows(ctx, _pack(top), [top.values.shape[0]] * ctx.world)
+    return _merge_ranks([_unpack(b, k) for b in blocks])
+
+
+def catalog_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None = None,
+                **scan_args) -> CatalogTop:
     """``scan_catalog`` over the whole catalog, NaN refused, ties fixed to the tie rule.
 
     One host sync for both checks; the rows ``needs_exact`` names (rare) are scanned again
     with a stable sort. Raises ValueError on a NaN score.
+    ``shard``: this rank scans only its columns [lo, hi) (``chunk`` scores global columns
+    there); the ranks' states are merged (``merge_ranks``), and the tie fix-up crosses the
+    shards the same way: the rows the MERGED state names (the same on every rank) are rescanned
+    exactly by every rank over its shard and those states merged in turn. Every rank then holds
+    the same state and takes the same branches (a NaN raises on every rank).
     """
-    top = scan_catalog(chunk, n_users, **scan_args)
+    combine = (lambda top: top) if shard is None else (lambda top: merge_ranks(shard.ctx, top))
+    if shard is not None:
+        scan_args = {**scan_args, "lo": shard.lo, "hi": shard.hi}
+    top = combine(scan_catalog(chunk, n_users, **scan_args))
     fix = needs_exact(top)
     has_nan, has_fix = torch.stack([top.nan.any(), fix.any()]).tolist()
     if has_nan:
         raise ValueError("scores contain NaN: the model diverged or the inputs are broken")
     if has_fix:
         rows = fix.nonzero().squeeze(1)
-        top = top.put(rows, scan_catalog(chunk, n_users, rows=rows, **scan_args))
+        top = top.put(rows, combine(scan_catalog(chunk, n_users, rows=rows, **scan_args)))
     return top
 
 
@@ -208,6 +277,7 @@ def rank_split(
     path: str = DEFAULT_PATH,
     chunk_size: int = DEFAULT_CHUNK,
     group_size: int = DEFAULT_GROUP,
+    shard: CatalogShard | None = None,
 ) -> dict[str, float]:
     """Ranks the whole catalog for every user of ``split`` ("valid" or "test").
 
@@ -220,9 +290,16 @@ def rank_split(
     ``users`` (default: all) and ``reduce`` (called on the metrics before ``compute``) let
     each rank of a distributed run rank its share of the users and combine the results
     exactly (``eval_shard``, ``reduce_metrics``).
+    ``shard`` (catalog-parallel, ``CatalogShard``): ``score_fn``'s chunks score only this
+    rank's columns; every rank ranks every user of the split in the same batches (no
+    ``users``/``reduce``) and the states are merged across ranks per batch (``catalog_top``),
+    so every rank returns the one-process metrics. Streaming path only.
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if shard is not None and (path != "streaming" or users is not None or reduce is not None):
+        raise ValueError("a catalog shard is ranked on the streaming path, every rank all users "
+                         f"(got path={path!r}, users and reduce {'set' if users is not None or reduce else 'unset'})")
     metrics = RankingMetrics(
         n_items=seqs.n_items, ks=ks, item_user_counts=item_user_counts, n_train_users=n_train_users
     )
@@ -235,7 +312,7 @@ def rank_split(
         else:
             metrics.update_top(catalog_top(
                 chunk, len(batch_users), n_items=seqs.n_items, k=max(metrics.ks), targets=targets,
-                seen=seen, device=seqs.device, chunk_size=chunk_size, group_size=group_size))
+                seen=seen, device=seqs.device, chunk_size=chunk_size, group_size=group_size, shard=shard))
     if reduce is not None:
         reduce(metrics)
     return metrics.compute()
@@ -255,16 +332,18 @@ def score_catalog(model: torch.nn.Module, forward: Callable[[torch.Tensor], torc
 
 
 def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], *,
-                 amp: bool) -> Callable[[torch.Tensor], ChunkScores]:
+                 amp: bool, offset: int = 0) -> Callable[[torch.Tensor], ChunkScores]:
     """``score_fn`` of ``rank_split`` for a model: the user vectors once per batch, then fp32
-    ``u @ catalog[lo:hi].T`` per chunk (evaluation and ``core.recommend`` both score so)."""
-    catalog = model.catalog().float()  # (n_items, D), once per split
+    ``u @ catalog[lo:hi].T`` per chunk (evaluation and ``core.recommend`` both score so).
+    ``offset``: ``model.catalog()`` holds the columns from ``offset`` on (a rank's shard);
+    chunks are asked in global columns."""
+    catalog = model.catalog().float()  # (n_items, D) or the shard's (V_r, D), once per split
 
     def score_fn(inputs: torch.Tensor) -> ChunkScores:
         with autocast(inputs.device, amp):
             last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
         users = last.float()
-        return lambda lo, hi: users @ catalog[lo:hi].T  # (B, hi - lo)
+        return lambda lo, hi: users @ catalog[lo - offset:hi - offset].T  # (B, hi - lo)
 
     return score_fn
 
@@ -280,11 +359,21 @@ def evaluate_model(
     """Metrics of ``model``; ``forward`` is the model or its compiled version.
 
     ``rank_args`` are ``rank_split``'s keyword arguments (split, batch_size, ...).
+    A catalog-parallel model (its ``item_emb`` a ``ShardedItemEmbedding``, under torchrun) is
+    evaluated as a distributed top-k (``sharded_scoring``): every rank ranks every user of
+    the split against its own catalog shard and the states are merged, so every rank returns
+    the one-process metrics; a data-parallel split of the users (``users``, ``reduce``) is not
+    needed there and is ignored. Every rank must call it together.
     """
     was_training = model.training
     model.eval()
     try:
-        return rank_split(model_scores(model, forward, amp=amp), seqs, **rank_args)
+        with sharded_scoring(model) as shard:
+            offset = 0
+            if shard is not None:
+                rank_args = {**rank_args, "shard": shard, "users": None, "reduce": None}
+                offset = shard.lo
+            return rank_split(model_scores(model, forward, amp=amp, offset=offset), seqs, **rank_args)
     finally:
         model.train(was_training)
 
@@ -361,3 +450,51 @@ def eval_args(ctx: DistContext, n_users: int, batch_size: int) -> dict:
         return {}
     return {"users": eval_shard(n_users, batch_size, ctx.rank, ctx.world),
             "reduce": lambda metrics: reduce_metrics(ctx, metrics)}
+
+
+
+# --- catalog-parallel models: each rank scores its shard ----------------------------------------
+
+
+class SameIdsLookup(torch.nn.Module):
+    """A sharded item table's lookup while every rank looks up the SAME ids (evaluation ranks the
+    same users on every rank): each rank fills the rows it owns, zeros elsewhere, and one
+    all-reduce of (*ids, D) sums them (x + 0 is exact: the one-process embeddings bit for bit).
+    ``weight`` is the table's own (V_r + 1, D) parameter, so ``catalog()`` is the shard.
+    O(ids x D) per rank, where the training lookup gathers every rank's ids (K x as many)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = [table]  # not a submodule: the model's state is not changed by the swap
+        self.weight = table.weight
+        self.ctx, self.lo, self.hi, self.n_items = table.ctx, table.lo, table.hi, table.n_items
+
+    def forward(self, ids: torch.Tensor, shares=None) -> torch.Tensor:
+        if shares is not None:
+            raise ValueError("SameIdsLookup: every rank looks up the same ids (no shares)")
+        col = ids - 1  # padding (id 0) -> -1: owned by nobody, zeros as the padding row
+        mine = (col >= self.lo) & (col < self.hi)
+        rows = self.weight[1:][torch.where(mine, col - self.lo, 0)]
+        return all_reduce(self.ctx, torch.where(mine[..., None], rows, 0.0))
+
+
+@contextlib.contextmanager
+def sharded_scoring(model: torch.nn.Module):
+    """Yields the ``CatalogShard`` of a catalog-parallel ``model`` (its ``item_emb`` a
+    ``ShardedItemEmbedding``, or already swapped), with the table's lookup swapped for
+    ``SameIdsLookup`` while the block lasts; None (and nothing changed) for a model holding its
+    whole table. ``evaluate_model`` enters it itself; every rank must run the block together."""
+    from core.parallel.catalog import ShardedItemEmbedding
+
+    table = getattr(model, "item_emb", None)
+    if isinstance(table, SameIdsLookup):  # swapped by an enclosing block
+        yield CatalogShard(table.ctx, table.lo, table.hi)
+        return
+    if not isinstance(table, ShardedItemEmbedding):
+        yield None
+        return
+    model.item_emb = SameIdsLookup(table)
+    try:
+        yield CatalogShard(table.ctx, table.lo, table.hi)
+    finally:
+        model.item_emb = table

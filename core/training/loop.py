@@ -64,14 +64,15 @@ class Evaluator:
     n_train_users: int
     ranks: Ranks = field(default_factory=Ranks)  # K ranks: each ranks a share, reduced exactly
 
-    def _args(self, seqs: DeviceSequences) -> dict:
+    def _args(self, seqs: DeviceSequences, *, model: bool = False) -> dict:
         return dict(batch_size=self.batch_size, max_len=self.max_len, mask_history=self.mask_history,
                     ks=self.ks, item_user_counts=self.item_user_counts, n_train_users=self.n_train_users,
-                    **self.ranks.eval_args(seqs.n_users, self.batch_size))
+                    **self.ranks.eval_args(seqs.n_users, self.batch_size, model=model))
 
     def model(self, model: torch.nn.Module, seqs: DeviceSequences, split: str, amp: bool) -> dict:
+        # catalog-parallel: each rank scores its catalog shard, top-k states merged (Ranks.eval_args)
         with self.ranks.evaluating(model):
-            return evaluate_model(model, model, seqs, split=split, amp=amp, **self._args(seqs))
+            return evaluate_model(model, model, seqs, split=split, amp=amp, **self._args(seqs, model=True))
 
     def popularity(self, seqs: DeviceSequences, split: str) -> dict:
         return evaluate_popularity(seqs, split=split, **self._args(seqs))

@@ -11,6 +11,9 @@ What a K-rank run changes in training, and where the exact pieces live:
 - the loss: the local mean weighted by ``loss_scale`` (data-parallel), or the catalog-parallel
   CE of the whole global batch;
 - evaluation: each rank ranks a share of the users, reduced exactly (``core.evaluation.eval_args``);
+  under catalog-parallel the model is evaluated as a distributed top-k instead: every rank
+  ranks every user against its own shard of the catalog and the per-rank top-k states are
+  merged (``eval_args(model=True)``, ``evaluating``; no rank holds the whole table);
 - decisions and files: early stopping decided by rank 0, rank 0 writing, every rank's RNG state
   in the checkpoint.
 """
@@ -26,7 +29,7 @@ import torch
 
 from core import checkpoint as ckpt
 from core.data.batching import Batch
-from core.evaluation import eval_args
+from core.evaluation import eval_args, sharded_scoring
 from core.model import item_table_init
 from core.parallel.catalog import ShardedItemEmbedding, catalog_parallel_ce, item_range
 from core.parallel.collectives import DistContext, barrier, broadcast, gather_objects, mean_over_ranks
@@ -66,7 +69,7 @@ class Ranks:
       rank's share sizes to the step (nothing is remembered here between batches).
     - ``mean``, ``eval_args``, ``evaluating``, ``decide``, ``barrier``, ``rng_state`` /
       ``own_rng_state``, ``settings``: the epoch loss over ranks; the evaluation split and
-      reduced exactly (with the whole table gathered while it runs under catalog-parallel);
+      reduced exactly (under catalog-parallel the model's split by catalog shard, merged);
       early stopping decided by rank 0; waiting for rank 0's files; every rank's RNG in the
       checkpoint; what a resume must keep (the number of ranks, catalog-parallel or not).
     """
@@ -180,22 +183,27 @@ class Ranks:
 
     # --- evaluation, decisions, files ---
 
-    def eval_args(self, n_users: int, batch_size: int) -> dict:
+    def eval_args(self, n_users: int, batch_size: int, *, model: bool = False) -> dict:
+        """Extra ``rank_split`` arguments. Data-parallel (and the popularity baseline, which
+        needs no table): this rank's share of the users, reduced exactly. ``model`` under
+        catalog-parallel: none, every rank ranks every user against its catalog shard and the
+        top-k states are merged (``core.evaluation.evaluate_model`` finds the shard itself)."""
+        if model and self._table is not None:
+            return {}
         return eval_args(self.ctx, n_users, batch_size)
 
     @contextlib.contextmanager
     def evaluating(self, model: torch.nn.Module):
-        """Evaluation ranks each user against the whole catalog: under catalog-parallel the
-        table is gathered (V x D on each rank) for as long as the block lasts."""
+        """While the block lasts, a catalog-parallel model's item lookup is
+        ``core.evaluation.SameIdsLookup`` (every rank looks up the same users' ids: one
+        all-reduce of (B, L, D)) and its ``catalog()`` stays this rank's shard: evaluation
+        scores the shard and merges the ranks' top-k (``sharded_scoring``). No table is
+        gathered. Nothing changes for a model holding its whole table."""
         if self._table is None or model.item_emb is not self._table:
             yield
             return
-        full = torch.nn.Embedding.from_pretrained(self._table.full_weight(), freeze=True, padding_idx=0)
-        model.item_emb = full
-        try:
+        with sharded_scoring(model):
             yield
-        finally:
-            model.item_emb = self._table
 
     def agree(self, record: dict) -> None:
         """Before training, every rank compares its operative settings (the run record's
