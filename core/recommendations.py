@@ -28,6 +28,7 @@ from core.evaluation import (
     catalog_top,
     default_eval_batch_size,
     model_scores,
+    sharded_scoring,
 )
 
 CONTEXTS = ("full", "test")
@@ -72,6 +73,10 @@ def top_k(model: torch.nn.Module, seqs: DeviceSequences, users: torch.Tensor, *,
 
     Best first; equal scores list the lower item id first (evaluation's tie rule). Masked
     items score -inf; they appear only when fewer than k items are left unmasked.
+    A model holding one rank's shard of a catalog-parallel run (``load_run(..., ctx=...)``
+    under torchrun): every rank must call it with the same users; each scores its shard and
+    the per-rank top-k are merged (``core.evaluation.sharded_scoring``), so every rank gets
+    the one-process lists.
     """
     if context not in CONTEXTS:
         raise RecommendError(f"context must be one of {CONTEXTS}, got {context!r}")
@@ -82,21 +87,28 @@ def top_k(model: torch.nn.Module, seqs: DeviceSequences, users: torch.Tensor, *,
     batch_size = batch_size or max(1, min(default_eval_batch_size(seqs.n_items), 2**24 // k))
     was_training = model.training
     model.eval()
-    items, scores = [], []
     try:
-        score_fn = model_scores(model, model, amp=amp)
-        for lo in range(0, len(users), batch_size):
-            u = users[lo: lo + batch_size].to(seqs.device)  # (B,)
-            inputs = context_windows(seqs, u, split=split, max_len=model.max_len)  # (B, L)
-            seen = history(seqs, u, split=split) if mask_history else None
-            # Streaming over catalog chunks, as evaluation ranks: the same scores and tie rule
-            # (equal scores: lower item id first), never a (B, n_items) matrix.
-            top = catalog_top(score_fn(inputs), len(u), n_items=seqs.n_items, k=k, targets=None,
-                              seen=seen, device=seqs.device, chunk_size=chunk_size)
-            items.append(top.cols + 1)
-            scores.append(top.values)
+        with sharded_scoring(model) as shard:  # None: the model holds the whole catalog
+            return _top_k(model, seqs, users, k=k, mask_history=mask_history, split=split,
+                          batch_size=batch_size, amp=amp, chunk_size=chunk_size, shard=shard)
     finally:
         model.train(was_training)
+
+
+def _top_k(model, seqs, users, *, k, mask_history, split, batch_size, amp, chunk_size, shard):
+    """``top_k``'s loop over batches of users, the model in eval mode (``shard``: this rank's)."""
+    items, scores = [], []
+    score_fn = model_scores(model, model, amp=amp, offset=0 if shard is None else shard.lo)
+    for lo in range(0, len(users), batch_size):
+        u = users[lo: lo + batch_size].to(seqs.device)  # (B,)
+        inputs = context_windows(seqs, u, split=split, max_len=model.max_len)  # (B, L)
+        seen = history(seqs, u, split=split) if mask_history else None
+        # Streaming over catalog chunks, as evaluation ranks: the same scores and tie rule
+        # (equal scores: lower item id first), never a (B, n_items) matrix.
+        top = catalog_top(score_fn(inputs), len(u), n_items=seqs.n_items, k=k, targets=None,
+                          seen=seen, device=seqs.device, chunk_size=chunk_size, shard=shard)
+        items.append(top.cols + 1)
+        scores.append(top.values)
     if not items:
         empty = torch.zeros((0, k), device=seqs.device)
         return empty.long(), empty
@@ -113,9 +125,8 @@ def recommend(run, data=None, *, users: Iterable | None = None, k: int = 10,
     an item masked away (possible only when fewer than k remain) is left out.
     """
     model, data = _model_and_data(run, data)
-    if hasattr(getattr(model, "item_emb", None), "lo"):  # a rank's shard (load_run with ctx, torchrun)
-        raise RecommendError("recommend needs the whole catalog: this model holds one rank's shard of a "
-                             "catalog-parallel run; load the run in one process (core.load_run without ctx)")
+    # a rank's shard (load_run with ctx, under torchrun): every rank calls it with the same
+    # users, scores its shard, and the ranks' top-k merge (top_k): the one-process lists
     device = next(model.parameters()).device
     seqs = DeviceSequences.from_data(data, device)
     index = user_index(data, users)

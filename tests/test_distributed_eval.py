@@ -11,6 +11,7 @@ the tie fix-up rescans each shard for the rows the merged state names. Checked h
   chunks smaller than a shard;
 - broken merges fail: the ranks' parts merged by value alone (no id tie-break), one rank's
   part dropped;
+- ``core.recommend`` on a rank's shard (every rank the same users) gives the one-process lists;
 - memory: no rank allocates anything near the table while evaluating (peak of new tensor
   storage below one shard), where the old gather made the whole table.
 """
@@ -29,6 +30,7 @@ from core.metrics import CatalogTop, merge_top
 from core.model import SASRec
 from core.parallel.catalog import item_range
 from core.parallel.collectives import DistContext
+from core.recommendations import recommend
 from core.training.loop import Evaluator
 from core.training.ranks import Ranks
 from tests.distributed_ranks import run_ranks
@@ -130,6 +132,10 @@ def _on_rank(ctx: DistContext, measure: bool) -> dict:
         finally:
             evaluation._merge_ranks = correct
     out["popularity"] = _evaluator(data, ranks).popularity(seqs, "valid")
+    model = ranks.build_model(make_model)
+    model.load_state_dict(tied_state("onehot"))
+    out["recommend"] = recommend(model, data, k=10, users=list(range(0, N_USERS, 2)))
+    assert model.item_emb is ranks._table
     if measure:
         out["memory"] = _memory(ctx)
     return out
@@ -172,12 +178,16 @@ def test_k_ranks_rank_their_shards_and_merge_equal_to_one_process(world, tmp_pat
     results = run_ranks(_on_rank, world, tmp_path, world == 2, timeout_s=120)
     expected = {kind: one_process(kind) for kind in ("onehot", "copies")}
     direct = tuple(direct_top(None))
+    model = make_model()
+    model.load_state_dict(tied_state("onehot"))
+    reference_recommend = recommend(model, make_data(), k=10, users=list(range(0, N_USERS, 2)))
     for r, got in enumerate(results):
         for kind in ("onehot", "copies"):
             assert got[None, kind] == expected[kind], (r, kind)
         for a, b in zip(got[None, "direct"], direct):
             assert torch.equal(a, b), r
         assert got["popularity"] == results[0]["popularity"]
+        assert got["recommend"].equals(reference_recommend), r  # tied lists, lower id first
         # each broken merge is caught: by the metrics, or by the state itself
         for name in ("by_value_only", "drop_last_rank"):
             same_metrics = all(got[name, kind] == expected[kind] for kind in ("onehot", "copies"))
