@@ -9,7 +9,9 @@
 #     tree) and streaming at two chunk sizes, with per-kernel profiles;
 # (3) kernels_bench/eager_point.py (eager flash_ce fwd+bwd at 560 x 207,649 against SDPA at the
 #     same shape) in the old tree and in the new one;
-# (4) then the GPU tests changed after call B, side by side (timings are over by then).
+# (4) then the GPU tests changed after call B (timings are over by then); test_split_lse's GPU
+#     case (175 s) did not fit the device time left.
+# The device time left (559 s) set the order (flash_ce first: --budget-s skips the last configs).
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
@@ -17,18 +19,17 @@ mkdir -p /tmp/old /tmp/new /tmp/shared /tmp/res && tar -xzf .gpu/old.tar.gz -C /
 cp -r .gpu/shared_data /tmp/shared/data; cp /tmp/new/kernels_bench/eager_point.py /tmp/old/kernels_bench/
 echo "new = $(cat .gpu/HEAD), old = edecc79"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
 C="dataset.cache_dir = '/tmp/cache'"
-G=(--gin gin/beauty_like_ce.gin --gin gin/beauty_like_cce.gin --gin gin/beauty_like_flash_ce.gin
-   --gin gin/ml20m_like_ce.gin --gin gin/ml20m_like_cce.gin --gin gin/ml20m_like_flash_ce.gin
+G=(--gin gin/beauty_like_flash_ce.gin --gin gin/ml20m_like_flash_ce.gin --gin gin/beauty_like_cce.gin
+   --gin gin/ml20m_like_cce.gin --gin gin/beauty_like_ce.gin --gin gin/ml20m_like_ce.gin
    --gin_bindings "$C" --variants graph --epochs 1 --warmup-steps 40 --sample-steps 20)
-cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 150 python experiments/bench/bench_epoch.py "${G[@]}" --budget-s 120 --out /tmp/res/epoch_old > /tmp/res/epoch_old.log 2>&1; echo "epoch old rc $? $(date -u +%T)"
+cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 120 python experiments/bench/bench_epoch.py "${G[@]}" --budget-s 95 --out /tmp/res/epoch_old > /tmp/res/epoch_old.log 2>&1; echo "epoch old rc $? $(date -u +%T)"
 cd /tmp/new && export PYTHONPATH=/tmp/site:/tmp/new
-timeout 130 python experiments/bench/bench_epoch.py "${G[@]}" --profile-steps 20 --budget-s 100 --out /tmp/res/epoch_new > /tmp/res/epoch_new.log 2>&1; echo "epoch new rc $? $(date -u +%T)"
-timeout 75 python experiments/bench/bench_eval.py --preset beauty-like --cache-dir /tmp/cache --path dense,streaming --scorers model --splits test \
+timeout 110 python experiments/bench/bench_epoch.py "${G[@]}" --profile-steps 20 --budget-s 85 --out /tmp/res/epoch_new > /tmp/res/epoch_new.log 2>&1; echo "epoch new rc $? $(date -u +%T)"
+timeout 60 python experiments/bench/bench_eval.py --preset beauty-like --cache-dir /tmp/cache --path dense,streaming --scorers model --splits test \
   --chunk-size 32768,65536 --profile-batches 3 --out /tmp/res/eval > /tmp/res/eval.log 2>&1; echo "eval rc $? $(date -u +%T)"
-for t in old new; do (cd /tmp/$t && PYTHONPATH=/tmp/site:/tmp/$t timeout 35 python kernels_bench/eager_point.py --out /tmp/res/eager_$t > /tmp/res/eager_$t.log 2>&1; echo "eager $t rc $? $(date -u +%T)"); done
+for t in old new; do (cd /tmp/$t && PYTHONPATH=/tmp/site:/tmp/$t timeout 25 python kernels_bench/eager_point.py --out /tmp/res/eager_$t > /tmp/res/eager_$t.log 2>&1; echo "eager $t rc $? $(date -u +%T)"); done
 P="python -m pytest -m gpu -p no:cacheprovider -W ignore -rfE -q"
-(timeout 120 $P tests/test_split_lse.py > /tmp/res/pytest_split_lse.log 2>&1; echo "rc $?" >> /tmp/res/pytest_split_lse.log) &
-(timeout 120 $P tests/test_flash_ce.py tests/test_graph_step.py tests/test_bench_eval.py tests/test_bench_epoch.py > /tmp/res/pytest_fixed.log 2>&1; echo "rc $?" >> /tmp/res/pytest_fixed.log) &
+(timeout 60 $P tests/test_flash_ce.py tests/test_graph_step.py tests/test_bench_eval.py > /tmp/res/pytest_fixed.log 2>&1; echo "rc $?" >> /tmp/res/pytest_fixed.log) &
 wait; date -u
 find /tmp/res -name '*.pt' -delete; tar -czf $OUT/call_c.tar.gz -C /tmp res
 for f in /tmp/res/pytest_*.log; do echo "== $(basename $f)"; grep -E "^(FAILED|ERROR)|passed|failed|^rc " $f | tail -6; done
