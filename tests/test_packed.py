@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask
 
 import core.model
+import core.training.step as step_module
 from core.data.batching import DeviceSequences, TrainBatches
 from core.data.shards import load_sequences
 from core.data.synthetic import write_synthetic
@@ -222,6 +223,13 @@ def test_a_wrong_mask_or_wrong_positions_fail_the_comparison(monkeypatch):
 # --- the steps --------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def pack_every_batch(monkeypatch):
+    """The tests here pack every batch, however full (by default only batches at most half
+    full are packed: ``test_only_batches_at_most_half_full_are_packed`` checks the rule)."""
+    monkeypatch.setattr(step_module, "PACK_MAX_FILL", 1.0)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = write_synthetic(tmp_path_factory.mktemp("data") / "tiny200", preset="tiny", n_users=200)
@@ -265,6 +273,25 @@ def test_make_step_packs_by_default_and_not_when_told_or_compiled():
     assert not step(_model(packed=False)).packed
     assert not step(_model(), compile=True).packed  # a compiled body keeps its (B, L) shape
     assert "packed" not in _model().settings  # how training runs, not what the model is
+
+
+def test_only_batches_at_most_half_full_are_packed(monkeypatch):
+    """Full rows (ml20m-like) gain nothing from packing and measured slower on an H200, so a
+    batch whose real positions fill more than half its B x L slots runs the padded body."""
+    monkeypatch.setattr(step_module, "PACK_MAX_FILL", 0.5)  # the default
+    model = _model(n_blocks=1)
+    calls = []
+    real_forward = model.forward
+    model.forward = lambda seq, **kw: (calls.append(kw.get("pack")), real_forward(seq, **kw))[1]
+    step = _eager_step(model, model, torch.optim.SGD(model.parameters(), lr=0.0), ce, amp=False,
+                       pad_to=None, cudagraphs=False, packed=True)
+    for fill in (MAX_LEN // 4, MAX_LEN - 1):  # real items per row: a quarter, nearly all
+        inputs = torch.zeros(4, MAX_LEN, dtype=torch.int64)
+        inputs[:, -fill:] = torch.randint(1, 50, (4, fill))
+        targets = torch.zeros_like(inputs)
+        targets[:, -fill:] = torch.randint(1, 50, (4, fill))
+        step(inputs, targets, 4 * fill)
+    assert calls == [4 * (MAX_LEN // 4), None]  # packed into exactly N slots on the CPU, then padded
 
 
 def test_packed_training_epochs_track_the_padded_ones(data):

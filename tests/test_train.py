@@ -225,7 +225,9 @@ PACKED_TEST = {"HitRate@10": 0.205, "NDCG@10": 0.10274914670125014, "MRR@10": 0.
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_train_reproduces_the_numbers_from_before_the_refactor(data, tmp_path, packed):
+def test_train_reproduces_the_numbers_from_before_the_refactor(data, tmp_path, packed, monkeypatch):
+    # every batch packed, however full (the default packs only batches at most half full)
+    monkeypatch.setattr("core.training.step.PACK_MAX_FILL", 1.0)
     fast = {**FAST, "model_fn": functools.partial(SASRec, dim=DIM, n_blocks=1, packed=packed)}
     metrics = train_flat(data=data, out_dir=tmp_path, epochs=3, **fast)
     losses = [json.loads(x)["train_loss"] for x in (tmp_path / "history.jsonl").read_text().splitlines()]

@@ -24,8 +24,8 @@ The first batch of each size runs eagerly on a side stream (its real training st
 compiles kernels and allocates gradients and optimizer state), then the same step is
 captured: capture records without executing, so no batch is trained twice.
 
-Packed body (``SASRec.packed``, on by default; ``core.model``): the model runs on the batch's
-real positions only, packed into T slots (``model(inputs, pack=T)`` -> (T, D)), instead of on
+Packed body (``SASRec.packed``, on by default; ``core.model``): a batch whose real positions
+fill at most half its slots (``packs_batch``) runs the model on its real positions only, packed into T slots (``model(inputs, pack=T)`` -> (T, D)), instead of on
 all B x L. A training batch's real INPUT positions are exactly its real TARGET positions (one
 window shifted by one, both left-padded), in the same row-major order, so the packed output
 rows ARE the loss's compact block: no second gather. The eager step packs into
@@ -215,6 +215,19 @@ def bucket_size(positions: int, min_bucket: int = MIN_BUCKET) -> int:
     return max(step, -(-positions // step) * step)
 
 
+# A batch is packed only when its real positions fill at most this share of its B x L slots.
+# Measured on an H200 (call C, 2026-12-02, graphed flash_ce step): beauty-like (~5% filled)
+# packed 4.35 s vs padded 5.54 s an epoch; ml20m-like (~90-100% filled) packed 1.24 s and
+# 0.48 GiB vs padded 1.14 s and 0.37 GiB: with full rows packing saves nothing and adds the
+# block mask, FlexAttention and the gathers. The cut between them (one half) is not measured.
+PACK_MAX_FILL = 0.5
+
+
+def packs_batch(positions: int, slots: int) -> bool:
+    """Whether a batch with ``positions`` real positions in ``slots`` (B x L) runs packed."""
+    return positions <= PACK_MAX_FILL * slots
+
+
 def packed_length(positions: int, min_bucket: int = MIN_BUCKET) -> int:
     """A packed block's length for ``positions`` real positions: ``bucket_size`` rounded up to
     FlexAttention's tile (``FLEX_BLOCK``; a no-op for buckets of 1024 and more). A few lengths
@@ -247,7 +260,7 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp):
             index = compact_index(targets != 0, positions)  # (N,): positions with a real next item
-            if packed and shares is None:
+            if packed and shares is None and packs_batch(positions, inputs.numel()):
                 length = packed_length(positions, min_bucket) if device.type == "cuda" else max(positions, 1)
                 e = forward(inputs, pack=length)[:positions]  # (N, D): the same positions, in order
             else:
@@ -296,29 +309,29 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
     device = next(model.parameters()).device
     static_inputs = torch.zeros((batch_size, max_len), dtype=torch.int64, device=device)
     static_targets = torch.zeros_like(static_inputs)
-    graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+    graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
     pool = torch.cuda.graph_pool_handle()  # one memory pool: graphs replay one at a time
 
-    def body(n_pad: int) -> torch.Tensor:
+    def body(n_pad: int, pack: bool) -> torch.Tensor:
         return step_body(model, optimizer, loss_fn, inputs=static_inputs, targets=static_targets,
-                         n_pad=n_pad, amp=amp, packed=packed)
+                         n_pad=n_pad, amp=amp, packed=pack)
 
-    def capture(n_pad: int) -> torch.Tensor:
+    def capture(n_pad: int, pack: bool) -> torch.Tensor:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            loss = body(n_pad)  # this batch's real step, run eagerly
+            loss = body(n_pad, pack)  # this batch's real step, run eagerly
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=pool):
-                out = body(n_pad)
+                out = body(n_pad, pack)
         except RuntimeError as err:
             raise GraphCaptureError(
                 "cuda_graph: the training step could not be captured (a host sync in the loss? "
                 f"ce and cce's default split forward are sync-free): {str(err).splitlines()[0]}"
             ) from err
-        graphs[n_pad] = (graph, out)
+        graphs[n_pad, pack] = (graph, out)
         return loss
 
     def step(inputs, targets, positions, shares=None):
@@ -330,13 +343,14 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
         if rows < batch_size:  # the last, smaller batch: empty rows have no targets
             static_inputs[rows:].zero_()
             static_targets[rows:].zero_()
-        n_pad = (packed_length if packed else bucket_size)(positions, min_bucket)
-        if n_pad in graphs:
-            graph, out = graphs[n_pad]
+        pack = packed and packs_batch(positions, static_inputs.numel())
+        n_pad = (packed_length if pack else bucket_size)(positions, min_bucket)
+        if (n_pad, pack) in graphs:
+            graph, out = graphs[n_pad, pack]
             graph.replay()
             loss = out.clone()  # ``out`` is overwritten by the next replay
         else:
-            loss = capture(n_pad)
+            loss = capture(n_pad, pack)
         return loss
 
     return step
