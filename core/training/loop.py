@@ -218,7 +218,10 @@ def _record(data: SequenceData, run: Built, config: TrainConfig, ranks: Ranks, *
                              "eval_every": int(schedule.eval_every),
                              "nan_check_every": int(schedule.nan_check_every)},
                 "evaluation": {"ks": list(evaluation.ks), "mask_history": evaluation.mask_history},
-                "step": {"amp": step.amp, "compile": step.compile, "cuda_graph": step.cuda_graph},
+                # packed: the body ran on packed real positions (SASRec.packed, batches at most
+                # half full: core.training.step.packs_batch); a record, not a resume check
+                "step": {"amp": step.amp, "compile": step.compile, "cuda_graph": step.cuda_graph,
+                         "packed": bool(run.step.packed)},
                 "data": {k.removeprefix("data."): v for k, v in settings.items() if k.startswith("data.")},
                 "parallel": {"world_size": settings.get("parallel.world_size", 1),
                              "catalog_parallel": settings.get("train.catalog_parallel", False)},
