@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from core.atomic import unwritable, write_text
+from experiments.output import kernel_profile
 
 
 def _loop_ms(step, iters: int, device: torch.device) -> tuple[float, float]:
@@ -61,31 +62,6 @@ def _loop_ms(step, iters: int, device: torch.device) -> tuple[float, float]:
     host = (time.perf_counter() - t0) * 1e3 / iters
     torch.cuda.synchronize(device)
     return start.elapsed_time(end) / iters, host
-
-
-def _kernel_times(step, iters: int) -> tuple[float, int, list[tuple[str, float, float]]]:
-    """(GPU ms per call, kernels per call, [(kernel, us per call, launches per call)]) of ``step``
-    by torch.profiler: device time of every kernel the calls launched."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            step()
-        torch.cuda.synchronize()
-    rows, total_us, launches = [], 0.0, 0
-    for evt in prof.key_averages():
-        us = getattr(evt, "self_device_time_total", None)
-        if us is None:
-            us = getattr(evt, "self_cuda_time_total", 0.0)
-        if not us or evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        rows.append((evt.key, us / iters, evt.count / iters))
-        total_us += us
-        launches += evt.count
-    rows.sort(key=lambda r: -r[1])
-    return total_us / iters / 1e3, round(launches / iters), rows
 
 
 def _graph_ms(step, iters: int, device: torch.device) -> float:
@@ -131,7 +107,9 @@ def measure(n: int, v: int, d: int, iters: int, device: torch.device) -> tuple[l
     row = dict(base, what="flash_ce eager fwd+bwd", ms=wall, host_ms=host)
     if cuda:
         row["do_bench_ms"] = _do_bench_ms(step, (e, c))
-        gpu, launches, kernels = _kernel_times(step, min(iters, 50))
+        prof = kernel_profile(step, steps=min(iters, 50), top=1000)
+        gpu, launches = prof["total_ms"], round(prof["launches"])
+        kernels = [(k["kernel"], k["ms"] * 1e3, k["calls"]) for k in prof["kernels"]]
         rows.append(row)
         rows.append(dict(base, what="flash_ce graph replay", ms=_graph_ms(step, iters, device)))
         rows.append(dict(base, what="flash_ce kernels (profiler)", ms=gpu, kernels_per_call=launches))

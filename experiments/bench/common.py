@@ -11,16 +11,16 @@ import time
 import warnings
 from pathlib import Path
 
-import gin
 import torch
 
+import gin
 from core.atomic import unwritable, write_json, write_text
 from core.data.shards import DataFormatError
 from core.data.synthetic import PRESETS
 from core.dataset_config import DataMissingError, dataset
 from core.gin_search import add_root
 from core.paths import REPO_ROOT
-from experiments.output import markdown_table
+from experiments.output import kernel_profile, markdown_table  # noqa: F401  (kernel_profile re-exported)
 
 GIB = 2**30
 add_root(REPO_ROOT)  # data configs include each other from the root
@@ -98,28 +98,6 @@ def count_syncs(run_once, *, times: int) -> tuple[float, list[str]]:
             torch.cuda.set_sync_debug_mode("default")
     hits = [w for w in caught if "synchroniz" in str(w.message)]
     return len(hits) / times, sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
-
-
-def kernel_profile(run_once, *, steps: int, top: int = 25) -> dict:
-    """Device time per call of ``run_once()``, kernel by kernel: ``steps`` calls under
-    torch.profiler (CUDA activity; kernels replayed from CUDA graphs are traced too), after one
-    untraced call. -> {"total_ms", "kernels": [{"kernel", "ms", "calls"} per call, largest
-    first, at most ``top``], "other_ms": the rest}. Device times are exact even when the host
-    is the bottleneck; they add up the GPU's busy time, not the wall time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    run_once()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            run_once()
-        torch.cuda.synchronize()
-    events = [(e.key, e.self_device_time_total / steps / 1e3, e.count / steps)
-              for e in prof.key_averages() if e.self_device_time_total > 0]
-    events.sort(key=lambda e: -e[1])
-    kernels = [{"kernel": k, "ms": ms, "calls": calls} for k, ms, calls in events[:top]]
-    return {"total_ms": sum(e[1] for e in events), "kernels": kernels,
-            "other_ms": sum(e[1] for e in events[top:]), "steps": steps}
 
 
 def profile_markdown(title: str, prof: dict) -> str:
