@@ -289,7 +289,12 @@ class Ctx:
 
     def show(self, cmd: list[str]) -> str:
         text = shlex.join(str(c) for c in cmd)
-        return text.replace(str(self.scratch), "$S").replace(PY, "python")
+        return self.portable(text.replace(PY, "python"))
+
+    def portable(self, text: str) -> str:
+        """``text`` with this machine's paths as placeholders: the scratch folder ``$S``, the
+        repository ``$REPO`` (results name no absolute path of the machine they ran on)."""
+        return text.replace(str(self.scratch), "$S").replace(str(ROOT), "$REPO")
 
     def run(self, cmd: list, *, cwd: Path = ROOT, timeout: float | None = None, env: dict | None = None) -> Outcome:
         cmd = [str(c) for c in cmd]
@@ -1542,10 +1547,10 @@ def run_case(ctx: Ctx, c: Case) -> Result:
         checks = got if isinstance(got, list) else [got]
         verdict, why, check = worst(checks)
         out = check.outcome
-        lines = stderr_lines(out.stderr)
+        lines = [ctx.portable(line) for line in stderr_lines(out.stderr)]
         first = next((line for line in lines if line.startswith("error: ")), lines[0] if lines else "")
         rc = "timeout" if out.timed_out else str(out.rc)
-        note = "; ".join(x for x in (why, check.note) if x)
+        note = ctx.portable("; ".join(x for x in (why, check.note) if x))
         tail = "\n".join(lines[-8:])
         return Result(c.id, c.group, c.name, c.expect, verdict, why, rc, len(lines), first, out.command,
                       time.monotonic() - start, note, tail[-2000:])
