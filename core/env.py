@@ -33,6 +33,22 @@ def usable_device(device: str, what: str = "train.device") -> torch.device:
     return dev
 
 
+def cap_gpu_memory(device: torch.device, gib: float | None, what: str = "train.gpu_memory_gib") -> None:
+    """Caps this process's allocations on ``device`` at ``gib`` GiB (PyTorch's caching allocator:
+    ``torch.cuda.set_per_process_memory_fraction``), e.g. to emulate a smaller card or to keep
+    processes that share one GPU apart; an allocation beyond it raises out of memory. ``None``:
+    no cap. A value that is not a number > 0 is refused (ValueError naming ``what``); on a CPU
+    there is nothing to cap."""
+    if gib is None:
+        return
+    if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not 0 < gib < float("inf"):
+        raise ValueError(f"{what} must be a number of GiB > 0 (or None), got {gib!r}")
+    if device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib / total), device)
+
+
 def package_version(package: str) -> str | None:
     """Installed distribution version, or None when the package is absent (e.g. triton on macOS)."""
     try:

@@ -61,7 +61,8 @@ def test_run_folder_and_metrics(data, tmp_path):
     assert settings["schedule"] == {"epochs": 2, "patience": 10, "eval_every": 1, "nan_check_every": 0}
     assert settings["evaluation"] == {"ks": [10], "mask_history": True}
     assert settings["data"]["name"] == "tiny200" and settings["data"]["n_items"] == data.n_items
-    assert settings["parallel"] == {"world_size": 1, "catalog_parallel": False}
+    assert settings["parallel"] == {"world_size": 1, "catalog_parallel": False, "gpu_memory_gib": None}
+    assert settings["step"]["packed"] is True  # the default body: packed (batches at most half full)
     assert settings["seed"] == 0
 
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]

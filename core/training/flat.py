@@ -58,6 +58,7 @@ def train_flat(
     test: bool = _E.test,
     watch: Callable[[dict], str | None] | None = None,
     dist_timeout_s: float = DEFAULT_TIMEOUT_S,
+    gpu_memory_gib: float | None = _P.gpu_memory_gib,
 ) -> dict:
     """``train`` with its settings as flat keywords, each the ``train.*`` binding of the same
     name: ``epochs`` goes to ``Schedule``, ``lr`` to ``Optim``, ``eval_batch_size`` to
@@ -65,13 +66,15 @@ def train_flat(
     (``core.training.settings.FLAT``). ``dist_timeout_s``: the seconds a collective may wait
     for the other ranks under torchrun before the run ends with one line (a dead or hung
     rank); the command reads it before it joins the process group (``experiments/run.py``),
-    so it does nothing here. Returns metrics.json's dict; see ``train``."""
+    so it does nothing here. ``gpu_memory_gib``: each process's cap on its GPU, in GiB
+    (``core.env.cap_gpu_memory``; e.g. to emulate a smaller card). Returns metrics.json's dict;
+    see ``train``."""
     config = TrainConfig.from_flat(
         model_fn=model_fn, loss_fn=loss_fn, epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr,
         weight_decay=weight_decay, patience=patience, eval_every=eval_every, mask_history=mask_history,
         ks=ks, seed=seed, device=device, amp=amp, eval_batch_size=eval_batch_size, compile=compile,
         cuda_graph=cuda_graph, show_progress=show_progress, nan_check_every=nan_check_every,
-        catalog_parallel=catalog_parallel, parallel=parallel, test=test)
+        catalog_parallel=catalog_parallel, parallel=parallel, test=test, gpu_memory_gib=gpu_memory_gib)
     return train(data, out_dir, **config.kwargs(), resume=resume, watch=watch,
                  dataset_name=dataset_name, data_path=data_path)
 

@@ -224,7 +224,10 @@ def _record(data: SequenceData, run: Built, config: TrainConfig, ranks: Ranks, *
                          "packed": bool(run.step.packed)},
                 "data": {k.removeprefix("data."): v for k, v in settings.items() if k.startswith("data.")},
                 "parallel": {"world_size": settings.get("parallel.world_size", 1),
-                             "catalog_parallel": settings.get("train.catalog_parallel", False)},
+                             "catalog_parallel": settings.get("train.catalog_parallel", False),
+                             # the cap each process ran under (a CUDA device only)
+                             "gpu_memory_gib": (config.parallel.gpu_memory_gib
+                                                if run.device.type == "cuda" else None)},
                 "seed": int(optim.seed)},
             # rows the preparation dropped as exact duplicates (stats.json has them too)
             "duplicates": data.attrs.get("duplicates")}

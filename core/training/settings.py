@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.env import usable_device
+from core.env import cap_gpu_memory, usable_device
 from core.losses import ce
 from core.model import SASRec
 from core.parallel.collectives import DistContext
@@ -78,13 +78,17 @@ class Parallel:
     device: str = "auto"
     catalog_parallel: bool = False
     ctx: DistContext | None = None
+    gpu_memory_gib: float | None = None  # each process's cap on its GPU (``core.env.cap_gpu_memory``)
 
     def resolve_device(self) -> torch.device:
         """The rank's own device under torchrun, else ``device`` resolved; ValueError naming
-        ``train.device`` when it cannot be used."""
+        ``train.device`` when it cannot be used. Applies ``gpu_memory_gib`` there."""
         if self.ctx is not None and self.ctx.enabled:
-            return self.ctx.device
-        return usable_device(self.device, "train.device")
+            device = self.ctx.device
+        else:
+            device = usable_device(self.device, "train.device")
+        cap_gpu_memory(device, self.gpu_memory_gib)
+        return device
 
 
 # flat ``train.*`` keyword -> (TrainConfig field, field of that group; None: the group itself)
@@ -96,7 +100,7 @@ FLAT: dict[str, tuple[str, str | None]] = {
     "eval_batch_size": ("evaluation", "batch_size"), "test": ("evaluation", "test"),
     **{k: ("step", k) for k in ("amp", "compile", "cuda_graph")},
     "device": ("parallel", "device"), "catalog_parallel": ("parallel", "catalog_parallel"),
-    "parallel": ("parallel", "ctx"),
+    "parallel": ("parallel", "ctx"), "gpu_memory_gib": ("parallel", "gpu_memory_gib"),
 }
 
 
