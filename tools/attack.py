@@ -806,12 +806,17 @@ for _letter, _how in zip("abc", ("truncated", "garbage", "flipped")):
         return unchanged(ctx, run, ctx.resume(run, "train.epochs = 4"))
 
 
+def _recommend_after_corruption(ctx, name: str, how: str):
+    """A finished run with ``name`` corrupted (``how``), then recommend.py: (outcome, recs.csv)."""
+    run = ctx.copy_run("finished3", "train.epochs = 3")
+    corrupt(run / name, how)
+    recs = ctx.dir / "recs.csv"
+    return ctx.run(ctx.recommend(run, recs)), recs
+
+
 @case("23.05d", "23.5", "best.pt truncated, recommend.py", "error")
 def _(ctx):
-    run = ctx.copy_run("finished3", "train.epochs = 3")
-    corrupt(run / "best.pt", "truncated")
-    recs = ctx.dir / "recs.csv"
-    done = ctx.run(ctx.recommend(run, recs))
+    done, recs = _recommend_after_corruption(ctx, "best.pt", "truncated")
     return Check(done, "error", change="recs.csv written" if recs.exists() else None)
 
 
@@ -831,10 +836,7 @@ def _(ctx):
 
 @case("23.05g", "23.5", "checkpoint.pt garbage, recommend.py still serves from an intact best.pt", "ok")
 def _(ctx):
-    run = ctx.copy_run("finished3", "train.epochs = 3")
-    corrupt(run / "checkpoint.pt", "garbage")
-    recs = ctx.dir / "recs.csv"
-    done = ctx.run(ctx.recommend(run, recs))
+    done, recs = _recommend_after_corruption(ctx, "checkpoint.pt", "garbage")
     return Check(done, "ok", problem=None if done.rc != 0 or recs.is_file() else "no recs.csv")
 
 
