@@ -25,8 +25,8 @@ compiles kernels and allocates gradients and optimizer state), then the same ste
 captured: capture records without executing, so no batch is trained twice.
 
 Packed body (``SASRec.packed``, on by default; ``core.model``): a batch whose real positions
-fill at most half its slots (``packs_batch``) runs the model on its real positions only, packed into T slots (``model(inputs, pack=T)`` -> (T, D)), instead of on
-all B x L. A training batch's real INPUT positions are exactly its real TARGET positions (one
+fill at most half its slots (``packs_batch``) runs the model on its real positions only, packed
+into T slots (``model(inputs, pack=T)`` -> (T, D)), instead of on all B x L. A training batch's real INPUT positions are exactly its real TARGET positions (one
 window shifted by one, both left-padded), in the same row-major order, so the packed output
 rows ARE the loss's compact block: no second gather. The eager step packs into
 ``packed_length(positions)`` slots and hands the first ``positions`` rows to the loss; the
