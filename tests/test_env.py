@@ -42,3 +42,21 @@ def test_run_py_refuses_a_bad_cap_in_one_line_and_records_none_on_a_cpu(tiny, tm
                      "--gin_bindings", "train.gpu_memory_gib = 8", "--gin_bindings", "train.epochs = 1"]) == 0
     metrics = json.loads((tmp_path / "ok" / "metrics.json").read_text())
     assert metrics["settings"]["parallel"]["gpu_memory_gib"] is None  # a CPU: no cap applied
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_cap_turns_a_larger_allocation_into_out_of_memory():
+    """In a child process (the cap holds for the whole process): under a 1 GiB cap a 0.5 GiB
+    tensor fits and a 2 GiB one raises out of memory."""
+    import subprocess
+    import sys
+
+    from tests.child_env import child_env
+
+    code = ("import torch\nfrom core.env import cap_gpu_memory\n"
+            "dev = torch.device('cuda')\ncap_gpu_memory(dev, 1)\n"
+            "a = torch.empty(2**27, device=dev)\n"  # 0.5 GiB
+            "try:\n    torch.empty(2**29, device=dev)\nexcept torch.OutOfMemoryError:\n    print('capped')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "capped", out.stderr[-2000:]
