@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from core.atomic import atomic_file, write_json, write_text  # noqa: F401  (re-exported)
-from core.integrity import CorruptFile, seal, seal_header, sha256_file, unseal
+from core.integrity import CorruptFile, check_file, seal, seal_header, sha256_file, unseal
 
 _TORCH_ZIP = b"PK\x03\x04"  # what torch.save writes: a checkpoint from before the digest
 DEFAULT_FIX = "it cannot be used: train the run again"
@@ -274,12 +274,7 @@ def check_sharded(path: Path, *, fix: str = DEFAULT_FIX, part: tuple[int, int] |
     if part is not None:
         i, n = part
         for name, (_, digest) in files[i::n]:
-            try:
-                actual = sha256_file(folder / name)
-            except OSError as err:
-                raise CorruptFile(folder / name, f"cannot be read ({err.strerror or err})", fix) from None
-            if actual != digest:
-                raise CorruptFile(folder / name, "digest mismatch", fix)
+            check_file(folder / name, digest, fix)
     return manifest
 
 

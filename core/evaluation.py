@@ -168,25 +168,25 @@ def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
     size = n_users if rows is None else len(rows)
     parts = [CatalogTop.empty(size, k, n_items=n_items, device=device)]
     t_col = None if targets is None else targets.to(device=device, dtype=torch.int64) - 1
+    if t_col is None:  # no target (recommendations): the same empty target state for every chunk
+        inside = torch.zeros(n_users, dtype=torch.bool, device=device)
+        target = torch.full((n_users,), float("-inf"), device=device)
     for (a, b), pairs in zip(ranges, masks):
         scores = chunk(a, b)  # (B, b - a) fp32
         _mask_chunk(scores, pairs)
-        if t_col is None:
-            inside = torch.zeros(n_users, dtype=torch.bool, device=device)
-            target = torch.full((n_users,), float("-inf"), device=device)
-        else:
+        if t_col is not None:
             inside = (t_col >= a) & (t_col < b)
             picked = scores.gather(1, (t_col - a).clamp(0, b - a - 1)[:, None]).squeeze(1)
             target = torch.where(inside, picked, float("-inf"))
         if rows is None:
-            part = chunk_top(scores, k, lo=a, sentinel=n_items, group=group_size)
-            values, cols, tie = part
+            values, cols, tie = chunk_top(scores, k, lo=a, sentinel=n_items, group=group_size)
+            held, part_target = inside, target
         else:
-            scores, inside, target = scores[rows], inside[rows], target[rows]
-            values, cols = exact_top(scores, k, lo=a, sentinel=n_items)
+            values, cols = exact_top(scores[rows], k, lo=a, sentinel=n_items)
             tie = torch.full((size,), float("-inf"), device=device)
+            held, part_target = inside[rows], target[rows]
         nan = torch.isnan(values).any(dim=1)  # topk and sort rank NaN first
-        parts.append(CatalogTop(values, cols, target, inside, tie, nan))
+        parts.append(CatalogTop(values, cols, part_target, held, tie, nan))
         if len(parts) == _MERGE_EVERY:  # one merge per few chunks: fewer launches, bounded memory
             parts = [merge_top(*parts)]
     return merge_top(*parts)
@@ -316,19 +316,6 @@ def rank_split(
     if reduce is not None:
         reduce(metrics)
     return metrics.compute()
-
-
-def score_catalog(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                  inputs: torch.Tensor, *, amp: bool) -> torch.Tensor:
-    """(B, n_items) fp32 scores of the next item after each row of ``inputs`` (B, L).
-
-    Scores are fp32 even under bf16 training: bf16 scores tie often, and ties count in the
-    target's favour (rank = 1 + strictly higher), which would inflate every metric.
-    ``model_scores(...)(inputs)(0, n_items)`` gives the same values.
-    """
-    with autocast(inputs.device, amp):
-        last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
-    return last.float() @ model.catalog().float().T  # (B, n_items)
 
 
 def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], *,

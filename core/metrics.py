@@ -197,10 +197,6 @@ class CatalogTop(NamedTuple):
                    neg, torch.zeros(B, dtype=torch.bool, device=device), neg.clone(),
                    torch.zeros(B, dtype=torch.bool, device=device))
 
-    def take(self, rows: torch.Tensor) -> CatalogTop:
-        """The state of the users ``rows`` only."""
-        return CatalogTop(*(t[rows] for t in self))
-
     def put(self, rows: torch.Tensor, other: CatalogTop) -> CatalogTop:
         """This state with the users ``rows`` replaced by ``other``'s (a fix-up's result)."""
         out = [t.clone() for t in self]

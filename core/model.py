@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from core.data.batching import padded_compact_index
+
 # FlexAttention's tile: a packed block's length T must be a multiple of it where the block
 # mask is built (CUDA); ``packed_length`` rounds the step's sizes up to it.
 FLEX_BLOCK = 128
@@ -44,7 +46,7 @@ class Packing(NamedTuple):
 
     Slots 0..N-1 hold the N real positions (``seq != 0``) in row-major order (row 0's items
     oldest first, then row 1's, ...): the same order as the training step's compaction of the
-    scored targets (``core.training.step.padded_compact_index``), since inputs and targets are
+    scored targets (``core.data.batching.padded_compact_index``), since inputs and targets are
     one window shifted by one and left-padded alike. Slots N..T-1 are filler: item 0, and each
     its own document (``doc`` = B + slot), so a filler slot attends only to itself and no real
     slot ever sees one (nor does any real slot see another row's items). Every field is
@@ -66,17 +68,12 @@ def pack(seq: torch.Tensor, length: int, *, block_mask: bool | None = None) -> P
     multiple of ``FLEX_BLOCK``."""
     B, L = seq.shape
     device = seq.device
-    real = (seq != 0).flatten()  # (B*L,)
+    real = seq != 0  # (B, L)
     if not real.is_cuda and int(real.sum()) > length:  # free on the CPU: a wrong count in tests
         raise ValueError(f"pack: {int(real.sum())} real positions do not fit in {length} slots")
-    rank = real.cumsum(0)  # (B*L,): 1-based slot of each real position
-    slot = torch.where(real, rank - 1, length)  # padding -> the spare slot, dropped
-    index = torch.zeros(length + 1, dtype=torch.int64, device=device)
-    index.scatter_(0, slot, torch.arange(B * L, device=device))
-    index = index[:length]
+    index, valid = padded_compact_index(real, length)  # (T,), (T,): the step's compaction order
     slots = torch.arange(length, device=device)
-    valid = slots < rank[-1]
-    counts = (seq != 0).sum(1)  # (B,)
+    counts = real.sum(1)  # (B,)
     first = counts.cumsum(0) - counts  # (B,): each row's first slot
     row = index // L
     doc = torch.where(valid, row, B + slots)

@@ -344,9 +344,6 @@ class RunFolder:
         are read by ``Ranks.restore``)."""
         return _read(self.best, device, BEST_FIX)
 
-    def best_model_state(self, device: torch.device) -> dict:
-        return _load(self.best, device, BEST_FIX)["model"]
-
     def write_history(self, history: list[dict]) -> None:
         """history.jsonl, rewritten whole so that it always matches checkpoint.pt after a resume."""
         self._write(self.history, ckpt.write_text, "".join(json.dumps(r) + "\n" for r in history))

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.data.batching import Batch
+from core.data.batching import Batch, compact_index, padded_compact_index
 from core.evaluation import autocast
 from core.losses import IGNORE_INDEX
 from core.model import FLEX_BLOCK
@@ -174,38 +174,7 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_de
     return Step(run, optimizer, "eager" if mode is None else f"compiled body ({mode})", warning, packed)
 
 
-# --- compaction -----------------------------------------------------------------------------
-
-
-def compact_index(mask: torch.Tensor, n: int) -> torch.Tensor:
-    """(n,) int64 flat indices of ``mask``'s True entries in row-major order, without a sync.
-
-    What ``mask.flatten().nonzero()`` gives, but sized by the caller (``n`` = the number of True
-    entries, known on the host), so the device never has to report a count back. Real entries
-    go to slots 0..n-1 in order; the rest all land on the spare slot n, which is dropped.
-    """
-    flat = mask.flatten()  # (B*L,)
-    if not flat.is_cuda and n != int(flat.sum()):  # free on the CPU: catches a wrong count in tests
-        raise ValueError(f"compact_index: the mask has {int(flat.sum())} True entries, not {n}")
-    slot = torch.where(flat, flat.cumsum(0) - 1, n)  # (B*L,)
-    index = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
-    index.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))
-    return index[:n]
-
-
-def padded_compact_index(mask: torch.Tensor, n_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index (n_pad,), valid (n_pad,)): True positions of ``mask`` first, in order, then filler.
-
-    ``n_pad`` must be at least the number of True entries. Filler slots point at position 0
-    and are marked invalid on the device, so nothing here needs the count on the host.
-    """
-    flat = mask.flatten()  # (B*L,)
-    rank = flat.cumsum(0)  # (B*L,): 1-based slot of each True entry
-    slot = torch.where(flat, rank - 1, n_pad)
-    index = torch.zeros(n_pad + 1, dtype=torch.int64, device=flat.device)
-    index.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))
-    valid = torch.arange(n_pad, device=flat.device) < rank[-1]
-    return index[:n_pad], valid
+# --- compaction sizes ---------------------------------------------------------------------
 
 
 def bucket_size(positions: int, min_bucket: int = MIN_BUCKET) -> int:

@@ -75,24 +75,42 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's code, installed or not
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import gin
 import numpy as np
 import torch
 
+import gin
+from core.atomic import write_text
 from core.data.shards import DataFormatError
 from core.dataset_config import DataMissingError, dataset
 from core.losses import loss_facts, loss_name
-from core.parallel.collectives import DistContext, all_reduce, broadcast, gather_objects, is_collective_failure
-from core.atomic import write_text
+from core.parallel.collectives import (
+    DistContext,
+    all_reduce,
+    broadcast,
+    gather_objects,
+    is_collective_failure,
+)
 from core.paths import REPO_ROOT
 from core.training.flat import bound_config
 from core.training.loop import build, check_ranks
 from core.training.ranks import Ranks
 from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
-from experiments.bench.common import (GIB, BenchError, count_syncs, error_row, kernel_profile, mark,
-    output_folder, phase_ms, profile_markdown, results_table, split_list, sync, write_results)
+from experiments.bench.common import (
+    GIB,
+    BenchError,
+    count_syncs,
+    error_row,
+    mark,
+    output_folder,
+    phase_ms,
+    profile_markdown,
+    results_table,
+    split_list,
+    sync,
+    write_results,
+)
 from experiments.joined import leave, main_first, run_joined
-from experiments.output import environment
+from experiments.output import environment, kernel_profile
 
 TOKENS = {"base", "static", "compile", "autotune", "cudagraphs", "graph"}
 COMPILE_TOKENS = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",

@@ -67,7 +67,6 @@ from experiments.bench.common import (
     BenchError,
     count_syncs,
     error_row,
-    kernel_profile,
     load_datasets,
     mark,
     output_folder,
@@ -78,7 +77,7 @@ from experiments.bench.common import (
     sync,
     write_results,
 )
-from experiments.output import environment
+from experiments.output import environment, kernel_profile
 
 SCORERS = ("model", "popularity")
 PHASES = ("batch", "score", "history", "metrics")

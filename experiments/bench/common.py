@@ -20,7 +20,7 @@ from core.data.synthetic import PRESETS
 from core.dataset_config import DataMissingError, dataset
 from core.gin_search import add_root
 from core.paths import REPO_ROOT
-from experiments.output import kernel_profile, markdown_table  # noqa: F401  (kernel_profile re-exported)
+from experiments.output import markdown_table
 
 GIB = 2**30
 add_root(REPO_ROOT)  # data configs include each other from the root
