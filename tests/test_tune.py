@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -226,24 +227,19 @@ def test_a_changed_command_is_refused_with_the_setting(data_cache, capsys):
     assert len(_study(out).trials) == 1
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _running(out: Path):
-    if not (out / "study.db").exists():
-        return None
+def _running(out: Path, first: subprocess.Popen) -> list[int] | None:
+    """Numbers (>= 1) of the trials RUNNING in ``out``'s study, read straight from SQLite (a
+    cheap read-only query, not ``optuna.load_study``, which on a busy machine took longer than a
+    2-s trial and lost the race: CI failed with the study already finished)."""
+    if first.poll() is not None:
+        raise AssertionError("the study ended before a trial was seen running: "
+                             + first.stdout.read().decode(errors="replace")[-2000:])
     try:
-        trials = _study(out).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    except (KeyError, Exception):  # noqa: BLE001  the study may not exist yet
+        with sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute("SELECT number FROM trials WHERE state = 'RUNNING' AND number >= 1").fetchall()
+    except sqlite3.Error:  # not created yet, or the tables not yet made
         return None
-    return [t for t in trials if t.number >= 1]
+    return [number for (number,) in rows] or None
 
 
 def test_kill_9_then_the_same_command_continues_without_loss_or_double_count(tmp_path):
@@ -257,11 +253,13 @@ def test_kill_9_then_the_same_command_continues_without_loss_or_double_count(tmp
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
-        killed = _wait_for(lambda: _running(out), 240, "a running trial")
+        deadline = time.monotonic() + 300
+        while not (killed_numbers := _running(out, first)):
+            assert time.monotonic() < deadline, "timed out waiting for a running trial"
+            time.sleep(0.05)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    killed_numbers = {t.number for t in killed}
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     study = _study(out)
