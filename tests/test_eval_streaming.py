@@ -267,6 +267,17 @@ def _no_tie_marker(scores, k, **kw):  # ties across a chunk's k-th place go unre
     return part._replace(tie=torch.full_like(part.tie, NEG_INF))
 
 
+def _contiguous_group_columns(best, group, w):  # candidates of contiguous groups, maxima strided
+    return (best[..., None] * group + torch.arange(group)).flatten(1)
+
+
+def _maxima_without_leftover(scores, group):  # the w % group columns past the last group dropped
+    B, w = scores.shape
+    n = w // group
+    maxima = scores[:, :n * group].reshape(B, group, n).amax(dim=1)
+    return torch.cat([maxima, maxima.new_full((B, 1) if w % group else (B, 0), NEG_INF)], 1)
+
+
 def _order_by_value_only(values, cols):  # the merge ignores the item id on equal scores
     return values.argsort(dim=1, descending=True)
 
@@ -280,14 +291,17 @@ MUTANTS = {
         metrics, "rank_from_top", lambda v, t: 1 + (v >= t[:, None]).sum(1).double()),
     "no tie marker": lambda p: p.setattr(evaluation, "chunk_top", _no_tie_marker),
     "merge without the id tie-break": lambda p: p.setattr(metrics, "canonical_order", _order_by_value_only),
+    "group candidates not the grouped columns": lambda p: p.setattr(metrics, "group_columns", _contiguous_group_columns),
+    "leftover group never a candidate": lambda p: p.setattr(metrics, "group_maxima", _maxima_without_leftover),
 }
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_every_mutant_is_detected(mutant, monkeypatch):
-    assert all(mismatches(CASES[kind], chunk_size=40, group_size=2) == [] for kind in CASES)  # sane
+    sizes = [(40, 2), (40, 3)]  # 40 % 3: every chunk has a leftover group
+    assert all(mismatches(CASES[kind], chunk_size=c, group_size=g) == [] for kind in CASES for c, g in sizes)
     MUTANTS[mutant](monkeypatch)
-    found = [m for kind in CASES for m in mismatches(CASES[kind], chunk_size=40, group_size=2)]
+    found = [m for kind in CASES for c, g in sizes for m in mismatches(CASES[kind], chunk_size=c, group_size=g)]
     assert found, f"mutant {mutant!r} went unnoticed"
 
 
