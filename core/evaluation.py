@@ -330,7 +330,7 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
 
     def score_fn(inputs: torch.Tensor) -> ChunkScores:
         with autocast(inputs.device, amp):
-            last = forward(inputs)[:, -1]  # (B, D): left padding puts the newest item last
+            last = forward(inputs, last=True)  # (B, D): left padding puts the newest item last
         users = last.float()
         return lambda lo, hi: users @ catalog[lo - offset:hi - offset].T  # (B, hi - lo)
 

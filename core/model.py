@@ -219,9 +219,19 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing, *, last: bool = False) -> torch.Tensor:
         """x (B, L, D), mask (B, 1, L, L) bool, True = may attend -> (B, L, D); or a packed
-        block x (T, D) with its ``Packing`` -> (T, D) (no attention dropout: see ``SASRec``)."""
+        block x (T, D) with its ``Packing`` -> (T, D) (no attention dropout: see ``SASRec``).
+        ``last``: only the last column's query -> (B, 1, D) (keys and values of every column)."""
+        if last:
+            B, L, D = x.shape
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, -1:], w[:D], b[:D])  # (B, 1, D)
+            k, v = F.linear(x, w[D:], b[D:]).split(D, dim=2)  # 2 x (B, L, D)
+            q, k, v = (t.view(B, -1, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, -1:],
+                                               dropout_p=self.dropout if self.training else 0.0)  # (B, H, 1, D/H)
+            return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, 1, D)))
         if isinstance(mask, Packing):
             T, D = x.shape
             q, k, v = (t.view(1, T, self.n_heads, D // self.n_heads).transpose(1, 2)
@@ -267,9 +277,11 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim=dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing) -> torch.Tensor:
-        """x (B, L, D), mask (B, 1, L, L) -> (B, L, D); or x (T, D) and its ``Packing``."""
-        x = x + self.attn(self.ln_attn(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing, *, last: bool = False) -> torch.Tensor:
+        """x (B, L, D), mask (B, 1, L, L) -> (B, L, D); or x (T, D) and its ``Packing``.
+        ``last``: the last column only -> (B, 1, D) (what evaluation scores)."""
+        y = self.attn(self.ln_attn(x), mask, last=last)
+        x = (x[:, -1:] if last else x) + y
         return x + self.ffn(self.ln_ffn(x))
 
 
@@ -374,7 +386,8 @@ class SASRec(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    def forward(self, seq: torch.Tensor, *, shares=None, pack: int | None = None) -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, *, shares=None, pack: int | None = None,
+                last: bool = False) -> torch.Tensor:
         """seq (B, L) int64 item ids, left-padded with 0 -> hidden states (B, L, D).
 
         Row b, column j is the representation after seeing seq[b, :j+1]; score it against
@@ -386,13 +399,19 @@ class SASRec(nn.Module):
         ``pack=T``: the body runs on the batch's real positions packed into T slots (``pack``;
         T >= their count, a multiple of ``FLEX_BLOCK`` on CUDA) and returns (T, D): slot s <->
         the s-th real position in row-major order, the rest filler. Not with ``shares``.
+
+        ``last=True``: only the last column's hidden state, (B, D), what evaluation and
+        recommendations score. The last block computes keys and values for every column but
+        its query, residual, feed-forward and LayerNorms for the last column only (the blocks
+        before it are needed whole); equal to ``forward(seq)[:, -1]`` to fp32 rounding (other
+        matmul shapes), ``tests/test_model.py``.
         """
         B, L = seq.shape
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len={self.max_len}")
         if pack is not None:
-            if shares is not None:
-                raise ValueError("a packed forward runs in one process (no rank shares)")
+            if shares is not None or last:
+                raise ValueError("a packed forward runs in one process (no rank shares) and returns every slot")
             return self._forward_packed(seq, pack)
         # Positions are counted from the right end (the last item always gets max_len - 1),
         # so a sequence's real items get the same positions however much padding precedes them.
@@ -401,9 +420,11 @@ class SASRec(nn.Module):
         x = items * self.emb_scale + self.pos_emb(pos)  # (B, L, D)
         x = self.emb_dropout(x)
         mask = padded_mask(seq != 0)[:, None]  # (B, 1, L, L): broadcast over heads
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.ln_out(x)  # (B, L, D)
+        if last and not self.blocks:
+            return self.ln_out(x[:, -1])  # (B, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last=last and i == len(self.blocks) - 1)
+        return self.ln_out(x[:, -1]) if last else self.ln_out(x)  # (B, D) or (B, L, D)
 
     def _forward_packed(self, seq: torch.Tensor, length: int) -> torch.Tensor:
         """seq (B, L) -> (length, D): ``forward(seq, pack=length)``."""

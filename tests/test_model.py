@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core import model as model_module
 from core.model import INIT_BLOCK_ROWS, SASRec, item_table_init
 
 N_ITEMS, DIM, MAX_LEN = 37, 16, 8
@@ -106,6 +107,55 @@ def test_deterministic_under_a_seed():
     out_b = b.train()(batch())
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
     assert not torch.equal(make(seed=4).item_emb.weight, a.item_emb.weight)
+
+
+class _MaskDroppedForOneQuery:
+    """torch.nn.functional, but attention ignores its mask for a one-column query (the last-only
+    path's): the last column then sees padding keys."""
+
+    def __getattr__(self, name):
+        return getattr(torch.nn.functional, name)
+
+    @staticmethod
+    def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0):
+        mask = None if q.shape[-2] == 1 else attn_mask
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def _residual_from_the_first_column(self, x, mask, *, last=False):
+    y = self.attn(self.ln_attn(x), mask, last=last)
+    x = (x[:, :1] if last else x) + y
+    return x + self.ffn(self.ln_ffn(x))
+
+
+LAST_ONLY_MUTANTS = {
+    "mask dropped for the last column": lambda p: p.setattr(model_module, "F", _MaskDroppedForOneQuery()),
+    "residual of the wrong column": lambda p: p.setattr(model_module.Block, "forward", _residual_from_the_first_column),
+}
+
+
+def _last_only_mismatch() -> float:
+    """Largest |forward(seq, last=True) - forward(seq)[:, -1]| over models of 0-3 blocks."""
+    worst = 0.0
+    for n_blocks, n_heads in [(0, 1), (1, 1), (2, 2), (3, 4)]:
+        model = make(n_blocks=n_blocks, n_heads=n_heads).eval()
+        full = model(batch())[:, -1]
+        worst = max(worst, (model(batch(), last=True) - full).abs().max().item())
+    return worst
+
+
+def test_last_column_only_equals_the_last_column_of_the_whole_forward():
+    """Evaluation's ``forward(seq, last=True)`` (the last block on one column) against the whole
+    forward: equal to fp32 rounding (batch(): rows of 8, 5 and 1 real items)."""
+    assert _last_only_mismatch() < 1e-5
+    with pytest.raises(ValueError, match="packed"):
+        make()(batch(), pack=32, last=True)
+
+
+@pytest.mark.parametrize("mutant", sorted(LAST_ONLY_MUTANTS))
+def test_a_broken_last_column_forward_is_caught(mutant, monkeypatch):
+    LAST_ONLY_MUTANTS[mutant](monkeypatch)
+    assert _last_only_mismatch() > 1e-3, mutant
 
 
 def test_bad_arguments():
