@@ -386,7 +386,7 @@ class SASRec(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    def forward(self, seq: torch.Tensor, *, shares=None, pack: int | None = None,
+    def forward(self, seq: torch.Tensor, *, shares=None, pack: int | Packing | None = None,
                 last: bool = False) -> torch.Tensor:
         """seq (B, L) int64 item ids, left-padded with 0 -> hidden states (B, L, D).
 
@@ -399,6 +399,8 @@ class SASRec(nn.Module):
         ``pack=T``: the body runs on the batch's real positions packed into T slots (``pack``;
         T >= their count, a multiple of ``FLEX_BLOCK`` on CUDA) and returns (T, D): slot s <->
         the s-th real position in row-major order, the rest filler. Not with ``shares``.
+        ``pack`` may be the batch's ``Packing`` itself (``pack(seq, T)``), when the caller
+        needs its index too (the training step: the targets' compaction is the same).
 
         ``last=True``: only the last column's hidden state, (B, D), what evaluation and
         recommendations score. The last block computes keys and values for every column but
@@ -426,9 +428,10 @@ class SASRec(nn.Module):
             x = block(x, mask, last=last and i == len(self.blocks) - 1)
         return self.ln_out(x[:, -1]) if last else self.ln_out(x)  # (B, D) or (B, L, D)
 
-    def _forward_packed(self, seq: torch.Tensor, length: int) -> torch.Tensor:
-        """seq (B, L) -> (length, D): ``forward(seq, pack=length)``."""
-        packing = pack(seq, length)
+    def _forward_packed(self, seq: torch.Tensor, packing: int | Packing) -> torch.Tensor:
+        """seq (B, L) -> (T, D): ``forward(seq, pack=T or its Packing)``."""
+        if not isinstance(packing, Packing):
+            packing = pack(seq, packing)
         items = torch.where(packing.valid, seq.flatten().index_select(0, packing.index), 0)  # (T,)
         pos = packed_positions(packing, self.max_len)  # (T,)
         x = self.item_emb(items) * self.emb_scale + self.pos_emb(pos)  # (T, D)

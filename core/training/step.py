@@ -26,9 +26,11 @@ captured: capture records without executing, so no batch is trained twice.
 
 Packed body (``SASRec.packed``, on by default; ``core.model``): a batch whose real positions
 fill at most half its slots (``packs_batch``) runs the model on its real positions only, packed
-into T slots (``model(inputs, pack=T)`` -> (T, D)), instead of on all B x L. A training batch's real INPUT positions are exactly its real TARGET positions (one
-window shifted by one, both left-padded), in the same row-major order, so the packed output
-rows ARE the loss's compact block: no second gather. The eager step packs into
+into T slots (``model(inputs, pack=T)`` -> (T, D)), instead of on all B x L. A training
+batch's real INPUT positions are exactly its real TARGET positions (one window shifted by
+one, both left-padded), in the same row-major order, so the packed output
+rows ARE the loss's compact block: no second gather, and the batch's ``Packing`` (built once,
+``core.model.pack``) gives the targets' compaction as well. The eager step packs into
 ``packed_length(positions)`` slots and hands the first ``positions`` rows to the loss; the
 graphed step packs into its bucket ``n_pad`` (rounded up to FlexAttention's 128-slot tile),
 filler slots getting ``IGNORE_INDEX`` targets as before, and the block mask is built on the
@@ -53,7 +55,7 @@ from tqdm import tqdm
 from core.data.batching import Batch, compact_index, padded_compact_index
 from core.evaluation import autocast
 from core.losses import IGNORE_INDEX
-from core.model import FLEX_BLOCK
+from core.model import FLEX_BLOCK, pack
 from core.parallel.shares import RankShares, ShardedBatch
 
 # torch.compile modes of ``train.compile``; True means "default". "reduce-overhead" adds CUDA
@@ -228,11 +230,13 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp):
-            index = compact_index(targets != 0, positions)  # (N,): positions with a real next item
             if packed and shares is None and packs_batch(positions, inputs.numel()):
                 length = packed_length(positions, min_bucket) if device.type == "cuda" else max(positions, 1)
-                e = forward(inputs, pack=length)[:positions]  # (N, D): the same positions, in order
+                packing = pack(inputs, length)  # its first ``positions`` slots: the targets' positions
+                index = packing.index[:positions]
+                e = forward(inputs, pack=packing)[:positions]  # (N, D): the same positions, in order
             else:
+                index = compact_index(targets != 0, positions)  # (N,): positions with a real next item
                 hidden = forward(inputs, **extra)  # (B, L, D)
                 e = hidden.flatten(0, 1).index_select(0, index)  # (N, D)
             t = targets.flatten().index_select(0, index)  # (N,)
@@ -257,10 +261,12 @@ def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     optimizer.zero_grad(set_to_none=False)  # the gradient buffers must keep their addresses
     # cache_enabled=False: autocast's weight-cast cache must not outlive a captured region.
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-        index, valid = padded_compact_index(targets != 0, n_pad)  # (n_pad,), (n_pad,)
         if packed:
-            e = model(inputs, pack=n_pad)  # (n_pad, D): real positions in ``index``'s order, then filler
+            packing = pack(inputs, n_pad)
+            index, valid = packing.index, packing.valid  # (n_pad,), (n_pad,)
+            e = model(inputs, pack=packing)  # (n_pad, D): real positions in ``index``'s order, then filler
         else:
+            index, valid = padded_compact_index(targets != 0, n_pad)  # (n_pad,), (n_pad,)
             hidden = model(inputs)  # (B, L, D)
             e = hidden.flatten(0, 1).index_select(0, index)  # (n_pad, D)
         t = torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
