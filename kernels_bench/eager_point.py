@@ -26,8 +26,6 @@ then is its CPU stand-in, plain CE; the GPU rows are left out): a smoke test of 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
 from pathlib import Path
@@ -35,11 +33,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from core.atomic import unwritable, write_text
-from experiments.output import kernel_profile
+from experiments.output import kernel_profile, markdown_table
 
 
 def _loop_ms(step, iters: int, device: torch.device) -> tuple[float, float]:
@@ -149,18 +148,7 @@ def measure(n: int, v: int, d: int, iters: int, device: torch.device) -> tuple[l
 def table(rows: list[dict]) -> str:
     cols = ["what", "ms", "host_ms", "do_bench_ms", "kernels_per_call", "loss_equiv_ms"]
     fmt = lambda x: "" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _csv(rows: list[dict]) -> str:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
+    return markdown_table(cols, ([fmt(r.get(c)) for c in cols] for r in rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {us:8.1f} us  x{count:g}  {name[:110]}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_text(_csv([dict(r, device=env) for r in rows]), args.out / "eager_point.csv")
+        write_text(pd.DataFrame([dict(r, device=env) for r in rows]).to_csv(index=False),
+                   args.out / "eager_point.csv")
         if kernels:
-            write_text(_csv([dict(kernel=k, us_per_call=us, launches_per_call=cnt) for k, us, cnt in kernels]),
-                       args.out / "eager_kernels.csv")
+            frame = pd.DataFrame(kernels, columns=["kernel", "us_per_call", "launches_per_call"])
+            write_text(frame.to_csv(index=False), args.out / "eager_kernels.csv")
     return 0
 
 

@@ -19,10 +19,9 @@ A separate instrumented pass over ``--sample-batches`` batches then gives the me
 of each phase (CUDA events on the GPU, the host clock on the CPU; each batch starts on an idle
 device): ``batch`` (``eval_batches`` builds inputs and targets), ``score`` (dense: the
 (B, n_items) fp32 scores; streaming: the user vectors only, the matmul is in the scan),
-``history`` (``history()``, plus on the dense path the in-place -inf masking that
-``RankingMetrics.update`` would do) and ``metrics`` (dense: the rest of ``update``: rank,
-top-k, running sums; streaming: the whole scan over the catalog, i.e. matmul + masking +
-top-k per chunk, then ``update_top``). On CUDA a few batches under
+``history`` (``history()``) and ``metrics`` (dense: ``RankingMetrics.update``, i.e. the
+in-place -inf masking, rank, top-k, running sums; streaming: the whole scan over the catalog,
+i.e. matmul + masking + top-k per chunk, then ``update_top``). On CUDA a few batches under
 ``torch.cuda.set_sync_debug_mode`` count the device->host syncs per batch and where they
 happen, and ``--profile-batches N`` adds a per-kernel GPU time table (torch.profiler) of N
 instrumented batches per row to results.md.
@@ -96,6 +95,7 @@ def make_score(scorer: str, model: SASRec, *, amp: bool, item_user_counts: np.nd
     """
     device = next(model.parameters()).device
     if scorer == "popularity":
+        # A copy of evaluate_popularity's score_fn: core.evaluation keeps it inside that function.
         popular = popularity_scores(item_user_counts).to(device)  # (n_items,)
         return lambda inputs: (lambda lo, hi: popular[lo:hi].expand(inputs.shape[0], -1).clone())
     return model_scores(model, model, amp=amp)
@@ -122,15 +122,15 @@ def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict, p
             batch = next(batches)
         users, inputs, targets = batch
         mark(stamps, seqs.device)
+        # rank_split's per-batch step, written out here only to put the phase marks inside it
+        # (rank_split has no per-batch function or hook to time).
         chunk = score(inputs)  # streaming: the user vectors
         scores = chunk(0, seqs.n_items) if path == "dense" else None  # (B, n_items)
         mark(stamps, seqs.device)
         seen = history(seqs, users, split=split) if eval_args["mask_history"] else None
-        if path == "dense" and seen is not None:
-            scores[seen[0], seen[1] - 1] = float("-inf")  # what update(history=...) does first
         mark(stamps, seqs.device)
         if path == "dense":
-            metrics.update(scores, targets, history=None)
+            metrics.update(scores, targets, history=seen)
         else:
             metrics.update_top(catalog_top(
                 chunk, len(users), n_items=seqs.n_items, k=max(metrics.ks), targets=targets,
