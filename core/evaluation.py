@@ -367,9 +367,10 @@ def evaluate_model(
         model.train(was_training)
 
 
-def evaluate_popularity(seqs: DeviceSequences, **rank_args) -> dict[str, float]:
-    """Most-popular baseline (distinct training users per item), ranked like the model."""
-    popular = popularity_scores(rank_args["item_user_counts"])  # (n_items,) on the CPU
+def popularity_scores_fn(item_user_counts: np.ndarray) -> Callable[[torch.Tensor], ChunkScores]:
+    """``score_fn`` of ``rank_split`` for the most-popular baseline: every user gets the items'
+    ``popularity_scores`` (distinct training users per item)."""
+    popular = popularity_scores(item_user_counts)  # (n_items,) on the CPU
 
     def score(inputs: torch.Tensor) -> ChunkScores:
         nonlocal popular
@@ -377,7 +378,12 @@ def evaluate_popularity(seqs: DeviceSequences, **rank_args) -> dict[str, float]:
         # A fresh (B, hi - lo) copy: the chunk is masked in place.
         return lambda lo, hi: popular[lo:hi].expand(inputs.shape[0], -1).clone()
 
-    return rank_split(score, seqs, **rank_args)
+    return score
+
+
+def evaluate_popularity(seqs: DeviceSequences, **rank_args) -> dict[str, float]:
+    """Most-popular baseline (distinct training users per item), ranked like the model."""
+    return rank_split(popularity_scores_fn(rank_args["item_user_counts"]), seqs, **rank_args)
 
 
 def evaluate(run, data: SequenceData | None = None, *, split: str = "test", ks: Sequence[int] = (10,),

@@ -58,8 +58,9 @@ from core.evaluation import (
     evaluate_model,
     evaluate_popularity,
     model_scores,
+    popularity_scores_fn,
 )
-from core.metrics import RankingMetrics, popularity_scores
+from core.metrics import RankingMetrics
 from core.model import SASRec
 from experiments.bench.common import (
     GIB,
@@ -93,11 +94,8 @@ def make_score(scorer: str, model: SASRec, *, amp: bool, item_user_counts: np.nd
     Only the warm-up batch and the instrumented pass use it; the timed pass calls the real
     functions (tests/test_bench_eval.py checks that both give the same metrics).
     """
-    device = next(model.parameters()).device
     if scorer == "popularity":
-        # A copy of evaluate_popularity's score_fn: core.evaluation keeps it inside that function.
-        popular = popularity_scores(item_user_counts).to(device)  # (n_items,)
-        return lambda inputs: (lambda lo, hi: popular[lo:hi].expand(inputs.shape[0], -1).clone())
+        return popularity_scores_fn(item_user_counts)
     return model_scores(model, model, amp=amp)
 
 
