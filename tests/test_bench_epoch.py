@@ -22,6 +22,8 @@ def test_parse_variant():
     assert graph.cuda_graph and graph.graph_min_bucket == 64
     assert parse_variant("static+compile").compile == "default"
     assert parse_variant("autotune").compile == "max-autotune-no-cudagraphs"
+    both = parse_variant("graph+compile")  # the whole step graphed around a compiled body
+    assert both.cuda_graph and both.compile == "default"
     for bad in ("fast", "base+static", "compile+cudagraphs", "", "graph+cudagraphs", "cce_direct"):
         with pytest.raises(BenchError):
             parse_variant(bad)

@@ -20,6 +20,8 @@ from core.training.step import (
     _eager_step,
     bucket_size,
     compact_index,
+    compiled_forward_block,
+    forward_block,
     make_step,
     padded_compact_index,
     run_epoch,
@@ -79,12 +81,37 @@ def test_padded_body_trains_like_the_eager_step(data, loss_fn):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-8, msg=name)
 
 
-def test_cuda_graph_needs_cuda_and_excludes_compile(data, tmp_path, caplog):
+@pytest.mark.slow
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_the_compiled_forward_block_steps_like_the_eager_one(data, packed):
+    """What train.compile + train.cuda_graph capture (``compiled_forward_block``: compaction,
+    packing and body under torch.compile), checked on the CPU against ``forward_block``:
+    same loss and gradients to fp32 rounding (one step, SGD with lr 0)."""
+    seqs = DeviceSequences.from_data(data, "cpu")
+    inputs, targets, positions, _ = next(TrainBatches(seqs, batch_size=50, max_len=20, seed=0).epoch(1))
+    n_pad = bucket_size(positions, 256)
+    results = []
+    for block in (forward_block, compiled_forward_block("default")):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        loss = step_body(model, opt, ce, inputs=inputs, targets=targets, n_pad=n_pad, amp=False,
+                         packed=packed, block=block)
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (loss, grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=0)
+    for g, h in zip(grads, compiled_grads):
+        torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-7)
+
+
+def test_cuda_graph_needs_cuda_and_composes_only_with_graph_free_compile(data, tmp_path, caplog):
     fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
                 max_len=20, device="cpu", show_progress=False)
-    with pytest.raises(ValueError, match="cuda_graph"):
-        train_flat(data=data, out_dir=tmp_path / "both", epochs=1, cuda_graph=True, compile=True, **fast)
+    with pytest.raises(ValueError, match="makes CUDA graphs of its own"):
+        train_flat(data=data, out_dir=tmp_path / "both", epochs=1, cuda_graph=True, compile="reduce-overhead",
+                   **fast)
     assert not (tmp_path / "both").exists()
+    for mode in (True, "default", "max-autotune-no-cudagraphs"):
+        assert StepSettings(cuda_graph=True, compile=mode).cuda_graph
     step = make_step(_model(), ce, lr=1e-3, weight_decay=0.0, batch_size=4, max_len=20,
                      settings=StepSettings(cuda_graph=True))
     assert step.kind == "eager" and "no CUDA device" in step.warning
@@ -120,6 +147,28 @@ def test_graphed_epochs_follow_the_eager_ones(data, loss_fn):
     # body (FlexAttention's kernels; filler slots in the graph's block) CE measured 1.05e-3 on an
     # H200 (call B, 2026-12-02; < 1e-3 padded), so the floor is 1.5e-3. A wrong mask or a filler
     # slot leaking into real ones moves the weights by orders of magnitude more.
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    assert rel(w_graph, w_eager) < max(1.5e-3, 3 * rel(w_again, w_eager))
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_graphed_compiled_epochs_follow_the_eager_ones(data, packed):
+    """train.cuda_graph with train.compile: the graphs capture the compiled forward block; two
+    epochs of CE give the eager step's losses and weights within the bound of the graphed
+    test above."""
+    batches = TrainBatches(DeviceSequences.from_data(data, "cuda"), batch_size=64, max_len=20, seed=0)
+    results = []
+    for settings in (StepSettings(), StepSettings(), StepSettings(cuda_graph=True, compile=True, graph_min_bucket=16)):
+        model = _model("cuda")
+        model.packed = packed
+        step = make_step(model, ce, lr=1e-3, weight_decay=0.0, batch_size=64, max_len=20, settings=settings)
+        losses = [run_epoch(step, batches.epoch(e), device=model.catalog().device)[0] for e in (1, 2)]
+        results.append((losses, model.item_emb.weight.detach().clone(), step.kind))
+    (eager, w_eager, _), (_, w_again, _), (graph, w_graph, kind) = results
+    assert "compiled body (default)" in kind
+    assert graph == pytest.approx(eager, rel=2e-3)
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()
     assert rel(w_graph, w_eager) < max(1.5e-3, 3 * rel(w_again, w_eager))
 

@@ -37,8 +37,9 @@ filler slots getting ``IGNORE_INDEX`` targets as before, and the block mask is b
 device from tensors (``core.model.document_causal_block_mask``: sync-free, so it is captured
 with the rest). On CUDA the attention is FlexAttention, compiled once per T; on the CPU an
 exact padded-layout SDPA (``core.model.packed_attention``). Where the body stays padded: a
-model with ``packed = False``, a ``train.compile``d body (its one static (B, L) shape is what
-it compiles for) and a step with rank ``shares`` (data- and catalog-parallel runs: DDP wraps
+model with ``packed = False``, a ``train.compile``d body of the eager step (its one static
+(B, L) shape is what it compiles for; the graphed step compiles ``forward_block`` per bucket,
+packed or not) and a step with rank ``shares`` (data- and catalog-parallel runs: DDP wraps
 the model and the sharded item lookup takes the padded batch; refused nowhere, just padded).
 """
 
@@ -61,6 +62,9 @@ from core.parallel.shares import RankShares, ShardedBatch
 # torch.compile modes of ``train.compile``; True means "default". "reduce-overhead" adds CUDA
 # graphs (the model body only: the compact block's size changes every batch).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+# Modes that make no CUDA graphs of their own: the ones that compose with ``train.cuda_graph``
+# (the whole step captured, the compiled body's kernels inside it).
+GRAPHABLE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 # Graphed step, positions: the smallest size step. Every captured size keeps memory in the
 # graphs' pool, so small batches share few, padded graphs. beauty-like CCE on an H200
@@ -93,7 +97,10 @@ class StepSettings:
     - ``compile``: torch.compile the model body (True or a mode of ``COMPILE_MODES``); the
       last, smaller batch is padded to keep one shape.
     - ``cuda_graph``: the whole step as CUDA graphs, one per bucket of positions (CUDA only;
-      elsewhere the eager step runs, with a warning). Instead of ``compile``.
+      elsewhere the eager step runs, with a warning). With ``compile`` (a mode of
+      ``GRAPHABLE_MODES``: no CUDA graphs of its own) the graphs capture the compiled body:
+      the compaction, the packing and the model (``forward_block``) compiled once per bucket,
+      their fused kernels replayed with the loss, backward and Adam.
     - ``graph_min_bucket``: the graphed step's smallest bucket (fewer, larger = less memory).
     """
 
@@ -104,9 +111,10 @@ class StepSettings:
 
     def __post_init__(self):
         mode = compile_mode(self.compile)
-        if self.cuda_graph and mode:
-            raise ValueError("train.cuda_graph captures the whole step and replaces train.compile: "
-                             "set only one of them")
+        if self.cuda_graph and mode not in (None, *GRAPHABLE_MODES):
+            raise ValueError(f"train.compile = {self.compile!r} makes CUDA graphs of its own, which "
+                             f"train.cuda_graph (the whole step captured) cannot contain: use one of "
+                             f"{GRAPHABLE_MODES} with it")
         if self.graph_min_bucket < 1:
             raise ValueError(f"graph_min_bucket must be >= 1, got {self.graph_min_bucket}")
 
@@ -161,12 +169,15 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_de
     if settings.cuda_graph and not graphed:
         warning = f"train.cuda_graph: no CUDA device ({device}), running the eager step"
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, capturable=graphed)
-    if graphed:
-        run = _graph_step(model, optimizer, loss_fn, amp=amp, batch_size=batch_size,
-                          max_len=max_len, min_bucket=settings.graph_min_bucket, packed=packs(model))
-        return Step(run, optimizer, f"whole-step CUDA graphs (min bucket {settings.graph_min_bucket})",
-                    packed=packs(model))
     mode = compile_mode(settings.compile)
+    if graphed:
+        block = forward_block if mode is None else compiled_forward_block(mode)
+        run = _graph_step(model, optimizer, loss_fn, amp=amp, batch_size=batch_size,
+                          max_len=max_len, min_bucket=settings.graph_min_bucket, packed=packs(model),
+                          block=block)
+        body = "" if mode is None else f", compiled body ({mode})"
+        return Step(run, optimizer, f"whole-step CUDA graphs (min bucket {settings.graph_min_bucket}{body})",
+                    packed=packs(model))
     # dynamic=False: every batch is padded to batch_size rows, so one graph serves the run.
     forward = model if mode is None else torch.compile(model, mode=mode, dynamic=False)
     packed = packs(model) and mode is None  # a compiled body keeps its one (B, L) shape
@@ -252,24 +263,41 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
 # --- whole step as CUDA graphs ----------------------------------------------------------------
 
 
+def forward_block(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, n_pad: int,
+                  packed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The graphed step's forward up to the loss: (e (n_pad, D), catalog columns (n_pad,)), the
+    scored positions first, then filler slots with ``IGNORE_INDEX``. ``packed``: the body runs
+    on the real positions packed into the ``n_pad`` slots (a multiple of ``FLEX_BLOCK`` on CUDA:
+    ``packed_length``), whose output is the loss's block; else on all B x L, then gathered."""
+    if packed:
+        packing = pack(inputs, n_pad)
+        index, valid = packing.index, packing.valid  # (n_pad,), (n_pad,)
+        e = model(inputs, pack=packing)  # (n_pad, D): real positions in ``index``'s order, then filler
+    else:
+        index, valid = padded_compact_index(targets != 0, n_pad)  # (n_pad,), (n_pad,)
+        e = model(inputs).flatten(0, 1).index_select(0, index)  # (B, L, D) -> (n_pad, D)
+    return e, torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
+
+
+def compiled_forward_block(mode: str) -> Callable:
+    """``forward_block`` under torch.compile (``mode`` of ``GRAPHABLE_MODES``): one compile per
+    (bucket, packed) - ints are guarded on - so the recompile limit is raised to 64 as for
+    FlexAttention (``core.model.compiled_flex_attention``)."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(forward_block, mode=mode, dynamic=False)
+
+
 def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
               inputs: torch.Tensor, targets: torch.Tensor, n_pad: int, amp: bool,
-              packed: bool = False) -> torch.Tensor:
-    """One step on fixed-shape tensors: forward, loss on ``n_pad`` slots, backward, Adam.
-    ``packed``: the body runs on the real positions packed into the ``n_pad`` slots (a
-    multiple of ``FLEX_BLOCK`` on CUDA: ``packed_length``), whose output is the loss's block."""
+              packed: bool = False, block: Callable = forward_block) -> torch.Tensor:
+    """One step on fixed-shape tensors: forward (``block``: ``forward_block`` or its compiled
+    version), loss on ``n_pad`` slots, backward, Adam."""
     optimizer.zero_grad(set_to_none=False)  # the gradient buffers must keep their addresses
     # cache_enabled=False: autocast's weight-cast cache must not outlive a captured region.
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-        if packed:
-            packing = pack(inputs, n_pad)
-            index, valid = packing.index, packing.valid  # (n_pad,), (n_pad,)
-            e = model(inputs, pack=packing)  # (n_pad, D): real positions in ``index``'s order, then filler
-        else:
-            index, valid = padded_compact_index(targets != 0, n_pad)  # (n_pad,), (n_pad,)
-            hidden = model(inputs)  # (B, L, D)
-            e = hidden.flatten(0, 1).index_select(0, index)  # (n_pad, D)
-        t = torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
+        e, t = block(model, inputs, targets, n_pad, packed)
         loss = loss_fn(e, model.catalog(), t)
     loss.backward()
     optimizer.step()
@@ -277,10 +305,12 @@ def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
 
 
 def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_len: int,
-                min_bucket: int, packed: bool = False) -> Callable[..., torch.Tensor]:
+                min_bucket: int, packed: bool = False,
+                block: Callable = forward_block) -> Callable[..., torch.Tensor]:
     """The step replayed as CUDA graphs (one per bucket of positions, captured on first use).
     ``optimizer`` must be Adam with ``capturable=True``. ``packed``: the body on the real
-    positions, the buckets rounded up to FlexAttention's tile (``packed_length``)."""
+    positions, the buckets rounded up to FlexAttention's tile (``packed_length``). ``block``:
+    ``forward_block`` or its compiled version (compiled by the eager run before each capture)."""
     device = next(model.parameters()).device
     static_inputs = torch.zeros((batch_size, max_len), dtype=torch.int64, device=device)
     static_targets = torch.zeros_like(static_inputs)
@@ -289,7 +319,7 @@ def _graph_step(model, optimizer, loss_fn, *, amp: bool, batch_size: int, max_le
 
     def body(n_pad: int, pack: bool) -> torch.Tensor:
         return step_body(model, optimizer, loss_fn, inputs=static_inputs, targets=static_targets,
-                         n_pad=n_pad, amp=amp, packed=pack)
+                         n_pad=n_pad, amp=amp, packed=pack, block=block)
 
     def capture(n_pad: int, pack: bool) -> torch.Tensor:
         side = torch.cuda.Stream(device)

@@ -24,7 +24,8 @@ syncs per step and where they happen. Variants are ``+``-joined tokens that set 
   "default" / "max-autotune-no-cudagraphs" / "reduce-overhead" (CUDA graphs), last batch padded;
 - ``graph``: the whole step (forward, loss, backward, Adam) captured as CUDA graphs, one per
   bucket of scored positions (``train.cuda_graph``; eager on a CPU). The breakdown then shows
-  the whole replay under "model ms".
+  the whole replay under "model ms". ``graph+compile`` / ``graph+autotune``: the same graphs
+  around a compiled body (compaction, packing and model compiled per bucket).
 
 On K processes (one node; several nodes take torchrun's rendezvous flags as run.py does):
 
@@ -94,7 +95,7 @@ from core.paths import REPO_ROOT
 from core.training.flat import bound_config
 from core.training.loop import build, check_ranks
 from core.training.ranks import Ranks
-from core.training.step import COMPILE_MODES, MIN_BUCKET, StepSettings, run_epoch
+from core.training.step import COMPILE_MODES, GRAPHABLE_MODES, MIN_BUCKET, StepSettings, run_epoch
 from experiments.bench.common import (
     GIB,
     BenchError,
@@ -143,9 +144,9 @@ def parse_variant(variant: str, *, amp: bool = True, graph_min_bucket: int = MIN
     modes = [COMPILE_TOKENS[t] for t in tokens if t in COMPILE_TOKENS]
     if len(modes) > 1:
         raise BenchError(f"bad variant {variant!r}: at most one of {sorted(COMPILE_TOKENS)}")
-    if "graph" in tokens and modes:
-        raise BenchError(f"bad variant {variant!r}: 'graph' captures the whole eager step; it "
-                         "takes no compile mode")
+    if "graph" in tokens and modes and modes[0] not in GRAPHABLE_MODES:
+        raise BenchError(f"bad variant {variant!r}: 'graph' captures the whole step; its compiled "
+                         "body must make no CUDA graphs of its own ('compile' or 'autotune')")
     return StepSettings(amp=amp, compile=modes[0] if modes else False, cuda_graph="graph" in tokens,
                         graph_min_bucket=graph_min_bucket)
 
