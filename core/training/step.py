@@ -18,8 +18,13 @@ bound by Python, not the GPU. The graphed step captures forward, loss, backward 
 - no host syncs: the slot count is compared on the device (``padded_compact_index``) and the
   loss must be sync-free (``ce``, ``cce``'s default split forward; ``cce(forward="library")``
   calls ``nonzero()`` and fails at capture);
-- static memory: gradients stay allocated (zeroed in place) and Adam runs with
-  ``capturable=True`` so its step counter lives on the device.
+- static memory: gradients are set to None before each step (eager and captured), so the
+  backward writes fresh gradient tensors, which in a capture come from the graphs' pool and
+  stay at their addresses at every replay, where Adam (``capturable=True``: its step counter
+  lives on the device) reads them. No memset of the gradients and no accumulating add per
+  parameter (zeroing in place and adding into it cost 0.15 ms of a 1.56-ms beauty-like step on
+  an H200, call C: 34 adds and the fills). A graph's gradients live only within its replay:
+  nothing reads ``.grad`` between steps, and graphs of other buckets may reuse that memory.
 The first batch of each size runs eagerly on a side stream (its real training step; it also
 compiles kernels and allocates gradients and optimizer state), then the same step is
 captured: capture records without executing, so no batch is trained twice.
@@ -294,7 +299,9 @@ def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
               packed: bool = False, block: Callable = forward_block) -> torch.Tensor:
     """One step on fixed-shape tensors: forward (``block``: ``forward_block`` or its compiled
     version), loss on ``n_pad`` slots, backward, Adam."""
-    optimizer.zero_grad(set_to_none=False)  # the gradient buffers must keep their addresses
+    # Fresh gradients each step (module docstring): no memset, no accumulating add; captured,
+    # they are the graph's own pool memory, rewritten at each replay.
+    optimizer.zero_grad(set_to_none=True)
     # cache_enabled=False: autocast's weight-cast cache must not outlive a captured region.
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
         e, t = block(model, inputs, targets, n_pad, packed)
