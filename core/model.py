@@ -285,6 +285,58 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_ffn(x))
 
 
+def table_backed(grad: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """The (rows, D) buffer whose rows 1.. ``grad`` (rows - 1, D) is, or None: how a loss hands
+    back dC ready to be the whole table's gradient (``core.losses.flash_ce`` allocates it so)."""
+    base = None if grad is None else grad._base
+    if (base is None or base.shape != (rows, *grad.shape[1:]) or base.dtype != grad.dtype
+            or not base.is_contiguous() or grad.data_ptr() != base[1:].data_ptr()):
+        return None
+    return base
+
+
+class TiedItemTable(torch.autograd.Function):
+    """The item table's two uses in a training step as ONE autograd node: the input lookup
+    (the rows of ``ids``) and the output catalog (rows 1..V), so the table's gradient is built
+    in one buffer (issue 21.3, "one pass over the item table"):
+    - the loss's dC, used as it is when the loss handed it back as rows 1.. of a (V + 1, D)
+      buffer (``table_backed``; flash_ce does), else copied into a new one (ce, cce);
+    - the lookup's row gradients added in place (CUDA: ``index_put_`` with ``accumulate``, which
+      sorts the ids, deterministic; CPU: ``index_add_``, in order); the order of additions
+      differs from the embedding backward's, so the gradient equals autograd's to fp32 rounding;
+    - the padding row zeroed (``nn.Embedding(padding_idx=0)``'s rule).
+    Autograd's own path builds three (V + 1, D) tensors per step: dC's slice backward into a
+    zeroed table, the embedding backward's zeroed table, and their sum (~370 MB of traffic at
+    207,649 x 64 fp32). Forward: ``(F.embedding(ids, weight), weight[1:])``, the same values."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor):
+        ctx.save_for_backward(ids)
+        ctx.table_shape = weight.shape
+        return F.embedding(ids, weight), weight[1:]
+
+    @staticmethod
+    def backward(ctx, grad_rows, grad_catalog):
+        (ids,) = ctx.saved_tensors
+        rows, dim = ctx.table_shape
+        table = table_backed(grad_catalog, rows)
+        if table is None:
+            like = grad_catalog if grad_catalog is not None else grad_rows
+            table = like.new_empty(rows, dim)
+            if grad_catalog is None:
+                table.zero_()
+            else:
+                table[1:] = grad_catalog  # row 0 (garbage, padding ids add into it) is zeroed below
+        if grad_rows is not None:
+            flat_ids, flat_rows = ids.reshape(-1), grad_rows.reshape(-1, dim).to(table.dtype)
+            if table.is_cuda:  # sorted by id, then summed in order: deterministic
+                table.index_put_((flat_ids,), flat_rows, accumulate=True)
+            else:  # the CPU's index_put_ accumulates in parallel (not reproducible); index_add_ in order
+                table.index_add_(0, flat_ids, flat_rows)
+        table[0] = 0  # the padding row gets no gradient
+        return table, None
+
+
 INIT_STD = 0.02  # every weight's Normal(0, std) init (nanoGPT/BERT)
 INIT_BLOCK_ROWS = 4096  # the item table's init is drawn in blocks of this many rows
 
@@ -387,7 +439,7 @@ class SASRec(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, seq: torch.Tensor, *, shares=None, pack: int | Packing | None = None,
-                last: bool = False) -> torch.Tensor:
+                last: bool = False, with_catalog: bool = False):
         """seq (B, L) int64 item ids, left-padded with 0 -> hidden states (B, L, D).
 
         Row b, column j is the representation after seeing seq[b, :j+1]; score it against
@@ -407,38 +459,52 @@ class SASRec(nn.Module):
         its query, residual, feed-forward and LayerNorms for the last column only (the blocks
         before it are needed whole); equal to ``forward(seq)[:, -1]`` to fp32 rounding (other
         matmul shapes), ``tests/test_model.py``.
+
+        ``with_catalog=True`` (the training step): returns ``(hidden, catalog)``, the lookup and
+        ``catalog()`` as one autograd node (``TiedItemTable``), so the table's gradient is
+        built in one buffer. Same values and gradients (to fp32 rounding) as ``forward(seq)``
+        with ``catalog()``; a table split over ranks (``shares``) keeps its own lookup.
         """
+        if with_catalog and (shares is not None or not isinstance(self.item_emb, nn.Embedding)):
+            raise ValueError("with_catalog needs the model's whole item table (one process)")
         B, L = seq.shape
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len={self.max_len}")
         if pack is not None:
             if shares is not None or last:
                 raise ValueError("a packed forward runs in one process (no rank shares) and returns every slot")
-            return self._forward_packed(seq, pack)
+            return self._forward_packed(seq, pack, with_catalog)
         # Positions are counted from the right end (the last item always gets max_len - 1),
         # so a sequence's real items get the same positions however much padding precedes them.
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)  # (L,)
-        items = self.item_emb(seq) if shares is None else self.item_emb(seq, shares)  # (B, L, D)
+        items, catalog = self._lookup(seq, shares, with_catalog)  # (B, L, D)
         x = items * self.emb_scale + self.pos_emb(pos)  # (B, L, D)
         x = self.emb_dropout(x)
         mask = padded_mask(seq != 0)[:, None]  # (B, 1, L, L): broadcast over heads
-        if last and not self.blocks:
-            return self.ln_out(x[:, -1])  # (B, D)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, last=last and i == len(self.blocks) - 1)
-        return self.ln_out(x[:, -1]) if last else self.ln_out(x)  # (B, D) or (B, L, D)
+        out = self.ln_out(x[:, -1]) if last else self.ln_out(x)  # (B, D) or (B, L, D)
+        return (out, catalog) if with_catalog else out
 
-    def _forward_packed(self, seq: torch.Tensor, packing: int | Packing) -> torch.Tensor:
+    def _lookup(self, ids: torch.Tensor, shares, with_catalog: bool):
+        """(the rows of ``ids``, the catalog from the same node or None)."""
+        if with_catalog:
+            return TiedItemTable.apply(self.item_emb.weight, ids)
+        return (self.item_emb(ids) if shares is None else self.item_emb(ids, shares)), None
+
+    def _forward_packed(self, seq: torch.Tensor, packing: int | Packing, with_catalog: bool = False):
         """seq (B, L) -> (T, D): ``forward(seq, pack=T or its Packing)``."""
         if not isinstance(packing, Packing):
             packing = pack(seq, packing)
-        items = torch.where(packing.valid, seq.flatten().index_select(0, packing.index), 0)  # (T,)
+        ids = torch.where(packing.valid, seq.flatten().index_select(0, packing.index), 0)  # (T,)
         pos = packed_positions(packing, self.max_len)  # (T,)
-        x = self.item_emb(items) * self.emb_scale + self.pos_emb(pos)  # (T, D)
+        items, catalog = self._lookup(ids, None, with_catalog)  # (T, D)
+        x = items * self.emb_scale + self.pos_emb(pos)  # (T, D)
         x = self.emb_dropout(x)
         for block in self.blocks:
             x = block(x, packing)
-        return self.ln_out(x)  # (T, D)
+        x = self.ln_out(x)  # (T, D)
+        return (x, catalog) if with_catalog else x
 
     def catalog(self) -> torch.Tensor:
         """Item embeddings without the padding row, (n_items, D): column i <-> item id i + 1."""

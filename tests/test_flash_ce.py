@@ -176,6 +176,28 @@ c32 = c.detach().float().requires_grad_()
 loss = flash_linear_ce(e, c32, t)
 loss.backward()
 edge["fp32_catalog"] = compare(e, c32, t, loss) | {"dc_dtype": str(c32.grad.dtype)}
+# The tied item table (core.model.TiedItemTable) takes flash_ce's dC buffer as the table's
+# gradient: same table gradient as the untied model (catalog() then autograd's sum), padding row zero.
+from core.model import SASRec, table_backed
+torch.manual_seed(0)
+model = SASRec(60, dim=16, max_len=8, n_blocks=1, dropout=0.0)
+seq = torch.randint(1, 61, (4, 8))
+seq[:, :3] = 0
+seq[0, 3:] = 7  # one id repeated: its row gradients must add up
+cols = torch.randint(0, 60, (32,))
+backed = []
+
+def table_grad(tied):
+    model.zero_grad(set_to_none=True)
+    hidden, catalog = model(seq, with_catalog=True) if tied else (model(seq), model.catalog())
+    if tied:
+        catalog.register_hook(lambda g: backed.append(table_backed(g, 61) is not None))
+    flash_ce(hidden.reshape(-1, 16), catalog, cols).backward()
+    return model.item_emb.weight.grad.clone()
+
+tied, plain = table_grad(True), table_grad(False)
+edge["tied"] = {"diff": (tied - plain).abs().max().item(), "scale": plain.abs().max().item(),
+                "pad_row": tied[0].abs().sum().item(), "backed": backed == [True]}
 out["edge"] = edge
 
 def reuse(linear_ce):
@@ -218,7 +240,10 @@ for name, old, new in launcher_mutants:
     spec.loader.exec_module(mod)
     real = fce
     fce = mod  # reuse() clears this module's plans
-    out["launcher_mutants"][name] = reuse(mod.flash_linear_ce)
+    try:
+        out["launcher_mutants"][name] = reuse(mod.flash_linear_ce)
+    except RuntimeError as err:  # e.g. autograd refusing a dC of another shape: caught, loudly
+        out["launcher_mutants"][name] = {"raised": str(err).splitlines()[0][:300]}
     fce = real
 
 # Broken copies of the kernels module, swapped in where the launchers import it from.
@@ -275,6 +300,12 @@ def test_no_rows_and_all_ignored_match_ce(interpreted):
         assert de_shape == [n, 16] and dc_shape == [50, 16]
 
 
+def test_the_tied_table_takes_the_dc_buffer_as_its_gradient(interpreted):
+    tied = interpreted["edge"]["tied"]
+    assert tied["backed"] and tied["pad_row"] == 0
+    assert tied["diff"] <= 1e-5 * tied["scale"], tied
+
+
 def test_reruns_are_bit_identical(interpreted):
     assert interpreted["edge"]["deterministic"]
 
@@ -317,7 +348,7 @@ def test_workspaces_reused_across_outstanding_graphs_and_shapes(interpreted):
 def test_broken_launchers_are_caught(interpreted, name):
     result = interpreted["launcher_mutants"][name]
     assert isinstance(result, dict), f"{name}: {result}"
-    assert _reuse_failures(result), f"launcher mutant {name} passed the reuse checks: {result}"
+    assert "raised" in result or _reuse_failures(result), f"launcher mutant {name} passed the reuse checks: {result}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -261,11 +261,15 @@ def grad_e(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tenso
 
 
 def grad_c(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tensor:
-    """dC (V, D) in ``c``'s dtype: sum over rows of (softmax - onehot)^T * grad / count, times E."""
+    """dC (V, D) in ``c``'s dtype: sum over rows of (softmax - onehot)^T * grad / count, times E.
+
+    Returned as rows 1.. of a (V + 1, D) buffer (row 0 unset): a catalog that is rows 1.. of an
+    item table (``core.model.TiedItemTable``) takes the buffer as the whole table's gradient,
+    with no copy (``core.model.table_backed``); to anyone else it is a plain (V, D) tensor."""
     from core.losses.kernels import flash_ce as kernels
 
     plan = plan or _plan(e, c)
-    dc = torch.empty_like(c)
+    dc = c.new_empty(plan.v + 1, plan.d)[1:]
     if plan.dc_splits == 1:
         out, strides = dc, (0, plan.d)
     else:

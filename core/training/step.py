@@ -4,7 +4,9 @@ step captured as CUDA graphs. ``train`` and experiments/bench/bench_epoch.py bot
 outside: it wraps the loss and hooks the optimizer; nothing here exists for timing).
 
 Every variant computes the same thing: forward, ``loss_fn(e, model.catalog(), item_id - 1)``
-on the compact (N, D) block of non-padding positions, backward, Adam. N is known on the host
+on the compact (N, D) block of non-padding positions, backward, Adam. Where the model holds its
+whole table (``ties``) the catalog comes from the forward itself (``with_catalog``): the same
+values, and the table's gradient is built in one buffer (``core.model.TiedItemTable``). N is known on the host
 (``core.data.batching.Batch.positions``), so gathering the block needs no device->host sync.
 
 Why CUDA graphs (measured on an H200, experiments/bench/NOTES_speed.md): with the model body
@@ -157,6 +159,22 @@ def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **kind)
 
 
+def ties(model: torch.nn.Module) -> bool:
+    """Whether the step takes the catalog from the model's forward (``with_catalog``: the
+    lookup and the catalog as one autograd node, one gradient buffer for the item table;
+    ``core.model.TiedItemTable``): a model holding its whole table as an ``nn.Embedding``.
+    A wrapper (DDP) or a rank's sharded table does not, and stays on ``catalog()``."""
+    return isinstance(getattr(model, "item_emb", None), torch.nn.Embedding)
+
+
+def forward_and_catalog(forward: Callable, model: torch.nn.Module, inputs: torch.Tensor, tied: bool,
+                        **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``forward(inputs, **kw)``, the catalog): from one node when ``tied`` (``ties``)."""
+    if tied:
+        return forward(inputs, with_catalog=True, **kw)
+    return forward(inputs, **kw), model.catalog()
+
+
 def packs(model: torch.nn.Module) -> bool:
     """Whether the step runs ``model``'s body packed: a model that says so (``SASRec.packed``).
     A wrapper (DDP, under torchrun) does not answer ``packed``, so ranks stay padded."""
@@ -188,7 +206,8 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_de
     packed = packs(model) and mode is None  # a compiled body keeps its one (B, L) shape
     run = _eager_step(model, forward, optimizer, loss_fn, amp=amp,
                       pad_to=batch_size if mode else None, cudagraphs=mode == "reduce-overhead",
-                      packed=packed, min_bucket=settings.graph_min_bucket)
+                      packed=packed, min_bucket=settings.graph_min_bucket,
+                      tied=ties(model) and mode is None)  # the compiled body keeps catalog()
     return Step(run, optimizer, "eager" if mode is None else f"compiled body ({mode})", warning, packed)
 
 
@@ -226,8 +245,8 @@ def packed_length(positions: int, min_bucket: int = MIN_BUCKET) -> int:
 
 
 def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | None,
-                cudagraphs: bool, packed: bool = False,
-                min_bucket: int = MIN_BUCKET) -> Callable[..., torch.Tensor]:
+                cudagraphs: bool, packed: bool = False, min_bucket: int = MIN_BUCKET,
+                tied: bool = False) -> Callable[..., torch.Tensor]:
     """The eager step. ``pad_to`` pads a smaller (last) batch with empty rows so a compiled
     body sees one shape: empty rows have no targets and SASRec's rows never interact, so loss
     and gradients are the unpadded batch's (only dropout draws differ). ``cudagraphs`` tells
@@ -235,7 +254,8 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
     the real positions (one process only; a step with ``shares`` stays padded), packed into
     ``packed_length(positions, min_bucket)`` slots on CUDA (a few lengths: one compiled
     attention kernel each) and exactly ``positions`` on the CPU; the loss takes the first
-    ``positions`` rows."""
+    ``positions`` rows. ``tied``: the catalog comes from the forward (``forward_and_catalog``;
+    steps with ``shares`` use ``catalog()``)."""
     device = next(model.parameters()).device
 
     def step(inputs, targets, positions, shares=None):
@@ -250,13 +270,14 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
                 length = packed_length(positions, min_bucket) if device.type == "cuda" else max(positions, 1)
                 packing = pack(inputs, length)  # its first ``positions`` slots: the targets' positions
                 index = packing.index[:positions]
-                e = forward(inputs, pack=packing)[:positions]  # (N, D): the same positions, in order
+                out, catalog = forward_and_catalog(forward, model, inputs, tied, pack=packing)
+                e = out[:positions]  # (N, D): the same positions, in order
             else:
                 index = compact_index(targets != 0, positions)  # (N,): positions with a real next item
-                hidden = forward(inputs, **extra)  # (B, L, D)
-                e = hidden.flatten(0, 1).index_select(0, index)  # (N, D)
+                hidden, catalog = forward_and_catalog(forward, model, inputs, tied and shares is None, **extra)
+                e = hidden.flatten(0, 1).index_select(0, index)  # (B, L, D) -> (N, D)
             t = targets.flatten().index_select(0, index)  # (N,)
-            loss = loss_fn(e, model.catalog(), t - 1, **extra)  # catalog column = item id - 1
+            loss = loss_fn(e, catalog, t - 1, **extra)  # catalog column = item id - 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -269,29 +290,36 @@ def _eager_step(model, forward, optimizer, loss_fn, *, amp: bool, pad_to: int | 
 
 
 def forward_block(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, n_pad: int,
-                  packed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The graphed step's forward up to the loss: (e (n_pad, D), catalog columns (n_pad,)), the
-    scored positions first, then filler slots with ``IGNORE_INDEX``. ``packed``: the body runs
-    on the real positions packed into the ``n_pad`` slots (a multiple of ``FLEX_BLOCK`` on CUDA:
-    ``packed_length``), whose output is the loss's block; else on all B x L, then gathered."""
+                  packed: bool, tied: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The graphed step's forward up to the loss: (e (n_pad, D), the catalog, catalog columns
+    (n_pad,)), the scored positions first, then filler slots with ``IGNORE_INDEX``. ``packed``:
+    the body runs on the real positions packed into the ``n_pad`` slots (a multiple of
+    ``FLEX_BLOCK`` on CUDA: ``packed_length``), whose output is the loss's block; else on all
+    B x L, then gathered. ``tied``: the catalog from the forward where the model ``ties``."""
+    tied = tied and ties(model)
     if packed:
         packing = pack(inputs, n_pad)
         index, valid = packing.index, packing.valid  # (n_pad,), (n_pad,)
-        e = model(inputs, pack=packing)  # (n_pad, D): real positions in ``index``'s order, then filler
+        # (n_pad, D): real positions in ``index``'s order, then filler
+        e, catalog = forward_and_catalog(model, model, inputs, tied, pack=packing)
     else:
         index, valid = padded_compact_index(targets != 0, n_pad)  # (n_pad,), (n_pad,)
-        e = model(inputs).flatten(0, 1).index_select(0, index)  # (B, L, D) -> (n_pad, D)
-    return e, torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
+        hidden, catalog = forward_and_catalog(model, model, inputs, tied)
+        e = hidden.flatten(0, 1).index_select(0, index)  # (B, L, D) -> (n_pad, D)
+    return e, catalog, torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
 
 
 def compiled_forward_block(mode: str) -> Callable:
-    """``forward_block`` under torch.compile (``mode`` of ``GRAPHABLE_MODES``): one compile per
-    (bucket, packed) - ints are guarded on - so the recompile limit is raised to 64 as for
-    FlexAttention (``core.model.compiled_flex_attention``)."""
+    """``forward_block`` under torch.compile (``mode`` of ``GRAPHABLE_MODES``), untied (the
+    catalog from ``catalog()``: ``TiedItemTable``'s backward picks its buffer at run time,
+    which a traced backward cannot), one compile per (bucket, packed) - ints are guarded on - so
+    the recompile limit is raised to 64 as for FlexAttention (``core.model.compiled_flex_attention``)."""
+    import functools
+
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(forward_block, mode=mode, dynamic=False)
+    return torch.compile(functools.partial(forward_block, tied=False), mode=mode, dynamic=False)
 
 
 def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
@@ -304,8 +332,8 @@ def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     optimizer.zero_grad(set_to_none=True)
     # cache_enabled=False: autocast's weight-cast cache must not outlive a captured region.
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-        e, t = block(model, inputs, targets, n_pad, packed)
-        loss = loss_fn(e, model.catalog(), t)
+        e, catalog, t = block(model, inputs, targets, n_pad, packed)
+        loss = loss_fn(e, catalog, t)
     loss.backward()
     optimizer.step()
     return loss.detach()
