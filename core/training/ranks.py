@@ -271,7 +271,7 @@ class Ranks:
             if optimizer is not None:
                 optimizer.load_state_dict(state["optimizer"])
             return
-        errors = self.gather(_check_part(path, fix, self.ctx.rank, self.ctx.world))
+        errors = self.gather(_check_part(state, fix, self.ctx.rank, self.ctx.world))
         if any(errors):
             raise CorruptCheckpoint(next(e for e in errors if e))
         load_sharded_into(model, optimizer, state, self._table, self._mesh() if self._table is not None else None,
@@ -461,10 +461,11 @@ def load_sharded_into(model: torch.nn.Module, optimizer: torch.optim.Optimizer |
         "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]})
 
 
-def _check_part(path: Path, fix: str, rank: int, world: int) -> str | None:
-    """This rank's share of the digests of a sharded checkpoint: None, or the one error line."""
+def _check_part(state: dict, fix: str, rank: int, world: int) -> str | None:
+    """This rank's share of the digests of a sharded checkpoint (``core.checkpoint.check_shards``):
+    None, or the one error line (gathered, so that every rank raises the same one)."""
     try:
-        ckpt.check_sharded(path, fix=fix, part=(rank, world))
+        ckpt.check_shards(state, fix=fix, part=(rank, world))
     except ckpt.CorruptFile as err:
         return str(err)
     return None
