@@ -14,7 +14,8 @@ constructor arguments, batch size, max_len, optimizer, loss and its settings, se
 ``--resume`` refuses any change the resumed state would silently ignore or that breaks the
 checkpoint, naming the setting, before anything is written. Settings a resume may change:
 epochs, patience, eval_every, nan_check_every, show_progress, device and the evaluation batch
-size (they are not in ``settings``).
+size (they are not in ``settings``), and the number of ranks of a catalog-parallel run
+(``_resharded``: the one recorded setting that may change).
 
 What the folder refuses, in one line each (``RunFolderError``), before writing anything:
 - a fresh run into a folder that holds one: checkpoint.pt, best.pt, history.jsonl or
@@ -119,12 +120,10 @@ class RunFolder:
         if saved is None:
             raise RunFolderError(f"--resume: {self.checkpoint} predates recorded settings and "
                                  "cannot be checked; start a new run")
-        # a sharded checkpoint is resharded by DCP: a catalog-parallel run resumes on any K >= 2
-        reshards = ckpt.SHARDED_PATH in state and saved.get("train.catalog_parallel") is True \
-            and settings.get("train.catalog_parallel") is True
+        may_change = _resharded(state, saved, settings)
         for key in [*settings, *(k for k in saved if k not in settings)]:  # data, model, loss, ...
             old, new = saved.get(key, "(unset)"), settings.get(key, "(unset)")
-            if old != new and not (reshards and key == "parallel.world_size"):
+            if old != new and key not in may_change:
                 raise RunFolderError(
                     f"--resume: {key} is {new!r} here but the run trained with {old!r}; a resumed "
                     "run keeps its own settings (drop the binding, or start a new run elsewhere)")
@@ -370,6 +369,17 @@ def _read(path: Path, device, fix: str) -> dict:
         if whole is None or not ckpt.is_sharded(whole):
             return ckpt.load_torch(path, map_location=device, fix=fix)
         return ckpt.sharded_state(whole, fix=fix)
+
+
+def _resharded(state: dict, saved: dict, settings: dict) -> set[str]:
+    """The recorded settings a resume may change although they are in ``settings``: the number
+    of ranks of a catalog-parallel run resumed catalog-parallel from a sharded checkpoint
+    (DCP reshards it for any K >= 2; every rank then goes on from rank 0's RNG state,
+    ``Ranks.own_rng_state``). Empty otherwise: a data-parallel resume keeps K (its RNG states)."""
+    if ckpt.SHARDED_PATH in state and saved.get("train.catalog_parallel") is True \
+            and settings.get("train.catalog_parallel") is True:
+        return {"parallel.world_size"}
+    return set()
 
 
 def _rmdir(folder: Path) -> None:
