@@ -6,6 +6,11 @@
 - ``atomic_dir(path)``: yields a temporary folder beside ``path`` to fill, then renames it to
   ``path`` (refusing to replace an existing folder). Prepared data, benchmark and study
   outputs use it.
+- ``swap_dir(path)``: replaces the folder ``path`` by the one written as ``.NAME.new``
+  (``swap_names``): the old one is renamed to ``.NAME.old``, the new one in, the old removed
+  (a folder cannot be renamed over a non-empty one: two renames). ``whole_dir`` finds what a
+  crash between them left whole and ``settle_swap`` finishes such a swap before the next one.
+  Sharded checkpoints (``core.checkpoint``) use it.
 
 Temporaries are named ``.NAME.tmp-PID-RANDOM`` and are removed on any exception. A process
 killed with SIGKILL cannot clean up, so every ``atomic_*`` call first removes the temporaries
@@ -23,7 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 
 def _umask() -> int:
@@ -141,3 +146,59 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- a folder replaced by a new one -------------------------------------------------------------
+
+
+def swap_names(path: str | Path) -> tuple[Path, Path]:
+    """Where ``swap_dir`` wants the new folder written (``.NAME.new``) and where it puts the old
+    one during the swap (``.NAME.old``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
+
+
+def swap_dir(path: str | Path) -> None:
+    """Puts the finished folder ``.NAME.new`` in place of the folder ``path`` (if any): the old
+    one renamed aside, the new one in, the old removed. A crash between the renames leaves no
+    ``path``, but both folders whole: ``whole_dir`` picks one."""
+    path = Path(path)
+    new, old = swap_names(path)
+    if path.exists():
+        os.rename(path, old)
+    os.rename(new, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def whole_dir(path: str | Path, is_whole: Callable[[Path], bool]) -> Path | None:
+    """The folder written as ``path`` by ``swap_dir``: ``path``; after a crash between its two
+    renames, the new folder if ``is_whole`` (it was finished), else the old one. None if none is."""
+    path = Path(path)
+    return next((c for c in (path, *swap_names(path)) if is_whole(c)), None)
+
+
+def settle_swap(path: str | Path, is_whole: Callable[[Path], bool]) -> None:
+    """Before a new ``swap_dir`` of ``path``: finishes a swap a crash interrupted (``whole_dir``'s
+    choice becomes ``path``) and removes what is left of unfinished ones."""
+    path = Path(path)
+    if not path.exists() and (whole := whole_dir(path, is_whole)) is not None:
+        os.rename(whole, path)
+    for leftover in swap_names(path):
+        if leftover.exists():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Makes renames in ``folder`` durable where the file system allows it (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -17,28 +17,28 @@ item table and their Adam state (``__R_I_0.distcp``, a file per tensor; a ``Shar
 load for another number of ranks, or for one process), DCP dedups the replicated tensors (the
 rest of the model and its Adam state), rank 0 writes DCP's ``.metadata`` and ``state.pt`` (a
 sealed ``save_torch`` of everything else: epoch, RNG states, history, settings). Sealing: once
-every rank's files are written, each hashes its own, and rank 0 writes ``seal`` (``seal`` of a
-JSON manifest: every file's name, size and SHA-256), last. ``check_sharded`` checks it before
-DCP unpickles anything (a flipped byte, a missing or truncated file: ``CorruptFile``).
-Crash safety: the folder is written as ``.NAME.new`` and swapped in by two renames (the old
-one to ``.NAME.old``, the new one in, the old removed); ``latest`` resolves a crash between
-them (the sealed new one, else the old one), and an unsealed folder is never read.
+every rank's files are written, each hashes its own, and rank 0 writes ``seal``
+(``core.integrity.write_manifest``: every file's name, size and SHA-256), last. Before DCP
+unpickles anything, ``sharded_state`` checks the seal and the sizes and reads ``state.pt``
+(its own digest), and ``check_shards`` hashes the data files against that same manifest (a
+flipped byte, a missing or truncated file: ``CorruptFile``). Crash safety: the folder is
+written as ``.NAME.new`` and swapped in by ``core.atomic.swap_dir`` (two renames); ``latest``
+resolves a crash between them (the sealed new one, else the old one), and an unsealed folder
+is never read.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.atomic import atomic_file, write_json, write_text  # noqa: F401  (re-exported)
-from core.integrity import CorruptFile, check_file, seal, seal_header, sha256_file, unseal
+from core.atomic import atomic_file, settle_swap, swap_dir, swap_names, whole_dir
+from core.atomic import write_json, write_text  # noqa: F401  (re-exported)
+from core.integrity import CorruptFile, check_file, read_manifest, seal_header, sha256_file, unseal, write_manifest
 
 _TORCH_ZIP = b"PK\x03\x04"  # what torch.save writes: a checkpoint from before the digest
 DEFAULT_FIX = "it cannot be used: train the run again"
@@ -111,6 +111,7 @@ def set_rng_state(state: dict) -> None:
 # --- sharded checkpoints: a DCP folder, sealed ------------------------------------------------
 
 SHARDED_PATH = "sharded_path"  # where a sharded checkpoint's state, read back, says its folder is
+SHARDED_FILES = "sharded_files"  # and what its checked manifest lists (name -> [size, digest])
 SEAL = "seal"  # the manifest of a sharded checkpoint folder, written last
 STATE = "state.pt"  # what is not a tensor of the model or the optimizer (sealed save_torch)
 _FORMAT = "sasrec-dcp-v1"
@@ -121,32 +122,16 @@ def is_sharded(path: Path) -> bool:
     return Path(path).is_dir()
 
 
-def _aside(path: Path, what: str) -> Path:
-    return path.with_name(f".{path.name}.{what}")
+def _sealed(folder: Path) -> bool:
+    return (folder / SEAL).is_file()
 
 
 def latest(path: Path) -> Path | None:
     """The whole checkpoint written as ``path``: the file, or the folder once sealed; after a
-    crash between the two renames of ``save_sharded``, the sealed new folder, else the old
-    one. None when there is none (a folder without its seal is never taken)."""
+    crash between the two renames of its swap (``core.atomic.whole_dir``), the sealed new
+    folder, else the old one. None when there is none (a folder without its seal is never taken)."""
     path = Path(path)
-    if path.is_file():
-        return path
-    for candidate in (path, _aside(path, "new"), _aside(path, "old")):
-        if (candidate / SEAL).is_file():
-            return candidate
-    return None
-
-
-def _settle(path: Path) -> None:
-    """Rank 0, before a save: finishes a swap a crash interrupted (``latest``'s choice becomes
-    ``path``) and removes what is left of unfinished saves."""
-    new, old = _aside(path, "new"), _aside(path, "old")
-    if not path.exists() and (whole := latest(path)) is not None and whole != path:
-        os.rename(whole, path)
-    for leftover in (new, old):
-        if leftover.exists():
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    return path if path.is_file() else whole_dir(path, _sealed)
 
 
 def _own_files(folder: Path, rank: int) -> list[str]:
@@ -165,13 +150,15 @@ def save_sharded(tensors: dict, state: dict, path: Path, ctx) -> None:
     ``state``: anything picklable, the same on every rank (rank 0 writes it). The previous
     checkpoint stays whole until the new one is sealed (see the module docstring). An error
     on any rank (a full disk) raises ``OSError`` on every rank, with the first one's message.
+    Three exchanges besides DCP's own: the folder is ready, every rank's digests, the swap done
+    (the last one is also why no rank returns before the new checkpoint is in place).
     """
     import torch.distributed.checkpoint as dcp
 
-    from core.parallel.collectives import barrier, gather_objects
+    from core.parallel.collectives import gather_objects
 
     path = Path(path)
-    new, old = _aside(path, "new"), _aside(path, "old")
+    new, _ = swap_names(path)
 
     def together(step):  # every rank runs ``step``; any rank's OSError is raised on all of them
         try:
@@ -186,85 +173,60 @@ def save_sharded(tensors: dict, state: dict, path: Path, ctx) -> None:
 
     def prepare():
         if ctx.rank == 0:
-            _settle(path)
+            settle_swap(path, _sealed)
             new.mkdir(parents=True)
 
     together(prepare)
     try:
-        dcp.save(tensors, storage_writer=_writer(new),
-                 no_dist=not ctx.enabled)
+        dcp.save(tensors, storage_writer=_writer(new), no_dist=not ctx.enabled)
     except OSError:
         raise
     except Exception as err:  # DCP's CheckpointException: every rank's failure, on every rank
         raise OSError(" ".join(str(err).split())[:300]) from None
 
-    def write_state():
+    def digests():  # DCP's files are all written when its save returns; rank 0 adds state.pt
         if ctx.rank == 0:
             save_torch({**state, "format": _FORMAT}, new / STATE)
-        return None
+        return {n: [(new / n).stat().st_size, sha256_file(new / n)] for n in _own_files(new, ctx.rank)}
 
-    together(write_state)
-    digests = together(lambda: {n: [(new / n).stat().st_size, sha256_file(new / n)] for n in _own_files(new, ctx.rank)})
+    parts = together(digests)
 
     def seal_and_swap():
-        if ctx.rank != 0:
-            return
-        files = {name: entry for part in digests for name, entry in part.items()}
-        manifest = json.dumps({"format": _FORMAT, "world_size": ctx.world, "files": files}, sort_keys=True)
-        with atomic_file(new / SEAL) as f:
-            f.write(seal(manifest.encode()))
-        if path.exists():
-            os.rename(path, old)
-        os.rename(new, path)
-        _fsync_dir(path.parent)
-        if old.exists():
-            shutil.rmtree(old)
+        if ctx.rank == 0:
+            files = dict(sorted((name, entry) for part in parts for name, entry in part.items()))
+            write_manifest({"format": _FORMAT, "world_size": ctx.world, "files": files}, new / SEAL)
+            swap_dir(path)
 
     together(seal_and_swap)
-    barrier(ctx)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _manifest(folder: Path, fix: str) -> dict:
     seal_path = folder / SEAL
-    try:
-        blob = seal_path.read_bytes()
-    except OSError as err:
-        problem = "no seal (its save did not finish)" if not seal_path.exists() else f"cannot be read ({err.strerror or err})"
-        raise CorruptFile(seal_path, problem, fix) from None
-    try:
-        manifest = json.loads(bytes(unseal(blob, seal_path, fix)))
-    except ValueError:
-        raise CorruptFile(seal_path, "not a manifest of this tool", fix) from None
-    if manifest.get("format") != _FORMAT or not isinstance(manifest.get("files"), dict):
+    if not seal_path.is_file():
+        raise CorruptFile(seal_path, "no seal (its save did not finish)", fix)
+    manifest = read_manifest(seal_path, fix)
+    if manifest.get("format") != _FORMAT:
         raise CorruptFile(seal_path, "not a manifest of this tool", fix)
     return manifest
+
+
+def _check_digests(folder: Path, files: dict, part: tuple[int, int], fix: str) -> None:
+    """Hashes every n-th of ``files`` (a manifest's name -> [size, digest]) from the i-th."""
+    i, n = part
+    for name, (_, digest) in sorted(files.items())[i::n]:
+        check_file(folder / name, digest, fix)
 
 
 def check_sharded(path: Path, *, fix: str = DEFAULT_FIX, part: tuple[int, int] | None = (0, 1)) -> dict:
     """Raises ``CorruptFile`` unless the folder ``path`` is a sealed sharded checkpoint whose
     files are all there with their recorded sizes and digests; returns its manifest.
 
-    ``part`` (i, n): hash only every n-th file from the i-th (K ranks share the reading of a
-    large checkpoint; each checks its part, and they agree on the result); None: sizes only
-    (a cheap check, e.g. of best.pt at a resume, whose digests are checked when it is read).
+    ``part`` (i, n): hash only every n-th file from the i-th; None: sizes only (a cheap check,
+    e.g. of best.pt at a resume, whose digests are checked when it is read).
     """
     folder = Path(path)
     manifest = _manifest(folder, fix)
-    files = sorted(manifest["files"].items())
-    for name, (size, _) in files:
+    for name, (size, _) in sorted(manifest["files"].items()):
         try:
             actual = (folder / name).stat().st_size
         except OSError:
@@ -272,18 +234,26 @@ def check_sharded(path: Path, *, fix: str = DEFAULT_FIX, part: tuple[int, int] |
         if actual != size:
             raise CorruptFile(folder / name, f"{actual} bytes, not the {size} it was sealed with", fix)
     if part is not None:
-        i, n = part
-        for name, (_, digest) in files[i::n]:
-            check_file(folder / name, digest, fix)
+        _check_digests(folder, manifest["files"], part, fix)
     return manifest
 
 
 def sharded_state(path: Path, *, fix: str = DEFAULT_FIX) -> dict:
     """The ``state`` a sharded checkpoint was saved with (its ``state.pt``), once the folder's
-    seal, its files' sizes and ``state.pt``'s own digest are checked (the data files' digests
-    are ``check_sharded``'s, with ``part``)."""
-    check_sharded(path, fix=fix, part=None)
-    return load_torch(Path(path) / STATE, fix=fix)
+    seal, its files' sizes and ``state.pt``'s own digest are checked; with the folder under
+    ``SHARDED_PATH`` and the manifest's files under ``SHARDED_FILES``, for ``check_shards``."""
+    manifest = check_sharded(path, fix=fix, part=None)
+    state = load_torch(Path(path) / STATE, fix=fix)
+    return {**state, SHARDED_PATH: Path(path), SHARDED_FILES: manifest["files"]}
+
+
+def check_shards(state: dict, *, fix: str = DEFAULT_FIX, part: tuple[int, int] = (0, 1)) -> None:
+    """Hashes the files of the sharded checkpoint ``sharded_state`` read (``state``), against
+    the manifest it checked then (not read again); ``part`` (i, n): every n-th file from the
+    i-th (K ranks share the hashing of a large checkpoint and agree on the result). state.pt is
+    left out: its own digest was checked when it was read."""
+    files = {name: entry for name, entry in state[SHARDED_FILES].items() if name != STATE}
+    _check_digests(Path(state[SHARDED_PATH]), files, part, fix)
 
 
 def sharded_tensors(path: Path) -> dict:

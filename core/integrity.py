@@ -11,15 +11,20 @@ parser or ending in a traceback.
   for single files that carry their own digest (checkpoints); ``unseal`` returns the payload
   or raises ``CorruptFile``.
 
-Folders of several files (prepared data) keep their files' digests in a manifest written in
-the same atomic folder rename as the files (``core.atomic.atomic_dir``), so file and digest
-can never disagree after a crash.
+Folders of several files (prepared data, sharded checkpoints) keep their files' digests in a
+sealed JSON manifest (``write_manifest`` / ``read_manifest``), written with the files and made
+visible with them by one folder rename (``core.atomic``), so file and digest can never disagree
+after a crash. Each folder kind keeps its own manifest fields; ``read_manifest`` asks only for
+a ``files`` mapping.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+
+from core.atomic import write_bytes
 
 MAGIC = b"SASREC-SEALED-V1\n"
 _DIGEST_BYTES = 32
@@ -74,3 +79,25 @@ def unseal(blob: bytes, path: str | Path, fix: str) -> memoryview:
     if hashlib.sha256(view[head:]).digest() != bytes(view[len(MAGIC):head]):
         raise CorruptFile(path, "digest mismatch", fix)
     return view[head:]
+
+
+def write_manifest(manifest: dict, path: str | Path) -> None:
+    """``manifest`` (JSON, with a ``files`` mapping) sealed and written atomically to ``path``."""
+    write_bytes(seal(json.dumps(manifest, indent=1).encode()), path)
+
+
+def read_manifest(path: str | Path, fix: str) -> dict:
+    """The manifest ``write_manifest`` wrote at ``path``, its seal checked before JSON parses it;
+    ``CorruptFile`` when it cannot be read, fails its digest or is not a manifest (a JSON object
+    with a ``files`` mapping). The caller checks its own fields and says what a missing one means."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as err:
+        raise CorruptFile(path, f"cannot be read ({err.strerror or err})", fix) from None
+    try:
+        manifest = json.loads(bytes(unseal(blob, path, fix)))
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CorruptFile(path, "not a manifest of this tool", fix)
+    return manifest

@@ -93,7 +93,6 @@ def _model_and_adam(ctx: DistContext):
     torch.manual_seed(0)
     model = ranks.build_model(SASRec, n_items=V, dim=DIM, max_len=4, n_blocks=1, n_heads=2, dropout=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    ranks.attach(optimizer)
     return ranks, model, optimizer
 
 

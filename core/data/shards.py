@@ -22,7 +22,7 @@ column is an integer that fits in int64 (MovieLens, numeric columns, synthetic d
 strings (UTF-8, fixed-length bytes on disk, numpy ``str`` arrays in memory). Both round-trip.
 
 Integrity (format 3): the manifest holds the SHA-256 of every file of the folder and is itself
-sealed (``core.integrity.seal``); ``load_sequences`` checks every digest before HDF5 parses any
+sealed (``core.integrity.write_manifest``); ``load_sequences`` checks every digest before HDF5 parses any
 file. Hashing only reads bytes, so a corrupted file is refused with one line naming it and the
 rebuild command, never parsed: a flipped byte in an attribute, an id map or the data cannot hang
 the HDF5 library, raise its errors or change a value silently. (fletcher32 on every dataset and
@@ -47,7 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core.atomic import atomic_dir, write_bytes, write_json
-from core.integrity import CorruptFile, check_file, seal, sha256_file, unseal
+from core.integrity import CorruptFile, check_file, read_manifest, sha256_file, write_manifest
 
 FORMAT_VERSION = 3  # 2: raw user/item ids, fletcher32 checksums; 3: a sealed manifest of every file's SHA-256
 KIND = "sasrec-cce/sequence-shards"  # marks our files; anything else is foreign
@@ -337,8 +337,8 @@ def _h5_bytes(arrays: dict[str, np.ndarray], attrs: dict) -> bytes:
 def _write_manifest(folder: Path, write_id: str, attrs: dict) -> None:
     """Seals the SHA-256 of every file in ``folder`` (and the attributes a rebuild command needs)."""
     files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
-    payload = {"format_version": FORMAT_VERSION, "write_id": write_id, "files": files, "attrs": attrs}
-    write_bytes(seal(json.dumps(payload, indent=1).encode()), folder / MANIFEST_FILE)
+    write_manifest({"format_version": FORMAT_VERSION, "write_id": write_id, "files": files, "attrs": attrs},
+                   folder / MANIFEST_FILE)
 
 
 def _unverified_stats(folder: Path) -> dict:
@@ -380,8 +380,7 @@ def verify_folder(path: Path) -> dict:
             f"{FORMAT_VERSION}: raw ids, a checksum of every file); {_best_rebuild_command(stats, path)}"
         )
     try:
-        fallback = _best_rebuild_command(_unverified_stats(path), path)
-        manifest = json.loads(bytes(unseal(manifest_file.read_bytes(), manifest_file, fallback)))
+        manifest = read_manifest(manifest_file, _best_rebuild_command(_unverified_stats(path), path))
         rebuild = rebuild_command(manifest["attrs"], path)
         extra = sorted({p.name for p in path.glob("*.h5")} - set(manifest["files"]))
         if extra:
@@ -392,8 +391,6 @@ def verify_folder(path: Path) -> dict:
             check_file(path / name, digest, rebuild)
     except CorruptFile as err:
         raise DataFormatError(str(err)) from None
-    except OSError as err:  # the manifest itself cannot be read
-        raise DataFormatError(f"{manifest_file}: cannot be read ({err.strerror or err}); {fallback}") from None
     return manifest
 
 

@@ -373,7 +373,3 @@ class ShardedItemEmbedding(torch.nn.Module):
         table's (n_items + 1, D), row 0 kept (zero for SASRec's padding row), on ``device``."""
         device = state.device if device is None else device
         return torch.cat([state[:1].to(device), *self._gather(state[1:].contiguous(), device)])
-
-    def slice_state(self, full: torch.Tensor) -> torch.Tensor:
-        """The inverse of ``gather_state``: this rank's rows of a whole-table tensor."""
-        return torch.cat([full[:1], full[1 + self.lo : 1 + self.hi]])

@@ -1,5 +1,9 @@
 """Why a run stops early; every message is one line for the user."""
 
+import contextlib
+
+from core.integrity import CorruptFile
+
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (out of memory, a step that cannot be captured, ...)."""
@@ -21,6 +25,16 @@ class RunFolderBusy(RunFolderError):
 class CorruptCheckpoint(RunFolderError):
     """checkpoint.pt or best.pt fails its digest (``core.integrity``): the message names the file
     and what to do; nothing was loaded from it."""
+
+
+@contextlib.contextmanager
+def corrupt_checkpoint():
+    """A ``CorruptFile`` raised in the block (a checkpoint that fails its digest, read by the
+    run folder or the ranks) becomes ``CorruptCheckpoint``, the run folder's error, same line."""
+    try:
+        yield
+    except CorruptFile as err:
+        raise CorruptCheckpoint(str(err)) from None
 
 
 class NothingToTrain(RunFolderError):

@@ -109,7 +109,6 @@ def build(data: SequenceData, *, model: Callable[..., torch.nn.Module], loss_fn:
     train_step = make_step(ranks.prepare(net), ranks.loss(bind_to_data(loss_fn, data)), lr=optim.lr,
                            weight_decay=optim.weight_decay, settings=step, batch_size=optim.batch_size,
                            max_len=optim.max_len)
-    ranks.attach(train_step.optimizer)
     batches = TrainBatches(seqs, batch_size=optim.batch_size, max_len=optim.max_len, seed=optim.seed)
     return Built(net, train_step, batches, seqs, device, step.amp and device.type == "cuda")
 

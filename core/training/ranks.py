@@ -60,8 +60,7 @@ class Ranks:
     - ``build_model(make, **kwargs)``: with ``catalog_parallel`` the model is made with only
       this rank's shard of the item table (``ShardedItemEmbedding``), which DDP leaves alone
       (its gradients are exact on their owner); ``prepare(model)``: the model the step trains,
-      DDP around it;
-      ``attach(optimizer)``: the optimizer's checkpoints hold the whole table's Adam state.
+      DDP around it.
     - ``loss(loss_fn)``: this rank's loss for its share of a global batch, ``loss(e, c, targets,
       shares=...)`` with the batch's ``RankShares``: the local mean scaled by ``loss_scale``, or
       the catalog-parallel CE of the whole global batch.
@@ -118,33 +117,6 @@ class Ranks:
             _DDP._set_params_and_buffers_to_ignore_for_model(model, ["item_emb.weight"])
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         return _DDP(model, device_ids=device_ids)
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """``optimizer.state_dict()`` holds the whole table's Adam state (catalog-parallel; a
-        collective, a whole-table view for comparisons): run checkpoints do not call it, they
-        save each rank's rows (``checkpoint``)."""
-        if self._table is None:
-            return
-        table = self._table
-        index = next(i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])
-                     if p is table.weight)
-
-        def gather(opt, state_dict):
-            per_param = state_dict["state"].get(index)
-            if per_param is not None:  # a copy: the packed state shares its dicts with the optimizer
-                state_dict["state"][index] = {k: table.gather_state(v) if _per_row(v, table) else v
-                                              for k, v in per_param.items()}
-            return state_dict
-
-        def slice_(opt, state_dict):
-            per_param = state_dict["state"].get(index)
-            if per_param is not None:
-                state_dict = {**state_dict, "state": {**state_dict["state"], index: {
-                    k: table.slice_state(v) if _is_whole(v, table) else v for k, v in per_param.items()}}}
-            return state_dict
-
-        optimizer.register_state_dict_post_hook(gather)
-        optimizer.register_load_state_dict_pre_hook(slice_)
 
     def loss(self, loss_fn):
         """The loss the step calls for this rank's share of a global batch: ``loss_fn`` itself
@@ -271,7 +243,7 @@ class Ranks:
             if optimizer is not None:
                 optimizer.load_state_dict(state["optimizer"])
             return
-        errors = self.gather(_check_part(path, fix, self.ctx.rank, self.ctx.world))
+        errors = self.gather(_check_part(state, fix, self.ctx.rank, self.ctx.world))
         if any(errors):
             raise CorruptCheckpoint(next(e for e in errors if e))
         load_sharded_into(model, optimizer, state, self._table, self._mesh() if self._table is not None else None,
@@ -310,14 +282,6 @@ def _operative(record: dict) -> dict:
     groups = {f"{group}.{key}": value for group, values in record.get("settings_by_group", {}).items()
               if isinstance(values, dict) for key, value in values.items()}
     return {**groups, **record["settings"], "loss": record.get("loss")}
-
-
-def _per_row(t, table) -> bool:
-    return isinstance(t, torch.Tensor) and t.shape == table.weight.shape
-
-
-def _is_whole(t, table) -> bool:
-    return isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == table.n_items + 1
 
 
 # --- sharded checkpoints (catalog-parallel): what each rank saves and loads ----------------------
@@ -461,10 +425,11 @@ def load_sharded_into(model: torch.nn.Module, optimizer: torch.optim.Optimizer |
         "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]})
 
 
-def _check_part(path: Path, fix: str, rank: int, world: int) -> str | None:
-    """This rank's share of the digests of a sharded checkpoint: None, or the one error line."""
+def _check_part(state: dict, fix: str, rank: int, world: int) -> str | None:
+    """This rank's share of the digests of a sharded checkpoint (``core.checkpoint.check_shards``):
+    None, or the one error line (gathered, so that every rank raises the same one)."""
     try:
-        ckpt.check_sharded(path, fix=fix, part=(rank, world))
+        ckpt.check_shards(state, fix=fix, part=(rank, world))
     except ckpt.CorruptFile as err:
         return str(err)
     return None

@@ -14,7 +14,8 @@ constructor arguments, batch size, max_len, optimizer, loss and its settings, se
 ``--resume`` refuses any change the resumed state would silently ignore or that breaks the
 checkpoint, naming the setting, before anything is written. Settings a resume may change:
 epochs, patience, eval_every, nan_check_every, show_progress, device and the evaluation batch
-size (they are not in ``settings``).
+size (they are not in ``settings``), and the number of ranks of a catalog-parallel run
+(``_resharded``: the one recorded setting that may change).
 
 What the folder refuses, in one line each (``RunFolderError``), before writing anything:
 - a fresh run into a folder that holds one: checkpoint.pt, best.pt, history.jsonl or
@@ -51,8 +52,8 @@ import torch
 from core import checkpoint as ckpt
 from core.atomic import _pid_alive, unwritable
 from core.integrity import CorruptFile
-from core.training.errors import (CorruptCheckpoint, NothingToTrain, RunFolderBusy, RunFolderError, RunStopped,
-                                  WriteFailed)
+from core.training.errors import (NothingToTrain, RunFolderBusy, RunFolderError, RunStopped, WriteFailed,
+                                  corrupt_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +113,17 @@ class RunFolder:
         state = _read(self.checkpoint, "cpu", CHECKPOINT_FIX)  # RNG states stay on the CPU
         best = ckpt.latest(self.best)
         if best is not None:  # checked now, not after the epochs that the test would follow
-            try:  # (a sharded best.pt: its seal and files here, its digests when it is read)
+            with corrupt_checkpoint():  # (a sharded best.pt: its seal and sizes here, its digests when it is read)
                 ckpt.check_sharded(best, fix=BEST_FIX, part=None) if ckpt.is_sharded(best) else \
                     ckpt.check_torch(best, fix=BEST_FIX)
-            except CorruptFile as err:
-                raise CorruptCheckpoint(str(err)) from None
         saved = state.get("settings")
         if saved is None:
             raise RunFolderError(f"--resume: {self.checkpoint} predates recorded settings and "
                                  "cannot be checked; start a new run")
-        # a sharded checkpoint is resharded by DCP: a catalog-parallel run resumes on any K >= 2
-        reshards = ckpt.SHARDED_PATH in state and saved.get("train.catalog_parallel") is True \
-            and settings.get("train.catalog_parallel") is True
+        may_change = _resharded(state, saved, settings)
         for key in [*settings, *(k for k in saved if k not in settings)]:  # data, model, loss, ...
             old, new = saved.get(key, "(unset)"), settings.get(key, "(unset)")
-            if old != new and not (reshards and key == "parallel.world_size"):
+            if old != new and key not in may_change:
                 raise RunFolderError(
                     f"--resume: {key} is {new!r} here but the run trained with {old!r}; a resumed "
                     "run keeps its own settings (drop the binding, or start a new run elsewhere)")
@@ -362,26 +359,27 @@ class _LogFile(logging.FileHandler):
 
 
 def _read(path: Path, device, fix: str) -> dict:
-    """A checkpoint's state: ``_load``'s dict for a file; for a sharded folder (the sealed one
-    ``core.checkpoint.latest`` picks) its ``state.pt``, with the folder under ``SHARDED_PATH``."""
+    """A checkpoint's state: ``core.checkpoint.load_torch``'s dict for a file; for a sharded
+    folder (the sealed one ``core.checkpoint.latest`` picks) ``sharded_state`` (its ``state.pt``,
+    the folder under ``SHARDED_PATH``). A failed digest or seal: ``CorruptCheckpoint``."""
     whole = ckpt.latest(path)
-    if whole is None and Path(path).is_dir():
-        raise CorruptCheckpoint(str(CorruptFile(path, "no seal (its save did not finish)", fix)))
-    if whole is None or not ckpt.is_sharded(whole):
-        return _load(path, device, fix)
-    try:
-        state = ckpt.sharded_state(whole, fix=fix)
-    except CorruptFile as err:
-        raise CorruptCheckpoint(str(err)) from None
-    return {**state, ckpt.SHARDED_PATH: whole}
+    with corrupt_checkpoint():
+        if whole is None and Path(path).is_dir():
+            raise CorruptFile(path, "no seal (its save did not finish)", fix)
+        if whole is None or not ckpt.is_sharded(whole):
+            return ckpt.load_torch(path, map_location=device, fix=fix)
+        return ckpt.sharded_state(whole, fix=fix)
 
 
-def _load(path: Path, device, fix: str) -> dict:
-    """A checkpoint (``core.checkpoint.load_torch``); a failed digest as ``CorruptCheckpoint``."""
-    try:
-        return ckpt.load_torch(path, map_location=device, fix=fix)
-    except CorruptFile as err:
-        raise CorruptCheckpoint(str(err)) from None
+def _resharded(state: dict, saved: dict, settings: dict) -> set[str]:
+    """The recorded settings a resume may change although they are in ``settings``: the number
+    of ranks of a catalog-parallel run resumed catalog-parallel from a sharded checkpoint
+    (DCP reshards it for any K >= 2; every rank then goes on from rank 0's RNG state,
+    ``Ranks.own_rng_state``). Empty otherwise: a data-parallel resume keeps K (its RNG states)."""
+    if ckpt.SHARDED_PATH in state and saved.get("train.catalog_parallel") is True \
+            and settings.get("train.catalog_parallel") is True:
+        return {"parallel.world_size"}
+    return set()
 
 
 def _rmdir(folder: Path) -> None:
@@ -463,10 +461,8 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "auto", ctx=No
         if sharded:
             from core.training.ranks import load_sharded_into
 
-            try:
-                ckpt.check_sharded(state[ckpt.SHARDED_PATH], fix=BEST_FIX)
-            except CorruptFile as err:
-                raise CorruptCheckpoint(str(err)) from None
+            with corrupt_checkpoint():
+                ckpt.check_shards(state, fix=BEST_FIX)
             load_sharded_into(model, None, state)
         else:
             model.load_state_dict(state["model"])
