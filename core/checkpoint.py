@@ -240,9 +240,11 @@ def check_sharded(path: Path, *, fix: str = DEFAULT_FIX, part: tuple[int, int] |
 
 def sharded_state(path: Path, *, fix: str = DEFAULT_FIX) -> dict:
     """The ``state`` a sharded checkpoint was saved with (its ``state.pt``), once the folder's
-    seal, its files' sizes and ``state.pt``'s own digest are checked; with the folder under
+    seal, its files' sizes and ``state.pt``'s digest in the manifest (small: so a whole
+    ``state.pt`` of another checkpoint is refused too) are checked; with the folder under
     ``SHARDED_PATH`` and the manifest's files under ``SHARDED_FILES``, for ``check_shards``."""
     manifest = check_sharded(path, fix=fix, part=None)
+    check_file(Path(path) / STATE, manifest["files"][STATE][1], fix)
     state = load_torch(Path(path) / STATE, fix=fix)
     return {**state, SHARDED_PATH: Path(path), SHARDED_FILES: manifest["files"]}
 

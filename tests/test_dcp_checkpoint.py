@@ -202,6 +202,13 @@ def test_a_corrupted_missing_or_unsealed_folder_is_one_line_and_never_the_latest
     ckpt.save_sharded(tensors, {"epoch": 3}, path, ctx)  # the next save settles the leftovers
     assert sorted(p.name for p in tmp_path.iterdir() if "best" in p.name) == ["best.pt"]
     assert ckpt.sharded_state(path)["epoch"] == 3
+    # a whole state.pt of another checkpoint (same size, its own digest intact) is refused too
+    other = tmp_path / "other.pt"
+    ckpt.save_sharded(tensors, {"epoch": 4}, other, ctx)
+    assert (other / ckpt.STATE).stat().st_size == (path / ckpt.STATE).stat().st_size
+    shutil.copy(other / ckpt.STATE, path / ckpt.STATE)
+    with pytest.raises(ckpt.CorruptFile, match="digest mismatch"):
+        ckpt.sharded_state(path)
 
 
 # --- a catalog-parallel run: checkpoints, resume (same K and 2 -> 3), load_run in one process --------
