@@ -253,7 +253,7 @@ def check_shards(state: dict, *, fix: str = DEFAULT_FIX, part: tuple[int, int] =
     """Hashes the files of the sharded checkpoint ``sharded_state`` read (``state``), against
     the manifest it checked then (not read again); ``part`` (i, n): every n-th file from the
     i-th (K ranks share the hashing of a large checkpoint and agree on the result). state.pt is
-    left out: its own digest was checked when it was read."""
+    left out: ``sharded_state`` checked it against the manifest when it read it."""
     files = {name: entry for name, entry in state[SHARDED_FILES].items() if name != STATE}
     _check_digests(Path(state[SHARDED_PATH]), files, part, fix)
 
