@@ -1,0 +1,37 @@
+#!/bin/bash
+# Not yet run. One H200, one process at a time: issue 21 before ("old" = 9ced1f6, measured in
+# call C) and after (this commit).
+# (1) bench_epoch, beauty-like and ml20m-like x flash_ce / cce / ce, variant graph, 40 warm-up
+#     steps, 1 timed epoch: old, then new with per-kernel profiles; then new flash_ce with
+#     graph+compile (the whole-step graphs around a compiled body).
+#     Predicted for beauty-like flash_ce (graph): GPU time per step 1.56 -> ~1.35 ms (no
+#     per-parameter memset and add: -0.14 ms; one buffer for the item table: -0.05 ms), epoch
+#     4.35 -> ~3.8 s; graph+compile another -0.15 to -0.25 ms (fused LayerNorm, dropout, bias
+#     work); ml20m-like back to the padded figures of call C's "before" (1.14 s), less the same
+#     savings. The 2.0 s / 0.7 s targets stay out of reach by these predictions.
+# (2) bench_eval, beauty-like, test split, streaming (chunk 65,536), old and new tree.
+#     Predicted per 4,096-user batch: group max 3.59 -> ~0.9 ms (strided groups, read
+#     coalesced), body -~1.2 ms (the last block on the last column): 2.76 -> ~2.0 s a split.
+# (3) kernels_bench/eager_point.py (eager flash_ce, 560 x 207,649): the dC buffer has one row
+#     more; expected unchanged (0.646 ms in call C).
+set -u
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
+mkdir -p /tmp/old /tmp/new /tmp/shared /tmp/res && tar -xzf .gpu/old.tar.gz -C /tmp/old && tar -xzf .gpu/head.tar.gz -C /tmp/new
+cp -r .gpu/shared_data /tmp/shared/data
+echo "new = $(cat .gpu/HEAD), old = 9ced1f6"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
+C="dataset.cache_dir = '/tmp/cache'"
+G=(--gin gin/beauty_like_flash_ce.gin --gin gin/ml20m_like_flash_ce.gin --gin gin/beauty_like_cce.gin
+   --gin gin/ml20m_like_cce.gin --gin gin/beauty_like_ce.gin --gin gin/ml20m_like_ce.gin
+   --gin_bindings "$C" --epochs 1 --warmup-steps 40 --sample-steps 20)
+cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 130 python experiments/bench/bench_epoch.py "${G[@]}" --variants graph --budget-s 100 --out /tmp/res/epoch_old > /tmp/res/epoch_old.log 2>&1; echo "epoch old rc $? $(date -u +%T)"
+cd /tmp/new && export PYTHONPATH=/tmp/site:/tmp/new
+timeout 130 python experiments/bench/bench_epoch.py "${G[@]}" --variants graph --profile-steps 20 --budget-s 100 --out /tmp/res/epoch_new > /tmp/res/epoch_new.log 2>&1; echo "epoch new rc $? $(date -u +%T)"
+timeout 100 python experiments/bench/bench_epoch.py --gin gin/beauty_like_flash_ce.gin --gin gin/ml20m_like_flash_ce.gin --gin_bindings "$C" --epochs 1 --warmup-steps 40 --sample-steps 20 --variants graph+compile --profile-steps 20 --out /tmp/res/epoch_compile > /tmp/res/epoch_compile.log 2>&1; echo "epoch compile rc $? $(date -u +%T)"
+E=(--preset beauty-like --cache-dir /tmp/cache --path streaming --scorers model --splits test --chunk-size 65536 --profile-batches 3)
+for t in old new; do (cd /tmp/$t && PYTHONPATH=/tmp/site:/tmp/$t timeout 45 python experiments/bench/bench_eval.py "${E[@]}" --out /tmp/res/eval_$t > /tmp/res/eval_$t.log 2>&1; echo "eval $t rc $? $(date -u +%T)"); done
+timeout 25 python kernels_bench/eager_point.py --out /tmp/res/eager_new > /tmp/res/eager_new.log 2>&1; echo "eager rc $? $(date -u +%T)"
+find /tmp/res -name '*.pt' -delete; tar -czf $OUT/call_speed.tar.gz -C /tmp res
+for t in old new compile; do echo "== epoch $t"; grep "^| " /tmp/res/epoch_$t.log | cut -d'|' -f2-6,10 | head -8; done
+for t in old new; do echo "== eval $t"; grep "^| " /tmp/res/eval_$t.log | cut -d'|' -f2-12 | head -4; done
+echo "== eager"; grep "^| " /tmp/res/eager_new.log | head -6
