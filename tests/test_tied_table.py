@@ -23,17 +23,17 @@ def _batch() -> torch.Tensor:
     return seq
 
 
-def _grads(tied: bool, pack: int | None = None, loss_fn=ce) -> dict[str, torch.Tensor]:
+def _grads(tied: bool, pack: int | None = None, loss_fn=ce, device: str = "cpu") -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    model = SASRec(N_ITEMS, dim=DIM, max_len=MAX_LEN, n_blocks=1, dropout=0.0)
-    seq = _batch()
+    model = SASRec(N_ITEMS, dim=DIM, max_len=MAX_LEN, n_blocks=1, dropout=0.0).to(device)
+    seq = _batch().to(device)
     kw = {} if pack is None else {"pack": pack}
     if tied:
         hidden, catalog = model(seq, with_catalog=True, **kw)
     else:
         hidden, catalog = model(seq, **kw), model.catalog()
     e = hidden.reshape(-1, DIM)
-    targets = torch.arange(len(e)) % N_ITEMS
+    targets = torch.arange(len(e), device=device) % N_ITEMS
     loss_fn(e, catalog, targets).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -125,3 +125,34 @@ def test_broken_variants_are_caught(mutant, monkeypatch):
     MUTANTS[mutant](monkeypatch)
     padding = _grads(True)["item_emb.weight"][0].abs().sum().item()
     assert _mismatch() > 1e-3 or padding > 0, mutant
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("pack", [None, 128], ids=["padded", "packed"])
+def test_cuda_tied_table_with_flash_ce_equals_autograds(pack):
+    """On the GPU: flash_ce's table-backed dC and CUDA's sorted index_put_."""
+    from core.losses.flash_ce import flash_ce
+
+    tied, plain = (_grads(t, pack=pack, loss_fn=flash_ce, device="cuda") for t in (True, False))
+    for name in plain:
+        scale = plain[name].abs().max().clamp_min(1e-12)
+        assert ((tied[name] - plain[name]).abs().max() / scale).item() < 1e-5, name
+    assert tied["item_emb.weight"][0].abs().sum() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tied_table_backward_reruns_bit_for_bit():
+    """Many repeats of few ids (what makes atomic adds reorder): the same bits every time."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30, (4096,), generator=gen).cuda()
+    grad_rows = torch.randn(4096, DIM, generator=gen).cuda()
+    grad_catalog = torch.randn(1000, DIM, generator=gen).cuda()
+    out = []
+    for _ in range(3):
+        weight = torch.zeros(1001, DIM, device="cuda", requires_grad=True)
+        rows, catalog = TiedItemTable.apply(weight, ids)
+        torch.autograd.backward([rows, catalog], [grad_rows, grad_catalog])
+        out.append(weight.grad)
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])

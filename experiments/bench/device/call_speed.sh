@@ -15,11 +15,8 @@
 # (3) kernels_bench/eager_point.py (eager flash_ce, 560 x 207,649): the dC buffer has one row
 #     more; expected unchanged (0.646 ms in call C).
 set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
-mkdir -p /tmp/old /tmp/new /tmp/shared /tmp/res && tar -xzf .gpu/old.tar.gz -C /tmp/old && tar -xzf .gpu/head.tar.gz -C /tmp/new
-cp -r .gpu/shared_data /tmp/shared/data
-echo "new = $(cat .gpu/HEAD), old = 9ced1f6"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
+[ -f .gpu/old.tar.gz ] || { echo "call_speed: .gpu/old.tar.gz (the tree of 9ced1f6) is missing"; exit 2; }
+. experiments/bench/device/setup.sh
 C="dataset.cache_dir = '/tmp/cache'"
 G=(--gin gin/beauty_like_flash_ce.gin --gin gin/ml20m_like_flash_ce.gin --gin gin/beauty_like_cce.gin
    --gin gin/ml20m_like_cce.gin --gin gin/beauty_like_ce.gin --gin gin/ml20m_like_ce.gin

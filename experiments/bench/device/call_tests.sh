@@ -5,15 +5,12 @@
 # catalog-parallel ranks sharing the GPU over gloo expected to train, evaluate and checkpoint,
 # then resume for a second epoch. Per-rank peaks are in metrics.json (settings.parallel).
 set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
-R=/tmp/repo W=/tmp/w && mkdir -p $R $W /tmp/shared && tar -xzf .gpu/head.tar.gz -C $R && cp -r .gpu/shared_data /tmp/shared/data
-cd $R && export PYTHONPATH=/tmp/site:$R
-echo "commit $(cat $OLDPWD/.gpu/HEAD)"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
+. experiments/bench/device/setup.sh
+W=/tmp/res && cd /tmp/new && export PYTHONPATH=/tmp/site:/tmp/new
 P="python -m pytest -m gpu -p no:cacheprovider -W ignore -rfE --durations=5 -q"
 (timeout 330 $P tests/test_split_lse.py > $W/pytest_split_lse.log 2>&1; echo "rc $?" >> $W/pytest_split_lse.log) &
-(timeout 330 $P tests/test_packed.py tests/test_graph_step.py tests/test_flash_ce.py tests/test_eval_streaming.py tests/test_model.py > $W/pytest_step.log 2>&1; echo "rc $?" >> $W/pytest_step.log) &
-(timeout 330 $P --ignore=tests/test_split_lse.py --ignore=tests/test_packed.py --ignore=tests/test_graph_step.py --ignore=tests/test_flash_ce.py --ignore=tests/test_eval_streaming.py --ignore=tests/test_model.py > $W/pytest_rest.log 2>&1; echo "rc $?" >> $W/pytest_rest.log) &
+(timeout 330 $P tests/test_packed.py tests/test_graph_step.py tests/test_flash_ce.py tests/test_eval_streaming.py tests/test_model.py tests/test_tied_table.py > $W/pytest_step.log 2>&1; echo "rc $?" >> $W/pytest_step.log) &
+(timeout 330 $P --ignore=tests/test_split_lse.py --ignore=tests/test_packed.py --ignore=tests/test_graph_step.py --ignore=tests/test_flash_ce.py --ignore=tests/test_eval_streaming.py --ignore=tests/test_model.py --ignore=tests/test_tied_table.py > $W/pytest_rest.log 2>&1; echo "rc $?" >> $W/pytest_rest.log) &
 wait; date -u
 C="dataset.cache_dir = '/tmp/cache'"
 B=(--gin gin/items_10m_ce.gin --gin_bindings "$C" --gin_bindings "train.gpu_memory_gib = 10" --gin_bindings "train.epochs = 1")

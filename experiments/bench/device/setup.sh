@@ -1,0 +1,10 @@
+# Sourced by the call scripts here, from the repository root on the device: installs the
+# carried wheels into /tmp/site, unpacks this commit (.gpu/head.tar.gz) into /tmp/new and, when
+# carried, the "before" tree (.gpu/old.tar.gz) into /tmp/old, copies the data to /tmp/shared/data
+# (what ../shared/data is beside a checkout), and prints the commit, the card and the time.
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
+mkdir -p /tmp/new /tmp/shared /tmp/res && tar -xzf .gpu/head.tar.gz -C /tmp/new
+if [ -f .gpu/old.tar.gz ]; then mkdir -p /tmp/old && tar -xzf .gpu/old.tar.gz -C /tmp/old; fi
+cp -r .gpu/shared_data /tmp/shared/data
+echo "commit $(cat .gpu/HEAD)"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
