@@ -49,7 +49,8 @@ from collections import OrderedDict
 import torch
 
 from core.losses.cce import autocast_operands
-from core.losses.registry import IGNORE_INDEX, LossFacts, register, warn_once
+from core.losses.registry import LossFacts, register, warn_once
+from core.losses.split_lse import launch as split_lse_launch
 from core.losses.split_lse import split_lse, splits
 
 log = logging.getLogger(__name__)
@@ -107,14 +108,13 @@ class _Plan:
         self.n, self.v, self.d = n, v, d
         block_d = self.block_d = _block_d(d)
         precision = _precision(e_dtype)
-        # Forward: split LSE (the kernel cce shares), then the finish and the loss kernels.
+        # Forward: split LSE (the kernel cce shares, at flash_ce's tiles), then the finish and the loss kernels.
         bn, bv, warps, stages = tiles("lse", n, d)
-        n_blocks = -(-n // bn) if n else 0
-        self.lse_splits, per_split = splits(-(-v // bv), max(1, n_blocks), device)
-        self.lse_grid = (n_blocks, self.lse_splits)
+        self.lse_grid, per_split, self.lse_meta = split_lse_launch(
+            n, v, d, dtype=e_dtype, device=device, block_n=bn, block_v=bv, block_d=block_d, base2=True,
+            num_warps=warps, num_stages=stages)
+        self.lse_splits = self.lse_grid[1]
         self.lse_args = (n, v, d, d, d, per_split)
-        self.lse_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, D_CHUNKS=1, BASE2=True,
-                             PRECISION=precision, num_warps=warps, num_stages=stages)
         fin_r = max(16, min(64, 4096 // block_d))  # rows per finish program: E and C tiles of 4,096 entries
         self.fin_blocks = -(-n // fin_r)
         self.fin_grid = (self.fin_blocks,)

@@ -34,6 +34,18 @@ def splits(n_tiles: int, n_blocks: int, device: torch.device, cap: int | None = 
     return -(-n_tiles // per_split), per_split  # no slice starts past the catalog's end
 
 
+def launch(n: int, v: int, d: int, *, dtype: torch.dtype, device: torch.device, block_n: int, block_v: int,
+           block_d: int, base2: bool, num_warps: int, num_stages: int) -> tuple[tuple[int, int], int, dict]:
+    """(grid, tiles per slice, meta-parameters) of ``split_lse_kernel`` for ``e`` (N, D) of
+    ``dtype`` against ``c`` (V, D): what ``split_lse`` and flash_ce's launch plan run with."""
+    n_blocks = -(-n // block_n)
+    n_splits, per_split = splits(-(-v // block_v), max(1, n_blocks), device)
+    meta = dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, D_CHUNKS=-(-d // block_d), BASE2=base2,
+                PRECISION="ieee" if dtype == torch.float32 else "tf32",  # tf32 is unused for 16-bit operands
+                num_warps=num_warps, num_stages=num_stages)
+    return (n_blocks, n_splits), per_split, meta
+
+
 def split_lse(e: torch.Tensor, c: torch.Tensor, *, block_n: int, block_v: int, block_d: int,
               base2: bool, num_warps: int, num_stages: int) -> torch.Tensor:
     """(N,) fp32 row log-sum-exp of ``e @ c.T`` (``e`` (N, D), ``c`` (V, D), both contiguous).
@@ -47,13 +59,8 @@ def split_lse(e: torch.Tensor, c: torch.Tensor, *, block_n: int, block_v: int, b
     (n, d), v = e.shape, c.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.float32, device=e.device)
-    n_blocks = -(-n // block_n)
-    n_splits, per_split = splits(-(-v // block_v), n_blocks, e.device)
-    part = torch.empty((n_splits, n), dtype=torch.float32, device=e.device)
-    kernels.split_lse_kernel[(n_blocks, n_splits)](
-        e, c, part, n, v, d, e.stride(0), c.stride(0), per_split,
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, D_CHUNKS=-(-d // block_d), BASE2=base2,
-        PRECISION="ieee" if e.dtype == torch.float32 else "tf32",  # tf32 is unused for 16-bit operands
-        num_warps=num_warps, num_stages=num_stages,
-    )
-    return torch.logsumexp(part, dim=0) if n_splits > 1 else part[0]
+    grid, per_split, meta = launch(n, v, d, dtype=e.dtype, device=e.device, block_n=block_n, block_v=block_v,
+                                   block_d=block_d, base2=base2, num_warps=num_warps, num_stages=num_stages)
+    part = torch.empty((grid[1], n), dtype=torch.float32, device=e.device)
+    kernels.split_lse_kernel[grid](e, c, part, n, v, d, e.stride(0), c.stride(0), per_split, **meta)
+    return torch.logsumexp(part, dim=0) if grid[1] > 1 else part[0]
