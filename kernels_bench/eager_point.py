@@ -1,6 +1,7 @@
 """Eager flash_ce at one point against the attention kernel at the same shape (issue 21.4).
 
     python kernels_bench/eager_point.py [--n 560] [--v 207649] [--d 64] [--iters 200] [--out DIR]
+                                        [--fresh-workspaces]
 
 A user calling ``core.flash_ce`` from their own loop (no CUDA graph) pays the Python and launch
 overhead of every call; this measures what that costs beside the kernels' own GPU time, on the
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--iters", type=int, default=200, help="calls per timed loop")
     parser.add_argument("--out", type=Path, default=None, help="folder for eager_point.csv")
+    parser.add_argument("--fresh-workspaces", action="store_true",
+                        help="flash_ce takes fresh buffers from the caching allocator at every call "
+                             "instead of reusing its workspaces (to time what reuse saves)")
     args = parser.parse_args(argv)
     if min(args.n, args.v, args.d, args.iters) < 1:
         print("error: --n, --v, --d and --iters must be positive", file=sys.stderr)
@@ -165,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and (problem := unwritable(args.out)):
         print(f"error: cannot write --out {args.out}: {problem}", file=sys.stderr)
         return 2
+    if args.fresh_workspaces:
+        import core.losses.flash_ce  # noqa: F401  the module (core.losses.flash_ce is also the function)
+
+        sys.modules["core.losses.flash_ce"].REUSE_WORKSPACES = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda":
         print("no CUDA device: CPU smoke run (the loss's CPU stand-in; GPU rows left out)", flush=True)

@@ -494,3 +494,14 @@ def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
         if _gpu_ok(err):  # NaN counts as caught
             escaped.append((name, err))
     assert not escaped, f"broken kernels not caught on the GPU: {escaped}"
+
+
+def test_workspace_reuse_can_be_switched_off(monkeypatch):
+    """``REUSE_WORKSPACES = False`` (eager_point --fresh-workspaces) gives a fresh buffer per call."""
+    fce = sys.modules["core.losses.flash_ce"]
+    cpu = torch.device("cpu")
+    first = fce._workspace(cpu, "test", 10)
+    assert fce._workspace(cpu, "test", 10).data_ptr() == first.data_ptr()  # reused
+    monkeypatch.setattr(fce, "REUSE_WORKSPACES", False)
+    fresh = fce._workspace(cpu, "test", 10)
+    assert fresh.data_ptr() != first.data_ptr() and fresh.numel() >= 10

@@ -171,6 +171,9 @@ def _plan(e: torch.Tensor, c: torch.Tensor) -> _Plan:
 
 _WORKSPACES: OrderedDict = OrderedDict()
 _MAX_WORKSPACES = 16  # (device, stream, thread, kind) buffers kept; least recently used dropped
+# False: every call takes fresh buffers from the caching allocator instead. Whether reuse pays
+# for its bookkeeping is not measured yet: ``kernels_bench/eager_point.py --fresh-workspaces``.
+REUSE_WORKSPACES = True
 
 
 def _workspace(device: torch.device, kind: str, numel: int) -> torch.Tensor:
@@ -186,6 +189,8 @@ def _workspace(device: torch.device, kind: str, numel: int) -> torch.Tensor:
     with eager calls or other graphs. Grows to the largest shape seen; memory stays bounded
     by ``_MAX_PARTIAL_BYTES`` per buffer.
     """
+    if not REUSE_WORKSPACES:
+        return torch.empty(max(numel, 1), dtype=torch.float32, device=device)
     if device.type == "cuda":
         if torch.cuda.is_current_stream_capturing():
             return torch.empty(numel, dtype=torch.float32, device=device)

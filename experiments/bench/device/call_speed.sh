@@ -13,7 +13,8 @@
 #     Predicted per 4,096-user batch: group max 3.59 -> ~0.9 ms (strided groups, read
 #     coalesced), body -~1.2 ms (the last block on the last column): 2.76 -> ~2.0 s a split.
 # (3) kernels_bench/eager_point.py (eager flash_ce, 560 x 207,649): the dC buffer has one row
-#     more; expected unchanged (0.646 ms in call C).
+#     more; expected unchanged (0.646 ms in call C); and with --fresh-workspaces, to decide
+#     whether the reused workspaces (an LRU per stream and thread) pay for their bookkeeping.
 set -u
 [ -f .gpu/old.tar.gz ] || { echo "call_speed: .gpu/old.tar.gz (the tree of 9ced1f6) is missing"; exit 2; }
 . experiments/bench/device/setup.sh
@@ -28,7 +29,8 @@ timeout 100 python experiments/bench/bench_epoch.py --gin gin/beauty_like_flash_
 E=(--preset beauty-like --cache-dir /tmp/cache --path streaming --scorers model --splits test --chunk-size 65536 --profile-batches 3)
 for t in old new; do (cd /tmp/$t && PYTHONPATH=/tmp/site:/tmp/$t timeout 45 python experiments/bench/bench_eval.py "${E[@]}" --out /tmp/res/eval_$t > /tmp/res/eval_$t.log 2>&1; echo "eval $t rc $? $(date -u +%T)"); done
 timeout 25 python kernels_bench/eager_point.py --out /tmp/res/eager_new > /tmp/res/eager_new.log 2>&1; echo "eager rc $? $(date -u +%T)"
+timeout 25 python kernels_bench/eager_point.py --fresh-workspaces --out /tmp/res/eager_fresh > /tmp/res/eager_fresh.log 2>&1; echo "eager fresh rc $? $(date -u +%T)"
 find /tmp/res -name '*.pt' -delete; tar -czf $OUT/call_speed.tar.gz -C /tmp res
 for t in old new compile; do echo "== epoch $t"; grep "^| " /tmp/res/epoch_$t.log | cut -d'|' -f2-6,10 | head -8; done
 for t in old new; do echo "== eval $t"; grep "^| " /tmp/res/eval_$t.log | cut -d'|' -f2-12 | head -4; done
-echo "== eager"; grep "^| " /tmp/res/eager_new.log | head -6
+for t in new fresh; do echo "== eager $t"; grep "^| " /tmp/res/eager_$t.log | head -6; done
