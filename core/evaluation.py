@@ -76,7 +76,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.data.batching import DeviceSequences, eval_batches, history
+from core.data.batching import DeviceSequences, eval_batches, eval_order, history
 from core.data.shards import SequenceData
 from core.metrics import (
     CatalogTop,
@@ -410,7 +410,8 @@ def evaluate(run, data: SequenceData | None = None, *, split: str = "test", ks: 
 
 
 def eval_shard(n_users: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
-    """Users rank ``rank`` evaluates: the global batches rank, rank + K, ... concatenated.
+    """Positions (in the evaluation order, ``eval_order``) of the users rank ``rank`` evaluates:
+    the global batches rank, rank + K, ... concatenated.
 
     ``eval_batches`` over these users with the same ``batch_size`` yields exactly those global
     batches (every batch but the globally last is full, and that one is this rank's last), so
@@ -439,11 +440,12 @@ def reduce_metrics(ctx: DistContext, metrics: RankingMetrics) -> None:
     metrics.load_state(torch.stack(ordered) if ordered else rows[:0], union)
 
 
-def eval_args(ctx: DistContext, n_users: int, batch_size: int) -> dict:
-    """Extra ``rank_split`` arguments for this rank: its users and the exact reduction ({} on 1 rank)."""
+def eval_args(ctx: DistContext, seqs: DeviceSequences, batch_size: int) -> dict:
+    """Extra ``rank_split`` arguments for this rank: its users (its global batches of
+    ``eval_order``, what one process ranks) and the exact reduction ({} on 1 rank)."""
     if not ctx.enabled:
         return {}
-    return {"users": eval_shard(n_users, batch_size, ctx.rank, ctx.world),
+    return {"users": eval_order(seqs)[eval_shard(seqs.n_users, batch_size, ctx.rank, ctx.world).numpy()],
             "reduce": lambda metrics: reduce_metrics(ctx, metrics)}
 
 

@@ -100,7 +100,9 @@ def test_eval_batches_and_history(device, split):
     for u, inputs, target in zip(got_users, got_inputs, got_targets):
         s = seq(data, u)
         seen = s[:-2] if split == "valid" else s[:-1]
-        assert inputs == left_pad(seen, max_len)
+        width = len(inputs)  # the batch's longest input (at most max_len): only padding is cut
+        assert inputs == left_pad(seen, max_len)[max_len - width:]
+        assert not any(left_pad(seen, max_len)[:max_len - width])
         assert target == (s[-2] if split == "valid" else s[-1])
 
     rows, items = history(seqs, users.to(device), split=split)
@@ -110,13 +112,31 @@ def test_eval_batches_and_history(device, split):
     assert got == expected
 
 
-def test_eval_defaults_to_all_users_and_checks_split():
+def test_eval_defaults_to_all_users_shortest_first_and_checks_split():
     data = make_data(3)
     seqs = DeviceSequences.from_data(data)
     users = torch.cat([u for u, _, _ in eval_batches(seqs, split="test", batch_size=10, max_len=3)])
-    assert users.tolist() == list(range(data.n_users))
+    lengths = np.diff(data.offsets)
+    assert sorted(users.tolist()) == list(range(data.n_users))
+    assert [(lengths[u], u) for u in users.tolist()] == sorted((lengths[u], u) for u in range(data.n_users))
     targets = torch.cat([t for _, _, t in eval_batches(seqs, split="valid", batch_size=10, max_len=3)])
-    assert targets.tolist() == data.valid_targets().tolist()
+    assert targets.tolist() == data.valid_targets()[users.numpy()].tolist()
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_eval_batches_cut_exactly_the_columns_of_padding(split):
+    """Each batch is as wide as its longest input: one column narrower would cut an item, and
+    batches of short histories are narrow."""
+    data = make_data(5)
+    seqs = DeviceSequences.from_data(data)
+    widths = []
+    for u, inputs, _ in eval_batches(seqs, split=split, batch_size=7, max_len=6):
+        full = context_windows(seqs, u, split=split, max_len=6)
+        width = inputs.shape[1]
+        assert torch.equal(full[:, 6 - width:], inputs) and not full[:, :6 - width].any()
+        assert (inputs[:, 0] != 0).any()  # the first column holds an item: nothing more to cut
+        widths.append(width)
+    assert min(widths) < 6 and widths == sorted(widths)
     with pytest.raises(ValueError):
         next(eval_batches(seqs, split="train", batch_size=4, max_len=3))
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.batching import DeviceSequences, TrainBatches
+from core.data.batching import DeviceSequences, TrainBatches, eval_order
 from core.data.shards import SequenceData
 from core.evaluation import count_train_users, eval_args, eval_shard, evaluate_model, evaluate_popularity
 from core.losses import ce
@@ -129,8 +129,8 @@ def _evaluate(ctx: DistContext) -> dict:
     data = make_data()
     model = make_model()
     seqs = DeviceSequences.from_data(data)
-    args = {**_eval_args(data), **eval_args(ctx, data.n_users, EVAL_BATCH)}
-    local = {**_eval_args(data), "users": eval_shard(data.n_users, EVAL_BATCH, ctx.rank, ctx.world)}
+    args = {**_eval_args(data), **eval_args(ctx, seqs, EVAL_BATCH)}
+    local = {**_eval_args(data), "users": eval_order(seqs)[eval_shard(data.n_users, EVAL_BATCH, ctx.rank, ctx.world)]}
     return {
         "valid": evaluate_model(model, model, seqs, split="valid", amp=False, **args),
         "test": evaluate_model(model, model, seqs, split="test", amp=False, **args),

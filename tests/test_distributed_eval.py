@@ -152,7 +152,7 @@ def _memory(ctx: DistContext) -> dict:
                 chunk_size=BIG_CHUNK)
     existing = [*model.parameters(), seqs.offsets, seqs.items, seqs.train_users]
     with ranks.evaluating(model), _Storage(existing) as measured:
-        metrics = evaluate_model(model, model, seqs, amp=False, **args, **ranks.eval_args(BIG_USERS, BIG_USERS, model=True))
+        metrics = evaluate_model(model, model, seqs, amp=False, **args, **ranks.eval_args(seqs, BIG_USERS, model=True))
     with _Storage(existing) as gathering:  # what the evaluation gathered before: the whole table
         model.item_emb.full_weight()
     return {"peak": measured.peak, "largest": measured.largest, "gathered": gathering.largest,

@@ -61,7 +61,7 @@ def _train(ctx: DistContext, catalog_parallel: bool) -> dict:
         losses.append(ranks.mean(_step(net, model, optimizer, loss_fn, batch)))
     args = dict(batch_size=5, max_len=MAX_LEN, mask_history=True, ks=(5,),
                 item_user_counts=data.train_item_user_counts(), n_train_users=count_train_users(data),
-                **ranks.eval_args(data.n_users, 5))
+                **ranks.eval_args(seqs, 5))
     with ranks.evaluating(model):
         metrics = evaluate_model(model, model, seqs, split="valid", amp=False, **args)
     def whole(p, value):  # the table's Adam state: every rank's rows, as one process holds it

@@ -37,6 +37,7 @@ class DeviceSequences:
     train_lengths: np.ndarray  # (n_train_users,) int64 on the host: their training lengths
     n_users: int
     n_items: int
+    lengths: np.ndarray  # (n_users,) int64 on the host: every user's whole sequence length
 
     @classmethod
     def from_data(cls, data: SequenceData, device: torch.device | str = "cpu") -> "DeviceSequences":
@@ -49,6 +50,7 @@ class DeviceSequences:
             train_lengths=(np.diff(data.offsets)[users] - 2).astype(np.int64),
             n_users=data.n_users,
             n_items=data.n_items,
+            lengths=np.diff(data.offsets).astype(np.int64),
         )
 
     @property
@@ -137,6 +139,13 @@ def context_windows(seqs: DeviceSequences, users: Tensor, *, split: str, max_len
     return _windows(seqs, seqs.offsets[users], _context_end(seqs, users, split), max_len)
 
 
+def eval_order(seqs: DeviceSequences) -> np.ndarray:
+    """Every user, shortest sequence first (ties in id order): the order evaluation ranks users
+    in, so that a batch holds users of similar lengths and ``eval_batches`` can cut its left
+    padding. (n_users,) int64 on the host."""
+    return np.argsort(seqs.lengths, kind="stable").astype(np.int64)
+
+
 def eval_batches(
     seqs: DeviceSequences,
     *,
@@ -147,17 +156,22 @@ def eval_batches(
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yields (users (B,), inputs (B, L), targets (B,)) int64 for ``split`` "valid" or "test".
 
-    valid: inputs = last max_len of the train sequence, target = seq[-2]; test: inputs = last
-    max_len of train + [valid target], target = seq[-1]. ``users`` defaults to all users, in order.
+    valid: inputs = the train sequence, target = seq[-2]; test: inputs = train + [valid target],
+    target = seq[-1]. Inputs are left-padded to L = the batch's longest input, at most
+    ``max_len``: the columns cut are padding in every row, and SASRec counts positions from the
+    right and masks padding, so its last column is the same to fp32 rounding (the body's cost
+    follows L: a beauty-like batch of short histories runs on a few columns instead of 50).
+    ``users`` defaults to every user in ``eval_order``; L is computed on the host (no sync).
     """
-    if users is None:
-        users = torch.arange(seqs.n_users, device=seqs.device)
-    users = torch.as_tensor(users, dtype=torch.int64).to(seqs.device)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    order = eval_order(seqs) if users is None else np.asarray(torch.as_tensor(users, dtype=torch.int64).cpu())
+    inputs_len = np.minimum(seqs.lengths[order] - {"valid": 2, "test": 1}[split], max_len)  # (n,)
+    users = torch.from_numpy(order).to(seqs.device)
     for lo in range(0, len(users), batch_size):
         u = users[lo : lo + batch_size]
-        inputs = context_windows(seqs, u, split=split, max_len=max_len)  # (B, L)
+        width = max(1, int(inputs_len[lo : lo + batch_size].max()))
+        inputs = context_windows(seqs, u, split=split, max_len=width)  # (B, width)
         yield u, inputs, seqs.items[_context_end(seqs, u, split)].long()
 
 

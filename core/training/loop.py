@@ -67,7 +67,7 @@ class Evaluator:
     def _args(self, seqs: DeviceSequences, *, model: bool = False) -> dict:
         return dict(batch_size=self.batch_size, max_len=self.max_len, mask_history=self.mask_history,
                     ks=self.ks, item_user_counts=self.item_user_counts, n_train_users=self.n_train_users,
-                    **self.ranks.eval_args(seqs.n_users, self.batch_size, model=model))
+                    **self.ranks.eval_args(seqs, self.batch_size, model=model))
 
     def model(self, model: torch.nn.Module, seqs: DeviceSequences, split: str, amp: bool) -> dict:
         # catalog-parallel: each rank scores its catalog shard, top-k states merged (Ranks.eval_args)

@@ -155,14 +155,14 @@ class Ranks:
 
     # --- evaluation, decisions, files ---
 
-    def eval_args(self, n_users: int, batch_size: int, *, model: bool = False) -> dict:
+    def eval_args(self, seqs, batch_size: int, *, model: bool = False) -> dict:
         """Extra ``rank_split`` arguments. Data-parallel (and the popularity baseline, which
         needs no table): this rank's share of the users, reduced exactly. ``model`` under
         catalog-parallel: none, every rank ranks every user against its catalog shard and the
         top-k states are merged (``core.evaluation.evaluate_model`` finds the shard itself)."""
         if model and self._table is not None:
             return {}
-        return eval_args(self.ctx, n_users, batch_size)
+        return eval_args(self.ctx, seqs, batch_size)
 
     @contextlib.contextmanager
     def evaluating(self, model: torch.nn.Module):

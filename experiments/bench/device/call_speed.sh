@@ -11,7 +11,8 @@
 #     savings. The 2.0 s / 0.7 s targets stay out of reach by these predictions.
 # (2) bench_eval, beauty-like, test split, streaming (chunk 65,536), old and new tree.
 #     Predicted per 4,096-user batch: group max 3.59 -> ~0.9 ms (strided groups, read
-#     coalesced), body -~1.2 ms (the last block on the last column): 2.76 -> ~2.0 s a split.
+#     coalesced), body ~-2.5 ms (the last block on the last column; users ranked shortest
+#     first, each batch cut to its longest input): 2.76 -> ~1.8 s a split.
 # (3) kernels_bench/eager_point.py (eager flash_ce, 560 x 207,649): the dC buffer has one row
 #     more; expected unchanged (0.646 ms in call C); and with --fresh-workspaces, to decide
 #     whether the reused workspaces (an LRU per stream and thread) pay for their bookkeeping.
