@@ -156,3 +156,13 @@ def test_cuda_tied_table_backward_reruns_bit_for_bit():
         torch.autograd.backward([rows, catalog], [grad_rows, grad_catalog])
         out.append(weight.grad)
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+
+
+def test_the_step_ties_only_a_plain_whole_table():
+    from core.training.step import ties
+
+    model = SASRec(N_ITEMS, dim=DIM, max_len=MAX_LEN, n_blocks=1)
+    assert ties(model)
+    model.item_emb.max_norm = 1.0  # a lookup TiedItemTable would not reproduce
+    assert not ties(model)
+    assert not ties(torch.nn.Module())  # a wrapper (DDP) or a model without an item table

@@ -162,9 +162,12 @@ def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
 def ties(model: torch.nn.Module) -> bool:
     """Whether the step takes the catalog from the model's forward (``with_catalog``: the
     lookup and the catalog as one autograd node, one gradient buffer for the item table;
-    ``core.model.TiedItemTable``): a model holding its whole table as an ``nn.Embedding``.
-    A wrapper (DDP) or a rank's sharded table does not, and stays on ``catalog()``."""
-    return isinstance(getattr(model, "item_emb", None), torch.nn.Embedding)
+    ``core.model.TiedItemTable``): a model holding its whole table as a plain ``nn.Embedding``
+    (padding row 0, no max_norm, dense gradients: what ``TiedItemTable`` reproduces). A wrapper
+    (DDP) or a rank's sharded table does not, and stays on ``catalog()``."""
+    table = getattr(model, "item_emb", None)
+    return (isinstance(table, torch.nn.Embedding) and table.padding_idx == 0 and table.max_norm is None
+            and not table.sparse)
 
 
 def forward_and_catalog(forward: Callable, model: torch.nn.Module, inputs: torch.Tensor, tied: bool,
