@@ -6,8 +6,9 @@ outside: it wraps the loss and hooks the optimizer; nothing here exists for timi
 Every variant computes the same thing: forward, ``loss_fn(e, model.catalog(), item_id - 1)``
 on the compact (N, D) block of non-padding positions, backward, Adam. Where the model holds its
 whole table (``ties``) the catalog comes from the forward itself (``with_catalog``): the same
-values, and the table's gradient is built in one buffer (``core.model.TiedItemTable``). N is known on the host
-(``core.data.batching.Batch.positions``), so gathering the block needs no device->host sync.
+values, and the table's gradient is built in one buffer (``core.model.TiedItemTable``). N is
+known on the host (``core.data.batching.Batch.positions``), so gathering the block needs no
+device->host sync.
 
 Why CUDA graphs (measured on an H200, experiments/bench/NOTES_speed.md): with the model body
 compiled and graphed, a beauty-like step still took ~5 ms of host time to issue (batch
