@@ -460,9 +460,7 @@ def _gpu_ok(err) -> bool:
 def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
     """Compiled: two losses built before either backward (plus one of another shape) match
     float64 and reruns bit for bit; every broken kernel of MUTANTS is caught at 560 x 50,000."""
-    import importlib.util
 
-    import core.losses.kernels
     from core.losses.flash_ce import flash_linear_ce
 
     ops = [_gpu_inputs(560, 50_000, 64, seed) for seed in (0, 1)] + [_gpu_inputs(1000, 20_729, 64, 2)]
@@ -476,17 +474,9 @@ def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
         again = flash_linear_ce(*op)
         again.backward()
         assert all(torch.equal(a, b) for a, b in zip(grads, (again.detach(), op[0].grad, op[1].grad)))
-    source = KERNELS.read_text()
     escaped = []
-    for name, old, new in MUTANTS:
-        assert source.count(old) == 1, name
-        path = tmp_path / f"mutant_{name}.py"
-        path.write_text(source.replace(old, new))
-        spec = importlib.util.spec_from_file_location(f"mutant_{name}", path)
-        mutant = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mutant)
-        monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
-        monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)
+    for name, _, _ in MUTANTS:
+        install_kernel_mutant(name, tmp_path, monkeypatch)
         e, c, t = _gpu_inputs(560, 50_000, 64)
         loss = flash_linear_ce(e, c, t)
         loss.backward()
@@ -505,3 +495,22 @@ def test_workspace_reuse_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(fce, "REUSE_WORKSPACES", False)
     fresh = fce._workspace(cpu, "test", 10)
     assert fresh.data_ptr() != first.data_ptr() and fresh.numel() >= 10
+
+
+def install_kernel_mutant(name: str, folder, monkeypatch) -> None:
+    """Swaps in MUTANTS' broken copy ``name`` of the kernels module (written under ``folder``),
+    where the launchers import it from, for the rest of the test (GPU mutant tests)."""
+    import importlib.util
+
+    import core.losses.kernels
+
+    old, new = next((o, n) for m, o, n in MUTANTS if m == name)
+    source = KERNELS.read_text()
+    assert source.count(old) == 1, name
+    path = folder / f"mutant_{name}.py"
+    path.write_text(source.replace(old, new))
+    spec = importlib.util.spec_from_file_location(f"mutant_{name}", path)
+    mutant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutant)
+    monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
+    monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)

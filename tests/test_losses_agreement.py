@@ -293,22 +293,9 @@ def test_flash_ce_without_scored_targets_matches_ce(n):
                                   "de_last_tile_skipped"])
 def test_flash_ce_broken_kernels_are_caught_on_the_gpu(name, monkeypatch, tmp_path):
     """The deliberately broken kernels of tests/test_flash_ce.py, compiled for the GPU."""
-    import importlib.util
-    import sys
+    from tests.test_flash_ce import install_kernel_mutant
 
-    import core.losses.kernels
-    from tests.test_flash_ce import KERNELS, MUTANTS
-
-    old, new = next((o, n) for m, o, n in MUTANTS if m == name)
-    source = KERNELS.read_text()
-    assert source.count(old) == 1
-    path = tmp_path / f"mutant_{name}.py"
-    path.write_text(source.replace(old, new))
-    spec = importlib.util.spec_from_file_location(f"mutant_{name}", path)
-    mutant = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mutant)
-    monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
-    monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)
+    install_kernel_mutant(name, tmp_path, monkeypatch)
     caught = 0
     for shape in [(252, 507, 123), (97, 1031, 64), (50, 33, 32)]:  # V = 33: mostly padding
         e, c, t = make_inputs(*shape, torch.bfloat16, device="cuda")
