@@ -87,6 +87,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("a search needs --gin FILE and --space FILE")
     if args.trials < 1 or args.workers < 1 or args.heartbeat_s < 1:
         p.error("--trials, --workers and --heartbeat-s must be >= 1")
+    if args.gpu_memory_gib is not None and not 0 < args.gpu_memory_gib < float("inf"):
+        p.error(f"--gpu-memory-gib must be a number of GiB > 0, got {args.gpu_memory_gib}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -265,9 +267,10 @@ def _work(args, study, trainer, setup: dict) -> int:
 
     from experiments.tuning.study import work
 
+    from core.env import cap_gpu_memory
+
     if setup["gpu_memory_gib"] and torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, setup["gpu_memory_gib"] / total))
+        cap_gpu_memory(torch.device("cuda", torch.cuda.current_device()), setup["gpu_memory_gib"], "--gpu-memory-gib")
     if args.worker is not None:  # SIGTERM from the parent: the running trial ends as FAIL
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     why, more = work(study, trainer, n_trials=setup["n_trials"], budget_s=setup["budget_s"],

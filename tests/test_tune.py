@@ -314,3 +314,10 @@ def test_a_new_study_tries_the_default_config_first_where_the_space_holds_it(dat
     assert tune.main([*SMALL, "--trials", "1", "--out", str(out), "--in-process"]) == 0
     assert "outside the space (SASRec.dim = 64, train.batch_size = 256)" in capsys.readouterr().out
     assert _study(out).trials[0].params["SASRec.dim"] in (16, 32)
+
+
+def test_a_memory_cap_that_is_not_positive_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        tune.main([*SMALL, "--gpu-memory-gib", "-1", "--out", str(tmp_path / "s")])
+    assert exit_.value.code == 2 and "--gpu-memory-gib must be" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
