@@ -171,8 +171,8 @@ def eval_batches(
     for lo in range(0, len(users), batch_size):
         u = users[lo : lo + batch_size]
         width = max(1, int(inputs_len[lo : lo + batch_size].max()))
-        inputs = context_windows(seqs, u, split=split, max_len=width)  # (B, width)
-        yield u, inputs, seqs.items[_context_end(seqs, u, split)].long()
+        end = _context_end(seqs, u, split)  # (B,): where each input ends and its target sits
+        yield u, _windows(seqs, seqs.offsets[u], end, width), seqs.items[end].long()  # inputs (B, width)
 
 
 def history(seqs: DeviceSequences, users: Tensor, *, split: str) -> tuple[Tensor, Tensor]:
