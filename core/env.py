@@ -45,8 +45,9 @@ def cap_gpu_memory(device: torch.device, gib: float | None, what: str = "train.g
         raise ValueError(f"{what} must be a number of GiB > 0 (or None), got {gib!r}")
     if device.type != "cuda":
         return
-    total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gib / total), device)
+    index = torch.cuda.current_device() if device.index is None else device.index  # 'cuda' = the current one
+    total = torch.cuda.get_device_properties(index).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib / total), index)
 
 
 def package_version(package: str) -> str | None:

@@ -50,6 +50,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _config_that_ran() -> str:
+    """config.gin at the end of a run: gin's operative config (every default that ran), then the
+    bindings of configurables that were bound but never called. A catalog-parallel run computes
+    its loss itself, so ``cce`` is never called and ``cce.filter_eps = None`` would be lost; the
+    ``--resume`` that reads this file back would then be a ``cce`` run and refused."""
+    import re
+
+    import gin
+
+    operative = gin.operative_config_str()
+    sections = re.split(r"(?m)^(?=# Parameters for )", gin.config_str())
+    unused = [s for s in sections if s.startswith("# Parameters for ") and s.splitlines()[0] not in operative]
+    if not unused:
+        return operative
+    return operative + "\n# Bound but not called in this run (kept so that --resume binds the same):\n\n" + "".join(unused)
+
+
 def _one_line(err: BaseException) -> str:
     """The error's own message: gin appends "In call to configurable ..." lines to it."""
     lines = str(err).strip().splitlines()
@@ -211,7 +228,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         metrics = train_configurable(data=data.data, dataset_name=data.name, out_dir=folder,
                                      data_path=_portable(data.source), resume=args.resume,
                                      parallel=ctx if ctx.enabled else None)
-        folder.write_config(gin.operative_config_str())  # with every default that ran (rank 0)
+        folder.write_config(_config_that_ran())  # with every default that ran (rank 0)
     except (DataMissingError, DataFormatError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1

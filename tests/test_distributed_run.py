@@ -101,6 +101,24 @@ def test_resume_with_the_same_ranks_and_refusal_with_others(tiny, one_process, t
     assert_same_run(result(out), one_process)
 
 
+def test_resume_from_config_gin_keeps_the_loss_the_parallel_step_stood_in_for(tiny, tmp_path):
+    """A catalog-parallel cce_exact run never calls ``cce`` (the step computes exact CE itself),
+    so config.gin must still bind ``cce.filter_eps = None``: ``--resume`` with no --gin reads that
+    file, and without the binding it was a ``cce`` run, refused (seen on the H200, 2026-12-02)."""
+    out = tmp_path / "run"
+    first = launch(2, out, tiny, *CATALOG_PARALLEL, "--gin", "gin/loss/cce_exact.gin",
+                   "--gin_bindings", "train.epochs = 1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "cce.filter_eps = None" in (out / "config.gin").read_text()
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                              str(ROOT / "experiments" / "run.py"), "--resume", "--out", str(out),
+                              "--gin_bindings", "train.epochs = 2"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["loss"], metrics["epochs"]) == ("cce_exact", 2)
+
+
 def test_compile_under_torchrun_is_refused(tiny, tmp_path):
     out = tmp_path / "run"
     proc = launch(2, out, tiny, "--gin_bindings", "train.compile = True")

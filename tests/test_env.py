@@ -18,12 +18,13 @@ def test_the_cap_is_the_fraction_of_the_card_and_never_above_one(monkeypatch):
     props = type("Props", (), {"total_memory": 80 * 2**30})()
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: asked.append((f, device)))
-    cuda = torch.device("cuda:0")
-    env.cap_gpu_memory(cuda, 20)
-    env.cap_gpu_memory(cuda, 500)  # more than the card: the whole card
-    env.cap_gpu_memory(cuda, None)  # no cap: nothing asked
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    env.cap_gpu_memory(torch.device("cuda:1"), 20)
+    env.cap_gpu_memory(torch.device("cuda:1"), 500)  # more than the card: the whole card
+    env.cap_gpu_memory(torch.device("cuda"), 40)  # no index: the current device (PyTorch wants one)
+    env.cap_gpu_memory(torch.device("cuda:1"), None)  # no cap: nothing asked
     env.cap_gpu_memory(torch.device("cpu"), 20)  # nothing to cap on a CPU
-    assert asked == [(0.25, cuda), (1.0, cuda)]
+    assert asked == [(0.25, 1), (1.0, 1), (0.5, 3)]
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, "8", True, float("inf"), float("nan")])
