@@ -29,8 +29,9 @@ ran at ~1 TB/s on the H200 (call C). Strided groups are not yet measured on a GP
 Sizes and memory: ``batch_size`` users per block (default 4096 on the streaming path) times
 ``chunk_size`` items (default 32768, ``DEFAULT_CHUNK``) fp32 is the one big buffer, 512 MiB at
 the defaults whatever the catalog; the rest is O(B * (chunk / group + k * group)). Host syncs:
-three per block (``history`` sizes, the split of the history pairs over chunks, the NaN /
-tie-fix check), none per chunk. ``path="dense"`` keeps the previous evaluation (a (B, n_items)
+one per block (the NaN / tie-fix check, ``finish_top``), taken after the next block is queued,
+so the device runs ahead of the host; none per chunk (``history`` is sized on the host, and
+history pairs are masked by an accumulating put that needs no split by chunk). ``path="dense"`` keeps the previous evaluation (a (B, n_items)
 matrix per batch, ``RankingMetrics.update``; default batch ``default_eval_batch_size(n,
 "dense")``, ~1 GiB) as the reference and the "before" of ``experiments/bench/bench_eval.py``.
 
@@ -130,26 +131,18 @@ def chunk_ranges(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, hi)) for a in range(lo, hi, size)]
 
 
-def _history_by_chunk(seen: tuple[torch.Tensor, torch.Tensor] | None,
-                      ranges: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-    """Per chunk (rows, chunk-local columns) of the history pairs (rows, item ids) inside it.
-
-    Sorted by column once and cut where the chunks start: one host sync per block.
-    """
-    if seen is None or not ranges:
-        return [None] * len(ranges)
+def _mask_chunk(scores: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor] | None, lo: int) -> None:
+    """Sets the history pairs (rows, item ids) that fall in this chunk (columns [lo, lo + width))
+    to -inf in place, without a host sync: every pair adds to its (clamped) place, -inf inside
+    the chunk and 0 outside it (x + 0 == x), so the pairs never need to be split by chunk on
+    the host. (A score of +inf on a history item would become NaN and be refused as one.)"""
+    if seen is None:
+        return
     rows, items = seen
-    cols, order = (items - 1).sort()
-    rows = rows[order]
-    starts = torch.tensor([a for a, _ in ranges] + [ranges[-1][1]], device=cols.device, dtype=cols.dtype)
-    cuts = torch.searchsorted(cols, starts).tolist()
-    return [(rows[c0:c1], cols[c0:c1] - a) for (a, _), c0, c1 in zip(ranges, cuts[:-1], cuts[1:])]
-
-
-def _mask_chunk(scores: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    """Sets a chunk's history pairs to -inf in place."""
-    if pairs is not None and len(pairs[0]):
-        scores[pairs[0], pairs[1]] = float("-inf")
+    cols = items - 1 - lo
+    inside = (cols >= 0) & (cols < scores.shape[1])
+    add = torch.where(inside, float("-inf"), 0.0).to(scores.dtype)
+    scores.index_put_((rows, cols.clamp(0, scores.shape[1] - 1)), add, accumulate=True)
 
 
 def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
@@ -166,16 +159,15 @@ def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
     """
     hi = n_items if hi is None else hi
     ranges = chunk_ranges(lo, hi, chunk_size)
-    masks = _history_by_chunk(seen, ranges)
     size = n_users if rows is None else len(rows)
     parts = [CatalogTop.empty(size, k, n_items=n_items, device=device)]
     t_col = None if targets is None else targets.to(device=device, dtype=torch.int64) - 1
     if t_col is None:  # no target (recommendations): the same empty target state for every chunk
         inside = torch.zeros(n_users, dtype=torch.bool, device=device)
         target = torch.full((n_users,), float("-inf"), device=device)
-    for (a, b), pairs in zip(ranges, masks):
+    for a, b in ranges:
         scores = chunk(a, b)  # (B, b - a) fp32
-        _mask_chunk(scores, pairs)
+        _mask_chunk(scores, seen, a)
         if t_col is not None:
             inside = (t_col >= a) & (t_col < b)
             picked = scores.gather(1, (t_col - a).clamp(0, b - a - 1)[:, None]).squeeze(1)
@@ -236,30 +228,50 @@ def merge_ranks(ctx: DistContext, top: CatalogTop) -> CatalogTop:
     return _merge_ranks([_unpack(b, k) for b in blocks])
 
 
-def catalog_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None = None,
-                **scan_args) -> CatalogTop:
-    """``scan_catalog`` over the whole catalog, NaN refused, ties fixed to the tie rule.
+@dataclass
+class PendingTop:
+    """A batch's streaming state before its one host sync (``start_top``, ``finish_top``)."""
 
-    One host sync for both checks; the rows ``needs_exact`` names (rare) are scanned again
-    with a stable sort. Raises ValueError on a NaN score.
-    ``shard``: this rank scans only its columns [lo, hi) (``chunk`` scores global columns
-    there); the ranks' states are merged (``merge_ranks``), and the tie fix-up crosses the
-    shards the same way: the rows the MERGED state names (the same on every rank) are rescanned
-    exactly by every rank over its shard and those states merged in turn. Every rank then holds
-    the same state and takes the same branches (a NaN raises on every rank).
-    """
+    top: CatalogTop
+    fix: torch.Tensor  # (B,) bool: rows to rescan exactly (``needs_exact``)
+    flags: torch.Tensor  # (2,) bool: any NaN, any row to fix
+    rescan: Callable[[torch.Tensor], CatalogTop]  # rows -> their exact state
+
+
+def start_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None = None,
+              **scan_args) -> PendingTop:
+    """``scan_catalog`` over the whole catalog (``shard``: this rank's columns [lo, hi), the
+    ranks' states merged by ``merge_ranks``), with no host sync: the kernels are queued and
+    the NaN / tie checks wait in ``finish_top``. ``rank_split`` finishes each batch after
+    queuing the next one, so the GPU never waits for the host between batches."""
     combine = (lambda top: top) if shard is None else (lambda top: merge_ranks(shard.ctx, top))
     if shard is not None:
         scan_args = {**scan_args, "lo": shard.lo, "hi": shard.hi}
     top = combine(scan_catalog(chunk, n_users, **scan_args))
     fix = needs_exact(top)
-    has_nan, has_fix = torch.stack([top.nan.any(), fix.any()]).tolist()
+    return PendingTop(top, fix, torch.stack([top.nan.any(), fix.any()]),
+                      lambda rows: combine(scan_catalog(chunk, n_users, rows=rows, **scan_args)))
+
+
+def finish_top(pending: PendingTop) -> CatalogTop:
+    """The batch's state with NaN refused (ValueError) and ties fixed to the tie rule: one host
+    sync for both checks; the rows ``needs_exact`` names (rare) are scanned again with a stable
+    sort. Across ranks every rank holds the same merged state, so all take the same branches
+    (a NaN raises on every rank) and the fix-up's rescans merge the same way."""
+    has_nan, has_fix = pending.flags.tolist()
     if has_nan:
         raise ValueError("scores contain NaN: the model diverged or the inputs are broken")
-    if has_fix:
-        rows = fix.nonzero().squeeze(1)
-        top = top.put(rows, combine(scan_catalog(chunk, n_users, rows=rows, **scan_args)))
-    return top
+    if not has_fix:
+        return pending.top
+    rows = pending.fix.nonzero().squeeze(1)
+    return pending.top.put(rows, pending.rescan(rows))
+
+
+def catalog_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None = None,
+                **scan_args) -> CatalogTop:
+    """``scan_catalog`` over the whole catalog, NaN refused, ties fixed to the tie rule:
+    ``finish_top(start_top(...))``, one host sync. Raises ValueError on a NaN score."""
+    return finish_top(start_top(chunk, n_users, shard=shard, **scan_args))
 
 
 @torch.no_grad()
@@ -305,16 +317,21 @@ def rank_split(
     metrics = RankingMetrics(
         n_items=seqs.n_items, ks=ks, item_user_counts=item_user_counts, n_train_users=n_train_users
     )
-    batches = eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len, users=users)
-    for batch_users, inputs, targets in batches:
-        chunk = score_fn(inputs)
-        seen = history(seqs, batch_users, split=split) if mask_history else None
+    pending = None  # the previous batch's state, finished once the next batch is queued
+    for batch in eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len, users=users):
+        chunk = score_fn(batch.inputs)
+        seen = history(seqs, batch.users, split=split, size=batch.n_seen) if mask_history else None
         if path == "dense":
-            metrics.update(chunk(0, seqs.n_items), targets, history=seen)
-        else:
-            metrics.update_top(catalog_top(
-                chunk, len(batch_users), n_items=seqs.n_items, k=max(metrics.ks), targets=targets,
-                seen=seen, device=seqs.device, chunk_size=chunk_size, group_size=group_size, shard=shard))
+            metrics.update(chunk(0, seqs.n_items), batch.targets, history=seen)
+            continue
+        queued = start_top(chunk, len(batch.users), n_items=seqs.n_items, k=max(metrics.ks),
+                           targets=batch.targets, seen=seen, device=seqs.device, chunk_size=chunk_size,
+                           group_size=group_size, shard=shard)
+        if pending is not None:
+            metrics.update_top(finish_top(pending))
+        pending = queued
+    if pending is not None:
+        metrics.update_top(finish_top(pending))
     if reduce is not None:
         reduce(metrics)
     return metrics.compute()

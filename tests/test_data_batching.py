@@ -92,10 +92,15 @@ def test_eval_batches_and_history(device, split):
     users = torch.tensor([5, 0, 36, 5, 17])
     max_len = 6
     got_users, got_inputs, got_targets = [], [], []
-    for u, inputs, targets in eval_batches(seqs, split=split, batch_size=2, max_len=max_len, users=users):
+    for u, inputs, targets, n_seen in eval_batches(seqs, split=split, batch_size=2, max_len=max_len, users=users):
         got_users += u.tolist()
         got_inputs += inputs.tolist()
         got_targets += targets.tolist()
+        # n_seen is the size history() finds on its own; given as size, the same pairs come back
+        rows, items = history(seqs, u, split=split)
+        assert n_seen == len(rows)
+        sized = history(seqs, u, split=split, size=n_seen)
+        assert torch.equal(sized[0], rows) and torch.equal(sized[1], items)
     assert got_users == users.tolist()
     for u, inputs, target in zip(got_users, got_inputs, got_targets):
         s = seq(data, u)
@@ -115,11 +120,11 @@ def test_eval_batches_and_history(device, split):
 def test_eval_defaults_to_all_users_shortest_first_and_checks_split():
     data = make_data(3)
     seqs = DeviceSequences.from_data(data)
-    users = torch.cat([u for u, _, _ in eval_batches(seqs, split="test", batch_size=10, max_len=3)])
+    users = torch.cat([b.users for b in eval_batches(seqs, split="test", batch_size=10, max_len=3)])
     lengths = np.diff(data.offsets)
     assert sorted(users.tolist()) == list(range(data.n_users))
     assert [(lengths[u], u) for u in users.tolist()] == sorted((lengths[u], u) for u in range(data.n_users))
-    targets = torch.cat([t for _, _, t in eval_batches(seqs, split="valid", batch_size=10, max_len=3)])
+    targets = torch.cat([b.targets for b in eval_batches(seqs, split="valid", batch_size=10, max_len=3)])
     assert targets.tolist() == data.valid_targets()[users.numpy()].tolist()
 
 
@@ -130,7 +135,7 @@ def test_eval_batches_cut_exactly_the_columns_of_padding(split):
     data = make_data(5)
     seqs = DeviceSequences.from_data(data)
     widths = []
-    for u, inputs, _ in eval_batches(seqs, split=split, batch_size=7, max_len=6):
+    for u, inputs, _, _ in eval_batches(seqs, split=split, batch_size=7, max_len=6):
         full = context_windows(seqs, u, split=split, max_len=6)
         width = inputs.shape[1]
         assert torch.equal(full[:, 6 - width:], inputs) and not full[:, :6 - width].any()

@@ -221,6 +221,62 @@ def test_evaluate_model_and_popularity_same_on_both_paths(mask_history):
         assert evaluate_popularity(seqs, split=split, chunk_size=29, **args) == pop
 
 
+def test_rank_split_finishes_every_batch_one_behind_and_fixes_its_ties(monkeypatch):
+    """rank_split finishes each batch's state (NaN check, tie fix-up: one host sync) after it
+    queued the next one. Every batch must still be finished once, in order, and give the dense
+    path's metrics (integer-valued table: many ties). (A finish without the fix-up is a mutant
+    of ``test_every_mutant_is_detected``; a finish that skips the NaN check is caught here.)"""
+    data = _small_data()
+    seqs = DeviceSequences.from_data(data, "cpu")
+    torch.manual_seed(0)
+    model = SASRec(n_items=data.n_items, max_len=20).eval()
+    with torch.no_grad():
+        model.catalog().copy_(torch.randint(-1, 2, model.catalog().shape).float())
+    args = {"batch_size": 32, "max_len": 20, "mask_history": True, "ks": KS, "split": "test",
+            "item_user_counts": data.train_item_user_counts(), "n_train_users": count_train_users(data)}
+    dense = evaluate_model(model, model, seqs, amp=False, path="dense", **args)
+    finished, real_finish = [], evaluation.finish_top
+
+    def counting(pending):
+        finished.append(pending.top.values.shape[0])
+        return real_finish(pending)
+
+    monkeypatch.setattr(evaluation, "finish_top", counting)
+    assert evaluate_model(model, model, seqs, amp=False, chunk_size=29, group_size=4, **args) == dense
+    assert finished == [32, 32, 26]  # 90 users: every batch once, in order
+    with torch.no_grad():
+        model.catalog()[7] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_model(model, model, seqs, amp=False, chunk_size=29, group_size=4, **args)
+    monkeypatch.setattr(evaluation, "finish_top", lambda pending: pending.top)  # broken: no checks
+    evaluate_model(model, model, seqs, amp=False, chunk_size=29, group_size=4, **args)  # NaN unnoticed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_a_batch_is_queued_without_a_host_sync():
+    """On the GPU the device runs ahead of the host: scoring a batch (model, history, every
+    chunk's mask, top-k and merge: ``start_top``) asks nothing of the device; ``finish_top``
+    is the one sync per batch."""
+    data = _small_data()
+    seqs = DeviceSequences.from_data(data, "cuda")
+    model = SASRec(n_items=data.n_items, max_len=20).cuda().eval()
+    score_fn = evaluation.model_scores(model, model, amp=True)
+    batch = next(iter(evaluation.eval_batches(seqs, split="test", batch_size=32, max_len=20)))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            seen = evaluation.history(seqs, batch.users, split="test", size=batch.n_seen)
+            pending = evaluation.start_top(score_fn(batch.inputs), len(batch.users), n_items=data.n_items,
+                                           k=10, targets=batch.targets, seen=seen, device=seqs.device,
+                                           chunk_size=29, group_size=4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    top = evaluation.finish_top(pending)
+    assert top.values.shape == (32, 10)
+
+
 def test_unknown_path_is_refused():
     data = _small_data()
     seqs = DeviceSequences.from_data(data, "cpu")
@@ -254,12 +310,23 @@ _real_chunk_top = evaluation.chunk_top
 def _mask_all_but_second(patch):
     calls = {"n": 0}
 
-    def mask(scores, pairs):
+    def mask(scores, seen, lo):
         calls["n"] += 1
         if calls["n"] % 3 != 2:  # the second chunk of each 3-chunk scan is left unmasked
-            _real_mask_chunk(scores, pairs)
+            _real_mask_chunk(scores, seen, lo)
 
     patch.setattr(evaluation, "_mask_chunk", mask)
+
+
+def _mask_edges_too(scores, seen, lo):  # pairs outside the chunk mask its first or last column
+    if seen is not None:
+        cols = (seen[1] - 1 - lo).clamp(0, scores.shape[1] - 1)
+        scores[seen[0], cols] = float("-inf")
+
+
+def _mask_one_column_off(scores, seen, lo):  # item ids taken as columns (no -1)
+    if seen is not None:
+        _real_mask_chunk(scores, (seen[0], seen[1] + 1), lo)
 
 
 def _no_tie_marker(scores, k, **kw):  # ties across a chunk's k-th place go unreported
@@ -287,9 +354,12 @@ MUTANTS = {
     "chunk boundary off by one (gap)": lambda p: p.setattr(evaluation, "chunk_ranges", _skip_last_column),
     "chunk boundary off by one (overlap)": lambda p: p.setattr(evaluation, "chunk_ranges", _overlap_one_column),
     "history not masked in a chunk": _mask_all_but_second,
+    "history outside a chunk masks its edge columns": lambda p: p.setattr(evaluation, "_mask_chunk", _mask_edges_too),
+    "history masked one column off": lambda p: p.setattr(evaluation, "_mask_chunk", _mask_one_column_off),
     ">= instead of > in the rank": lambda p: p.setattr(
         metrics, "rank_from_top", lambda v, t: 1 + (v >= t[:, None]).sum(1).double()),
     "no tie marker": lambda p: p.setattr(evaluation, "chunk_top", _no_tie_marker),
+    "finish without the tie fix-up": lambda p: p.setattr(evaluation, "finish_top", lambda pending: pending.top),
     "merge without the id tie-break": lambda p: p.setattr(metrics, "canonical_order", _order_by_value_only),
     "group candidates not the grouped columns": lambda p: p.setattr(metrics, "group_columns", _contiguous_group_columns),
     "leftover group never a candidate": lambda p: p.setattr(metrics, "group_maxima", _maxima_without_leftover),

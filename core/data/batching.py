@@ -146,6 +146,17 @@ def eval_order(seqs: DeviceSequences) -> np.ndarray:
     return np.argsort(seqs.lengths, kind="stable").astype(np.int64)
 
 
+class EvalBatch(NamedTuple):
+    """One batch of ``eval_batches``: users (B,), inputs (B, L) and targets (B,), int64 on the
+    device, and ``n_seen``, the number of (row, item) history pairs ``history`` will return for
+    them (known on the host, so ``history(..., size=n_seen)`` needs no sync)."""
+
+    users: Tensor
+    inputs: Tensor
+    targets: Tensor
+    n_seen: int
+
+
 def eval_batches(
     seqs: DeviceSequences,
     *,
@@ -153,8 +164,9 @@ def eval_batches(
     batch_size: int,
     max_len: int,
     users: Tensor | np.ndarray | None = None,
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Yields (users (B,), inputs (B, L), targets (B,)) int64 for ``split`` "valid" or "test".
+) -> Iterator[EvalBatch]:
+    """Yields ``EvalBatch`` (users (B,), inputs (B, L), targets (B,), n_seen) for ``split``
+    "valid" or "test".
 
     valid: inputs = the train sequence, target = seq[-2]; test: inputs = train + [valid target],
     target = seq[-1]. Inputs are left-padded to L = the batch's longest input, at most
@@ -166,26 +178,28 @@ def eval_batches(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     order = eval_order(seqs) if users is None else np.asarray(torch.as_tensor(users, dtype=torch.int64).cpu())
-    inputs_len = np.minimum(seqs.lengths[order] - {"valid": 2, "test": 1}[split], max_len)  # (n,)
+    seen_len = seqs.lengths[order] - {"valid": 2, "test": 1}[split]  # (n,): the whole context
+    inputs_len = np.minimum(seen_len, max_len)  # (n,)
     users = torch.from_numpy(order).to(seqs.device)
     for lo in range(0, len(users), batch_size):
         u = users[lo : lo + batch_size]
         width = max(1, int(inputs_len[lo : lo + batch_size].max()))
         end = _context_end(seqs, u, split)  # (B,): where each input ends and its target sits
-        yield u, _windows(seqs, seqs.offsets[u], end, width), seqs.items[end].long()  # inputs (B, width)
+        yield EvalBatch(u, _windows(seqs, seqs.offsets[u], end, width), seqs.items[end].long(),  # inputs (B, width)
+                        int(seen_len[lo : lo + batch_size].sum()))
 
 
-def history(seqs: DeviceSequences, users: Tensor, *, split: str) -> tuple[Tensor, Tensor]:
+def history(seqs: DeviceSequences, users: Tensor, *, split: str, size: int | None = None) -> tuple[Tensor, Tensor]:
     """(rows, items) int64 pairs: every item each user saw before the ``split`` target.
 
     ``rows`` index into ``users`` (0..B-1). "valid": the train sequence; "test": train + the
-    validation target; "full": everything. Output size depends on the data, so this syncs
-    once on CUDA.
+    validation target; "full": everything. The output's size depends on the data: give it as
+    ``size`` (``EvalBatch.n_seen``) where the caller knows it, else this syncs once on CUDA.
     """
     users = torch.as_tensor(users, dtype=torch.int64).to(seqs.device)
     start = seqs.offsets[users]
     counts = _context_end(seqs, users, split) - start  # (B,)
-    rows = torch.repeat_interleave(torch.arange(len(users), device=seqs.device), counts)  # (H,)
+    rows = torch.repeat_interleave(torch.arange(len(users), device=seqs.device), counts, output_size=size)  # (H,)
     first = torch.cumsum(counts, 0) - counts  # (B,) where each row's pairs begin
     pos = start[rows] + torch.arange(len(rows), device=seqs.device) - first[rows]
     return rows, seqs.items[pos].long()

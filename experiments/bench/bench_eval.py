@@ -118,14 +118,14 @@ def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict, p
             batches = eval_batches(seqs, split=split, batch_size=eval_args["batch_size"],
                                    max_len=eval_args["max_len"])
             batch = next(batches)
-        users, inputs, targets = batch
+        users, inputs, targets, n_seen = batch
         mark(stamps, seqs.device)
         # rank_split's per-batch step, written out here only to put the phase marks inside it
         # (rank_split has no per-batch function or hook to time).
         chunk = score(inputs)  # streaming: the user vectors
         scores = chunk(0, seqs.n_items) if path == "dense" else None  # (B, n_items)
         mark(stamps, seqs.device)
-        seen = history(seqs, users, split=split) if eval_args["mask_history"] else None
+        seen = history(seqs, users, split=split, size=n_seen) if eval_args["mask_history"] else None
         mark(stamps, seqs.device)
         if path == "dense":
             metrics.update(scores, targets, history=seen)
