@@ -1216,11 +1216,17 @@ def _(ctx):
     return Check(ctx.run(ctx.api("load", data)), "error")
 
 
-@case("15.05a", "15 duplicates", "every raw row twice: dropped and counted", "ok")
-def _(ctx):
+def doubled_log(ctx: Ctx) -> tuple[Path, list[str]]:
+    """The 300-user CSV with every row written twice, and its original lines."""
     raw = ctx.csv("log.csv")
     lines = raw.read_text().splitlines()
     raw.write_text("\n".join([lines[0], *(line for line in lines[1:] for _ in (0, 1))]) + "\n")
+    return raw, lines
+
+
+@case("15.05a", "15 duplicates", "every raw row twice: dropped and counted", "ok")
+def _(ctx):
+    raw, lines = doubled_log(ctx)
     out = ctx.dir / "data"
     done = ctx.run(ctx.prepare(raw, out))
     problem = None
@@ -1233,9 +1239,7 @@ def _(ctx):
 
 @case("15.05b", "15 duplicates", "every raw row twice with --keep-duplicates: kept", "ok")
 def _(ctx):
-    raw = ctx.csv("log.csv")
-    lines = raw.read_text().splitlines()
-    raw.write_text("\n".join([lines[0], *(line for line in lines[1:] for _ in (0, 1))]) + "\n")
+    raw, lines = doubled_log(ctx)
     out = ctx.dir / "data"
     done = ctx.run(ctx.prepare(raw, out, "--keep-duplicates"))
     problem = None
