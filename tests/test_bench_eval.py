@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core.data.batching import DeviceSequences
+from core.data.batching import DeviceSequences, eval_order
 from core.data.shards import SequenceData
 from core.data.synthetic import PRESETS, generate
 from core.evaluation import (
@@ -19,7 +19,7 @@ from core.evaluation import (
     evaluate_popularity,
 )
 from core.model import SASRec
-from experiments.bench.bench_eval import COLUMNS, batch_runner, main, make_score
+from experiments.bench.bench_eval import COLUMNS, batch_runner, main, make_score, spread
 from tests.test_bench_epoch import assert_one_error_line
 
 
@@ -125,6 +125,26 @@ def test_instrumented_batches_rank_exactly_like_the_real_evaluation(scorer, spli
             run(stamps)
             assert len(stamps) == 5  # start + four phase ends
     assert metrics.compute() == real
+
+
+def test_the_breakdown_runs_batches_spread_over_the_split():
+    """Users are ranked shortest first: the instrumented batches are picked from the whole
+    split (first and last included), and a picked batch ranks like the evaluation of its users."""
+    assert spread(178, 5) == [0, 44, 88, 133, 177] and spread(3, 10) == [0, 1, 2] and spread(7, 1) == [0]
+    data = _small_data()
+    seqs = DeviceSequences.from_data(data, "cpu")
+    torch.manual_seed(0)
+    model = SASRec(n_items=data.n_items, max_len=20).eval()
+    eval_args = dict(batch_size=16, max_len=20, mask_history=True, ks=(1, 10),
+                     item_user_counts=data.train_item_user_counts(),
+                     n_train_users=count_train_users(data), chunk_size=50, group_size=4)
+    last = -(-data.n_users // 16) - 1
+    run, metrics = batch_runner(seqs, make_score("model", model, amp=False, item_user_counts=None),
+                                split="test", eval_args=eval_args, path="streaming", picks=[last])
+    with torch.no_grad():
+        run([])
+    users = torch.from_numpy(eval_order(seqs)[last * 16:])
+    assert metrics.compute() == evaluate_model(model, model, seqs, split="test", amp=False, users=users, **eval_args)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -15,8 +15,9 @@ of scores dense). The model is not trained: ranking the whole catalog costs the 
 the weights are (the metrics of an untrained model are only a sanity check, kept in
 results.json; both paths must give the same ones).
 
-A separate instrumented pass over ``--sample-batches`` batches then gives the mean ms per batch
-of each phase (CUDA events on the GPU, the host clock on the CPU; each batch starts on an idle
+A separate instrumented pass over ``--sample-batches`` batches, evenly spread over the split
+(users are ranked shortest first, so the first batches alone are the cheapest), then gives the
+mean ms per batch of each phase (CUDA events on the GPU, the host clock on the CPU; each batch starts on an idle
 device): ``batch`` (``eval_batches`` builds inputs and targets), ``score`` (dense: the
 (B, n_items) fp32 scores; streaming: the user vectors only, the matmul is in the scan),
 ``history`` (``history()``) and ``metrics`` (dense: ``RankingMetrics.update``, i.e. the
@@ -46,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's code, i
 import numpy as np
 import torch
 
-from core.data.batching import SPLITS, DeviceSequences, eval_batches, history
+from core.data.batching import SPLITS, DeviceSequences, eval_batches, eval_order, history
 from core.env import usable_device
 from core.evaluation import (
     DEFAULT_CHUNK,
@@ -99,26 +100,36 @@ def make_score(scorer: str, model: SASRec, *, amp: bool, item_user_counts: np.nd
     return model_scores(model, model, amp=amp)
 
 
-def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict, path: str = "dense"):
+def spread(n_batches: int, count: int) -> list[int]:
+    """``count`` batch indices evenly spaced over a split of ``n_batches`` (first and last
+    included): users are ranked shortest first (``eval_order``), so the first batches alone
+    would time only the shortest histories."""
+    count = max(1, min(count, n_batches))
+    return sorted({round(i * (n_batches - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def batch_runner(seqs: DeviceSequences, score, *, split: str, eval_args: dict, path: str = "dense",
+                 picks: list[int] | None = None):
     """One instrumented evaluation batch at a time: returns (``run``, its RankingMetrics).
 
-    ``run(stamps)`` evaluates the next batch of ``split`` (starting over after the last) on
-    ``path`` and appends a ``mark`` to ``stamps`` at each phase boundary.
+    ``run(stamps)`` evaluates the next batch of ``split`` on ``path`` and appends a ``mark`` to
+    ``stamps`` at each phase boundary. The batches are those of the evaluation (``eval_order``
+    cut into ``batch_size``); ``picks`` (default: all, in order) are the ones run, cycling.
     """
     metrics = RankingMetrics(n_items=seqs.n_items, ks=eval_args["ks"],
                              item_user_counts=eval_args["item_user_counts"],
                              n_train_users=eval_args["n_train_users"])
-    batches = iter(())
+    order, size = eval_order(seqs), eval_args["batch_size"]
+    picks = picks if picks is not None else list(range(-(-len(order) // size)))
+    done = 0
 
     def run(stamps: list) -> None:
-        nonlocal batches
+        nonlocal done
         mark(stamps, seqs.device)
-        batch = next(batches, None)
-        if batch is None:  # not started or exhausted: start the split over
-            batches = eval_batches(seqs, split=split, batch_size=eval_args["batch_size"],
-                                   max_len=eval_args["max_len"])
-            batch = next(batches)
-        users, inputs, targets, n_seen = batch
+        lo = picks[done % len(picks)] * size
+        done += 1
+        users, inputs, targets, n_seen = next(eval_batches(
+            seqs, split=split, batch_size=size, max_len=eval_args["max_len"], users=order[lo:lo + size]))
         mark(stamps, seqs.device)
         # rank_split's per-batch step, written out here only to put the phase marks inside it
         # (rank_split has no per-batch function or hook to time).
@@ -165,7 +176,9 @@ def bench_one(seqs, model, *, name: str, path: str, scorer: str, split: str, eva
            "n_batches": n_batches, "error": None}
     amp = device.type == "cuda"  # train()'s default: bf16 autocast on CUDA, fp32 on the CPU
     score = make_score(scorer, model, amp=amp, item_user_counts=eval_args["item_user_counts"])
-    run, _ = batch_runner(seqs, score, split=split, eval_args=eval_args, path=path)
+    # warm-up, breakdown, sync count and profile cycle through batches spread over the split
+    picks = spread(n_batches, max(args.sample_batches, args.profile_batches, 1))
+    run, _ = batch_runner(seqs, score, split=split, eval_args=eval_args, path=path, picks=picks)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
