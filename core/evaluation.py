@@ -24,27 +24,27 @@ of those maxima, then top-(k+1) over the k best groups' columns: the chunk is wr
 the matmul and read about once by the group max, instead of the several radix passes of a
 torch.topk over the whole chunk. Groups are strided (group g: columns g, g + n, g + 2n, ...;
 ``core.metrics.group_maxima``) so the group max reads rows coalesced; contiguous groups of 64
-ran at ~1 TB/s on the H200 (call C). Strided groups are not yet measured on a GPU.
+ran at ~1 TB/s on the H200 (call C).
 
 Sizes and memory: ``batch_size`` users per block (default 4096 on the streaming path) times
 ``chunk_size`` items (default 32768, ``DEFAULT_CHUNK``) fp32 is the one big buffer, 512 MiB at
 the defaults whatever the catalog; the rest is O(B * (chunk / group + k * group)). Host syncs:
 one per block (the NaN / tie-fix check, ``finish_top``), taken after the next block is queued,
 so the device runs ahead of the host; none per chunk (``history`` is sized on the host, and
-history pairs are masked by an accumulating put that needs no split by chunk). ``path="dense"`` keeps the previous evaluation (a (B, n_items)
-matrix per batch, ``RankingMetrics.update``; default batch ``default_eval_batch_size(n,
-"dense")``, ~1 GiB) as the reference and the "before" of ``experiments/bench/bench_eval.py``.
+history pairs are masked by an accumulating put that needs no split by chunk).
+``path="dense"`` keeps the previous evaluation (a (B, n_items) matrix per batch,
+``RankingMetrics.update``; default batch ``default_eval_batch_size(n, "dense")``, ~1 GiB) as
+the reference and the "before" of ``experiments/bench/bench_eval.py``.
 
 On the GPU (beauty-like, 729,576 users x 207,649 items, D = 64, one H200): the dense path takes
 5.7 s per split (1,292 users per batch: 3.4 ms scoring, 6.0 ms metrics). The streaming path
 moves 8 bytes per score through HBM (the matmul's write, the group max's read: 1.2 TB per
 split, ~0.25 s at 4.8 TB/s), runs the fp32 matmul (19.4 TFLOP per split: 0.3-0.4 s at 50-67
 fp32 TFLOP/s) and ~15 small kernels per (block, chunk) (179 blocks x 7 chunks, ~0.1 s of
-launches, overlapped); expected ~0.6-1.0 s per split, to be measured
-(``bench_eval.py --path dense,streaming``). The risk is the matmul: with K = 64 an fp32 GEMM
-may run far below peak (the dense scoring above, if it is all matmul, ran at ~10 TFLOP/s,
-which would be ~1.9 s per split on its own); ``--profile-batches`` shows its share. Scores
-must stay fp32, so TF32/bf16 are no way out; a fused score + group-max kernel would be.
+launches, overlapped); ~0.6-1.0 s per split was expected. Measured on the H200: 2.76 s
+(2026-12-02, call C), then 2.80 s for this loop against 3.61 s for the previous one in one call
+(call E; experiments/bench/NOTES_speed.md). The fp32 GEMM runs at ~32 TFLOP/s (FFMA: scores
+must stay fp32, so TF32/bf16 are no way out); a fused score + group-max kernel would be.
 Across ranks: ``merge_top`` merges the states of disjoint catalog parts, so ranks that each own
 a catalog shard combine theirs: a distributed top-k (issue 22). A catalog-parallel model
 (``evaluate_model`` sees a ``ShardedItemEmbedding``; ``sharded_scoring``) is evaluated so:
