@@ -1,5 +1,6 @@
-"""The quality table of the quality check (``results/gpu_suite_2026-12-02d/call.sh``): each run's test NDCG@10 beside issue 19's finals'
-default row (same config and seed). Usage: ``python quality_table.py RUNS_FOLDER``."""
+"""The quality table of the quality check (``results/gpu_suite_2026-12-02d/call.sh``): each
+run's test NDCG@10 beside issue 19's finals' default row (same config and seed).
+Usage: ``python quality_table.py RUNS_FOLDER``."""
 
 import json
 import statistics as st
