@@ -60,8 +60,9 @@ def _config_that_ran() -> str:
     import gin
 
     operative = gin.operative_config_str()
+    called = set(operative.splitlines())  # the "# Parameters for NAME:" headers among them
     sections = re.split(r"(?m)^(?=# Parameters for )", gin.config_str())
-    unused = [s for s in sections if s.startswith("# Parameters for ") and s.splitlines()[0] not in operative]
+    unused = [s for s in sections if s.startswith("# Parameters for ") and s.splitlines()[0] not in called]
     if not unused:
         return operative
     return operative + "\n# Bound but not called in this run (kept so that --resume binds the same):\n\n" + "".join(unused)
