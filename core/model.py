@@ -309,7 +309,8 @@ class TiedItemTable(torch.autograd.Function):
     - the padding row zeroed (``nn.Embedding(padding_idx=0)``'s rule).
     Autograd's own path builds three (V + 1, D) tensors per step: dC's slice backward into a
     zeroed table, the embedding backward's zeroed table, and their sum (~370 MB of traffic at
-    207,649 x 64 fp32); here the slice backward and the sum's new tensor are gone. Forward: ``(F.embedding(ids, weight), weight[1:])``, the same values."""
+    207,649 x 64 fp32); here the slice backward and the sum's new tensor are gone.
+    Forward: ``(F.embedding(ids, weight), weight[1:])``, the same values."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor):
