@@ -58,9 +58,9 @@ MUTANTS = [
     ("dc_unweighted",  # dC ignores the row weights (ignored rows and the 1/count mean)
      "p = p * w[None, :]", "p = p"),
     ("de_last_tile_skipped",  # each dE slice stops one tile early
-     "for t in range(tiles_per_split):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
+     "for t in range(n_tiles):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
      " + tl.arange(0, BLOCK_V)\n        c = tl.load(",
-     "for t in range(tiles_per_split - 1):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
+     "for t in range(n_tiles - 1):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
      " + tl.arange(0, BLOCK_V)\n        c = tl.load("),
     ("dc_row_slice_overlap",  # dC row slices each run one block into the next slice
      "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split)",
@@ -86,8 +86,8 @@ LAUNCHER = REPO / "core" / "losses" / "flash_ce.py"
 LAUNCHER_MUTANTS = [
     ("stats_in_workspace",  # the LSEs saved for the backward in a reused buffer: a second loss
      # built before the first one's backward overwrites them
-     "stats = torch.empty(n + 1, dtype=torch.float32, device=e.device)",
-     "stats = _workspace(e.device, \"stats\", n + 1)"),
+     "stats = torch.empty(n + 2, dtype=torch.float32, device=e.device)",
+     "stats = _workspace(e.device, \"stats\", n + 2)"),
     ("plan_without_catalog_size",  # a shape's launch plan looked up without V
      "key = (e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1])",
      "key = (e.device, e.dtype, e.shape[0], e.shape[1])"),

@@ -99,12 +99,19 @@ def _pow2(x: int) -> int:
     return 1 << max(0, x - 1).bit_length()
 
 
-class _Plan:
-    """Everything a call at one shape launches with, computed once per (device, dtypes, N, V, D):
-    grids, slice counts, tile sizes and workspace sizes. The per-call Python is then a dict
-    lookup, the workspaces and the launches."""
+# Row blocks with no scored row skip their catalog work (the kernels' ``SKIP_IGNORED``, module
+# doc of core/losses/kernels/flash_ce.py): the filler rows of a graphed step's bucket. Off until
+# measured on a GPU (issue 21; experiments/bench/device/call_next.sh): ``FLASH_CE_SKIP_IGNORED=1``
+# in the environment, read at import, or set this before the first call at a shape.
+SKIP_IGNORED_BLOCKS = os.environ.get("FLASH_CE_SKIP_IGNORED") == "1"
 
-    def __init__(self, device: torch.device, e_dtype: torch.dtype, n: int, v: int, d: int):
+
+class _Plan:
+    """Everything a call at one shape launches with, computed once per (device, dtypes, N, V, D,
+    skip): grids, slice counts, tile sizes and workspace sizes. The per-call Python is then a
+    dict lookup, the workspaces and the launches."""
+
+    def __init__(self, device: torch.device, e_dtype: torch.dtype, n: int, v: int, d: int, skip: bool = False):
         self.n, self.v, self.d = n, v, d
         block_d = self.block_d = _block_d(d)
         precision = _precision(e_dtype)
@@ -113,14 +120,15 @@ class _Plan:
         self.lse_grid, per_split, self.lse_meta = split_lse_launch(
             n, v, d, dtype=e_dtype, device=device, block_n=bn, block_v=bv, block_d=block_d, base2=True,
             num_warps=warps, num_stages=stages)
+        self.lse_meta["SKIP_IGNORED"] = skip
         self.lse_splits = self.lse_grid[1]
         self.lse_args = (n, v, d, d, d, per_split)
         fin_r = max(16, min(64, 4096 // block_d))  # rows per finish program: E and C tiles of 4,096 entries
         self.fin_blocks = -(-n // fin_r)
         self.fin_grid = (self.fin_blocks,)
         self.fin_meta = dict(BLOCK_R=fin_r, BLOCK_S=max(2, min(32, _pow2(self.lse_splits))), BLOCK_D=block_d,
-                             num_warps=4)
-        self.loss_meta = dict(BLOCK=max(16, min(1024, _pow2(self.fin_blocks))), num_warps=4)
+                             SKIP_IGNORED=skip, num_warps=4)
+        self.loss_meta = dict(BLOCK=max(16, min(1024, _pow2(self.fin_blocks))), SKIP_IGNORED=skip, num_warps=4)
         # Backward: dE (row block x catalog slice), dC (catalog tile x row slice).
         bn, bv, warps, stages = tiles("de", n, d)
         n_blocks = -(-n // bn)
@@ -128,7 +136,7 @@ class _Plan:
         self.de_splits, per_split = splits(-(-v // bv), max(1, n_blocks), device, cap)
         self.de_grid = (n_blocks, self.de_splits)
         self.de_tiles_per_split = per_split
-        self.de_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, PRECISION=precision,
+        self.de_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, PRECISION=precision, SKIP_IGNORED=skip,
                             num_warps=warps, num_stages=stages)
         bn, bv, warps, stages = tiles("dc", n, d)
         v_tiles = -(-v // bv)
@@ -137,11 +145,11 @@ class _Plan:
         self.dc_splits, blocks_per_split = splits(max(1, -(-n // bn)), v_tiles, device, cap)
         self.dc_grid = (v_tiles, self.dc_splits)
         self.dc_rows_per_split = blocks_per_split * bn
-        self.dc_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, PRECISION=precision,
+        self.dc_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, PRECISION=precision, SKIP_IGNORED=skip,
                             num_warps=warps, num_stages=stages)
         # Workspaces (fp32 entries): transient within one forward or one backward, never saved.
         self.lse_ws = self.lse_splits * n
-        self.sums_ws = 2 * self.fin_blocks
+        self.sums_ws = (3 if skip else 2) * self.fin_blocks
         self.de_ws = self.de_splits * n * d if self.de_splits > 1 else 0
         self.dc_ws = self.dc_splits * v * d if self.dc_splits > 1 else 0
         self.sum_de = self._sum_meta(n, self.de_splits, block_d)
@@ -161,11 +169,12 @@ _MAX_PLANS = 256  # shapes remembered (a few hundred bytes each); cleared whole 
 
 def _plan(e: torch.Tensor, c: torch.Tensor) -> _Plan:
     key = (e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1])
-    plan = _PLANS.get(key)
+    plan = _PLANS.get((key, SKIP_IGNORED_BLOCKS))
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        plan = _PLANS[key] = _Plan(e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1])
+        plan = _PLANS[key, SKIP_IGNORED_BLOCKS] = _Plan(e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1],
+                                                        skip=SKIP_IGNORED_BLOCKS)
     return plan
 
 
@@ -212,19 +221,20 @@ def _workspace(device: torch.device, kind: str, numel: int) -> torch.Tensor:
 
 def forward_stats(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor,
                   plan: _Plan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss (), stats (N + 1,)) fp32: the mean NLL over scored rows and each row's LSE followed
-    by the count of scored rows; three launches (split LSE, finish, loss), no torch op."""
+    """(loss (), stats (N + 2,)) fp32: the mean NLL over scored rows and each row's LSE followed
+    by the count of scored rows (and the end of the last scored row, written when the plan skips
+    ignored blocks); three launches (split LSE, finish, loss), no torch op."""
     from core.losses.kernels import flash_ce as kernels
     from core.losses.kernels import split_lse as lse_kernels
 
     plan = plan or _plan(e, c)
     n = plan.n
-    stats = torch.empty(n + 1, dtype=torch.float32, device=e.device)
+    stats = torch.empty(n + 2, dtype=torch.float32, device=e.device)
     loss = torch.empty((), dtype=torch.float32, device=e.device)
     part = _workspace(e.device, "lse", plan.lse_ws)  # (slices, N) partial LSEs
     sums = _workspace(e.device, "sums", plan.sums_ws)  # (2, finish blocks): loss sums, counts
     if n:
-        lse_kernels.split_lse_kernel[plan.lse_grid](e, c, part, *plan.lse_args, **plan.lse_meta)
+        lse_kernels.split_lse_kernel[plan.lse_grid](e, c, targets, part, *plan.lse_args, **plan.lse_meta)
         kernels._finish_kernel[plan.fin_grid](part, e, c, targets, stats, sums, n, plan.v, plan.d,
                                               plan.d, plan.d, plan.lse_splits, plan.fin_blocks,
                                               **plan.fin_meta)
@@ -245,7 +255,7 @@ def lse_forward(e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def grad_e(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tensor:
     """dE (N, D) in ``e``'s dtype: sum over items of (softmax - onehot) * grad / count, times C.
-    ``stats``: ``forward_stats``' (N + 1,) buffer; ``grad``: the loss's upstream gradient (())."""
+    ``stats``: ``forward_stats``' (N + 2,) buffer; ``grad``: the loss's upstream gradient (())."""
     from core.losses.kernels import flash_ce as kernels
 
     plan = plan or _plan(e, c)

@@ -62,5 +62,6 @@ def split_lse(e: torch.Tensor, c: torch.Tensor, *, block_n: int, block_v: int, b
     grid, per_split, meta = launch(n, v, d, dtype=e.dtype, device=e.device, block_n=block_n, block_v=block_v,
                                    block_d=block_d, base2=base2, num_warps=num_warps, num_stages=num_stages)
     part = torch.empty((grid[1], n), dtype=torch.float32, device=e.device)
-    kernels.split_lse_kernel[grid](e, c, part, n, v, d, e.stride(0), c.stride(0), per_split, **meta)
+    kernels.split_lse_kernel[grid](e, c, e, part, n, v, d, e.stride(0), c.stride(0), per_split,
+                                   SKIP_IGNORED=False, **meta)  # every row's LSE: no targets (T unread)
     return torch.logsumexp(part, dim=0) if grid[1] > 1 else part[0]

@@ -26,7 +26,16 @@ launches: each row's weight is ``W_SCORED`` = 2**15 for scored rows and 0 for ig
 (target ``IGNORE_INDEX``) and rows past N, and the accumulators are multiplied by
 ``grad / (max(count, 1) * 2**15)`` before the store. So the rounded ``P`` entries are large:
 softmax entries of ~1/V times 1/N would be fp16 subnormals (at V = 207,649, N = 560) and lose
-their precision. ``Stats`` is the forward's (N + 1,) fp32 buffer: each row's LSE, then the count.
+their precision. ``Stats`` is the forward's (N + 2,) fp32 buffer: each row's LSE, the count,
+then (``SKIP_IGNORED``) the end of the last scored row.
+
+``SKIP_IGNORED`` (a compile-time switch, ``core.losses.flash_ce.SKIP_IGNORED_BLOCKS``): row
+blocks with no scored row do no catalog work. The split LSE leaves their LSE at -inf, dE writes
+their rows as 0, dC stops its row loop after the last scored row (``Stats[N + 1]``, written by
+the finish and loss kernels), and dE / dC set P to 0 on ignored rows before the weight (inf * 0
+would be NaN there). A graphed step's filler rows (a bucket of 1,024 slots for ~560 real
+positions) are such blocks. Scored rows' arithmetic is unchanged: the outputs equal the
+switch-off outputs bit for bit (tests/test_flash_ce_skip.py).
 Launchers and tile sizes live in core/losses/flash_ce.py; this module is imported lazily there.
 """
 
@@ -47,10 +56,11 @@ W_SCORED = tl.constexpr(32768.0)  # 2**15: see the module doc
 @triton.jit
 def _finish_kernel(
     PartLSE, E, C, T, Stats, BlockSums, N, V, D, stride_e, stride_c, n_splits, n_prog,
-    BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, SKIP_IGNORED: tl.constexpr,
 ):
     """Program per row block: Stats[rows] = LSE merged over slices; BlockSums[pid] = sum over
-    its scored rows of LSE - target logit, BlockSums[n_prog + pid] = their count."""
+    its scored rows of LSE - target logit, BlockSums[n_prog + pid] = their count (and with
+    ``SKIP_IGNORED`` BlockSums[2 n_prog + pid] = 1 + its last scored row, 0 without one)."""
     pid = tl.program_id(0)
     offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = offs_r < N
@@ -81,11 +91,14 @@ def _finish_kernel(
     row_loss = tl.where(valid, lse - dot, 0.0)
     tl.store(BlockSums + pid, tl.sum(row_loss, axis=0))
     tl.store(BlockSums + n_prog + pid, tl.sum(valid.to(tl.float32), axis=0))
+    if SKIP_IGNORED:
+        tl.store(BlockSums + 2 * n_prog + pid, tl.max(tl.where(valid, offs_r + 1, 0), axis=0).to(tl.float32))
 
 
 @triton.jit
-def _loss_kernel(BlockSums, Stats, Loss, N, n_blocks, BLOCK: tl.constexpr):
-    """One program: Loss = sum of the blocks' loss sums / their count (0 / 0 = NaN); Stats[N] = count."""
+def _loss_kernel(BlockSums, Stats, Loss, N, n_blocks, BLOCK: tl.constexpr, SKIP_IGNORED: tl.constexpr):
+    """One program: Loss = sum of the blocks' loss sums / their count (0 / 0 = NaN); Stats[N] = count
+    (with ``SKIP_IGNORED`` Stats[N + 1] = the end of the last scored row, exact below 2**24 rows)."""
     total = tl.zeros((BLOCK,), tl.float32)
     count = tl.zeros((BLOCK,), tl.float32)
     for b0 in range(0, n_blocks, BLOCK):
@@ -96,12 +109,19 @@ def _loss_kernel(BlockSums, Stats, Loss, N, n_blocks, BLOCK: tl.constexpr):
     count_sum = tl.sum(count, axis=0)
     tl.store(Loss, total_sum / count_sum)
     tl.store(Stats + N, count_sum)
+    if SKIP_IGNORED:
+        live = tl.zeros((BLOCK,), tl.float32)
+        for b0 in range(0, n_blocks, BLOCK):
+            b = b0 + tl.arange(0, BLOCK)
+            live = tl.maximum(live, tl.load(BlockSums + 2 * n_blocks + b, mask=b < n_blocks, other=0.0))
+        tl.store(Stats + N + 1, tl.max(live, axis=0))
 
 
 @triton.jit
 def _de_kernel(
     E, C, Stats, Grad, T, OutDE, N, V, D, stride_e, stride_c, stride_split, tiles_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    SKIP_IGNORED: tl.constexpr,
 ):
     """Program (row block, slice): OutDE[slice, rows] = sum over the slice's items of P C: dE
     itself (one slice, its dtype) or an fp32 partial (rows of D entries, slices ``stride_split`` apart)."""
@@ -116,7 +136,10 @@ def _de_kernel(
     tgt = tl.load(T + offs_n, mask=n_mask, other=IGNORE).to(tl.int32)  # (BLOCK_N,)
     w = tl.where(tgt != IGNORE, W_SCORED, 0.0)  # (BLOCK_N,): 0 past N and for ignored rows
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    for t in range(tiles_per_split):
+    n_tiles = tiles_per_split
+    if SKIP_IGNORED:  # no scored row in the block: its dE rows are 0
+        n_tiles = tl.where(tl.max(w, axis=0) > 0, tiles_per_split, 0)
+    for t in range(n_tiles):
         offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
         c = tl.load(C + offs_v[:, None].to(tl.int64) * stride_c + offs_d[None, :],
                     mask=(offs_v < V)[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
@@ -124,6 +147,8 @@ def _de_kernel(
         # Items past V have zero rows in c, so their P (finite) adds nothing to P C.
         p = tl.exp2(logits * LOG2E - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)
         p = p * w[:, None]
+        if SKIP_IGNORED:  # an ignored row's LSE may be -inf (its split-LSE block skipped)
+            p = tl.where(w[:, None] > 0, p, 0.0)
         acc = tl.dot(p.to(e.dtype), c, acc, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
     scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)
     acc = acc * scale
@@ -135,6 +160,7 @@ def _de_kernel(
 def _dc_kernel(
     E, C, Stats, Grad, T, DC, N, V, D, stride_e, stride_c, stride_dc_split, stride_dc, rows_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    SKIP_IGNORED: tl.constexpr,
 ):
     """Program (catalog tile, row slice): DC[slice, items] = sum over the slice's rows of P^T E.
 
@@ -151,6 +177,8 @@ def _dc_kernel(
     c = c.to(E.dtype.element_ty)  # (BLOCK_V, BLOCK_D)
     acc = tl.zeros((BLOCK_V, BLOCK_D), tl.float32)
     row_end = tl.minimum(N, (pid_s + 1) * rows_per_split)
+    if SKIP_IGNORED:  # rows after the last scored one contribute nothing
+        row_end = tl.minimum(row_end, tl.load(Stats + N + 1).to(tl.int32))
     for n0 in range(pid_s * rows_per_split, row_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < row_end
@@ -162,6 +190,8 @@ def _dc_kernel(
         logits = tl.dot(c, tl.trans(e), input_precision=PRECISION)  # (BLOCK_V, BLOCK_N)
         p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)
         p = p * w[None, :]
+        if SKIP_IGNORED:  # an ignored row's LSE may be -inf (its split-LSE block skipped)
+            p = tl.where(w[None, :] > 0, p, 0.0)
         acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
     scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)
     acc = acc * scale

@@ -11,6 +11,8 @@ was when they had a kernel each (outputs bit for bit; tests/test_split_lse.py):
   D <= 64); more accumulate each tile's logits over D in ``BLOCK_D``-wide chunks (cce at D > 64).
 - ``BASE2``: exponentials as ``exp2`` of logits pre-scaled by log2(e) (flash_ce: the hardware
   has exp2, one fused multiply-add per logit) or as ``exp`` / ``log`` (cce).
+- ``SKIP_IGNORED``: a row block none of whose rows has a target (``T`` = ``IGNORE_INDEX`` for
+  all) skips its tiles and leaves -inf partials (flash_ce's filler rows; ``False``: ``T`` unread).
 Operands: ``E`` bf16/fp16/fp32, ``C`` any float dtype cast to ``E``'s per tile; fp32 logits.
 """
 
@@ -19,27 +21,35 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from core.losses.registry import IGNORE_INDEX as _IGNORE_INDEX
+
+IGNORE = tl.constexpr(_IGNORE_INDEX)
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
 def split_lse_kernel(
-    E, C, PartLSE, N, V, D, stride_e, stride_c, tiles_per_split,
+    E, C, T, PartLSE, N, V, D, stride_e, stride_c, tiles_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
-    BASE2: tl.constexpr, PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, PRECISION: tl.constexpr, SKIP_IGNORED: tl.constexpr,
 ):
     """Program (row block, slice): PartLSE[slice, rows] = log sum over the slice's items of exp(logit)."""
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
+    if SKIP_IGNORED:  # no row of the block has a target: no tile (its partials stay -inf)
+        tgt = tl.load(T + offs_n, mask=n_mask, other=IGNORE)
+        n_tiles = tl.where(tl.max((tgt != IGNORE).to(tl.int32), axis=0) > 0, tiles_per_split, 0)
+    else:
+        n_tiles = tiles_per_split
     offs_d = tl.arange(0, BLOCK_D)
     if D_CHUNKS == 1:  # the whole row fits one tile: load it once
         e = tl.load(E + offs_n[:, None].to(tl.int64) * stride_e + offs_d[None, :],
                     mask=n_mask[:, None] & (offs_d < D)[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
     run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_N,), tl.float32)
-    for t in range(tiles_per_split):
+    for t in range(n_tiles):
         offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
         v_mask = offs_v < V
         if D_CHUNKS == 1:
