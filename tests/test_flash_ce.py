@@ -94,12 +94,13 @@ LAUNCHER_MUTANTS = [
 ]
 
 CHECK = r"""
-import importlib.util, json, sys, tempfile
+import json, sys
 import torch
 import torch.nn.functional as F
 import core.losses.kernels
 from core.losses import flash_ce, IGNORE_INDEX
 from core.losses.flash_ce import flash_linear_ce
+from tests.mutants import load_mutant, load_source
 
 fce = sys.modules["core.losses.flash_ce"]  # the module (core.losses.flash_ce is the function)
 import core.losses.split_lse as split_lse_module
@@ -233,11 +234,8 @@ for name, old, new in launcher_mutants:
     if launcher_source.count(old) != 1:
         out["launcher_mutants"][name] = "source text not found exactly once"
         continue
-    path = tempfile.mkdtemp() + "/launcher_" + name + ".py"
-    open(path, "w").write(launcher_source.replace(old, new).replace("@register(", "@(lambda **kw: (lambda f: f))("))
-    spec = importlib.util.spec_from_file_location("launcher_" + name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_source("launcher_" + name, launcher_source.replace(old, new).replace(
+        "@register(", "@(lambda **kw: (lambda f: f))("))
     real = fce
     fce = mod  # reuse() clears this module's plans
     try:
@@ -247,17 +245,12 @@ for name, old, new in launcher_mutants:
     fce = real
 
 # Broken copies of the kernels module, swapped in where the launchers import it from.
-source = open(kernels_path).read()
 out["mutants"] = {}
 for name, old, new in mutants:
-    if source.count(old) != 1:
+    mod = load_mutant(kernels_path, old, new, name)
+    if mod is None:
         out["mutants"][name] = "source text not found exactly once"
         continue
-    path = tempfile.mkdtemp() + "/mutant_" + name + ".py"
-    open(path, "w").write(source.replace(old, new))
-    spec = importlib.util.spec_from_file_location("mutant_" + name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     core.losses.kernels.flash_ce = mod
     sys.modules["core.losses.kernels.flash_ce"] = mod
     out["mutants"][name] = [errors(*case) for case in cases[:4] + cases[-1:]]
@@ -500,17 +493,11 @@ def test_workspace_reuse_can_be_switched_off(monkeypatch):
 def install_kernel_mutant(name: str, folder, monkeypatch) -> None:
     """Swaps in MUTANTS' broken copy ``name`` of the kernels module (written under ``folder``),
     where the launchers import it from, for the rest of the test (GPU mutant tests)."""
-    import importlib.util
-
     import core.losses.kernels
+    from tests.mutants import load_mutant
 
     old, new = next((o, n) for m, o, n in MUTANTS if m == name)
-    source = KERNELS.read_text()
-    assert source.count(old) == 1, name
-    path = folder / f"mutant_{name}.py"
-    path.write_text(source.replace(old, new))
-    spec = importlib.util.spec_from_file_location(f"mutant_{name}", path)
-    mutant = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mutant)
+    mutant = load_mutant(KERNELS, old, new, name, folder)
+    assert mutant is not None, name
     monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
     monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)

@@ -50,12 +50,13 @@ MUTANTS = [
 ]
 
 CHECK = r"""
-import importlib.util, json, sys, tempfile
+import json, sys
 import torch
 import torch.nn.functional as F
 import core.losses.kernels
 from core.losses import IGNORE_INDEX
 from core.losses.flash_ce import flash_linear_ce, forward_stats, grad_e, _plan
+from tests.mutants import load_mutant
 
 fce = sys.modules["core.losses.flash_ce"]
 mutants, paths, device = json.loads(sys.argv[1])
@@ -119,15 +120,10 @@ def check():
 out = {"real": check(), "mutants": {}}
 real_modules = {k: sys.modules["core.losses.kernels." + k] for k in paths}
 for module, name, old, new in mutants:
-    source = open(paths[module]).read()
-    if source.count(old) != 1:
+    mod = load_mutant(paths[module], old, new, name)
+    if mod is None:
         out["mutants"][name] = "source text not found exactly once"
         continue
-    path = tempfile.mkdtemp() + "/mutant_" + name + ".py"
-    open(path, "w").write(source.replace(old, new))
-    spec = importlib.util.spec_from_file_location("mutant_" + name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     setattr(core.losses.kernels, module, mod)
     sys.modules["core.losses.kernels." + module] = mod
     fce._PLANS.clear()

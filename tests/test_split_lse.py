@@ -128,7 +128,7 @@ CUDA_EQUIVALENT = {"natural_exp_as_exp2"}
 GPU_CASES = [(300, 2049, 100), (560, 20011, 64), (12800, 5003, 128), (97, 1031, 256), (1, 33, 7)]
 
 CHECK = r"""
-import importlib.util, json, sys, tempfile
+import json, sys
 import torch
 import triton
 import core.losses.kernels
@@ -138,13 +138,7 @@ from core.losses.split_lse import sm_count
 
 oracle_src, mutants, kernel_path, cases, dtypes, device, mutant_inputs = json.loads(sys.argv[1])
 
-def load(name, source):
-    path = tempfile.mkdtemp() + "/" + name + ".py"
-    open(path, "w").write(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.mutants import load_source as load
 
 old = load("old_split_lse_kernels", oracle_src)
 
