@@ -12,6 +12,9 @@ same operands (bf16, an untrained head: ``kernels_bench/inputs.random_inputs``),
   call (``host_ms``: the Python time to enqueue them; above the GPU time, the call is host-bound);
   ``do_bench``: the same step as ``triton.testing.do_bench`` times it (L2 flushed before each
   call, as the loss sweep's figures);
+- ``flash_ce eager, kernel[grid] launches``: the same with Triton's own launch path instead of
+  the compiled kernels' launchers called directly (``core/losses/kernels/launch.py``), and
+  ``autograd only``: a Function with no work, forward + backward (the floor of any such call);
 - ``flash_ce graph``: the same step captured once in a CUDA graph and replayed: no host overhead;
 - ``flash_ce kernels``: the GPU time of the step's kernels (torch.profiler, device time per
   call) and how many kernels one call launches, listed per kernel below the table;
@@ -84,6 +87,25 @@ def _do_bench_ms(step, grads) -> float:
     return float(do_bench(step, warmup=25, rep=200, grad_to_none=list(grads)))
 
 
+class _Nothing(torch.autograd.Function):
+    """Forward and backward of a loss with no work: what autograd alone costs per call."""
+
+    @staticmethod
+    def forward(ctx, e, c):
+        return e.new_empty(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
+
+
+def _autograd_floor(iters: int, device: torch.device) -> dict:
+    e = torch.zeros(2, 2, device=device, requires_grad=True)
+    c = torch.zeros(2, 2, device=device, requires_grad=True)
+    wall, host = _loop_ms(lambda: _Nothing.apply(e, c).backward(), iters, device)
+    return dict(ms=wall, host_ms=host)
+
+
 def measure(n: int, v: int, d: int, iters: int, device: torch.device) -> tuple[list[dict], list[tuple]]:
     """(table rows, per-kernel rows) at N x V x D, bf16 on CUDA (fp32 on a CPU)."""
     from core.losses import flash_ce
@@ -103,6 +125,13 @@ def measure(n: int, v: int, d: int, iters: int, device: torch.device) -> tuple[l
     rows: list[dict] = []
     kernels: list[tuple] = []
     base = dict(N=n, V=v, D=d, dtype=str(dtype).replace("torch.", ""))
+    if cuda:  # Triton's own ``kernel[grid]`` launches first, then the direct ones (the default)
+        launch = sys.modules["core.losses.kernels.launch"]
+        launch.DIRECT = False
+        wall, host = _loop_ms(step, iters, device)
+        rows.append(dict(base, what="flash_ce eager, kernel[grid] launches", ms=wall, host_ms=host))
+        launch.DIRECT = True
+        rows.append(dict(base, what="autograd only (a no-op Function)", **_autograd_floor(iters, device)))
     wall, host = _loop_ms(step, iters, device)
     row = dict(base, what="flash_ce eager fwd+bwd", ms=wall, host_ms=host)
     if cuda:

@@ -501,3 +501,63 @@ def install_kernel_mutant(name: str, folder, monkeypatch) -> None:
     assert mutant is not None, name
     monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
     monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)
+
+
+# Broken copies of core/losses/kernels/launch.py's direct launch (the second call at a shape on).
+LAUNCH = REPO / "core" / "losses" / "kernels" / "launch.py"
+LAUNCH_MUTANTS = [
+    ("direct_grid_short",  # one program fewer along the first grid axis
+     "compiled.run(*self.grid, stream,", "compiled.run(self.grid[0] - 1, *self.grid[1:], stream,"),
+    ("direct_launch_skipped",  # the compiled kernel kept, but never launched again
+     "        stream = torch._C._cuda_getCurrentRawStream(", "        return\n        stream = torch._C._cuda_getCurrentRawStream("),
+]
+
+
+def _three_calls(ops):
+    """Loss and gradients of three calls at one shape, each on its own inputs (so a call that
+    left its outputs unwritten cannot pass for right with the last call's values in reused
+    memory), and the shape's plan."""
+    from core.losses.flash_ce import flash_linear_ce
+
+    fce = sys.modules["core.losses.flash_ce"]
+    fce._PLANS.clear()
+    outs = []
+    for e, c, t in ops:
+        e.grad = c.grad = None
+        loss = flash_linear_ce(e, c, t)
+        loss.backward()
+        outs.append((loss.detach().clone(), e.grad.clone(), c.grad.clone()))
+    return outs, next(iter(fce._PLANS.values()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n, v", [(560, 50_000), (12_800, 20_729)])  # dE / dC partial sums at one or the other
+def test_gpu_direct_launch_equals_tritons_own(n, v, tmp_path, monkeypatch):
+    """Calls 2 and 3 at a shape take the compiled kernels' launchers directly
+    (``core.losses.kernels.launch``): loss and gradients equal ``kernel[grid]``'s bit for bit,
+    and the broken direct launches of LAUNCH_MUTANTS differ."""
+    from tests.mutants import load_mutant
+
+    launch = sys.modules["core.losses.kernels.launch"]
+    fce = sys.modules["core.losses.flash_ce"]
+    ops = [_gpu_inputs(n, v, 64, seed) for seed in range(3)]
+    monkeypatch.setattr(launch, "DIRECT", False)
+    tritons, _ = _three_calls(ops)
+    monkeypatch.setattr(launch, "DIRECT", True)
+    direct, plan = _three_calls(ops)
+    assert plan._launches and all(got._compiled for got in plan._launches.values())  # the direct path ran
+    for a, b in zip(tritons, direct):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert torch.isfinite(a[0]) and a[1].abs().sum() > 0
+    for name, old, new in LAUNCH_MUTANTS:
+        mutant = load_mutant(LAUNCH, old, new, name, tmp_path)
+        assert mutant is not None, name
+        monkeypatch.setattr(fce, "Launch", mutant.Launch)
+        try:
+            broken, _ = _three_calls(ops)
+        except Exception:  # a launch the driver refuses counts as caught
+            continue
+        finally:
+            monkeypatch.setattr(fce, "Launch", launch.Launch)
+        assert not all(torch.equal(x, y) for a, b in zip(tritons[1:], broken[1:]) for x, y in zip(a, b)), name

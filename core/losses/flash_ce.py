@@ -49,6 +49,7 @@ from collections import OrderedDict
 import torch
 
 from core.losses.cce import autocast_operands
+from core.losses.kernels.launch import Launch
 from core.losses.registry import LossFacts, register, warn_once
 from core.losses.split_lse import launch as split_lse_launch
 from core.losses.split_lse import split_lse, splits
@@ -154,6 +155,15 @@ class _Plan:
         self.dc_ws = self.dc_splits * v * d if self.dc_splits > 1 else 0
         self.sum_de = self._sum_meta(n, self.de_splits, block_d)
         self.sum_dc = self._sum_meta(v, self.dc_splits, block_d)
+        self._launches: dict = {}
+
+    def launch(self, name: str, kernel, grid, meta) -> Launch:
+        """``kernel[grid](..., **meta)`` at this plan's shape, as a ``Launch`` made once per
+        ``name`` (one kernel may run at two grids: the dE and dC partial sums)."""
+        got = self._launches.get(name)
+        if got is None or got.kernel is not kernel:  # (a test may swap the kernels module in)
+            got = self._launches[name] = Launch(kernel, grid, meta)
+        return got
 
     @staticmethod
     def _sum_meta(rows: int, n_splits: int, block_d: int):
@@ -234,11 +244,11 @@ def forward_stats(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor,
     part = _workspace(e.device, "lse", plan.lse_ws)  # (slices, N) partial LSEs
     sums = _workspace(e.device, "sums", plan.sums_ws)  # (2, finish blocks): loss sums, counts
     if n:
-        lse_kernels.split_lse_kernel[plan.lse_grid](e, c, targets, part, *plan.lse_args, **plan.lse_meta)
-        kernels._finish_kernel[plan.fin_grid](part, e, c, targets, stats, sums, n, plan.v, plan.d,
-                                              plan.d, plan.d, plan.lse_splits, plan.fin_blocks,
-                                              **plan.fin_meta)
-    kernels._loss_kernel[(1,)](sums, stats, loss, n, plan.fin_blocks, **plan.loss_meta)
+        plan.launch("lse", lse_kernels.split_lse_kernel, plan.lse_grid, plan.lse_meta)(
+            e, c, targets, part, *plan.lse_args)
+        plan.launch("finish", kernels._finish_kernel, plan.fin_grid, plan.fin_meta)(
+            part, e, c, targets, stats, sums, n, plan.v, plan.d, plan.d, plan.d, plan.lse_splits, plan.fin_blocks)
+    plan.launch("loss", kernels._loss_kernel, (1,), plan.loss_meta)(sums, stats, loss, n, plan.fin_blocks)
     return loss, stats
 
 
@@ -267,11 +277,12 @@ def grad_e(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tenso
     else:
         out = _workspace(e.device, "de", plan.de_ws)
         stride_split = plan.n * plan.d
-    kernels._de_kernel[plan.de_grid](e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d,
-                                     plan.d, stride_split, plan.de_tiles_per_split, **plan.de_meta)
+    plan.launch("de", kernels._de_kernel, plan.de_grid, plan.de_meta)(
+        e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d, plan.d, stride_split,
+        plan.de_tiles_per_split)
     if plan.de_splits > 1:
-        grid, meta = plan.sum_de
-        kernels._sum_cast_kernel[grid](out, de, plan.n, plan.d, plan.de_splits, stride_split, plan.d, **meta)
+        plan.launch("sum_de", kernels._sum_cast_kernel, *plan.sum_de)(
+            out, de, plan.n, plan.d, plan.de_splits, stride_split, plan.d)
     return de
 
 
@@ -290,11 +301,11 @@ def grad_c(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tenso
     else:
         out = _workspace(e.device, "dc", plan.dc_ws)
         strides = (plan.v * plan.d, plan.d)
-    kernels._dc_kernel[plan.dc_grid](e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d,
-                                     plan.d, *strides, plan.dc_rows_per_split, **plan.dc_meta)
+    plan.launch("dc", kernels._dc_kernel, plan.dc_grid, plan.dc_meta)(
+        e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d, plan.d, *strides, plan.dc_rows_per_split)
     if plan.dc_splits > 1:
-        grid, meta = plan.sum_dc
-        kernels._sum_cast_kernel[grid](out, dc, plan.v, plan.d, plan.dc_splits, strides[0], plan.d, **meta)
+        plan.launch("sum_dc", kernels._sum_cast_kernel, *plan.sum_dc)(
+            out, dc, plan.v, plan.d, plan.dc_splits, strides[0], plan.d)
     return dc
 
 
