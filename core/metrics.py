@@ -407,13 +407,14 @@ class RankingMetrics:
             per_user = (top_surprisal[:, :k] * valid).sum(dim=1) / n_valid  # (B,)
             row[f"Surprisal@{k}"] = per_user.sum()
 
-            if k not in self._seen:
-                self._seen[k] = torch.zeros(self.n_items, dtype=torch.bool, device=device)
-            self._seen[k][top_cols[:, :k][valid]] = True
+            if k not in self._seen:  # one spare slot past the items, where invalid entries land
+                self._seen[k] = torch.zeros(self.n_items + 1, dtype=torch.bool, device=device)
+            # An index, not a boolean mask: a mask's nonzero would sync with the host every batch.
+            self._seen[k].index_fill_(0, torch.where(valid, top_cols[:, :k], self.n_items).flatten(), True)
         for key, value in row.items():
             self._add(key, value)
         self._n_users += B
-        row["users"] = torch.tensor(float(B), dtype=torch.float64, device=device)
+        row["users"] = torch.full((), float(B), dtype=torch.float64, device=device)  # no host copy
         self._batch_rows.append(torch.stack([row[c] for c in self._columns()]))
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,7 +427,7 @@ class RankingMetrics:
         n_cols = len(self._columns())
         rows = (torch.stack(self._batch_rows).cpu() if self._batch_rows
                 else torch.zeros(0, n_cols, dtype=torch.float64))
-        seen = torch.stack([self._seen[k].cpu() if k in self._seen
+        seen = torch.stack([self._seen[k][:self.n_items].cpu() if k in self._seen
                             else torch.zeros(self.n_items, dtype=torch.bool) for k in self.ks])
         return rows, seen
 
@@ -447,7 +448,7 @@ class RankingMetrics:
                 self._add(key, value)
             self._batch_rows.append(row)
         self._n_users = int(rows[:, -1].sum()) if len(rows) else 0
-        self._seen = {k: seen[i].clone() for i, k in enumerate(self.ks)}
+        self._seen = {k: torch.cat([seen[i], seen.new_zeros(1)]) for i, k in enumerate(self.ks)}
 
     def compute(self) -> dict[str, float]:
         """Returns {f"HitRate@{k}", f"NDCG@{k}", f"MRR@{k}", f"Coverage@{k}", f"Surprisal@{k}"}."""
@@ -457,6 +458,6 @@ class RankingMetrics:
         for k in self.ks:
             for name in ("HitRate", "NDCG", "MRR"):
                 out[f"{name}@{k}"] = self._sums[f"{name}@{k}"].item() / self._n_users
-            out[f"Coverage@{k}"] = self._seen[k].sum().item() / self.n_items
+            out[f"Coverage@{k}"] = self._seen[k][:self.n_items].sum().item() / self.n_items
             out[f"Surprisal@{k}"] = self._sums[f"Surprisal@{k}"].item() / self._n_users
         return out

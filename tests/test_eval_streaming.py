@@ -263,6 +263,8 @@ def test_cuda_a_batch_is_queued_without_a_host_sync():
     model = SASRec(n_items=data.n_items, max_len=20).cuda().eval()
     score_fn = evaluation.model_scores(model, model, amp=True)
     batch = next(iter(evaluation.eval_batches(seqs, split="test", batch_size=32, max_len=20)))
+    counts, n_train = data.train_item_user_counts(), evaluation.count_train_users(data)
+    on_gpu = metrics.RankingMetrics(n_items=data.n_items, ks=(1, 10), item_user_counts=counts, n_train_users=n_train)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -275,6 +277,16 @@ def test_cuda_a_batch_is_queued_without_a_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     top = evaluation.finish_top(pending)
     assert top.values.shape == (32, 10)
+    # Adding the finished batch to the metrics asks nothing of the device either (a boolean-mask
+    # index for Coverage and a host-made tensor synced every batch, draining the queue).
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_gpu.update_top(top)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu = metrics.RankingMetrics(n_items=data.n_items, ks=(1, 10), item_user_counts=counts, n_train_users=n_train)
+    cpu.update_top(type(top)(*(t.cpu() for t in top)))
+    assert on_gpu.compute() == cpu.compute()
 
 
 def test_unknown_path_is_refused():
