@@ -176,11 +176,22 @@ def test_every_broken_variant_is_caught(interpreted, name):
     assert _ok(res), f"mutant {name} went unnoticed"
 
 
-def test_the_switch_is_off_by_default():
-    """On by default only once a GPU call has measured it (issue 21, call_next.sh)."""
+def test_the_switch_follows_the_row_count_unless_forced(monkeypatch):
+    """Default (None): on for the few-rows tiles (N <= 2,048: a graphed step's packed buckets,
+    where it was measured faster), off above (ml20m-like's 12,800 rows, where dC was slower);
+    True / False force it."""
     from core.losses import flash_ce as _  # noqa: F401  (imports the module)
     module = sys.modules["core.losses.flash_ce"]
-    assert module.SKIP_IGNORED_BLOCKS is False or module.os.environ.get("FLASH_CE_SKIP_IGNORED") == "1"
+    monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", None)
+    assert [module.skips_ignored(n) for n in (1, 1024, 2048, 2049, 12_800)] == [True] * 3 + [False] * 2
+    for forced in (True, False):
+        monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", forced)
+        assert {module.skips_ignored(n) for n in (1, 12_800)} == {forced}
+    e, c = torch.zeros(12_800, 8), torch.zeros(5, 8)
+    monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", None)
+    module._PLANS.clear()
+    assert module._plan(e, c).lse_meta["SKIP_IGNORED"] is False
+    assert module._plan(e[:100], c).lse_meta["SKIP_IGNORED"] is True
 
 
 @pytest.mark.gpu

@@ -101,10 +101,19 @@ def _pow2(x: int) -> int:
 
 
 # Row blocks with no scored row skip their catalog work (the kernels' ``SKIP_IGNORED``, module
-# doc of core/losses/kernels/flash_ce.py): the filler rows of a graphed step's bucket. Off until
-# measured on a GPU (issue 21; experiments/bench/device/call_next.sh): ``FLASH_CE_SKIP_IGNORED=1``
-# in the environment, read at import, or set this before the first call at a shape.
-SKIP_IGNORED_BLOCKS = os.environ.get("FLASH_CE_SKIP_IGNORED") == "1"
+# doc of core/losses/kernels/flash_ce.py): the filler rows of a graphed step's bucket. None (the
+# default): on at N <= _FEW_ROWS, off above. Measured on one H200 (call next, 2026-12-02, graphed
+# flash_ce step): beauty-like (1,024-row bucket, ~560 scored) dC 0.246 -> 0.206 ms, dE 0.168 ->
+# 0.156 ms, epoch 3.92 -> 3.75 s; ml20m-like (12,800 rows, all scored) dC 0.288 -> 0.364 ms (its
+# row loop ends at a bound read from memory), epoch 1.08 -> 1.10 s. ``FLASH_CE_SKIP_IGNORED=1`` /
+# ``=0`` in the environment (read at import) forces it on / off; or set this before the first
+# call at a shape.
+SKIP_IGNORED_BLOCKS: bool | None = {"1": True, "0": False}.get(os.environ.get("FLASH_CE_SKIP_IGNORED", ""))
+
+
+def skips_ignored(n: int) -> bool:
+    """Whether a call with ``n`` rows skips row blocks with no scored row."""
+    return n <= _FEW_ROWS if SKIP_IGNORED_BLOCKS is None else SKIP_IGNORED_BLOCKS
 
 
 class _Plan:
@@ -179,12 +188,12 @@ _MAX_PLANS = 256  # shapes remembered (a few hundred bytes each); cleared whole 
 
 def _plan(e: torch.Tensor, c: torch.Tensor) -> _Plan:
     key = (e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1])
-    plan = _PLANS.get((key, SKIP_IGNORED_BLOCKS))
+    skip = skips_ignored(e.shape[0])
+    plan = _PLANS.get((key, skip))
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        plan = _PLANS[key, SKIP_IGNORED_BLOCKS] = _Plan(e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1],
-                                                        skip=SKIP_IGNORED_BLOCKS)
+        plan = _PLANS[key, skip] = _Plan(e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1], skip=skip)
     return plan
 
 
