@@ -1,5 +1,5 @@
 #!/bin/bash
-# Not yet run (written in session 5 of 2026-12-02, when the device time was spent). One H200,
+# Ran as "call next" on 2026-12-02 (sixth session, commit c1fc8a4; outputs in call_g/). One H200,
 # one process at a time after the tests; the training code is 752e440's (call F) plus flash_ce's
 # SKIP_IGNORED_BLOCKS switch (off by default; FLASH_CE_SKIP_IGNORED=1 turns it on).
 # (0) GPU tests first: the skip switch's bit-for-bit and mutant checks compiled for CUDA, and
