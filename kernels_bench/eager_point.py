@@ -12,9 +12,7 @@ same operands (bf16, an untrained head: ``kernels_bench/inputs.random_inputs``),
   call (``host_ms``: the Python time to enqueue them; above the GPU time, the call is host-bound);
   ``do_bench``: the same step as ``triton.testing.do_bench`` times it (L2 flushed before each
   call, as the loss sweep's figures);
-- ``flash_ce eager, kernel[grid] launches``: the same with Triton's own launch path instead of
-  the compiled kernels' launchers called directly (``core/losses/kernels/launch.py``), and
-  ``autograd only``: a Function with no work, forward + backward (the floor of any such call);
+- ``autograd only``: a Function with no work, forward + backward: the floor of any such call;
 - ``flash_ce graph``: the same step captured once in a CUDA graph and replayed: no host overhead;
 - ``flash_ce kernels``: the GPU time of the step's kernels (torch.profiler, device time per
   call) and how many kernels one call launches, listed per kernel below the table;
@@ -125,12 +123,7 @@ def measure(n: int, v: int, d: int, iters: int, device: torch.device) -> tuple[l
     rows: list[dict] = []
     kernels: list[tuple] = []
     base = dict(N=n, V=v, D=d, dtype=str(dtype).replace("torch.", ""))
-    if cuda:  # Triton's own ``kernel[grid]`` launches first, then the direct ones (the default)
-        launch = sys.modules["core.losses.kernels.launch"]
-        launch.DIRECT = False
-        wall, host = _loop_ms(step, iters, device)
-        rows.append(dict(base, what="flash_ce eager, kernel[grid] launches", ms=wall, host_ms=host))
-        launch.DIRECT = True
+    if cuda:
         rows.append(dict(base, what="autograd only (a no-op Function)", **_autograd_floor(iters, device)))
     wall, host = _loop_ms(step, iters, device)
     row = dict(base, what="flash_ce eager fwd+bwd", ms=wall, host_ms=host)

@@ -176,22 +176,28 @@ def test_every_broken_variant_is_caught(interpreted, name):
     assert _ok(res), f"mutant {name} went unnoticed"
 
 
-def test_the_switch_follows_the_row_count_unless_forced(monkeypatch):
-    """Default (None): on for the few-rows tiles (N <= 2,048: a graphed step's packed buckets,
-    where it was measured faster), off above (ml20m-like's 12,800 rows, where dC was slower);
-    True / False force it."""
+def test_the_switch_is_on_only_where_the_caller_expects_filler_unless_forced(monkeypatch):
+    """Default (None): on inside ``filler_rows()`` (the graphed step's packed buckets, where it
+    was measured faster), off elsewhere (mostly scored rows, where it was slower); True / False
+    force it."""
     from core.losses import flash_ce as _  # noqa: F401  (imports the module)
+    from core.losses.registry import filler_rows
+
     module = sys.modules["core.losses.flash_ce"]
     monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", None)
-    assert [module.skips_ignored(n) for n in (1, 1024, 2048, 2049, 12_800)] == [True] * 3 + [False] * 2
-    for forced in (True, False):
-        monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", forced)
-        assert {module.skips_ignored(n) for n in (1, 12_800)} == {forced}
-    e, c = torch.zeros(12_800, 8), torch.zeros(5, 8)
-    monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", None)
+    e, c = torch.zeros(100, 8), torch.zeros(5, 8)
     module._PLANS.clear()
     assert module._plan(e, c).lse_meta["SKIP_IGNORED"] is False
-    assert module._plan(e[:100], c).lse_meta["SKIP_IGNORED"] is True
+    with filler_rows():
+        assert module._plan(e, c).lse_meta["SKIP_IGNORED"] is True
+        with filler_rows(False):
+            assert not module.skips_ignored()
+    assert not module.skips_ignored()
+    for forced in (True, False):
+        monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", forced)
+        assert module.skips_ignored() is forced
+        with filler_rows(not forced):
+            assert module.skips_ignored() is forced
 
 
 @pytest.mark.gpu

@@ -49,8 +49,7 @@ from collections import OrderedDict
 import torch
 
 from core.losses.cce import autocast_operands
-from core.losses.kernels.launch import Launch
-from core.losses.registry import LossFacts, register, warn_once
+from core.losses.registry import LossFacts, expects_filler_rows, register, warn_once
 from core.losses.split_lse import launch as split_lse_launch
 from core.losses.split_lse import split_lse, splits
 
@@ -101,19 +100,21 @@ def _pow2(x: int) -> int:
 
 
 # Row blocks with no scored row skip their catalog work (the kernels' ``SKIP_IGNORED``, module
-# doc of core/losses/kernels/flash_ce.py): the filler rows of a graphed step's bucket. None (the
-# default): on at N <= _FEW_ROWS, off above. Measured on one H200 (call next, 2026-12-02, graphed
-# flash_ce step): beauty-like (1,024-row bucket, ~560 scored) dC 0.246 -> 0.206 ms, dE 0.168 ->
-# 0.156 ms, epoch 3.92 -> 3.75 s; ml20m-like (12,800 rows, all scored) dC 0.288 -> 0.364 ms (its
-# row loop ends at a bound read from memory), epoch 1.08 -> 1.10 s. ``FLASH_CE_SKIP_IGNORED=1`` /
-# ``=0`` in the environment (read at import) forces it on / off; or set this before the first
-# call at a shape.
+# doc of core/losses/kernels/flash_ce.py): the filler rows of a graphed step's packed bucket.
+# None (the default): on where the caller says its rows include filler
+# (``core.losses.registry.filler_rows``: the graphed step's packed buckets), off elsewhere.
+# Measured on one H200 (2026-12-02, experiments/bench/NOTES_speed.md, calls G and H): beauty-like
+# graphed step (1,024-row bucket, ~560 scored) dC 0.246 -> 0.206 ms, dE 0.168 -> 0.156 ms, epoch
+# 3.92 -> 3.75 s; but with every row scored the kernels are slower (their row loops end at a bound
+# read from memory): ml20m-like dC 0.288 -> 0.364 ms; eager 560 x 207,649 (85% scored) dC 108 ->
+# 148 us, dE 88 -> 108 us. ``FLASH_CE_SKIP_IGNORED=1`` / ``=0`` in the environment (read at
+# import) forces it on / off everywhere; or set this before the first call at a shape.
 SKIP_IGNORED_BLOCKS: bool | None = {"1": True, "0": False}.get(os.environ.get("FLASH_CE_SKIP_IGNORED", ""))
 
 
-def skips_ignored(n: int) -> bool:
-    """Whether a call with ``n`` rows skips row blocks with no scored row."""
-    return n <= _FEW_ROWS if SKIP_IGNORED_BLOCKS is None else SKIP_IGNORED_BLOCKS
+def skips_ignored() -> bool:
+    """Whether a call here skips row blocks with no scored row."""
+    return expects_filler_rows() if SKIP_IGNORED_BLOCKS is None else SKIP_IGNORED_BLOCKS
 
 
 class _Plan:
@@ -164,15 +165,6 @@ class _Plan:
         self.dc_ws = self.dc_splits * v * d if self.dc_splits > 1 else 0
         self.sum_de = self._sum_meta(n, self.de_splits, block_d)
         self.sum_dc = self._sum_meta(v, self.dc_splits, block_d)
-        self._launches: dict = {}
-
-    def launch(self, name: str, kernel, grid, meta) -> Launch:
-        """``kernel[grid](..., **meta)`` at this plan's shape, as a ``Launch`` made once per
-        ``name`` (one kernel may run at two grids: the dE and dC partial sums)."""
-        got = self._launches.get(name)
-        if got is None or got.kernel is not kernel:  # (a test may swap the kernels module in)
-            got = self._launches[name] = Launch(kernel, grid, meta)
-        return got
 
     @staticmethod
     def _sum_meta(rows: int, n_splits: int, block_d: int):
@@ -188,7 +180,7 @@ _MAX_PLANS = 256  # shapes remembered (a few hundred bytes each); cleared whole 
 
 def _plan(e: torch.Tensor, c: torch.Tensor) -> _Plan:
     key = (e.device, e.dtype, e.shape[0], c.shape[0], e.shape[1])
-    skip = skips_ignored(e.shape[0])
+    skip = skips_ignored()
     plan = _PLANS.get((key, skip))
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:
@@ -253,11 +245,11 @@ def forward_stats(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor,
     part = _workspace(e.device, "lse", plan.lse_ws)  # (slices, N) partial LSEs
     sums = _workspace(e.device, "sums", plan.sums_ws)  # (2, finish blocks): loss sums, counts
     if n:
-        plan.launch("lse", lse_kernels.split_lse_kernel, plan.lse_grid, plan.lse_meta)(
-            e, c, targets, part, *plan.lse_args)
-        plan.launch("finish", kernels._finish_kernel, plan.fin_grid, plan.fin_meta)(
-            part, e, c, targets, stats, sums, n, plan.v, plan.d, plan.d, plan.d, plan.lse_splits, plan.fin_blocks)
-    plan.launch("loss", kernels._loss_kernel, (1,), plan.loss_meta)(sums, stats, loss, n, plan.fin_blocks)
+        lse_kernels.split_lse_kernel[plan.lse_grid](e, c, targets, part, *plan.lse_args, **plan.lse_meta)
+        kernels._finish_kernel[plan.fin_grid](part, e, c, targets, stats, sums, n, plan.v, plan.d,
+                                              plan.d, plan.d, plan.lse_splits, plan.fin_blocks,
+                                              **plan.fin_meta)
+    kernels._loss_kernel[(1,)](sums, stats, loss, n, plan.fin_blocks, **plan.loss_meta)
     return loss, stats
 
 
@@ -286,12 +278,11 @@ def grad_e(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tenso
     else:
         out = _workspace(e.device, "de", plan.de_ws)
         stride_split = plan.n * plan.d
-    plan.launch("de", kernels._de_kernel, plan.de_grid, plan.de_meta)(
-        e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d, plan.d, stride_split,
-        plan.de_tiles_per_split)
+    kernels._de_kernel[plan.de_grid](e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d,
+                                     plan.d, stride_split, plan.de_tiles_per_split, **plan.de_meta)
     if plan.de_splits > 1:
-        plan.launch("sum_de", kernels._sum_cast_kernel, *plan.sum_de)(
-            out, de, plan.n, plan.d, plan.de_splits, stride_split, plan.d)
+        grid, meta = plan.sum_de
+        kernels._sum_cast_kernel[grid](out, de, plan.n, plan.d, plan.de_splits, stride_split, plan.d, **meta)
     return de
 
 
@@ -310,11 +301,11 @@ def grad_c(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tenso
     else:
         out = _workspace(e.device, "dc", plan.dc_ws)
         strides = (plan.v * plan.d, plan.d)
-    plan.launch("dc", kernels._dc_kernel, plan.dc_grid, plan.dc_meta)(
-        e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d, plan.d, *strides, plan.dc_rows_per_split)
+    kernels._dc_kernel[plan.dc_grid](e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d,
+                                     plan.d, *strides, plan.dc_rows_per_split, **plan.dc_meta)
     if plan.dc_splits > 1:
-        plan.launch("sum_dc", kernels._sum_cast_kernel, *plan.sum_dc)(
-            out, dc, plan.v, plan.d, plan.dc_splits, strides[0], plan.d)
+        grid, meta = plan.sum_dc
+        kernels._sum_cast_kernel[grid](out, dc, plan.v, plan.d, plan.dc_splits, strides[0], plan.d, **meta)
     return dc
 
 

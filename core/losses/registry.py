@@ -27,6 +27,8 @@ reports' ``LOSS_ORDER``, which import no torch) and the studies' plans of what t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -203,3 +205,23 @@ def settings_label(base: str, settings: dict, defaults: dict) -> str:
     """``base`` plus the settings that differ from ``defaults``: ``cce[forward=library]``."""
     diff = [f"{k}={settings[k]}" for k in sorted(defaults) if k in settings and settings[k] != defaults[k]]
     return f"{base}[{','.join(diff)}]" if diff else base
+
+
+# A caller whose rows include many filler rows (IGNORE_INDEX targets padding a fixed-size block,
+# as the graphed step's packed buckets) says so; a loss may then skip work on them
+# (``flash_ce.skips_ignored``). Elsewhere most rows are scored, and skipping costs more than it saves.
+_FILLER_ROWS = contextvars.ContextVar("filler_rows", default=False)
+
+
+@contextlib.contextmanager
+def filler_rows(expected: bool = True):
+    """Within the block, losses are told their rows include many filler rows (``expected``)."""
+    token = _FILLER_ROWS.set(expected)
+    try:
+        yield
+    finally:
+        _FILLER_ROWS.reset(token)
+
+
+def expects_filler_rows() -> bool:
+    return _FILLER_ROWS.get()
