@@ -70,6 +70,7 @@ Data-parallel runs (and the popularity baseline) split the users instead (``eval
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -145,6 +146,55 @@ def _mask_chunk(scores: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor] | 
     scores.index_put_((rows, cols.clamp(0, scores.shape[1] - 1)), add, accumulate=True)
 
 
+def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targets: torch.Tensor | None,
+                seen: tuple[torch.Tensor, torch.Tensor] | None, device, lo: int, hi: int, chunk_size: int,
+                group_size: int, rows: torch.Tensor | None) -> CatalogTop:
+    """``scan_catalog`` by the fused kernels (``ModelChunks.fused``): the whole range [lo, hi) in
+    one ``fused_chunk_top`` (group maxima in registers, only candidates rescored), targets and
+    the tie fix-up's rows scored by the same arithmetic (``score_columns``); no (B, chunk) scores
+    except the fix-up's (rows, chunk_size) blocks."""
+    from core.eval_kernels import fused_chunk_top, history_csr, score_columns, target_scores
+
+    users, catalog = chunk.users, chunk.catalog
+    hist = None if seen is None else history_csr(seen[0], seen[1] - 1, n_users)
+    hist_args = () if hist is None else hist
+    size = n_users if rows is None else len(rows)
+    if targets is None:
+        inside = torch.zeros(size, dtype=torch.bool, device=device)
+        target = torch.full((size,), float("-inf"), device=device)
+    else:
+        t_col = targets.to(device=device, dtype=torch.int64) - 1
+        t_col = t_col if rows is None else t_col[rows]
+        inside = (t_col >= lo) & (t_col < hi)
+        sub = users if rows is None else users[rows]
+        hist_sub = hist_args if rows is None or hist is None else _csr_rows(hist, rows)
+        target = torch.where(inside, target_scores(sub, catalog, t_col, *hist_sub), float("-inf"))
+    if rows is None:
+        values, cols, tie = fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size)
+        part = CatalogTop(values, cols, target, inside, tie, torch.isnan(values).any(dim=1))
+        return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)  # the tie rule's order
+    parts = [CatalogTop.empty(size, k, n_items=n_items, device=device)]
+    no_tie = torch.full((size,), float("-inf"), device=device)
+    for a, b in chunk_ranges(lo, hi, chunk_size):
+        cols = torch.arange(a, b, device=device).expand(size, b - a)
+        values, top_cols = exact_top(score_columns(users, catalog, rows, cols, *hist_args), k, lo=a, sentinel=n_items)
+        parts.append(CatalogTop(values, top_cols, target, inside, no_tie, torch.isnan(values).any(dim=1)))
+        if len(parts) == _MERGE_EVERY:
+            parts = [merge_top(*parts)]
+    return merge_top(*parts)
+
+
+def _csr_rows(hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: torch.Tensor):
+    """The CSR history of users ``rows`` only (their lists, same order): for scoring a subset
+    of users whose own rows are 0..len(rows)-1."""
+    items, start, count = hist
+    count = count[rows]
+    first = torch.cumsum(count, 0) - count
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), count)
+    pos = start[rows][owner] + torch.arange(len(owner), device=rows.device) - first[owner]
+    return items[pos], first, count
+
+
 def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
                  targets: torch.Tensor | None, seen: tuple[torch.Tensor, torch.Tensor] | None,
                  device, lo: int = 0, hi: int | None = None, chunk_size: int = DEFAULT_CHUNK,
@@ -158,6 +208,9 @@ def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,
     No tie fix-up and no host sync per chunk: see ``catalog_top``.
     """
     hi = n_items if hi is None else hi
+    if getattr(chunk, "fused", False) and group_size >= 16 and group_size & (group_size - 1) == 0:
+        return _scan_fused(chunk, n_users, n_items=n_items, k=k, targets=targets, seen=seen, device=device,
+                           lo=lo, hi=hi, chunk_size=chunk_size, group_size=group_size, rows=rows)
     ranges = chunk_ranges(lo, hi, chunk_size)
     size = n_users if rows is None else len(rows)
     parts = [CatalogTop.empty(size, k, n_items=n_items, device=device)]
@@ -343,15 +396,35 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
     ``u @ catalog[lo:hi].T`` per chunk (evaluation and ``core.recommend`` both score so).
     ``offset``: ``model.catalog()`` holds the columns from ``offset`` on (a rank's shard);
     chunks are asked in global columns."""
-    catalog = model.catalog().float()  # (n_items, D) or the shard's (V_r, D), once per split
+    catalog = model.catalog().float().contiguous()  # (n_items, D) or the shard's (V_r, D), once per split
 
     def score_fn(inputs: torch.Tensor) -> ChunkScores:
         with autocast(inputs.device, amp):
             last = forward(inputs, last=True)  # (B, D): left padding puts the newest item last
-        users = last.float()
-        return lambda lo, hi: users @ catalog[lo - offset:hi - offset].T  # (B, hi - lo)
+        return ModelChunks(last.float().contiguous(), catalog, offset)
 
     return score_fn
+
+
+# The streaming path scores a model's batches with the fused kernels (core/eval_kernels.py) where
+# they run: on CUDA (or under the Triton interpreter), for a whole catalog (not a rank's shard).
+# ``EVAL_FUSED=0`` in the environment (read at import) keeps the matmul + ``chunk_top`` path.
+FUSED = os.environ.get("EVAL_FUSED", "1") != "0"
+
+
+class ModelChunks:
+    """A model's ``ChunkScores`` for one batch: ``(lo, hi) -> users @ catalog[lo:hi].T`` fp32,
+    columns counted from ``offset`` (a rank's shard). ``fused``: ``scan_catalog`` takes the fused
+    kernels instead (``_scan_fused``), which score by their own fp32 arithmetic (one FMA chain per
+    score) where the matmul rounds its own way: the two paths agree to fp32 rounding, each
+    consistent within itself (a target and the items it is ranked against are scored alike)."""
+
+    def __init__(self, users: torch.Tensor, catalog: torch.Tensor, offset: int = 0):
+        self.users, self.catalog, self.offset = users, catalog, offset
+        self.fused = FUSED and offset == 0 and (users.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+    def __call__(self, lo: int, hi: int) -> torch.Tensor:
+        return self.users @ self.catalog[lo - self.offset:hi - self.offset].T  # (B, hi - lo)
 
 
 def evaluate_model(

@@ -1,0 +1,284 @@
+"""Fused chunk top-k for full-catalog evaluation: the scores ``users @ catalog[lo:hi].T`` never reach memory.
+
+What it computes. ``fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel)`` is
+``core.metrics.chunk_top(scores, k, lo=lo, sentinel=sentinel, group=group)`` of the fp32 chunk
+``scores = users @ catalog[lo:hi].T`` with each user's history columns at -inf (what
+``core.evaluation.scan_catalog`` builds with a matmul and ``_mask_chunk``), without the (B, hi - lo)
+buffer. Why: at B = 4096 users x 32,768 items that buffer is 512 MiB written by the matmul and read
+again by the group max, most of a chunk's time (core/evaluation.py's docstring); here the only
+outputs are O(B x (chunk / group + k x group)). Three pieces:
+- ``group_max`` (kernel ``_group_max_kernel``): (B, G) max of each CONTIGUOUS group of ``group``
+  columns [lo + g * group, lo + (g + 1) * group) (the last one cut at ``hi``), the scores computed
+  tile by tile in registers. No history masking.
+- ``score_columns`` (kernel ``_score_columns_kernel``): the scores of a few given (user, column)
+  pairs, with padding columns (outside [0, V)) and the user's history columns at -inf.
+- ``fused_chunk_top``: group maxima; the groups that hold a history pair of their user
+  ("poisoned": their max may be a masked item) recomputed by ``score_columns`` and put back; the
+  top-(k + 1) groups; the k best groups' columns rescored by ``score_columns``; top-(k + 1) of
+  those; the tie flag and sentinel exactly as ``chunk_top``. Which columns make a group does not
+  change ``chunk_top``'s values nor its tie flag (its docstring: the argument holds for any
+  partition), so contiguous groups (here) and strided ones (``chunk_top``) agree; which of several
+  tied items fills the k-th place is topk's choice either way. ``target_scores``: a target's score
+  by the same arithmetic, so that rank = 1 + #(top-k > target) compares like with like.
+No host sync anywhere (no ``.item()``, ``nonzero``, boolean-mask indexing or data-dependent
+shape): poisoned pairs are recomputed for every history pair of the batch (those outside the chunk
+are clamped to an edge group and recompute its unchanged max).
+
+The bit-identity contract. The result is exact only if, for the same (user, column), the score
+inside ``group_max``'s tile and the score ``score_columns`` returns are the SAME fp32 number: a group
+is chosen on the first and its items ranked on the second. ``score_columns`` computes each score as
+one sequential fp32 FMA chain, ``acc = fma(u[k], c[k], acc)`` for k = 0 .. BLOCK_D - 1 from
+acc = 0 (k >= D loads zeros on both sides, as the tiles' padding does). ``group_max`` computes its
+tile either with ``tl.dot(u, c.T, input_precision="ieee")`` (fp32, no TF32; on NVIDIA GPUs
+Triton lowers an fp32 ieee dot to a blocked FMA dot, the same chain over K per output element,
+``K_CHUNK``-wide dots accumulating into one another keep it one chain) or, ``EXPLICIT_FMA``, with
+that chain written out (``DEFAULT_EXPLICIT_FMA`` picks). tests/test_eval_kernels.py checks it:
+on the CPU (Triton interpreter, whose ``tl.dot`` is a numpy matmul and so NOT the same chain)
+with integer-valued data, where every summation order gives the same exact sum, against a float64
+oracle and ``chunk_top``; on a GPU (``-m gpu``) by ``group_max`` against the group maxima of
+``score_columns`` over every column, bit for bit, for both settings (that test decides the default).
+
+NaN rule: a NaN score anywhere in a user's chunk (outside the history) makes that user's
+``values`` hold a NaN, as with ``chunk_top`` (torch.topk ranks NaN first): ``group_max`` propagates
+NaN explicitly (``tl.max`` may drop it) and torch's ``amax`` / ``topk`` do the rest. A NaN on a
+history column is masked, as ``_mask_chunk`` masks it.
+
+CUDA only in production; the tests run the kernels on the CPU under the Triton interpreter
+(``TRITON_INTERPRET=1`` set before this module is imported). Operands: fp32, contiguous.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from core.metrics import NEG_INF, ChunkTop, chunk_top
+
+# group_max's tile arithmetic: False = tl.dot (ieee fp32), True = the FMA chain written out.
+# Decided by tests/test_eval_kernels.py's GPU test (both must match score_columns bit for bit).
+DEFAULT_EXPLICIT_FMA = False
+BLOCK_B = 64  # users per group_max program
+K_CHUNK = 64  # head-dim width of one tl.dot in group_max (wider D: chained dots, one FMA chain)
+BLOCK_P, BLOCK_M = 16, 32  # (pairs' rows, columns) per score_columns program
+HIST_BLOCK = 8  # history items per row compared at once in score_columns
+
+
+@triton.jit
+def _group_max_kernel(
+    U, C, Out, B, D, lo, hi, G, stride_u, stride_c, stride_o, groups_per_program,
+    BLOCK_B: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr, K_CHUNK: tl.constexpr,
+    EXPLICIT_FMA: tl.constexpr,
+):
+    """Program (user block, run of groups): Out[users, g] = max of the users' scores over group g's columns."""
+    pid_b, pid_g = tl.program_id(0), tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_mask = offs_b < B
+    offs_kc = tl.arange(0, K_CHUNK)
+    for t in range(groups_per_program):
+        g = pid_g * groups_per_program + t
+        offs_v = lo + g * GROUP + tl.arange(0, GROUP)  # this group's global columns
+        v_mask = offs_v < hi
+        acc = tl.zeros((BLOCK_B, GROUP), tl.float32)
+        if EXPLICIT_FMA:  # acc = fma(u[:, k], c[:, k], acc), k = 0 .. BLOCK_D - 1
+            for k in range(BLOCK_D):
+                u_k = tl.load(U + offs_b.to(tl.int64) * stride_u + k, mask=b_mask & ((offs_b * 0 + k) < D), other=0.0)
+                c_k = tl.load(C + offs_v.to(tl.int64) * stride_c + k, mask=v_mask & ((offs_v * 0 + k) < D), other=0.0)
+                acc = tl.fma(u_k[:, None], c_k[None, :], acc)
+        else:  # fp32 ieee dots, K_CHUNK of the head dim each, accumulating into one another
+            for k0 in range(0, BLOCK_D, K_CHUNK):
+                d_mask = (k0 + offs_kc) < D
+                u = tl.load(U + offs_b[:, None].to(tl.int64) * stride_u + (k0 + offs_kc)[None, :],
+                            mask=b_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_B, K_CHUNK)
+                c = tl.load(C + offs_v[:, None].to(tl.int64) * stride_c + (k0 + offs_kc)[None, :],
+                            mask=v_mask[:, None] & d_mask[None, :], other=0.0)  # (GROUP, K_CHUNK)
+                acc = tl.dot(u, tl.trans(c), acc, input_precision="ieee")
+        acc = tl.where(v_mask[None, :], acc, float("-inf"))  # columns past hi (0 * inf would be NaN)
+        has_nan = tl.max((acc != acc).to(tl.int32), axis=1) > 0  # noqa: PLR0124 (x != x: NaN)
+        row_max = tl.max(acc, axis=1)
+        row_max = tl.where(has_nan, float("nan"), row_max)  # tl.max may drop NaN: put it back
+        tl.store(Out + offs_b.to(tl.int64) * stride_o + g, row_max, mask=b_mask & ((offs_b * 0 + g) < G))
+
+
+@triton.jit
+def _score_columns_kernel(
+    U, C, Rows, Cols, Out, HistItems, HistStart, HistCount, P, M, V, D, stride_u, stride_c,
+    BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_HIST: tl.constexpr,
+    HIST_BLOCK: tl.constexpr,
+):
+    """Program (block of pairs' rows, block of columns): Out[p, m] = score(Rows[p], Cols[p, m]), one
+    sequential FMA chain over k = 0 .. BLOCK_D - 1 from 0; -inf on padding and history columns."""
+    pid_p, pid_m = tl.program_id(0), tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    p_mask = offs_p < P
+    pm_mask = p_mask[:, None] & (offs_m < M)[None, :]
+    rows = tl.load(Rows + offs_p, mask=p_mask, other=0)  # (BLOCK_P,) user rows
+    cols = tl.load(Cols + offs_p[:, None].to(tl.int64) * M + offs_m[None, :], mask=pm_mask, other=-1)
+    valid = (cols >= 0) & (cols < V)  # padding columns (outside [0, V)) are never loaded
+    safe = tl.where(valid, cols, 0)
+    acc = tl.zeros((BLOCK_P, BLOCK_M), tl.float32)
+    for k in range(BLOCK_D):  # the chain group_max's tile computes (k >= D: fma(0, 0, acc), as its padding)
+        k_ok = (offs_p * 0 + k) < D  # (a tensor: the interpreter refuses a scalar in a mask)
+        u_k = tl.load(U + rows.to(tl.int64) * stride_u + k, mask=p_mask & k_ok, other=0.0)
+        c_k = tl.load(C + safe.to(tl.int64) * stride_c + k, mask=pm_mask & valid & k_ok[:, None], other=0.0)
+        acc = tl.fma(u_k[:, None], c_k, acc)
+    seen = tl.zeros((BLOCK_P, BLOCK_M), tl.int1)
+    if HAS_HIST:  # user rows[p]'s history: HistItems[HistStart[r] : HistStart[r] + HistCount[r]]
+        start = tl.load(HistStart + rows, mask=p_mask, other=0)
+        count = tl.load(HistCount + rows, mask=p_mask, other=0)
+        for h0 in range(0, tl.max(count, axis=0), HIST_BLOCK):  # HIST_BLOCK items of each row at a time
+            offs_h = h0 + tl.arange(0, HIST_BLOCK)
+            h_mask = p_mask[:, None] & (offs_h[None, :] < count[:, None])  # (BLOCK_P, HIST_BLOCK)
+            item = tl.load(HistItems + start[:, None] + offs_h[None, :], mask=h_mask, other=0)
+            hit = (cols[:, :, None] == item[:, None, :]) & h_mask[:, None, :]  # (BLOCK_P, BLOCK_M, HIST_BLOCK)
+            seen = seen | (tl.max(hit.to(tl.int32), axis=2) > 0)
+    acc = tl.where(valid & ~seen, acc, float("-inf"))
+    tl.store(Out + offs_p[:, None].to(tl.int64) * M + offs_m[None, :], acc, mask=pm_mask)
+
+
+def _block_d(d: int) -> int:
+    """The head dim padded to a power of two >= 16 (masked loads fill the rest with zeros)."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def _n_groups(w: int, group: int) -> int:
+    """Groups of a chunk of ``w`` columns: the last one may be partial."""
+    return -(-w // group)
+
+
+def _check_operands(users: torch.Tensor, catalog: torch.Tensor) -> None:
+    for name, t in (("users", users), ("catalog", catalog)):
+        if t.dtype != torch.float32 or t.ndim != 2 or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous 2-D float32 tensor, got {t.dtype} {tuple(t.shape)}")
+    if users.shape[1] != catalog.shape[1]:
+        raise ValueError(f"users are (B, {users.shape[1]}) but the catalog is (V, {catalog.shape[1]})")
+
+
+def group_max(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, group: int = 64, *,
+              explicit_fma: bool | None = None, groups_per_program: int = 1, block_b: int = BLOCK_B,
+              num_warps: int = 4) -> torch.Tensor:
+    """(B, G) fp32, G = ceil((hi - lo) / group): [b, g] = max of users[b] . catalog[j] over the
+    contiguous columns j in [lo + g * group, min(lo + (g + 1) * group, hi)); NaN if any is NaN.
+
+    ``users`` (B, D), ``catalog`` (V, D) the whole catalog, fp32 contiguous, 0 <= lo < hi <= V;
+    ``group`` a power of two >= 16. ``explicit_fma``: the tile as the FMA chain written out
+    instead of tl.dot (default ``DEFAULT_EXPLICIT_FMA``). The scores are never stored.
+    """
+    _check_operands(users, catalog)
+    (B, D), V = users.shape, catalog.shape[0]
+    if not 0 <= lo < hi <= V:
+        raise ValueError(f"need 0 <= lo < hi <= V = {V}, got lo={lo}, hi={hi}")
+    if group < 16 or group & (group - 1):
+        raise ValueError(f"group must be a power of two >= 16, got {group}")
+    G = _n_groups(hi - lo, group)
+    out = torch.empty((B, G), dtype=torch.float32, device=users.device)
+    if B == 0:
+        return out
+    block_d = _block_d(D)
+    grid = (triton.cdiv(B, block_b), triton.cdiv(G, groups_per_program))
+    _group_max_kernel[grid](
+        users, catalog, out, B, D, lo, hi, G, users.stride(0), catalog.stride(0), out.stride(0), groups_per_program,
+        BLOCK_B=block_b, GROUP=group, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK),
+        EXPLICIT_FMA=DEFAULT_EXPLICIT_FMA if explicit_fma is None else explicit_fma, num_warps=num_warps)
+    return out
+
+
+def score_columns(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                  hist_items: torch.Tensor | None = None, hist_start: torch.Tensor | None = None,
+                  hist_count: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, M) fp32: [p, m] = users[rows[p]] . catalog[cols[p, m]] by ``group_max``'s arithmetic
+    (one FMA chain over the head dim from 0, module docstring), -inf where ``cols[p, m]`` is
+    outside [0, V) (padding) or is one of user ``rows[p]``'s history columns.
+
+    ``rows`` (P,) int64 rows of ``users``; ``cols`` (P, M) int64 global catalog columns. History,
+    CSR: user b's columns are ``hist_items[hist_start[b] : hist_start[b] + hist_count[b]]``
+    (int64, any order, duplicates allowed); ``hist_items`` None: no masking.
+    """
+    _check_operands(users, catalog)
+    D, V = users.shape[1], catalog.shape[0]
+    P, M = cols.shape
+    if rows.shape != (P,):
+        raise ValueError(f"rows must be ({P},), got {tuple(rows.shape)}")
+    out = torch.empty((P, M), dtype=torch.float32, device=users.device)
+    if P == 0 or M == 0:
+        return out
+    rows, cols = rows.to(torch.int64).contiguous(), cols.to(torch.int64).contiguous()
+    has_hist = hist_items is not None
+    if has_hist:
+        hist = [t.to(device=users.device, dtype=torch.int64).contiguous() for t in (hist_items, hist_start, hist_count)]
+        if hist[0].numel() == 0:
+            has_hist = False
+    if not has_hist:
+        hist = [rows, rows, rows]  # unread (HAS_HIST=False)
+    grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(M, BLOCK_M))
+    _score_columns_kernel[grid](
+        users, catalog, rows, cols, out, *hist, P, M, V, D, users.stride(0), catalog.stride(0),
+        BLOCK_P=BLOCK_P, BLOCK_M=BLOCK_M, BLOCK_D=_block_d(D), HAS_HIST=has_hist,
+        HIST_BLOCK=HIST_BLOCK, num_warps=4)
+    return out
+
+
+def target_scores(users: torch.Tensor, catalog: torch.Tensor, targets_col: torch.Tensor,
+                  hist_items: torch.Tensor | None = None, hist_start: torch.Tensor | None = None,
+                  hist_count: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) fp32 score of each user's target column (``score_columns`` with M = 1): -inf where the
+    target is in the user's history or outside [0, V)."""
+    B = users.shape[0]
+    rows = torch.arange(B, device=users.device)
+    return score_columns(users, catalog, rows, targets_col.to(torch.int64).reshape(B, 1),
+                         hist_items, hist_start, hist_count)[:, 0]
+
+
+def history_csr(rows: torch.Tensor, cols: torch.Tensor,
+                n_users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hist_items, hist_start, hist_count) of history pairs (``rows`` in [0, n_users), catalog
+    ``cols``), without a host sync: pairs sorted by row (stable), counts by a scatter-add."""
+    rows = rows.to(torch.int64)
+    order = torch.argsort(rows, stable=True)
+    count = torch.zeros(n_users, dtype=torch.int64, device=rows.device).scatter_add_(0, rows, torch.ones_like(rows))
+    return cols.to(torch.int64)[order], torch.cumsum(count, 0) - count, count
+
+
+def fused_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, k: int,
+                    hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, sentinel: int,
+                    group: int = 64) -> ChunkTop:
+    """``chunk_top(scores, k, lo=lo, sentinel=sentinel, group=group)`` of the chunk ``scores =
+    users @ catalog[lo:hi].T`` with each user's history columns at -inf, without the scores.
+
+    ``hist``: (hist_items, hist_start, hist_count), each user's history columns (global) in CSR
+    (``history_csr``), in user order: hist_start = exclusive cumsum of hist_count, and
+    hist_count.sum() = len(hist_items) (every entry is a pair of the batch); None: no history.
+    Values and tie flag are chunk_top's; cols too up to the choice among tied items (module
+    docstring). No host sync; the (B, hi - lo) scores exist only for small chunks (at most
+    (k + 1) groups, where chunk_top itself sorts the whole chunk).
+    """
+    B, device = users.shape[0], users.device
+    w = hi - lo
+    G = _n_groups(w, group)
+    hist_args = (None, None, None) if hist is None else tuple(hist)
+    if G <= k + 1:  # small chunk: score it all, chunk_top's own fallback
+        cols = torch.arange(lo, hi, device=device).expand(B, w)
+        scores = score_columns(users, catalog, torch.arange(B, device=device), cols, *hist_args)
+        return chunk_top(scores, k, lo=lo, sentinel=sentinel, group=group)
+    offsets = torch.arange(group, device=device)
+    m = group_max(users, catalog, lo, hi, group)  # (B, G), history not masked
+    if hist is not None and hist[0].numel():
+        items, count = hist[0].to(device=device, dtype=torch.int64), hist[2].to(device=device, dtype=torch.int64)
+        rows_h = torch.repeat_interleave(torch.arange(B, device=device), count, output_size=items.numel())
+        g_h = torch.div(items - lo, group, rounding_mode="floor").clamp(0, G - 1)  # pairs outside: an edge group
+        cols_h = lo + g_h[:, None] * group + offsets  # (H, group) the poisoned group's columns
+        redo = score_columns(users, catalog, rows_h, torch.where(cols_h < hi, cols_h, -1), *hist_args).amax(dim=1)
+        m.index_put_((rows_h, g_h), redo)  # a group poisoned twice gets the same max twice
+    gmax, best = m.topk(k + 1, dim=1)  # (B, k + 1), sorted
+    cand = (lo + best[:, :k, None] * group + offsets).flatten(1)  # (B, k * group) global columns
+    scores = score_columns(users, catalog, torch.arange(B, device=device), torch.where(cand < hi, cand, -1),
+                           *hist_args)
+    values, pos = scores.topk(k + 1, dim=1)
+    cols = cand.gather(1, pos)
+    after = torch.maximum(values[:, k], gmax[:, k])  # best value not taken
+    values, cols = values[:, :k], cols[:, :k]
+    kth = values[:, k - 1]
+    tie = torch.where((kth > NEG_INF) & (after == kth), kth, NEG_INF)
+    cols = torch.where(cols < hi, cols, sentinel)
+    return ChunkTop(values, cols, tie)

@@ -1,0 +1,143 @@
+"""The streaming evaluation through the fused kernels (core/eval_kernels.py, ``ModelChunks.fused``)
+gives the metrics of the matmul + ``chunk_top`` path.
+
+On the CPU the kernels run under the Triton interpreter (a subprocess: TRITON_INTERPRET=1 must be
+set before Triton decorates them). Users and items are integer-valued vectors, so every score is
+exact whatever the order of its sum and both paths see the very same scores; with so many exact
+ties the tie fix-up (``finish_top``'s rescan of the rows ``needs_exact`` names) runs too. Equal
+metrics (HitRate, NDCG, MRR, Coverage, Surprisal) then mean equal ranks and equal top-k sets.
+Broken variants of the integration (``MUTANTS``) must change the metrics. The kernels' own
+float64 and bit-identity checks are tests/test_eval_kernels.py's; the GPU case here runs a real
+model both ways (``-m gpu``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.child_env import child_env
+
+REPO = Path(__file__).resolve().parents[1]
+EVALUATION = REPO / "core" / "evaluation.py"
+MUTANTS = [
+    ("rescan_without_history",  # the tie fix-up's rows scored with history items unmasked
+     "score_columns(users, catalog, rows, cols, *hist_args)", "score_columns(users, catalog, rows, cols)"),
+    ("target_column_off_by_one",  # the target's score read one column over
+     "        t_col = targets.to(device=device, dtype=torch.int64) - 1\n        t_col = t_col if",
+     "        t_col = targets.to(device=device, dtype=torch.int64)\n        t_col = t_col if"),
+    ("subset_history_of_other_users",  # the rescanned rows' targets masked with the first users' lists
+     "hist_sub = hist_args if rows is None or hist is None else _csr_rows(hist, rows)",
+     "hist_sub = hist_args if rows is None or hist is None else _csr_rows(hist, torch.arange(len(rows)))"),
+    ("kernel_order_kept",  # equal scores left in topk's order, not the tie rule's (lower item first)
+     "return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)", "return part"),
+]
+
+CHECK = r"""
+import json, sys
+import torch
+from core import evaluation
+from core.data.batching import DeviceSequences
+from core.data.shards import SequenceData
+from core.data.synthetic import PRESETS, generate
+from core.evaluation import count_train_users, rank_split
+import importlib.util, tempfile
+from pathlib import Path
+
+def load_mutant(path, old, new, name):
+    # as tests/mutants.py, but registered in sys.modules (evaluation's dataclasses look it up)
+    source = Path(path).read_text()
+    if source.count(old) != 1:
+        return None
+    file = Path(tempfile.mkdtemp()) / f"mutant_{name}.py"
+    file.write_text(source.replace(old, new))
+    spec = importlib.util.spec_from_file_location(f"mutant_{name}", file)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+mutants, path = json.loads(sys.argv[1])
+params = {**PRESETS["tiny"], "n_users": 90, "n_items": 130}
+offsets, items = generate(**params, seed=5)
+data = SequenceData(offsets=offsets, items=items, n_users=90, n_items=130, attrs={})
+seqs = DeviceSequences.from_data(data, "cpu")
+g = torch.Generator().manual_seed(0)
+table = torch.randint(-2, 3, (131, 16), generator=g).float()  # a user is the vector of its last item
+catalog = torch.randint(-1, 2, (130, 16), generator=g).float()
+
+def run(module, fused, mask_history=True, split="test"):
+    module.FUSED = fused
+    scan = module._scan_fused
+    ran = []
+    module._scan_fused = lambda *a, **kw: ran.append(kw["rows"] is not None) or scan(*a, **kw)
+    score_fn = lambda inputs: module.ModelChunks(table[inputs[:, -1]].contiguous(), catalog)
+    try:
+        out = module.rank_split(score_fn, seqs, split=split, batch_size=32, max_len=20, mask_history=mask_history,
+                                ks=(1, 5, 10), item_user_counts=data.train_item_user_counts(),
+                                n_train_users=count_train_users(data), chunk_size=29, group_size=16)
+    finally:
+        module._scan_fused = scan
+    return out, ran
+
+res = {"cases": {}}
+for split in ("valid", "test"):
+    for mask in (True, False):
+        plain, _ = run(evaluation, False, mask, split)
+        fused, ran = run(evaluation, True, mask, split)
+        res["cases"][f"{split}_{mask}"] = {"equal": plain == fused, "fused_batches": ran.count(False),
+                                           "rescans": ran.count(True), "plain": plain, "fused": fused}
+res["mutants"] = {}
+plain, _ = run(evaluation, False)
+for name, old, new in mutants:
+    module = load_mutant(path, old, new, name)
+    if module is None:
+        res["mutants"][name] = "source text not found exactly once"
+        continue
+    res["mutants"][name] = run(module, True)[0] != plain
+print(json.dumps(res))
+"""
+
+
+def test_fused_scan_equals_the_matmul_path_and_mutants_are_caught():
+    out = subprocess.run([sys.executable, "-c", CHECK, json.dumps([MUTANTS, str(EVALUATION)])], cwd=REPO,
+                         env=child_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, case in res["cases"].items():
+        assert case["equal"], (name, case["plain"], case["fused"])
+        assert case["fused_batches"] == 3, name  # 90 users in batches of 32, every one fused
+    assert sum(case["rescans"] for case in res["cases"].values()) > 0  # the tie fix-up ran fused
+    assert res["mutants"] and all(v is True for v in res["mutants"].values()), res["mutants"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fused_evaluation_matches_the_matmul_path(monkeypatch):
+    """A real (untrained) model on CUDA: the fused path's metrics equal the matmul path's to fp32
+    rounding of the scores (the two round each score their own way), and it makes no host sync
+    beyond ``finish_top``'s one a batch."""
+    from core import evaluation
+    from core.data.batching import DeviceSequences
+    from core.data.shards import SequenceData
+    from core.data.synthetic import PRESETS, generate
+    from core.model import SASRec
+
+    params = {**PRESETS["tiny"], "n_users": 3000, "n_items": 20_000}
+    offsets, items = generate(**params, seed=5)
+    data = SequenceData(offsets=offsets, items=items, n_users=3000, n_items=20_000, attrs={})
+    seqs = DeviceSequences.from_data(data, "cuda")
+    torch.manual_seed(0)
+    model = SASRec(n_items=data.n_items, max_len=20).cuda().eval()
+    args = dict(split="test", batch_size=1024, max_len=20, mask_history=True, ks=(10,),
+                item_user_counts=data.train_item_user_counts(), n_train_users=evaluation.count_train_users(data))
+    got = {}
+    for fused in (False, True):
+        monkeypatch.setattr(evaluation, "FUSED", fused)
+        got[fused] = evaluation.evaluate_model(model, model, seqs, amp=True, **args)
+    for key, value in got[False].items():
+        assert abs(got[True][key] - value) <= 1e-3 * max(1.0, abs(value)), (key, got)
