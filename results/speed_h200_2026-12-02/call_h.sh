@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call H (sixth session of 2026-12-02). One H200, one process at a time. new = this commit,
+# Call H (sixth session of 2026-12-02; ran on 87a0c13, outputs in call_h/). One H200, one process at a time. new = this commit,
 # old = c1fc8a4 (call G's tree: before the metrics' sync fix, the direct launches and the
 # row-count rule of the skip switch). Predictions:
 # (0) GPU tests: direct launches equal Triton's own bit for bit and both broken variants are
