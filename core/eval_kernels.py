@@ -49,6 +49,8 @@ CUDA only in production; the tests run the kernels on the CPU under the Triton i
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -58,7 +60,11 @@ from core.metrics import NEG_INF, ChunkTop, chunk_top
 # group_max's tile arithmetic: False = tl.dot (ieee fp32), True = the FMA chain written out.
 # Decided by tests/test_eval_kernels.py's GPU test (both must match score_columns bit for bit).
 DEFAULT_EXPLICIT_FMA = False
-BLOCK_B = 64  # users per group_max program
+# group_max's launch: (users per program, groups per tile, tiles per program, warps). The first
+# version, (64, 1, 1, 4), took 5.74 ms a 4,096-user beauty-like batch on an H200 (call I; the fp32
+# GEMM it replaces 2.82 ms). ``EVAL_GROUP_MAX_TILES="b,g,t,w"`` in the environment (read at import)
+# overrides it: ``kernels_bench/tune_eval_kernel.py`` times the candidates.
+TILES = tuple(int(x) for x in os.environ.get("EVAL_GROUP_MAX_TILES", "64,1,1,4").split(","))
 K_CHUNK = 64  # head-dim width of one tl.dot in group_max (wider D: chained dots, one FMA chain)
 BLOCK_P, BLOCK_M = 16, 32  # (pairs' rows, columns) per score_columns program
 HIST_BLOCK = 8  # history items per row compared at once in score_columns
@@ -66,20 +72,25 @@ HIST_BLOCK = 8  # history items per row compared at once in score_columns
 
 @triton.jit
 def _group_max_kernel(
-    U, C, Out, B, D, lo, hi, G, stride_u, stride_c, stride_o, groups_per_program,
-    BLOCK_B: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr, K_CHUNK: tl.constexpr,
-    EXPLICIT_FMA: tl.constexpr,
+    U, C, Out, B, D, lo, hi, G, stride_u, stride_c, stride_o, tiles_per_program,
+    BLOCK_B: tl.constexpr, GROUP: tl.constexpr, TILE_GROUPS: tl.constexpr, BLOCK_D: tl.constexpr,
+    K_CHUNK: tl.constexpr, EXPLICIT_FMA: tl.constexpr,
 ):
-    """Program (user block, run of groups): Out[users, g] = max of the users' scores over group g's columns."""
+    """Program (user block, run of tiles of TILE_GROUPS groups): Out[users, g] = max of the users'
+    scores over group g's columns."""
     pid_b, pid_g = tl.program_id(0), tl.program_id(1)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     b_mask = offs_b < B
     offs_kc = tl.arange(0, K_CHUNK)
-    for t in range(groups_per_program):
-        g = pid_g * groups_per_program + t
-        offs_v = lo + g * GROUP + tl.arange(0, GROUP)  # this group's global columns
+    TILE: tl.constexpr = TILE_GROUPS * GROUP
+    if BLOCK_D == K_CHUNK:  # one dot per tile: the users' block is loaded once for every tile
+        u_all = tl.load(U + offs_b[:, None].to(tl.int64) * stride_u + offs_kc[None, :],
+                        mask=b_mask[:, None] & (offs_kc < D)[None, :], other=0.0)  # (BLOCK_B, K_CHUNK)
+    for t in range(tiles_per_program):
+        g0 = (pid_g * tiles_per_program + t) * TILE_GROUPS  # the tile's first group
+        offs_v = lo + g0 * GROUP + tl.arange(0, TILE)  # the tile's global columns
         v_mask = offs_v < hi
-        acc = tl.zeros((BLOCK_B, GROUP), tl.float32)
+        acc = tl.zeros((BLOCK_B, TILE), tl.float32)
         if EXPLICIT_FMA:  # acc = fma(u[:, k], c[:, k], acc), k = 0 .. BLOCK_D - 1
             for k in range(BLOCK_D):
                 u_k = tl.load(U + offs_b.to(tl.int64) * stride_u + k, mask=b_mask & ((offs_b * 0 + k) < D), other=0.0)
@@ -88,16 +99,22 @@ def _group_max_kernel(
         else:  # fp32 ieee dots, K_CHUNK of the head dim each, accumulating into one another
             for k0 in range(0, BLOCK_D, K_CHUNK):
                 d_mask = (k0 + offs_kc) < D
-                u = tl.load(U + offs_b[:, None].to(tl.int64) * stride_u + (k0 + offs_kc)[None, :],
-                            mask=b_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_B, K_CHUNK)
+                if BLOCK_D == K_CHUNK:
+                    u = u_all
+                else:
+                    u = tl.load(U + offs_b[:, None].to(tl.int64) * stride_u + (k0 + offs_kc)[None, :],
+                                mask=b_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_B, K_CHUNK)
                 c = tl.load(C + offs_v[:, None].to(tl.int64) * stride_c + (k0 + offs_kc)[None, :],
-                            mask=v_mask[:, None] & d_mask[None, :], other=0.0)  # (GROUP, K_CHUNK)
+                            mask=v_mask[:, None] & d_mask[None, :], other=0.0)  # (TILE, K_CHUNK)
                 acc = tl.dot(u, tl.trans(c), acc, input_precision="ieee")
         acc = tl.where(v_mask[None, :], acc, float("-inf"))  # columns past hi (0 * inf would be NaN)
-        has_nan = tl.max((acc != acc).to(tl.int32), axis=1) > 0  # noqa: PLR0124 (x != x: NaN)
-        row_max = tl.max(acc, axis=1)
-        row_max = tl.where(has_nan, float("nan"), row_max)  # tl.max may drop NaN: put it back
-        tl.store(Out + offs_b.to(tl.int64) * stride_o + g, row_max, mask=b_mask & ((offs_b * 0 + g) < G))
+        acc = tl.reshape(acc, (BLOCK_B, TILE_GROUPS, GROUP))
+        has_nan = tl.max((acc != acc).to(tl.int32), axis=2) > 0  # noqa: PLR0124 (x != x: NaN)
+        group_max = tl.max(acc, axis=2)
+        group_max = tl.where(has_nan, float("nan"), group_max)  # tl.max may drop NaN: put it back
+        offs_g = g0 + tl.arange(0, TILE_GROUPS)
+        tl.store(Out + offs_b[:, None].to(tl.int64) * stride_o + offs_g[None, :], group_max,
+                 mask=b_mask[:, None] & (offs_g < G)[None, :])
 
 
 @triton.jit
@@ -156,14 +173,14 @@ def _check_operands(users: torch.Tensor, catalog: torch.Tensor) -> None:
 
 
 def group_max(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, group: int = 64, *,
-              explicit_fma: bool | None = None, groups_per_program: int = 1, block_b: int = BLOCK_B,
-              num_warps: int = 4) -> torch.Tensor:
+              explicit_fma: bool | None = None, tiles: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """(B, G) fp32, G = ceil((hi - lo) / group): [b, g] = max of users[b] . catalog[j] over the
     contiguous columns j in [lo + g * group, min(lo + (g + 1) * group, hi)); NaN if any is NaN.
 
     ``users`` (B, D), ``catalog`` (V, D) the whole catalog, fp32 contiguous, 0 <= lo < hi <= V;
     ``group`` a power of two >= 16. ``explicit_fma``: the tile as the FMA chain written out
-    instead of tl.dot (default ``DEFAULT_EXPLICIT_FMA``). The scores are never stored.
+    instead of tl.dot (default ``DEFAULT_EXPLICIT_FMA``). ``tiles``: (users per program, groups
+    per tile, tiles per program, warps), default ``TILES``. The scores are never stored.
     """
     _check_operands(users, catalog)
     (B, D), V = users.shape, catalog.shape[0]
@@ -171,15 +188,16 @@ def group_max(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, grou
         raise ValueError(f"need 0 <= lo < hi <= V = {V}, got lo={lo}, hi={hi}")
     if group < 16 or group & (group - 1):
         raise ValueError(f"group must be a power of two >= 16, got {group}")
+    block_b, tile_groups, tiles_per_program, num_warps = tiles or TILES
     G = _n_groups(hi - lo, group)
     out = torch.empty((B, G), dtype=torch.float32, device=users.device)
     if B == 0:
         return out
     block_d = _block_d(D)
-    grid = (triton.cdiv(B, block_b), triton.cdiv(G, groups_per_program))
+    grid = (triton.cdiv(B, block_b), triton.cdiv(G, tile_groups * tiles_per_program))
     _group_max_kernel[grid](
-        users, catalog, out, B, D, lo, hi, G, users.stride(0), catalog.stride(0), out.stride(0), groups_per_program,
-        BLOCK_B=block_b, GROUP=group, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK),
+        users, catalog, out, B, D, lo, hi, G, users.stride(0), catalog.stride(0), out.stride(0), tiles_per_program,
+        BLOCK_B=block_b, GROUP=group, TILE_GROUPS=tile_groups, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK),
         EXPLICIT_FMA=DEFAULT_EXPLICIT_FMA if explicit_fma is None else explicit_fma, num_warps=num_warps)
     return out
 

@@ -56,11 +56,11 @@ MUTANTS = [
     ("history_mask_ignored",  # score_columns scores history columns
      'acc = tl.where(valid & ~seen, acc, float("-inf"))', 'acc = tl.where(valid, acc, float("-inf"))'),
     ("nan_not_propagated",  # group_max trusts tl.max with NaN
-     'row_max = tl.where(has_nan, float("nan"), row_max)', "row_max = row_max"),
+     'group_max = tl.where(has_nan, float("nan"), group_max)', "group_max = group_max"),
     ("last_partial_group_dropped",  # the chunk's last, partial group is never looked at
      "return -(-w // group)", "return w // group"),
     ("lo_offset_ignored",  # group_max's groups start at column 0, not lo
-     "offs_v = lo + g * GROUP + tl.arange(0, GROUP)", "offs_v = g * GROUP + tl.arange(0, GROUP)"),
+     "offs_v = lo + g0 * GROUP + tl.arange(0, TILE)", "offs_v = g0 * GROUP + tl.arange(0, TILE)"),
     ("poisoned_groups_not_recomputed",  # a group's max may be a history item
      "m.index_put_((rows_h, g_h), redo)", "m = m"),
     ("tie_from_values_only",  # misses a tied item outside the k best groups
@@ -157,10 +157,10 @@ def check(mod, case):
     G = -(-w // group)
     pad = torch.cat([full[:, lo:hi], full.new_full((B, G * group - w), NEG_INF)], 1)
     want = pad.reshape(B, G, group).amax(dim=2).float()
-    for explicit in (False, True):
-        got = mod.group_max(users, catalog, lo, hi, group, explicit_fma=explicit, block_b=128 if explicit else 64)
+    for explicit, tiles in ((False, (64, 1, 1, 4)), (False, (32, 2, 3, 4)), (True, (128, 1, 1, 4))):
+        got = mod.group_max(users, catalog, lo, hi, group, explicit_fma=explicit, tiles=tiles)
         if not eq(got, want):
-            fail.append(f"group_max explicit_fma={explicit}")
+            fail.append(f"group_max explicit_fma={explicit} tiles={tiles}")
     # score_columns: random (row, column) pairs, padding columns, each row's own history columns
     g = torch.Generator().manual_seed(seed + 100)
     P, M = 2 * B, 37
@@ -285,18 +285,19 @@ def _group_maxima_of(scores: torch.Tensor, group: int) -> torch.Tensor:
     return torch.cat([scores, scores.new_full((b, n * group - w), float("-inf"))], 1).reshape(b, n, group).amax(2)
 
 
-@pytest.mark.parametrize("d", [64, 100])
-@pytest.mark.parametrize("explicit_fma", [False, True])
+@pytest.mark.parametrize("d, explicit_fma, tiles", [
+    (64, False, None), (100, False, None), (64, True, None), (100, True, None),
+    (64, False, (64, 2, 4, 8)), (64, False, (128, 2, 2, 8)), (64, False, (32, 4, 4, 4))])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_group_max_is_bit_identical_to_score_columns_on_the_gpu(explicit_fma, d):
+def test_group_max_is_bit_identical_to_score_columns_on_the_gpu(explicit_fma, d, tiles):
     """The contract: group_max's tile computes score_columns' number bit for bit (D = 100: two
     chained K_CHUNK dots). A failure with explicit_fma=False while True passes means tl.dot is not
     the FMA chain here: set DEFAULT_EXPLICIT_FMA = True."""
     from core import eval_kernels as ek
 
     users, catalog, _, _ = _gpu_data(d)
-    m = ek.group_max(users, catalog, GPU_LO, GPU_HI, 64, explicit_fma=explicit_fma)
+    m = ek.group_max(users, catalog, GPU_LO, GPU_HI, 64, explicit_fma=explicit_fma, tiles=tiles)
     w = GPU_HI - GPU_LO
     columns = torch.arange(GPU_LO, GPU_HI, device="cuda")
     bad, worst = 0, 0.0
@@ -311,7 +312,7 @@ def test_group_max_is_bit_identical_to_score_columns_on_the_gpu(explicit_fma, d)
             ref = users[rows].double() @ catalog[GPU_LO:GPU_HI].double().T
             err = float(((scores.double() - ref).abs() / ref.abs().clamp(min=1)).max())
             assert err < 1e-5, f"score_columns vs float64: {err:.3g}"
-    print(f"group_max explicit_fma={explicit_fma} D={d}: {bad} of {m.numel()} maxima differ (max |diff| {worst:.3g})")
+    print(f"group_max explicit_fma={explicit_fma} D={d} tiles={tiles}: {bad} of {m.numel()} maxima differ (max |diff| {worst:.3g})")
     assert bad == 0, f"explicit_fma={explicit_fma}, D={d}: {bad} of {m.numel()} group maxima differ, max {worst:.3g}"
 
 

@@ -278,13 +278,16 @@ def test_cuda_a_batch_is_queued_without_a_host_sync():
     top = evaluation.finish_top(pending)
     assert top.values.shape == (32, 10)
     # Adding the finished batch to the metrics asks nothing of the device either (a boolean-mask
-    # index for Coverage and a host-made tensor synced every batch, draining the queue).
+    # index for Coverage and a host-made tensor synced every batch, draining the queue); the first
+    # batch of a split copies the Surprisal vector over (once).
+    cpu = metrics.RankingMetrics(n_items=data.n_items, ks=(1, 10), item_user_counts=counts, n_train_users=n_train)
+    for m, device in ((on_gpu, "cuda"), (cpu, "cpu")):
+        m.update_top(type(top)(*(t.to(device) for t in top)))
     torch.cuda.set_sync_debug_mode("error")
     try:
         on_gpu.update_top(top)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    cpu = metrics.RankingMetrics(n_items=data.n_items, ks=(1, 10), item_user_counts=counts, n_train_users=n_train)
     cpu.update_top(type(top)(*(t.cpu() for t in top)))
     assert on_gpu.compute() == cpu.compute()
 

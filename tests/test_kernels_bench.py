@@ -347,3 +347,13 @@ def test_gpu_quick_sweep(tmp_path):
     assert set(df.status) == {"ok"}
     assert df[df.metric == "memory_mib"].value.notna().all()
     assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tune_eval_kernel_without_cuda_says_so_in_one_line(capsys, monkeypatch):
+    """The fused evaluation's tile sweep is CUDA-only: one error line and exit 2 on a CPU."""
+    from kernels_bench import tune_eval_kernel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tune_eval_kernel.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: tune_eval_kernel needs a CUDA GPU")
