@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call I (sixth session of 2026-12-02). One H200, one process at a time, this commit only.
+# Call I (sixth session of 2026-12-02; ran on d79bd0e, outputs in call_i/). One H200, one process at a time, this commit only.
 # Predictions:
 # (0) GPU tests: the eval kernels' bit-identity (group_max vs score_columns, both tile
 #     arithmetics), fused vs matmul metrics, no host sync in a queued batch (now fused).
