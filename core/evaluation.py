@@ -45,6 +45,11 @@ launches, overlapped); ~0.6-1.0 s per split was expected. Measured on the H200: 
 (2026-12-02, call C), then 2.80 s for this loop against 3.61 s for the previous one in one call
 (call E; experiments/bench/NOTES_speed.md). The fp32 GEMM runs at ~32 TFLOP/s (FFMA: scores
 must stay fp32, so TF32/bf16 are no way out); a fused score + group-max kernel would be.
+Fused alternative (``EVAL_FUSED=1``, ``ModelChunks.fused``, core/eval_kernels.py): a Triton
+kernel keeps each group's max of the scores in registers over the whole catalog, and only the
+groups holding a history item and the k best groups are rescored (same FMA-chain arithmetic,
+checked bit for bit on an H200); no (B, chunk) buffer. Measured slower than the matmul path
+(2.84 vs 2.68 s a beauty-like split, call J) for 0.25 instead of 2.12 GiB: off by default.
 Across ranks: ``merge_top`` merges the states of disjoint catalog parts, so ranks that each own
 a catalog shard combine theirs: a distributed top-k (issue 22). A catalog-parallel model
 (``evaluate_model`` sees a ``ShardedItemEmbedding``; ``sharded_scoring``) is evaluated so:
@@ -406,10 +411,13 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
     return score_fn
 
 
-# The streaming path scores a model's batches with the fused kernels (core/eval_kernels.py) where
-# they run: on CUDA (or under the Triton interpreter), for a whole catalog (not a rank's shard).
-# ``EVAL_FUSED=0`` in the environment (read at import) keeps the matmul + ``chunk_top`` path.
-FUSED = os.environ.get("EVAL_FUSED", "1") != "0"
+# ``EVAL_FUSED=1`` in the environment (read at import): the streaming path scores a model's
+# batches with the fused kernels (core/eval_kernels.py) where they run (CUDA, or the Triton
+# interpreter) for a whole catalog (not a rank's shard). Off by default: on one H200 (2026-12-02,
+# experiments/bench/NOTES_speed.md, call J) a beauty-like test split took 2.84 s fused against
+# 2.68 s on the matmul path (chunk 65,536), at 0.25 GiB against 2.12 GiB: the fused group max
+# runs its FMA at 22 TFLOP/s where cuBLAS's fp32 GEMM runs at ~26-39. For memory, not speed.
+FUSED = os.environ.get("EVAL_FUSED") == "1"
 
 
 class ModelChunks:

@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's code, i
 import numpy as np
 import torch
 
+from core import evaluation
 from core.data.batching import SPLITS, DeviceSequences, eval_batches, eval_order, history
 from core.env import usable_device
 from core.evaluation import (
@@ -170,7 +171,9 @@ def bench_one(seqs, model, *, name: str, path: str, scorer: str, split: str, eva
     """One (dataset, path, scorer, split) -> a row of COLUMNS (plus ``metrics``, ``sync_sites``
     and, with --profile-batches on CUDA, ``profile``)."""
     n_batches = -(-seqs.n_users // eval_args["batch_size"])
-    row = {"dataset": name, "users": seqs.n_users, "items": seqs.n_items, "path": path,
+    fused = path == "streaming" and scorer == "model" and device.type == "cuda" and evaluation.FUSED
+    row = {"dataset": name, "users": seqs.n_users, "items": seqs.n_items,
+           "path": "streaming (fused)" if fused else path,
            "scorer": scorer, "split": split, "batch_size": eval_args["batch_size"],
            "chunk_size": eval_args["chunk_size"] if path == "streaming" else None,
            "n_batches": n_batches, "error": None}

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call J (sixth session of 2026-12-02). One H200, one process at a time, this commit only.
+# Call J (sixth session of 2026-12-02; ran on 6e460ac, outputs in call_j/). One H200, one process at a time, this commit only.
 # Call I measured the fused evaluation at 4.51 s a beauty-like split against 3.40 s for the
 # matmul path (group_max 5.74 ms a batch at tiles 64,1,1,4: 19 TFLOP/s of FMA, where cuBLAS's
 # fp32 GEMM does 39). Predictions:
