@@ -66,3 +66,12 @@ def test_bound_config_reads_the_train_bindings():
 def test_a_bad_device_names_the_binding():
     with pytest.raises(ValueError, match="train.device"):
         Parallel(device="tpu:9").resolve_device()
+
+
+def test_graph_min_bucket_is_a_train_binding():
+    """``train.graph_min_bucket`` (the graphed step's smallest bucket: 128 was the fastest
+    beauty-like epoch measured, at more graph memory) reaches the step settings."""
+    assert TrainConfig.from_flat(graph_min_bucket=128).step.graph_min_bucket == 128
+    assert TrainConfig.from_flat(graph_min_bucket=128).flat()["graph_min_bucket"] == 128
+    with pytest.raises(ValueError, match="graph_min_bucket"):
+        TrainConfig.from_flat(graph_min_bucket=0)

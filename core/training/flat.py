@@ -51,6 +51,7 @@ def train_flat(
     resume: bool = False,
     compile: bool | str = _T.compile,
     cuda_graph: bool = _T.cuda_graph,
+    graph_min_bucket: int = _T.graph_min_bucket,
     show_progress: bool | None = _S.show_progress,
     nan_check_every: int = _S.nan_check_every,
     catalog_parallel: bool = _P.catalog_parallel,
@@ -73,7 +74,7 @@ def train_flat(
         model_fn=model_fn, loss_fn=loss_fn, epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr,
         weight_decay=weight_decay, patience=patience, eval_every=eval_every, mask_history=mask_history,
         ks=ks, seed=seed, device=device, amp=amp, eval_batch_size=eval_batch_size, compile=compile,
-        cuda_graph=cuda_graph, show_progress=show_progress, nan_check_every=nan_check_every,
+        cuda_graph=cuda_graph, graph_min_bucket=graph_min_bucket, show_progress=show_progress, nan_check_every=nan_check_every,
         catalog_parallel=catalog_parallel, parallel=parallel, test=test, gpu_memory_gib=gpu_memory_gib)
     return train(data, out_dir, **config.kwargs(), resume=resume, watch=watch,
                  dataset_name=dataset_name, data_path=data_path)

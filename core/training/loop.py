@@ -220,6 +220,7 @@ def _record(data: SequenceData, run: Built, config: TrainConfig, ranks: Ranks, *
                 # packed: the body ran on packed real positions (SASRec.packed, batches at most
                 # half full: core.training.step.packs_batch); a record, not a resume check
                 "step": {"amp": step.amp, "compile": step.compile, "cuda_graph": step.cuda_graph,
+                         "graph_min_bucket": int(step.graph_min_bucket),
                          "packed": bool(run.step.packed)},
                 "data": {k.removeprefix("data."): v for k, v in settings.items() if k.startswith("data.")},
                 "parallel": {"world_size": settings.get("parallel.world_size", 1),

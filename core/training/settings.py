@@ -98,7 +98,7 @@ FLAT: dict[str, tuple[str, str | None]] = {
     **{k: ("schedule", k) for k in ("epochs", "patience", "eval_every", "nan_check_every", "show_progress")},
     "ks": ("evaluation", "ks"), "mask_history": ("evaluation", "mask_history"),
     "eval_batch_size": ("evaluation", "batch_size"), "test": ("evaluation", "test"),
-    **{k: ("step", k) for k in ("amp", "compile", "cuda_graph")},
+    **{k: ("step", k) for k in ("amp", "compile", "cuda_graph", "graph_min_bucket")},
     "device": ("parallel", "device"), "catalog_parallel": ("parallel", "catalog_parallel"),
     "parallel": ("parallel", "ctx"), "gpu_memory_gib": ("parallel", "gpu_memory_gib"),
 }
