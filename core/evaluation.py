@@ -158,7 +158,7 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
     one ``fused_chunk_top`` (group maxima in registers, only candidates rescored), targets and
     the tie fix-up's rows scored by the same arithmetic (``score_columns``); no (B, chunk) scores
     except the fix-up's (rows, chunk_size) blocks."""
-    from core.eval_kernels import fused_chunk_top, history_csr, score_columns, target_scores
+    from core.eval_kernels import fused_chunk_top, history_csr, score_columns
 
     users, catalog = chunk.users, chunk.catalog
     hist = None if seen is None else history_csr(seen[0], seen[1] - 1, n_users)
@@ -171,9 +171,9 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
         t_col = targets.to(device=device, dtype=torch.int64) - 1
         t_col = t_col if rows is None else t_col[rows]
         inside = (t_col >= lo) & (t_col < hi)
-        sub = users if rows is None else users[rows]
-        hist_sub = hist_args if rows is None or hist is None else _csr_rows(hist, rows)
-        target = torch.where(inside, target_scores(sub, catalog, t_col, *hist_sub), float("-inf"))
+        scored = torch.arange(n_users, device=device) if rows is None else rows  # users' rows, for their history
+        target = torch.where(inside, score_columns(users, catalog, scored, t_col[:, None], *hist_args)[:, 0],
+                             float("-inf"))
     if rows is None:
         values, cols, tie = fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size)
         part = CatalogTop(values, cols, target, inside, tie, torch.isnan(values).any(dim=1))
@@ -187,17 +187,6 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
         if len(parts) == _MERGE_EVERY:
             parts = [merge_top(*parts)]
     return merge_top(*parts)
-
-
-def _csr_rows(hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: torch.Tensor):
-    """The CSR history of users ``rows`` only (their lists, same order): for scoring a subset
-    of users whose own rows are 0..len(rows)-1."""
-    items, start, count = hist
-    count = count[rows]
-    first = torch.cumsum(count, 0) - count
-    owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), count)
-    pos = start[rows][owner] + torch.arange(len(owner), device=rows.device) - first[owner]
-    return items[pos], first, count
 
 
 def scan_catalog(chunk: ChunkScores, n_users: int, *, n_items: int, k: int,

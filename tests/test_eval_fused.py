@@ -32,8 +32,8 @@ MUTANTS = [
      "        t_col = targets.to(device=device, dtype=torch.int64) - 1\n        t_col = t_col if",
      "        t_col = targets.to(device=device, dtype=torch.int64)\n        t_col = t_col if"),
     ("subset_history_of_other_users",  # the rescanned rows' targets masked with the first users' lists
-     "hist_sub = hist_args if rows is None or hist is None else _csr_rows(hist, rows)",
-     "hist_sub = hist_args if rows is None or hist is None else _csr_rows(hist, torch.arange(len(rows)))"),
+     "scored = torch.arange(n_users, device=device) if rows is None else rows",
+     "scored = torch.arange(n_users, device=device) if rows is None else torch.arange(len(rows), device=device)"),
     ("kernel_order_kept",  # equal scores left in topk's order, not the tie rule's (lower item first)
      "return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)", "return part"),
 ]
