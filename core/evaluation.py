@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -119,9 +120,11 @@ def default_eval_batch_size(n_items: int, path: str = DEFAULT_PATH) -> int:
 
 
 def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when ``amp``; full fp32 elsewhere (CPU bf16 is slow and not the protocol)."""
+    """bf16 autocast on CUDA when ``amp``; full fp32 elsewhere (CPU bf16 is slow and not the protocol).
+    No weight-cast cache: each weight is cast once per forward anyway, and a cache must not
+    outlive a captured region (``BatchGraphs``)."""
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -296,8 +299,13 @@ def start_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None = 
         scan_args = {**scan_args, "lo": shard.lo, "hi": shard.hi}
     top = combine(scan_catalog(chunk, n_users, **scan_args))
     fix = needs_exact(top)
-    return PendingTop(top, fix, torch.stack([top.nan.any(), fix.any()]),
-                      lambda rows: combine(scan_catalog(chunk, n_users, rows=rows, **scan_args)))
+    return PendingTop(top, fix, torch.stack([top.nan.any(), fix.any()]), _rescan(chunk, n_users, combine, scan_args))
+
+
+def _rescan(chunk: ChunkScores, n_users: int, combine: Callable[[CatalogTop], CatalogTop],
+            scan_args: dict) -> Callable[[torch.Tensor], CatalogTop]:
+    """``PendingTop.rescan``: the exact state of some rows, their chunks scored as before."""
+    return lambda rows: combine(scan_catalog(chunk, n_users, rows=rows, **scan_args))
 
 
 def finish_top(pending: PendingTop) -> CatalogTop:
@@ -321,6 +329,112 @@ def catalog_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None 
     return finish_top(start_top(chunk, n_users, shard=shard, **scan_args))
 
 
+# ``EVAL_GRAPHS=0`` in the environment (read at import) turns ``BatchGraphs`` off.
+GRAPHS = os.environ.get("EVAL_GRAPHS", "1") != "0"
+_MIN_PAIRS = 1024  # the smallest history bucket of a graphed batch
+
+
+def pairs_bucket(n: int) -> int:
+    """A graphed batch's history pairs: ``n`` rounded up to a power of two (at least 1,024)."""
+    return max(_MIN_PAIRS, 1 << max(n - 1, 0).bit_length())
+
+
+def cuda_graph(pool) -> Callable:
+    """``capture(body) -> (replay, outputs)``: ``body()`` captured as a CUDA graph in ``pool``."""
+    def capture(body):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = body()
+        return graph.replay, out
+    return capture
+
+
+class BatchGraphs:
+    """``start_top`` of a model's full evaluation batches replayed as CUDA graphs (one process).
+
+    Why: a batch's scan is ~200 small launches (the user vectors; per chunk the matmul, the
+    history masking, the top-k; the merges); issuing them took ~10 ms of host time a batch for
+    ~6 ms of GPU work (beauty-like, one H200, call G), so the split was host-bound.
+    How: ``eval_batches(pow2_width=True)`` gives a split's batches a few input widths, and the
+    history pairs are padded to ``pairs_bucket`` with (row r % B, item 0) pairs, which mask
+    nothing (item 0 is column -1, outside every chunk: ``_mask_chunk`` adds 0 there). The first
+    batch of each (width, pairs) shape runs eagerly (the warm-up) and the shape's graph is
+    captured right after (``capture``: ``cuda_graph`` with one memory pool for all shapes; the
+    CPU tests pass a stand-in that reruns the body); later batches of that shape copy their
+    inputs into the graph's static tensors and replay it. A replay's outputs are cloned:
+    ``rank_split`` finishes a batch only after queuing the next, whose replay (of the same or
+    another graph of the pool) would overwrite them; the clones are a few (B, k) tensors and the
+    (B, D) user vectors that a tie fix-up scores again. The last, smaller batch runs eagerly.
+    Same kernels on the same shapes as the eager scan: the same state bit for bit (GPU test).
+    If a capture fails, the split goes on eagerly with a warning.
+    """
+
+    def __init__(self, score_fn: Callable[[torch.Tensor], ChunkScores], n_users: int, *, scan_args: dict,
+                 capture: Callable | None = None):
+        self.score_fn, self.n_users, self.scan_args = score_fn, n_users, scan_args
+        self.capture = capture or cuda_graph(torch.cuda.graph_pool_handle())
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.failed = False
+
+    def start(self, batch, seen: tuple[torch.Tensor, torch.Tensor] | None) -> PendingTop:
+        """The batch's ``PendingTop``: replayed when its shape has a graph, else eager."""
+        B = len(batch.users)
+        key = (batch.inputs.shape[1], 0 if seen is None else pairs_bucket(len(seen[0])))
+        if B != self.n_users or self.failed or key not in self.graphs:
+            chunk = self.score_fn(batch.inputs)
+            pending = start_top(chunk, B, targets=batch.targets, seen=seen, **self.scan_args)
+            if B == self.n_users and not self.failed:
+                self._capture(key, batch, seen is not None, chunk)
+            return pending
+        static, replay, out = self.graphs[key]
+        _copy_in(static, batch, seen)
+        replay()
+        users, *top, fix, flags = _fresh(out)
+        chunk = ModelChunks(users, static[5].catalog, static[5].offset)
+        args = dict(self.scan_args, targets=batch.targets, seen=seen)
+        return PendingTop(CatalogTop(*top), fix, flags, _rescan(chunk, B, lambda t: t, args))
+
+    def _capture(self, key: tuple[int, int], batch, masked: bool, chunk: ModelChunks) -> None:
+        """Static inputs for ``key``'s shape, and its graph: (inputs, targets, pair rows, pair
+        items, the padding rows, the eager chunk (its catalog and offset))."""
+        B, width = batch.inputs.shape
+        device = batch.inputs.device
+        pad = torch.arange(key[1], device=device) % B
+        static = [torch.zeros_like(batch.inputs), torch.zeros_like(batch.targets), pad.clone(),
+                  torch.zeros(key[1], dtype=torch.int64, device=device), pad, chunk]
+
+        def body() -> list[torch.Tensor]:
+            own = self.score_fn(static[0])
+            seen = (static[2], static[3]) if masked else None
+            p = start_top(own, B, targets=static[1], seen=seen, **self.scan_args)
+            return [own.users, *p.top, p.fix, p.flags]
+
+        try:
+            replay, out = self.capture(body)
+        except RuntimeError as err:  # e.g. a model whose forward syncs with the host
+            warnings.warn(f"evaluation: CUDA graphs off for this split ({str(err).splitlines()[0]})")
+            self.failed = True
+            return
+        self.graphs[key] = (static, replay, out)
+
+
+def _copy_in(static: list, batch, seen: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """A batch into a graph's static inputs: the pairs padded with (row r % B, item 0)."""
+    static[0].copy_(batch.inputs)
+    static[1].copy_(batch.targets)
+    if seen is not None:
+        n = len(seen[0])
+        static[2].copy_(static[4])  # the padding rows, then this batch's own pairs in front
+        static[3].zero_()
+        static[2][:n].copy_(seen[0])
+        static[3][:n].copy_(seen[1])
+
+
+def _fresh(out: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A replay's outputs, cloned: the next replay overwrites them."""
+    return [t.clone() for t in out]
+
+
 @torch.no_grad()
 def rank_split(
     score_fn: Callable[[torch.Tensor], ChunkScores],
@@ -339,6 +453,7 @@ def rank_split(
     chunk_size: int = DEFAULT_CHUNK,
     group_size: int = DEFAULT_GROUP,
     shard: CatalogShard | None = None,
+    capture: Callable | None = None,
 ) -> dict[str, float]:
     """Ranks the whole catalog for every user of ``split`` ("valid" or "test").
 
@@ -355,6 +470,9 @@ def rank_split(
     rank's columns; every rank ranks every user of the split in the same batches (no
     ``users``/``reduce``) and the states are merged across ranks per batch (``catalog_top``),
     so every rank returns the one-process metrics. Streaming path only.
+    One CUDA process on the streaming path with a model's ``score_fn`` (``model_scores``):
+    full batches replay CUDA graphs (``BatchGraphs``; ``EVAL_GRAPHS=0`` turns them off).
+    ``capture`` (tests): graphs on any device, made by this stand-in for ``cuda_graph``.
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -364,16 +482,24 @@ def rank_split(
     metrics = RankingMetrics(
         n_items=seqs.n_items, ks=ks, item_user_counts=item_user_counts, n_train_users=n_train_users
     )
+    scan_args = dict(n_items=seqs.n_items, k=max(metrics.ks), device=seqs.device, chunk_size=chunk_size,
+                     group_size=group_size)
+    graphs = None
+    if capture is not None or (GRAPHS and seqs.device.type == "cuda" and getattr(score_fn, "graphable", False)
+                               and path == "streaming" and shard is None and users is None and reduce is None):
+        graphs = BatchGraphs(score_fn, batch_size, scan_args=scan_args, capture=capture)
     pending = None  # the previous batch's state, finished once the next batch is queued
-    for batch in eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len, users=users):
-        chunk = score_fn(batch.inputs)
+    for batch in eval_batches(seqs, split=split, batch_size=batch_size, max_len=max_len, users=users,
+                              pow2_width=graphs is not None):
         seen = history(seqs, batch.users, split=split, size=batch.n_seen) if mask_history else None
         if path == "dense":
-            metrics.update(chunk(0, seqs.n_items), batch.targets, history=seen)
+            metrics.update(score_fn(batch.inputs)(0, seqs.n_items), batch.targets, history=seen)
             continue
-        queued = start_top(chunk, len(batch.users), n_items=seqs.n_items, k=max(metrics.ks),
-                           targets=batch.targets, seen=seen, device=seqs.device, chunk_size=chunk_size,
-                           group_size=group_size, shard=shard)
+        if graphs is not None:
+            queued = graphs.start(batch, seen)
+        else:
+            queued = start_top(score_fn(batch.inputs), len(batch.users), targets=batch.targets, seen=seen,
+                               shard=shard, **scan_args)
         if pending is not None:
             metrics.update_top(finish_top(pending))
         pending = queued
@@ -397,6 +523,7 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
             last = forward(inputs, last=True)  # (B, D): left padding puts the newest item last
         return ModelChunks(last.float().contiguous(), catalog, offset)
 
+    score_fn.graphable = True  # ``BatchGraphs`` may capture it (its chunks are ``ModelChunks``)
     return score_fn
 
 

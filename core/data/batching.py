@@ -164,6 +164,7 @@ def eval_batches(
     batch_size: int,
     max_len: int,
     users: Tensor | np.ndarray | None = None,
+    pow2_width: bool = False,
 ) -> Iterator[EvalBatch]:
     """Yields ``EvalBatch`` (users (B,), inputs (B, L), targets (B,), n_seen) for ``split``
     "valid" or "test".
@@ -174,6 +175,8 @@ def eval_batches(
     right and masks padding, so its last column is the same to fp32 rounding (the body's cost
     follows L: a beauty-like batch of short histories runs on a few columns instead of 50).
     ``users`` defaults to every user in ``eval_order``; L is computed on the host (no sync).
+    ``pow2_width``: L rounded up to a power of two (at most ``max_len``), so that a split's
+    batches come in a few shapes (``core.evaluation.BatchGraphs``: one CUDA graph per shape).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -184,6 +187,8 @@ def eval_batches(
     for lo in range(0, len(users), batch_size):
         u = users[lo : lo + batch_size]
         width = max(1, int(inputs_len[lo : lo + batch_size].max()))
+        if pow2_width:
+            width = min(1 << (width - 1).bit_length(), max(max_len, 1))
         end = _context_end(seqs, u, split)  # (B,): where each input ends and its target sits
         yield EvalBatch(u, _windows(seqs, seqs.offsets[u], end, width), seqs.items[end].long(),  # inputs (B, width)
                         int(seen_len[lo : lo + batch_size].sum()))

@@ -171,9 +171,10 @@ def bench_one(seqs, model, *, name: str, path: str, scorer: str, split: str, eva
     """One (dataset, path, scorer, split) -> a row of COLUMNS (plus ``metrics``, ``sync_sites``
     and, with --profile-batches on CUDA, ``profile``)."""
     n_batches = -(-seqs.n_users // eval_args["batch_size"])
-    fused = path == "streaming" and scorer == "model" and device.type == "cuda" and evaluation.FUSED
+    cuda_model = path == "streaming" and scorer == "model" and device.type == "cuda"
+    ways = [w for w, on in (("fused", evaluation.FUSED), ("graphs", evaluation.GRAPHS)) if cuda_model and on]
     row = {"dataset": name, "users": seqs.n_users, "items": seqs.n_items,
-           "path": "streaming (fused)" if fused else path,
+           "path": f"{path} ({', '.join(ways)})" if ways else path,
            "scorer": scorer, "split": split, "batch_size": eval_args["batch_size"],
            "chunk_size": eval_args["chunk_size"] if path == "streaming" else None,
            "n_batches": n_batches, "error": None}
