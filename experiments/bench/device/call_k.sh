@@ -10,7 +10,7 @@
 # (3) test_split_lse's CUDA bit-identity (224 s in session 5), last, as the time allows.
 set -u
 . experiments/bench/device/setup.sh
-( sleep 560; pkill -f "bench_eval|bench_epoch|pytest" ) > /dev/null 2>&1 &
+( sleep 530; pkill -f "bench_eval|bench_epoch|pytest" ) > /dev/null 2>&1 &
 W=/tmp/res && export PYTHONPATH=/tmp/site:/tmp/new
 cd /tmp/new
 timeout 150 python -m pytest -m gpu -p no:cacheprovider -q -rfE tests/test_eval_graphs.py tests/test_eval_fused.py \
