@@ -1,6 +1,7 @@
 """Tile-size search for flash_ce's kernels (how core/losses/flash_ce.py's ``_TILES`` was chosen).
 
     python kernels_bench/tune_flash_ce.py --out DIR [--dims 32,64,128,256] [--budget-s 200]
+        [--vocab 207649] [--regimes few,many]
 
 For each head dim D and each regime of the table (few rows: N = 560, many rows: N = 12,800; both
 against V = 207,649 items, bf16), every candidate (BLOCK_N, BLOCK_V, num_warps, num_stages) of
@@ -98,30 +99,30 @@ def set_tile(kernel: str, d: int, regime: int, cfg) -> None:
     fce._PLANS.clear()  # plans hold the tiles they were built with
 
 
-def jobs(dims) -> list[tuple]:
-    return [(d, regime, kernel, cfg) for d in dims for regime in REGIMES for kernel in KERNELS
+def jobs(dims, vocab: int = TUNE_V, regimes=tuple(REGIMES)) -> list[tuple]:
+    return [(d, regime, kernel, cfg, vocab) for d in dims for regime in regimes for kernel in KERNELS
             for cfg in candidates(d)]
 
 
 def _compile(chunk: list[tuple]) -> int:
     """Worker: launches each job once (compiling it into Triton's cache); returns failures."""
     failed = 0
-    for d, regime, kernel, cfg in chunk:
+    for d, regime, kernel, cfg, vocab in chunk:
         set_tile(kernel, d, regime, cfg)
         try:
-            call(kernel, REGIMES[regime], TUNE_V, d)()
+            call(kernel, REGIMES[regime], vocab, d)()
         except Exception:  # e.g. out of shared memory: reported again by the timing loop
             failed += 1
     torch.cuda.synchronize()
     return failed
 
 
-def tune(dims, workers: int, budget_s: float, out: Path) -> dict:
+def tune(dims, workers: int, budget_s: float, out: Path, vocab: int = TUNE_V, regimes=tuple(REGIMES)) -> dict:
     from triton.testing import do_bench
 
     fce = importlib.import_module("core.losses.flash_ce")  # the module, not the function
 
-    todo = jobs(dims)
+    todo = jobs(dims, vocab, regimes)
     t0 = time.time()
     with mp.get_context("spawn").Pool(workers) as pool:
         failed = sum(pool.map(_compile, [todo[i::workers] for i in range(workers)]))
@@ -132,23 +133,23 @@ def tune(dims, workers: int, budget_s: float, out: Path) -> dict:
     rows = csv.writer(text)
     rows.writerow(["D", "N", "V", "kernel", "block_n", "block_v", "warps", "stages", "ms"])
     write_text(text.getvalue(), out / "tune.csv")
-    for d, regime, kernel, cfg in todo:
+    for d, regime, kernel, cfg, _ in todo:
         if time.time() - t0 > budget_s:
             print("budget spent: remaining candidates untimed", flush=True)
             break
         set_tile(kernel, d, regime, cfg)
         try:
-            ms = do_bench(call(kernel, REGIMES[regime], TUNE_V, d), warmup=5, rep=20)
+            ms = do_bench(call(kernel, REGIMES[regime], vocab, d), warmup=5, rep=20)
         except Exception as err:
             ms = float("nan")
             print(f"D={d} {kernel} {cfg}: {type(err).__name__}", flush=True)
-        rows.writerow([d, REGIMES[regime], TUNE_V, kernel, *cfg, f"{ms:.4f}"])
+        rows.writerow([d, REGIMES[regime], vocab, kernel, *cfg, f"{ms:.4f}"])
         write_text(text.getvalue(), out / "tune.csv")
         key = (d, kernel, regime)
         if ms == ms and (key not in best or ms < best[key][1]):
             best[key] = (cfg, ms)
     table = {d: {k: tuple(tuple(best[(d, k, r)][0]) if (d, k, r) in best else fce._TILES[d][k][r]
-                          for r in REGIMES) for k in KERNELS} for d in dims}
+                          for r in REGIMES) for k in KERNELS} for d in dims}  # untimed regimes: as they were
     for d in dims:
         for k in KERNELS:
             fce._TILES[d][k] = table[d][k]
@@ -215,10 +216,17 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--budget-s", type=float, default=200.0, help="timing loop's time limit")
     parser.add_argument("--no-tune", action="store_true", help="only the breakdown")
+    parser.add_argument("--vocab", type=int, default=TUNE_V, help="V the candidates are timed at")
+    parser.add_argument("--regimes", default="few,many", help="few (N = 560) and/or many (N = 12,800) rows")
     args = parser.parse_args(argv)
     dims = [int(x) for x in args.dims.split(",") if x.strip().isdigit()]
     if not dims or len(dims) != len(args.dims.split(",")) or any(d not in (32, 64, 128, 256) for d in dims):
         print(f"error: --dims takes a comma-separated subset of 32,64,128,256, not {args.dims!r}",
+              file=sys.stderr)
+        return 2
+    regimes = tuple(r for r, name in enumerate(("few", "many")) if name in args.regimes.split(","))
+    if not regimes or args.vocab < 1:
+        print(f"error: --regimes takes few and/or many, --vocab a positive size; got {args.regimes!r}, {args.vocab}",
               file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
@@ -229,7 +237,7 @@ def main(argv=None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_tune:
-        tune(dims, args.workers, args.budget_s, args.out)
+        tune(dims, args.workers, args.budget_s, args.out, args.vocab, regimes)
     breakdown(args.out)
     return 0
 

@@ -402,13 +402,15 @@ def test_flex_row_buckets_pad_at_most_an_eighth():
     assert row_bucket(560) == 576 and row_bucket(12_800) == 13_312
 
 
-@pytest.mark.parametrize("argv", [["--dims", "48"], ["--dims", "64,x"], ["--dims", ""]])
-def test_tune_script_refuses_bad_dims(argv, tmp_path, capsys):
+@pytest.mark.parametrize("argv,what", [(["--dims", "48"], "--dims"), (["--dims", "64,x"], "--dims"),
+                                      (["--dims", ""], "--dims"), (["--regimes", "all"], "--regimes"),
+                                      (["--vocab", "0"], "--regimes")])
+def test_tune_script_refuses_bad_arguments(argv, what, tmp_path, capsys):
     from kernels_bench import tune_flash_ce
 
     assert tune_flash_ce.main(["--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --dims")
+    assert len(err) == 1 and err[0].startswith(f"error: {what}")
     assert not (tmp_path / "out").exists()
 
 
