@@ -301,3 +301,117 @@ def fused_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int
     tie = torch.where((kth > NEG_INF) & (after == kth), kth, NEG_INF)
     cols = torch.where(cols < hi, cols, sentinel)
     return ChunkTop(values, cols, tie)
+
+
+def prefilter_eps(d: int) -> float:
+    """``prefilter_chunk_top``'s default ``eps`` for head dim ``d``: twice the bound beta(d) of its
+    docstring, |bf16 GEMM - exact fp32 chain| <= beta(d) * sum_i |u_i c_i| (0.02355 at d = 64)."""
+    r = 2.0 ** -8  # bf16 round-to-nearest: 8 significand bits, |fl(x) - x| <= 2^-8 |x|
+    g23, g24 = (d * v / (1 - d * v) for v in (2.0 ** -23, 2.0 ** -24))  # gamma_d of fp32 sums, FMAs
+    return 2 * (r + (1 + r) * (2 * r + r * r) + (1 + r) ** 3 * g23 + g24)
+
+
+def bf16_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``prefilter_chunk_top``'s default approximation of ``users @ rows.T``: bf16 inputs, fp32
+    accumulation, bf16 output (a tensor-core GEMM on CUDA)."""
+    return users.bfloat16() @ rows.bfloat16().T
+
+
+def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, k: int,
+                        hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, sentinel: int,
+                        group: int = 64, *, chunk_size: int = 65536, candidates: int | None = None,
+                        eps: float | None = None, approx=bf16_scores) -> tuple[ChunkTop, torch.Tensor]:
+    """``(fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel, group), overflow)``, the fp32
+    FMA work spent on a few candidate groups only: rows where ``overflow`` (B,) bool is False hold
+    exactly fused_chunk_top's values and tie flag (cols up to the choice among tied items); rows
+    where it is True hold anything and must be rescanned by an exact path.
+
+    1. ``approx(users, catalog[a:b])`` (B, b - a), ``chunk_size`` columns at a time (rounded down to
+       a multiple of ``group``), history columns at -inf, the max of each contiguous group of
+       ``group`` columns -> gmax (B, G) fp32 over the whole [lo, hi).
+    2. margin[b, g] = eps * |users[b]| * max_{j in g} |catalog[j]| + floor, |.| the 2-norm, bounds
+       |approx - exact| on every column of group g (derivation below); lb = gmax - margin, ub =
+       gmax + margin (-inf stays -inf: a group all history or past hi).
+    3. tau = the (k + 1)-th largest lb: k + 1 groups hold an item with exact score >= tau, so the
+       (k + 1)-th best exact score T >= tau, and an item scoring >= T lies in a group with ub >= T
+       >= tau. The ``candidates`` = C groups of largest ub hold every such item unless the
+       (C + 1)-th largest ub is >= tau (and > -inf: groups of -inf only are never needed): then
+       the row OVERFLOWS; so does a row with a NaN group max or a NaN margin (a NaN or inf input,
+       or a norm >= 2^60, where the bound is not claimed; a NaN catalog row makes every row overflow).
+    4. The C groups' columns rescored by ``score_columns`` (history -inf), top-(k + 1): the k best
+       and the best value not taken (exact: every item >= T is a candidate), the tie flag and the
+       sentinel as fused_chunk_top. G <= C (a small range): fused_chunk_top itself, no overflow.
+    No host sync, no data-dependent shape (CUDA-graph capturable).
+
+    eps (default ``prefilter_eps(D)``; the default approx only). For u = users[b], c = catalog[j],
+    x = sum_i u_i c_i (real), S = sum_i |u_i c_i| <= |u| |c| (Cauchy-Schwarz), r = 2^-8 (bf16
+    round-to-nearest: 8 significand bits; NOT 2^-9), gamma_n(v) = n v / (1 - n v):
+    (a) bf16 inputs u_i (1 + a_i), c_i (1 + b_i), |a_i|, |b_i| <= r; their product is exact in fp32
+        (8 + 8 <= 24 bits): y = sum of the products, |y - x| <= (2r + r^2) S, and the products'
+        magnitudes sum to <= (1 + r)^2 S.
+    (b) fp32 accumulation in any order or blocking, each addition within 2^-23 relative (round to
+        nearest is 2^-24; 2^-23 also covers the truncation tensor cores use): the sum s has
+        |s - y| <= gamma_D(2^-23) (1 + r)^2 S.
+    (c) bf16 output a: |a - s| <= r |s| <= r (S + |y - x| + |s - y|).
+    (d) the exact score e, score_columns' D fp32 FMAs: |e - x| <= gamma_D(2^-24) S.
+    Sum: |a - e| <= beta(D) S, beta(D) = r + (1 + r)(2r + r^2) + (1 + r)^3 gamma_D(2^-23)
+    + gamma_D(2^-24) = 0.011776 at D = 64 (0.012503 at D = 4096), about 3r; eps = 2 beta(D), the
+    factor 2 a safety margin that also absorbs the fp32 rounding of the norms, margin, lb and ub
+    (O(D 2^-24) relative) and, alone, an accumulator as coarse as 2^-12 at D = 64. The bound
+    assumes normal numbers; gradual underflow or flush-to-zero (inputs, products, sums below
+    2^-126) adds at most 2^-126 (1 + r)(sqrt(D) (|u| + |c|) + 4 D), twice that covered by floor =
+    2^-123 (sqrt(D) (|u| + max_g |c|) + D). A custom ``approx`` must satisfy |approx - exact| <=
+    margin itself (tests inject adversarial ones). ``candidates`` >= k + 1, default 2 (k + 1).
+    """
+    _check_operands(users, catalog)
+    (B, D), V, device = users.shape, catalog.shape[0], users.device
+    if not 0 <= lo < hi <= V:
+        raise ValueError(f"need 0 <= lo < hi <= V = {V}, got lo={lo}, hi={hi}")
+    C = 2 * (k + 1) if candidates is None else candidates
+    if C < k + 1:
+        raise ValueError(f"candidates must be >= k + 1 = {k + 1}, got {C}")
+    eps = prefilter_eps(D) if eps is None else eps
+    G = _n_groups(hi - lo, group)
+    if G <= C:  # every group is a candidate: the exact path, nothing to prefilter
+        return fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel, group), torch.zeros(
+            B, dtype=torch.bool, device=device)
+    hist_args = (None, None, None) if hist is None else tuple(hist)
+    if hist is not None and hist[0].numel():  # every history pair (row, global column)
+        items = hist[0].to(device=device, dtype=torch.int64)
+        rows_h = torch.repeat_interleave(torch.arange(B, device=device), hist[2].to(device=device, dtype=torch.int64),
+                                         output_size=items.numel())
+    else:
+        items = None
+    gmax = torch.empty((B, G), dtype=torch.float32, device=device)
+    step = max(group, chunk_size - chunk_size % group)  # chunks of whole groups
+    for a in range(lo, hi, step):
+        w = min(step, hi - a)
+        s = approx(users, catalog[a:a + w])  # (B, w) approximate scores
+        if items is not None:  # history -> -inf as _mask_chunk: -inf inside the chunk, +0 on a clamped column outside
+            c = items - a
+            add = torch.where((c >= 0) & (c < w), NEG_INF, 0.0).to(s.dtype)
+            s.index_put_((rows_h, c.clamp(0, w - 1)), add, accumulate=True)  # in place: approx's own tensor
+        n = _n_groups(w, group)
+        if n * group > w:  # the range's last group, cut at hi
+            s = torch.cat([s, s.new_full((B, n * group - w), NEG_INF)], dim=1)
+        g0 = (a - lo) // group
+        gmax[:, g0:g0 + n] = s.reshape(B, n, group).amax(dim=2).float()  # NaN propagates
+    un = torch.linalg.vector_norm(users, dim=1)[:, None]  # (B, 1)
+    cn = torch.linalg.vector_norm(catalog[lo:hi], dim=1)
+    gn = torch.cat([cn, cn.new_zeros(G * group - (hi - lo))]).reshape(G, group).amax(dim=1)  # (G,)
+    margin = eps * un * gn + 2.0 ** -123 * (D ** 0.5 * (un + gn) + D)  # (B, G)
+    margin = torch.where((un < 2.0 ** 60) & (gn < 2.0 ** 60), margin, float("nan"))  # NaN, inf, huge: unclaimed
+    lb, ub = gmax - margin, gmax + margin
+    tau = lb.topk(k + 1, dim=1).values[:, k]  # (k + 1)-th largest lower bound
+    ub_top, best = ub.topk(C + 1, dim=1)  # sorted, NaN first
+    out = ub_top[:, C]  # the best upper bound left out
+    overflow = ((out >= tau) & (out > NEG_INF)) | gmax.isnan().any(dim=1) | margin.isnan().any(dim=1)
+    offsets = torch.arange(group, device=device)
+    cand = (lo + best[:, :C, None] * group + offsets).flatten(1)  # (B, C * group) global columns
+    exact = score_columns(users, catalog, torch.arange(B, device=device), torch.where(cand < hi, cand, -1),
+                          *hist_args)  # the candidates, history at -inf
+    top, pos = exact.topk(k + 1, dim=1)
+    picked = torch.gather(cand, 1, pos[:, :k])
+    kth, after = top[:, k - 1], top[:, k]  # after: the best value not taken, exact
+    tie = torch.where((kth > NEG_INF) & (after == kth), kth, NEG_INF)
+    return ChunkTop(top[:, :k], torch.where(picked < hi, picked, sentinel), tie), overflow
