@@ -357,10 +357,10 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     Sum: |a - e| <= beta(D) S, beta(D) = r + (1 + r)(2r + r^2) + (1 + r)^3 gamma_D(2^-23)
     + gamma_D(2^-24) = 0.011776 at D = 64 (0.012503 at D = 4096), about 3r; eps = 2 beta(D), the
     factor 2 a safety margin that also absorbs the fp32 rounding of the norms, margin, lb and ub
-    (O(D 2^-24) relative) and, alone, an accumulator as coarse as 2^-12 at D = 64. The bound
+    (O(D 2^-24) relative) and, alone, an accumulator as coarse as 2^-13 at D = 64. The bound
     assumes normal numbers; gradual underflow or flush-to-zero (inputs, products, sums below
     2^-126) adds at most 2^-126 (1 + r)(sqrt(D) (|u| + |c|) + 4 D), twice that covered by floor =
-    2^-123 (sqrt(D) (|u| + max_g |c|) + D). A custom ``approx`` must satisfy |approx - exact| <=
+    2^-122 (sqrt(D) (|u| + max_g |c|) + D). A custom ``approx`` must satisfy |approx - exact| <=
     margin itself (tests inject adversarial ones). ``candidates`` >= k + 1, default 2 (k + 1).
     """
     _check_operands(users, catalog)
@@ -399,7 +399,7 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     un = torch.linalg.vector_norm(users, dim=1)[:, None]  # (B, 1)
     cn = torch.linalg.vector_norm(catalog[lo:hi], dim=1)
     gn = torch.cat([cn, cn.new_zeros(G * group - (hi - lo))]).reshape(G, group).amax(dim=1)  # (G,)
-    margin = eps * un * gn + 2.0 ** -123 * (D ** 0.5 * (un + gn) + D)  # (B, G)
+    margin = eps * un * gn + 2.0 ** -122 * (D ** 0.5 * (un + gn) + D)  # (B, G)
     margin = torch.where((un < 2.0 ** 60) & (gn < 2.0 ** 60), margin, float("nan"))  # NaN, inf, huge: unclaimed
     lb, ub = gmax - margin, gmax + margin
     tau = lb.topk(k + 1, dim=1).values[:, k]  # (k + 1)-th largest lower bound

@@ -277,6 +277,26 @@ def test_cuda_a_batch_is_queued_without_a_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     top = evaluation.finish_top(pending)
     assert top.values.shape == (32, 10)
+    # finish_top waits for its own batch, not for what was queued after it (the next batch):
+    # with its flags sent (a pinned copy and an event), a long kernel queued afterwards is still
+    # running when it returns; without (a plain .tolist()), it has finished.
+    for send in (True, False):
+        with torch.no_grad():
+            pending = evaluation.start_top(score_fn(batch.inputs), len(batch.users), n_items=data.n_items,
+                                           k=10, targets=batch.targets, seen=seen, device=seqs.device,
+                                           chunk_size=29, group_size=4)
+        if send:
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                evaluation.send_flags(pending)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU clock cycles, queued after the batch
+        later = torch.cuda.Event()
+        later.record()
+        assert torch.equal(evaluation.finish_top(pending).values, top.values)
+        assert later.query() is not send, send
+        torch.cuda.synchronize()
     # Adding the finished batch to the metrics asks nothing of the device either (a boolean-mask
     # index for Coverage and a host-made tensor synced every batch, draining the queue); the first
     # batch of a split copies the Surprisal vector over (once).

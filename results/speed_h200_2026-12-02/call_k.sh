@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call K (seventh session of 2026-12-02). One H200, one process at a time, this commit only.
+# Call K (seventh session of 2026-12-02; ran on fd960fa, outputs in call_k/). One H200, one process at a time, this commit only.
 # Predictions:
 # (0) GPU tests: graphed evaluation equals the eager one bit for bit and replays without a host
 #     sync (test_eval_graphs); the fused path's mended target scoring (test_eval_fused); the
