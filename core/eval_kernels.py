@@ -313,8 +313,16 @@ def prefilter_eps(d: int) -> float:
 
 def bf16_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``prefilter_chunk_top``'s default approximation of ``users @ rows.T``: bf16 inputs, fp32
-    accumulation, bf16 output (a tensor-core GEMM on CUDA)."""
-    return users.bfloat16() @ rows.bfloat16().T
+    accumulation, bf16 output (a tensor-core GEMM on CUDA). cuBLAS's reduced-precision (bf16)
+    split-K reductions, allowed by torch's default, are refused for the call: the bound assumes
+    fp32 accumulation throughout."""
+    matmul = torch.backends.cuda.matmul
+    allowed = matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        return users.bfloat16() @ rows.bfloat16().T
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction = allowed
 
 
 def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, k: int,
