@@ -20,6 +20,9 @@ outputs are O(B x (chunk / group + k x group)). Three pieces:
   partition), so contiguous groups (here) and strided ones (``chunk_top``) agree; which of several
   tied items fills the k-th place is topk's choice either way. ``target_scores``: a target's score
   by the same arithmetic, so that rank = 1 + #(top-k > target) compares like with like.
+``prefilter_chunk_top``: the same result where it can certify it, the group maxima taken over a
+bf16 GEMM instead (a rigorous error margin, its docstring), only the candidate groups rescored
+exactly; the rows it cannot certify are flagged (``overflow``) for an exact rescan.
 No host sync anywhere (no ``.item()``, ``nonzero``, boolean-mask indexing or data-dependent
 shape): poisoned pairs are recomputed for every history pair of the batch (those outside the chunk
 are clamped to an edge group and recompute its unchanged max).
@@ -303,12 +306,31 @@ def fused_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int
     return ChunkTop(values, cols, tie)
 
 
-def prefilter_eps(d: int) -> float:
-    """``prefilter_chunk_top``'s default ``eps`` for head dim ``d``: twice the bound beta(d) of its
-    docstring, |bf16 GEMM - exact fp32 chain| <= beta(d) * sum_i |u_i c_i| (0.02355 at d = 64)."""
-    r = 2.0 ** -8  # bf16 round-to-nearest: 8 significand bits, |fl(x) - x| <= 2^-8 |x|
+def prefilter_eps(d: int, r: float = 2.0 ** -8, rounded_output: bool = True) -> float:
+    """``prefilter_chunk_top``'s ``eps`` for head dim ``d``: twice the bound beta(d) of its
+    docstring, |approx - exact fp32 chain| <= beta(d) * sum_i |u_i c_i|. Defaults: ``bf16_scores``
+    (inputs rounded within r = 2^-8, output rounded too; 0.02355 at d = 64); ``tf32_scores``:
+    r = 2^-10 (TF32 keeps 10 fraction bits; 2^-10 also covers truncation), fp32 output, no (c)
+    term (0.00394 at d = 64)."""
     g23, g24 = (d * v / (1 - d * v) for v in (2.0 ** -23, 2.0 ** -24))  # gamma_d of fp32 sums, FMAs
-    return 2 * (r + (1 + r) * (2 * r + r * r) + (1 + r) ** 3 * g23 + g24)
+    return 2 * ((r if rounded_output else 0.0) + (1 + r) * (2 * r + r * r) + (1 + r) ** 3 * g23 + g24)
+
+
+TF32_EPS_ARGS = dict(r=2.0 ** -10, rounded_output=False)  # ``prefilter_eps`` of ``tf32_scores``
+
+
+def tf32_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``users @ rows.T`` with TF32 tensor cores allowed (fp32 in, fp32 accumulation and output;
+    on CUDA the inputs keep 10 fraction bits): the prefilter's approximation in evaluation
+    (``core.evaluation._scan_fused``), with ``prefilter_eps(D, **TF32_EPS_ARGS)``. On the CPU the
+    setting does nothing (the product is the fp32 one)."""
+    matmul = torch.backends.cuda.matmul
+    allowed = matmul.allow_tf32
+    matmul.allow_tf32 = True
+    try:
+        return users @ rows.T
+    finally:
+        matmul.allow_tf32 = allowed
 
 
 def bf16_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -369,7 +391,8 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     assumes normal numbers; gradual underflow or flush-to-zero (inputs, products, sums below
     2^-126) adds at most 2^-126 (1 + r)(sqrt(D) (|u| + |c|) + 4 D), twice that covered by floor =
     2^-122 (sqrt(D) (|u| + max_g |c|) + D). A custom ``approx`` must satisfy |approx - exact| <=
-    margin itself (tests inject adversarial ones). ``candidates`` >= k + 1, default 2 (k + 1).
+    margin itself (tests inject adversarial ones) and return a new contiguous (B, w) tensor (masked
+    in place). ``candidates`` >= k + 1, default 2 (k + 1).
     """
     _check_operands(users, catalog)
     (B, D), V, device = users.shape, catalog.shape[0], users.device
@@ -395,10 +418,10 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     for a in range(lo, hi, step):
         w = min(step, hi - a)
         s = approx(users, catalog[a:a + w])  # (B, w) approximate scores
-        if items is not None:  # history -> -inf as _mask_chunk: -inf inside the chunk, +0 on a clamped column outside
+        if items is not None:  # history -> -inf as _mask_chunk: a scatter-add of -inf inside the chunk, of 0 outside
             c = items - a
             add = torch.where((c >= 0) & (c < w), NEG_INF, 0.0).to(s.dtype)
-            s.index_put_((rows_h, c.clamp(0, w - 1)), add, accumulate=True)  # in place: approx's own tensor
+            s.view(-1).scatter_add_(0, rows_h * w + c.clamp(0, w - 1), add)  # in place: approx's own (contiguous) tensor
         n = _n_groups(w, group)
         if n * group > w:  # the range's last group, cut at hi
             s = torch.cat([s, s.new_full((B, n * group - w), NEG_INF)], dim=1)

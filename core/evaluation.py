@@ -166,6 +166,7 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
     one ``fused_chunk_top`` (group maxima in registers, only candidates rescored), targets and
     the tie fix-up's rows scored by the same arithmetic (``score_columns``); no (B, chunk) scores
     except the fix-up's (rows, chunk_size) blocks."""
+    from core import eval_kernels
     from core.eval_kernels import fused_chunk_top, history_csr, score_columns
 
     users, catalog = chunk.users, chunk.catalog
@@ -182,6 +183,18 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
         scored = torch.arange(n_users, device=device) if rows is None else rows  # users' rows, for their history
         target = torch.where(inside, score_columns(users, catalog, scored, t_col[:, None], *hist_args)[:, 0],
                              float("-inf"))
+    if rows is None and PREFILTER:
+        (values, cols, tie), overflow = eval_kernels.prefilter_chunk_top(
+            users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size, chunk_size=chunk_size,
+            candidates=PREFILTER_CANDIDATES, approx=eval_kernels.tf32_scores,
+            eps=eval_kernels.prefilter_eps(users.shape[1], **eval_kernels.TF32_EPS_ARGS))
+        nan = torch.isnan(values).any(dim=1)  # before the overflow rows' values go
+        # An overflow row (the bound could not certify its candidates) becomes an unresolved tie at
+        # +inf: ``needs_exact`` names it and ``finish_top``'s fix-up rescans it exactly.
+        values = torch.where(overflow[:, None], float("inf"), values)
+        tie = torch.where(overflow, float("inf"), tie)
+        part = CatalogTop(values, cols, target, inside, tie, nan)
+        return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)
     if rows is None:
         values, cols, tie = fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size)
         part = CatalogTop(values, cols, target, inside, tie, torch.isnan(values).any(dim=1))
@@ -559,6 +572,13 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
 # 2.68 s on the matmul path (chunk 65,536), at 0.25 GiB against 2.12 GiB: the fused group max
 # runs its FMA at 22 TFLOP/s where cuBLAS's fp32 GEMM runs at ~26-39. For memory, not speed.
 FUSED = os.environ.get("EVAL_FUSED") == "1"
+# ``EVAL_PREFILTER=1`` (read at import): the same fused family, but each batch's catalog is
+# first scored by a TF32 tensor-core GEMM (``eval_kernels.prefilter_chunk_top``): group maxima of
+# those approximate scores with a rigorous error margin pick ``PREFILTER_CANDIDATES`` groups
+# (None: 2 (k + 1)) per user, and only their columns are scored exactly (the fused path's FMA
+# chain); a row whose candidates the margin cannot certify is rescanned exactly (the fix-up).
+PREFILTER = os.environ.get("EVAL_PREFILTER") == "1"
+PREFILTER_CANDIDATES: int | None = None
 
 
 class ModelChunks:
@@ -570,7 +590,7 @@ class ModelChunks:
 
     def __init__(self, users: torch.Tensor, catalog: torch.Tensor, offset: int = 0):
         self.users, self.catalog, self.offset = users, catalog, offset
-        self.fused = FUSED and offset == 0 and (users.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        self.fused = (FUSED or PREFILTER) and offset == 0 and (users.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
     def __call__(self, lo: int, hi: int) -> torch.Tensor:
         return self.users @ self.catalog[lo - self.offset:hi - self.offset].T  # (B, hi - lo)

@@ -35,7 +35,12 @@ MUTANTS = [
      "scored = torch.arange(n_users, device=device) if rows is None else rows",
      "scored = torch.arange(n_users, device=device) if rows is None else torch.arange(len(rows), device=device)"),
     ("kernel_order_kept",  # equal scores left in topk's order, not the tie rule's (lower item first)
-     "return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)", "return part"),
+     "return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)  # the tie rule's order",
+     "return part"),
+    ("prefilter_overflow_kept",  # rows the margin could not certify kept as they are, not rescanned
+     "tie = torch.where(overflow, float(\"inf\"), tie)", "tie = tie"),
+    ("prefilter_overflow_values_kept",  # overflow rows marked by their tie only: needs_exact misses them
+     "values = torch.where(overflow[:, None], float(\"inf\"), values)", "values = values"),
 ]
 
 CHECK = r"""
@@ -62,16 +67,21 @@ def load_mutant(path, old, new, name):
     return module
 
 mutants, path = json.loads(sys.argv[1])
-params = {**PRESETS["tiny"], "n_users": 90, "n_items": 130}
-offsets, items = generate(**params, seed=5)
-data = SequenceData(offsets=offsets, items=items, n_users=90, n_items=130, attrs={})
-seqs = DeviceSequences.from_data(data, "cpu")
-g = torch.Generator().manual_seed(0)
-table = torch.randint(-2, 3, (131, 16), generator=g).float()  # a user is the vector of its last item
-catalog = torch.randint(-1, 2, (130, 16), generator=g).float()
 
-def run(module, fused, mask_history=True, split="test"):
-    module.FUSED = fused
+def case(n_items):
+    params = {**PRESETS["tiny"], "n_users": 90, "n_items": n_items}
+    offsets, items = generate(**params, seed=5)
+    data = SequenceData(offsets=offsets, items=items, n_users=90, n_items=n_items, attrs={})
+    g = torch.Generator().manual_seed(0)
+    table = torch.randint(-2, 3, (n_items + 1, 16), generator=g).float()  # a user is the vector of its last item
+    catalog = torch.randint(-1, 2, (n_items, 16), generator=g).float()
+    return data, DeviceSequences.from_data(data, "cpu"), table, catalog
+
+SMALL, LARGE = case(130), case(600)  # LARGE: 38 groups of 16, more than the prefilter's candidates
+
+def run(module, fused, mask_history=True, split="test", prefilter=False, data=SMALL):
+    data, seqs, table, catalog = data
+    module.FUSED, module.PREFILTER, module.PREFILTER_CANDIDATES = fused and not prefilter, prefilter, 11
     scan = module._scan_fused
     ran = []
     module._scan_fused = lambda *a, **kw: ran.append(kw["rows"] is not None) or scan(*a, **kw)
@@ -79,7 +89,8 @@ def run(module, fused, mask_history=True, split="test"):
     try:
         out = module.rank_split(score_fn, seqs, split=split, batch_size=32, max_len=20, mask_history=mask_history,
                                 ks=(1, 5, 10), item_user_counts=data.train_item_user_counts(),
-                                n_train_users=count_train_users(data), chunk_size=29, group_size=16)
+                                n_train_users=count_train_users(data), chunk_size=29 if not prefilter else 96,
+                                group_size=16)
     finally:
         module._scan_fused = scan
     return out, ran
@@ -91,14 +102,22 @@ for split in ("valid", "test"):
         fused, ran = run(evaluation, True, mask, split)
         res["cases"][f"{split}_{mask}"] = {"equal": plain == fused, "fused_batches": ran.count(False),
                                            "rescans": ran.count(True), "plain": plain, "fused": fused}
+        plain, _ = run(evaluation, False, mask, split, data=LARGE)
+        pre, ran = run(evaluation, True, mask, split, prefilter=True, data=LARGE)
+        res["cases"][f"prefilter_{split}_{mask}"] = {"equal": plain == pre, "fused_batches": ran.count(False),
+                                                     "rescans": ran.count(True), "plain": plain, "fused": pre}
 res["mutants"] = {}
 plain, _ = run(evaluation, False)
+plain_large, _ = run(evaluation, False, data=LARGE)
 for name, old, new in mutants:
     module = load_mutant(path, old, new, name)
     if module is None:
         res["mutants"][name] = "source text not found exactly once"
         continue
-    res["mutants"][name] = run(module, True)[0] != plain
+    if name.startswith("prefilter_"):
+        res["mutants"][name] = run(module, True, prefilter=True, data=LARGE)[0] != plain_large
+    else:
+        res["mutants"][name] = run(module, True)[0] != plain
 print(json.dumps(res))
 """
 
@@ -111,16 +130,18 @@ def test_fused_scan_equals_the_matmul_path_and_mutants_are_caught():
     for name, case in res["cases"].items():
         assert case["equal"], (name, case["plain"], case["fused"])
         assert case["fused_batches"] == 3, name  # 90 users in batches of 32, every one fused
-    assert sum(case["rescans"] for case in res["cases"].values()) > 0  # the tie fix-up ran fused
+    for prefilter in (False, True):  # the tie fix-up (and the prefilter's overflow rescans) ran
+        assert sum(case["rescans"] for name, case in res["cases"].items()
+                   if name.startswith("prefilter") == prefilter) > 0, prefilter
     assert res["mutants"] and all(v is True for v in res["mutants"].values()), res["mutants"]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fused_evaluation_matches_the_matmul_path(monkeypatch):
-    """A real (untrained) model on CUDA: the fused path's metrics equal the matmul path's to fp32
-    rounding of the scores (the two round each score their own way), and it makes no host sync
-    beyond ``finish_top``'s one a batch."""
+    """A real (untrained) model on CUDA: the fused path's and the prefilter's metrics equal the
+    matmul path's to fp32 rounding of the scores (they round each score their own way), and each
+    other's exactly."""
     from core import evaluation
     from core.data.batching import DeviceSequences
     from core.data.shards import SequenceData
@@ -136,8 +157,12 @@ def test_cuda_fused_evaluation_matches_the_matmul_path(monkeypatch):
     args = dict(split="test", batch_size=1024, max_len=20, mask_history=True, ks=(10,),
                 item_user_counts=data.train_item_user_counts(), n_train_users=evaluation.count_train_users(data))
     got = {}
-    for fused in (False, True):
-        monkeypatch.setattr(evaluation, "FUSED", fused)
-        got[fused] = evaluation.evaluate_model(model, model, seqs, amp=True, **args)
-    for key, value in got[False].items():
-        assert abs(got[True][key] - value) <= 1e-3 * max(1.0, abs(value)), (key, got)
+    for way in ("matmul", "fused", "prefilter"):
+        monkeypatch.setattr(evaluation, "FUSED", way == "fused")
+        monkeypatch.setattr(evaluation, "PREFILTER", way == "prefilter")
+        got[way] = evaluation.evaluate_model(model, model, seqs, amp=True, **args)
+    for way in ("fused", "prefilter"):
+        for key, value in got["matmul"].items():
+            assert abs(got[way][key] - value) <= 1e-3 * max(1.0, abs(value)), (way, key, got)
+    # the prefilter and the fused path score alike (one FMA chain): the same metrics exactly
+    assert got["prefilter"] == got["fused"], got

@@ -11,7 +11,8 @@ the module, ``CHECK``, printing JSON), as tests/test_eval_kernels.py does. Check
   Users get planted near copies of their own vector (a clear top, which the prefilter certifies;
   integer copies tie a lot), 16 copies hidden in the history, or none (bulk only: most overflow).
   With and without history, several (lo, hi), chunk sizes, k in {1, 10}, D in {16, 64}; a small
-  range (G <= C: the exact path), a NaN catalog row, a NaN user (must overflow).
+  range (G <= C: the exact path), a NaN catalog row, a NaN user (must overflow), a user whose
+  history leaves one live group (fewer than k + 1: tau = -inf, certified all the same).
 - ``structured``: D = 16, user b = s * e_p (p = b % 4, s = 1 + b // 4), catalog columns whose
   pattern scores are set by hand and whose norms all equal R, eps = 10 / R: margin = 10 s.
   Patterns: 0 separated tops, 1 decoys packed just below the top, 2 decoys well below, 3 the
@@ -25,6 +26,8 @@ the module, ``CHECK``, printing JSON), as tests/test_eval_kernels.py does. Check
   the output rounded down by 2^-8 too): |approx - exact| <= beta(D) |u| |c| = eps / 2 |u| |c|
   (the derivation without its safety factor; ratio <= 0.5), and the construction reaches >= 0.45.
 - ``MUTANTS``: one-line broken copies of core/eval_kernels.py, each caught by the checks named.
+On a GPU (``-m gpu``): no host sync, certified rows against fused_chunk_top at the evaluation's
+batch, cuBLAS's bf16 GEMM within half the margin, the overflow fractions printed.
 
 Note (see the report): tau from the k-th instead of the (k + 1)-th lower bound changes no
 certified output (every item >= the k-th value still lies in a candidate group, and the (k + 1)-th
@@ -40,6 +43,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.child_env import child_env
 
@@ -54,8 +58,9 @@ CASES = [
     (48, 1500, 64, 11, 1490, 16, 1, 3, False, 700, False),  # chunk_size rounded down to whole groups
     (40, 600, 16, 150, 400, 16, 10, 4, True, 512, False),  # 16 groups <= C = 22: the exact path
     (40, 1500, 16, 5, 1500, 16, 10, 5, True, 512, True),  # a NaN catalog row: every row overflows
+    (32, 800, 16, 0, 800, 16, 1, 6, True, 256, False),  # row 3: 6 live columns in one group (tau = -inf)
 ]
-MUTANT_CASES = [0]  # the equality check's case that runs every mutant too (the others are cheap)
+MUTANT_CASES = [0, 6]  # the equality checks' cases that run every mutant too
 
 # (name, exact source text, replacement, the checks that must catch it (prefixes of failure names))
 MUTANTS = [
@@ -71,11 +76,13 @@ MUTANTS = [
      "*hist_args)  # the candidates, history at -inf", ")  # the candidates, history at -inf",
      ["case0 history", "adversarial", "overflow"]),
     ("approx_history_not_masked",  # group maxima (so tau) may be history items
-     "s.index_put_((rows_h, c.clamp(0, w - 1)), add, accumulate=True)", "pass", ["case0 history"]),
+     "s.view(-1).scatter_add_(0, rows_h * w + c.clamp(0, w - 1), add)", "pass", ["case0 history"]),
     ("nan_rows_not_flagged",
      "| gmax.isnan().any(dim=1) | margin.isnan().any(dim=1)", "", ["overflow"]),
+    ("left_out_minus_inf_overflows",  # a row with at most k live groups flagged (tau = -inf = the left-out ub)
+     "overflow = ((out >= tau) & (out > NEG_INF))", "overflow = (out >= tau)", ["case6 history"]),
     ("bf16_unit_roundoff_2^-9",  # the brief's 2^-9: eps halved, the safety factor gone
-     "r = 2.0 ** -8  # bf16", "r = 2.0 ** -9  # bf16", ["margin"]),
+     "def prefilter_eps(d: int, r: float = 2.0 ** -8,", "def prefilter_eps(d: int, r: float = 2.0 ** -9,", ["margin"]),
 ]
 
 CHECK = r"""
@@ -111,6 +118,8 @@ def make(B, V, D, lo, hi, group, k, seed, integer, chunk, nan):
             items.append(j)
         if b % 7:
             items += torch.randint(0, V, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+        if b == 3 and hi - lo <= 1000:  # all but 6 columns of group 7: fewer than k + 1 live groups
+            items += [j for j in range(lo, hi) if not lo + 7 * group + 10 <= j < lo + 8 * group]
         if b == 2:  # a long run (whole groups masked), duplicates, pairs outside [lo, hi)
             items += list(range(lo, min(hi, lo + 3 * group))) + [lo + 5, lo + 5, 0, V - 1]
         rows += [b] * len(items)
@@ -193,6 +202,8 @@ def check_case(mod, index, case, base):
             fail.append(f"{tag}: a non-finite user not flagged")
         if nan and not bool(ovf[torch.isnan(ref.values).any(1)].all()):
             fail.append(f"{tag}: a NaN row not flagged")
+        if h is not None and hi - lo <= 1000 and bool(ovf[3]):
+            fail.append(f"{tag}: row 3 (one live group) flagged")
         out[f"{name}_certified"] = int((~ovf).sum())
         out[f"{name}_certified_ties"] = int(((ref.tie > NEG_INF) & ~ovf).sum())
         out[f"{name}_overflow_kinds"] = [int(ovf[torch.arange(B) % 3 == i].sum()) for i in range(3)]
@@ -405,3 +416,58 @@ def test_every_mutant_is_caught(interpreted):
     missed = {name: (want, mutants[name]) for name, _, _, want in MUTANTS
               if not all(any(f.startswith(w) for f in mutants[name]) for w in want)}
     assert not missed, f"mutants not caught by the checks named: {missed}"
+
+
+# --------------------------------------------------------------------------------------------
+# On a GPU: compiled for CUDA, at the evaluation's batch (tests/test_eval_kernels.py's data).
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_prefilter_on_the_gpu():
+    """No host sync (CUDA sync debug mode 'error'); certified rows equal fused_chunk_top's values
+    and tie flag bit for bit (on the GPU fused_chunk_top is exact: its bit-identity test), most
+    rows certified at candidates = 8 (k + 1); cuBLAS's bf16 GEMM within beta(D) |u| |c| (half the
+    margin); the overflow fractions printed."""
+    from core import eval_kernels as ek
+    from tests.test_eval_kernels import GPU_B, GPU_HI, GPU_K, GPU_LO, GPU_V, _gpu_data
+
+    users, catalog, rows, cols = _gpu_data()
+    hist = ek.history_csr(rows, cols, GPU_B)
+    C = 8 * (GPU_K + 1)
+    ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V, candidates=C)  # compile first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got, ovf = ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V, candidates=C,
+                                          chunk_size=8192)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = ek.fused_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V)
+    keep = ~ovf
+    fractions = {c: float(ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V,
+                                                 candidates=c)[1].float().mean()) for c in (2 * (GPU_K + 1), C)}
+    print(f"prefilter: overflow fraction by candidates {fractions}")
+    assert int(keep.sum()) > GPU_B // 2, fractions
+    assert torch.equal(got.values[keep], ref.values[keep])
+    assert torch.equal(got.tie[keep], ref.tie[keep])
+    n = 4096
+    approx = ek.bf16_scores(users[:512], catalog[GPU_LO:GPU_LO + n]).float()
+    exact = ek.score_columns(users, catalog, torch.arange(512, device="cuda"),
+                             torch.arange(GPU_LO, GPU_LO + n, device="cuda").expand(512, n))
+    bound = ek.prefilter_eps(users.shape[1]) * users[:512].double().norm(dim=1)[:, None] \
+        * catalog[GPU_LO:GPU_LO + n].double().norm(dim=1)
+    ratio = float(((approx.double() - exact.double()).abs() / bound).max())
+    print(f"bf16 GEMM: max |approx - exact| / margin = {ratio:.4f}")
+    assert ratio <= 0.5
+    # the TF32 approximation evaluation uses (core.evaluation._scan_fused): within half its margin
+    approx = ek.tf32_scores(users[:512], catalog[GPU_LO:GPU_LO + n])
+    bound = bound / ek.prefilter_eps(users.shape[1]) * ek.prefilter_eps(users.shape[1], **ek.TF32_EPS_ARGS)
+    ratio = float(((approx.double() - exact.double()).abs() / bound).max())
+    tf32 = dict(approx=ek.tf32_scores, eps=ek.prefilter_eps(users.shape[1], **ek.TF32_EPS_ARGS))
+    got, ovf = ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V, **tf32)
+    keep = ~ovf
+    print(f"tf32 GEMM: max |approx - exact| / margin = {ratio:.4f}; overflow fraction at 2 (k + 1) candidates "
+          f"{float(ovf.float().mean()):.4f}")
+    assert ratio <= 0.5
+    assert torch.equal(got.values[keep], ref.values[keep]) and torch.equal(got.tie[keep], ref.tie[keep])
