@@ -294,9 +294,11 @@ def test_cuda_a_batch_is_queued_without_a_host_sync():
         torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU clock cycles, queued after the batch
         later = torch.cuda.Event()
         later.record()
-        assert torch.equal(evaluation.finish_top(pending).values, top.values)
-        assert later.query() is not send, send
+        got = evaluation.finish_top(pending)  # (no tie fix-up here: a fix-up's nonzero would sync)
+        still_running = not later.query()  # asked before anything else syncs (torch.equal does)
         torch.cuda.synchronize()
+        assert still_running is send, send
+        assert torch.equal(got.values, top.values)
     # Adding the finished batch to the metrics asks nothing of the device either (a boolean-mask
     # index for Coverage and a host-made tensor synced every batch, draining the queue); the first
     # batch of a split copies the Surprisal vector over (once).

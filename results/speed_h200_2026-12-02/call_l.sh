@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call L (seventh session of 2026-12-02). One H200, one process at a time, this commit only.
+# Call L (seventh session of 2026-12-02; ran on f174ef6, outputs in call_l/). One H200, one process at a time, this commit only.
 # Predictions:
 # (0) GPU tests pass: finish_top returns while a kernel queued after its batch still runs
 #     (send_flags); the scatter-add masking equals the dense oracle; graphs bit for bit.
