@@ -316,7 +316,7 @@ def prefilter_eps(d: int, r: float = 2.0 ** -8, rounded_output: bool = True) -> 
     return 2 * ((r if rounded_output else 0.0) + (1 + r) * (2 * r + r * r) + (1 + r) ** 3 * g23 + g24)
 
 
-TF32_EPS_ARGS = dict(r=2.0 ** -10, rounded_output=False)  # ``prefilter_eps`` of ``tf32_scores``
+TF32_EPS_ARGS = {"r": 2.0 ** -10, "rounded_output": False}  # ``prefilter_eps`` of ``tf32_scores``
 
 
 def tf32_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

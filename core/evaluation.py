@@ -434,7 +434,7 @@ class BatchGraphs:
     def _capture(self, key: tuple[int, int], batch, masked: bool, chunk: ModelChunks) -> None:
         """Static inputs for ``key``'s shape, and its graph: (inputs, targets, pair rows, pair
         items, the padding rows, the eager chunk (its catalog and offset))."""
-        B, width = batch.inputs.shape
+        B = batch.inputs.shape[0]
         device = batch.inputs.device
         pad = torch.arange(key[1], device=device) % B
         static = [torch.zeros_like(batch.inputs), torch.zeros_like(batch.targets), pad.clone(),

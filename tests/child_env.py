@@ -5,6 +5,8 @@ PYTHONPATH, and whatever the caller had there after it (packages installed with 
 on the GPU machine; replacing PYTHONPATH hid gin-config there, and the checkout's gin/ folder of
 configs was imported as ``gin`` instead).
 
+``run_interpreted``: a test script in a child process under the Triton interpreter.
+
 ``use_temp_folder``: where the temporary files go, for this process and every child it starts
 (they inherit os.environ, and ``child_env`` copies it): TMPDIR (tempfile, pytest's tmp_path,
 torchrun's ``torchelastic_*`` folders, the kernels' mutant modules) and torch.compile's cache.
@@ -13,7 +15,10 @@ tests/conftest.py points both into one folder that it removes when pytest ends.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +29,16 @@ def child_env(**extra: str) -> dict[str, str]:
     inherited = os.environ.get("PYTHONPATH")
     path = str(REPO) if not inherited else os.pathsep.join([str(REPO), inherited])
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def run_interpreted(script: str, arg) -> dict:
+    """``script`` run by a child Python under the Triton interpreter (``TRITON_INTERPRET=1`` must
+    be set before Triton decorates the kernels) with ``json.dumps(arg)`` as its argument; the
+    JSON object its last printed line holds."""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(arg)], cwd=REPO,
+                          env=child_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def use_temp_folder(folder: Path) -> None:

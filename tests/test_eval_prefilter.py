@@ -37,15 +37,12 @@ pins the flag on pattern 3.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.child_env import child_env
+from tests.child_env import run_interpreted
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "core" / "eval_kernels.py"
@@ -346,12 +343,7 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    env = child_env(TRITON_INTERPRET="1")
-    arg = json.dumps([CASES, [m[:3] for m in MUTANTS], str(MODULE), MUTANT_CASES])
-    proc = subprocess.run([sys.executable, "-c", CHECK, arg], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(CHECK, [CASES, [m[:3] for m in MUTANTS], str(MODULE), MUTANT_CASES])
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: "B%d-V%d-D%d-lo%d-hi%d-g%d-k%d" % CASES[i][:7]

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call M (seventh session of 2026-12-02). One H200, a short check of this commit.
+# Call M (seventh session of 2026-12-02; ran on 65a19ef, outputs in call_m/). One H200, a short check of this commit.
 # (0) The send_flags GPU test, fixed (call L's failure was the test's own torch.equal, which
 #     synced before the event was queried), with the other evaluation GPU tests: all pass.
 # (1) bench_eval beauty-like test split, graphs (the default now), batch 4,096 and 8,192:
