@@ -357,3 +357,16 @@ def test_tune_eval_kernel_without_cuda_says_so_in_one_line(capsys, monkeypatch):
     assert tune_eval_kernel.main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: tune_eval_kernel needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("argv,error", [([], "error: eval_gemm needs a CUDA GPU"),
+                                        (["--chunk", "0"], "error: --users, --items, --d and --chunk")])
+def test_eval_gemm_refuses_in_one_line(argv, error, capsys, monkeypatch, tmp_path):
+    """The scoring-GEMM layout benchmark: one error line and exit 2 (no CUDA, bad sizes), no output."""
+    from kernels_bench import eval_gemm
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert eval_gemm.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(error)
+    assert not (tmp_path / "out").exists()
