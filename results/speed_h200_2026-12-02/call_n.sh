@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call N (seventh session of 2026-12-02). One H200: where a graphed evaluation split's time goes
+# Call N (seventh session of 2026-12-02; ran on 0692717, outputs in call_n/). One H200: where a graphed evaluation split's time goes
 # (experiments/bench/device/probe_eval.py). Predictions: the replays' GPU time ~6 ms a 4,096-user
 # batch (~1.05 s a split); the five eager first batches and captures ~0.3-0.5 s together; with
 # EVAL_PREFILTER=1 many rows overflow on the untrained model (its scores crowd), which is why it

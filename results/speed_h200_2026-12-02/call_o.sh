@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call O (seventh session of 2026-12-02). One H200.
+# Call O (seventh session of 2026-12-02; ran on c4b7b54, outputs in call_o/). One H200.
 # (1) kernels_bench/eval_gemm.py: the scoring GEMM in other operand layouts. Today's runs at
 #     ~32 TFLOP/s (call N's profile: 0.61 s of a split's 1.19 s GPU time); predicted: some layout
 #     40-50 TFLOP/s, bit for bit the same scores (one FMA chain over D = 64 each).
