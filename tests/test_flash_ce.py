@@ -13,6 +13,7 @@ kernels module (one source line changed each, see MUTANTS) and each must miss th
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ KERNELS = REPO / "core" / "losses" / "kernels" / "flash_ce.py"
 
 # (N, V, D, dtype): few and many rows (both tile-table rows), D = 16..256 incl. non-powers of
 # two, V never a tile multiple, many catalog slices (N = 130, V = 1,000), row slices in dC
-# (N = 300, V = 40), one row; a fifth entry is a stand-in SM count (more slices than one chunk of
+# (N = 300, V = 40), one row, the small-catalog backward tiles; a fifth entry is a stand-in SM count (more slices than one chunk of
 # the finish and slice-sum kernels). The broken kernels run on the first four and the last.
 CASES = [
     (5, 129, 24, "float32"),
@@ -40,6 +41,7 @@ CASES = [
     (9, 150, 256, "float16"),
     (1, 33, 7, "float32"),
     (2100, 70, 32, "float32"),
+    (2100, 70, 64, "float32"),  # many rows, small catalog, D = 64: _SMALL_CATALOG_TILES' dE and dC tiles
     (37, 3000, 16, "float32", 64),  # 64 stand-in SMs: 47 slices, merged in 2 finish / 3 dE-sum chunks
 ]
 # float32: the agreement suite's bound. float16: P is rounded to fp16 (2**-11 relative) before
@@ -503,3 +505,15 @@ def install_kernel_mutant(name: str, folder, monkeypatch) -> None:
     assert mutant is not None, name
     monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
     monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)
+
+
+def test_small_catalogs_with_many_rows_take_their_own_backward_tiles():
+    module = importlib.import_module("core.losses.flash_ce")  # the module, not the function
+
+    assert module.tiles("dc", 12_800, 64, 20_729) == (128, 128, 4, 3)
+    assert module.tiles("de", 12_800, 64, 20_729) == (64, 128, 4, 2)
+    assert module.tiles("lse", 12_800, 64, 20_729) == module._TILES[64]["lse"][1]
+    for n, v, d in ((12_800, 207_649, 64), (560, 20_729, 64), (12_800, 20_729, 128)):  # elsewhere: the table
+        for kernel in ("lse", "de", "dc"):
+            assert module.tiles(kernel, n, d, v) == module.tiles(kernel, n, d)
+    assert module._Plan(torch.device("cpu"), torch.float32, 12_800, 20_729, 64).dc_meta["BLOCK_N"] == 128
