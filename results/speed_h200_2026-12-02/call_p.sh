@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call P (seventh session of 2026-12-02). One H200, the final check of this session's evaluation.
+# Call P (seventh session of 2026-12-02; ran on 440ec27, outputs in call_p/). One H200, the final check of this session's evaluation.
 # (0) GPU tests of the evaluation (graphs with warm shapes: the second split replays every full
 #     batch; streaming; fused and prefilter): pass.
 # (1) bench_eval beauty-like test split, graphs, chunk 65,536, the second of two splits: with the
