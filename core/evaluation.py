@@ -586,7 +586,9 @@ FUSED = os.environ.get("EVAL_FUSED") == "1"
 # (None: 2 (k + 1)) per user, and only their columns are scored exactly (the fused path's FMA
 # chain); a row whose candidates the margin cannot certify is rescanned exactly (the fix-up).
 PREFILTER = os.environ.get("EVAL_PREFILTER") == "1"
-PREFILTER_CANDIDATES: int | None = None
+# ``EVAL_PREFILTER_CANDIDATES`` (read at import): candidate groups a user (default 2 (k + 1)).
+PREFILTER_CANDIDATES: int | None = int(os.environ["EVAL_PREFILTER_CANDIDATES"]) if os.environ.get(
+    "EVAL_PREFILTER_CANDIDATES") else None
 
 
 class ModelChunks:
