@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call Q (seventh session of 2026-12-02). One H200.
+# Call Q (seventh session of 2026-12-02; ran on deb4125, old = 440ec27, outputs in call_q/). One H200.
 # (0) flash_ce's GPU tests with the small-catalog tiles (float64 agreement, broken kernels caught).
 # (1) bench_epoch ml20m-like flash_ce graph+compile, old (440ec27: the table's tiles) then new,
 #     old, new: predicted new ~0.02 s under old (0.73-0.74 s in calls G, H): ~0.71 s.
