@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call R (seventh session of 2026-12-02). One H200: why the prefilter was slower (call N: 8.84 ms
+# Call R (seventh session of 2026-12-02; ran on e9fbfbd, outputs in call_r/). One H200: why the prefilter was slower (call N: 8.84 ms
 # of replay a 4,096-user batch vs 6.59, 3,372 rows rescanned). Prediction: each batch with an
 # overflow row syncs in the fix-up (its nonzero waits for the next batch's replay), so the
 # pipeline serializes; with 44 candidate groups almost no row overflows, and the split drops to
