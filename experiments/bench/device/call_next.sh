@@ -1,5 +1,7 @@
 #!/bin/bash
-# Call S (seventh session of 2026-12-02). One H200: quality of the fastest training variant.
+# Not yet run (the seventh session's call S ran this with a 215-s stop on a 234-s limit and got
+# nothing back; the budget was then spent). Needs ~6-8 minutes of one H200: quality of the fastest
+# training variant.
 # The default flash_ce config of issue 19's finals (Beauty 5-core and ML-100K, seeds 0-2, test
 # split), with the body compiled inside the CUDA graphs and graph buckets from 128 positions
 # (`train.compile = True`, `train.graph_min_bucket = 128`: the 2.62-s beauty-like and 0.69-s
@@ -7,7 +9,7 @@
 # graphed eager body's 0.0514 +- 0.0005 (Beauty) and 0.0953 +- 0.0020 (ML-100K) (call B's quality).
 set -u
 . experiments/bench/device/setup.sh
-( sleep 215; pkill -f "experiments/run.py" ) > /dev/null 2>&1 &
+( sleep 400; pkill -f "experiments/run.py" ) > /dev/null 2>&1 &
 W=/tmp/res && export PYTHONPATH=/tmp/site:/tmp/new
 cd /tmp/new
 S=results/tune_h200_2026-12-02/studies
@@ -17,7 +19,7 @@ for d in beauty5core ml100k; do  # each dataset's cache written once, before the
     --out $W/warm_$d > $W/warm_$d.log 2>&1 &
 done; wait
 for d in beauty5core ml100k; do for s in 0 1 2; do
-  (timeout 190 python experiments/run.py --gin $S/${d}_flash_ce/final/default_s$s/config.gin "${B[@]}" \
+  (timeout 360 python experiments/run.py --gin $S/${d}_flash_ce/final/default_s$s/config.gin "${B[@]}" \
      --out $W/quality/${d}_s$s > $W/q_${d}_s$s.log 2>&1; echo "rc $?" >> $W/q_${d}_s$s.log) &
 done; done
 wait; date -u
