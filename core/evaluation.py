@@ -368,10 +368,6 @@ def catalog_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None 
 
 # ``EVAL_GRAPHS=0`` in the environment (read at import) turns ``BatchGraphs`` off.
 GRAPHS = os.environ.get("EVAL_GRAPHS", "1") != "0"
-# Shapes (with the scan's settings) some split of this process already ran eagerly: a later split
-# captures their graphs at once and replays even their first batch (call N, 2026-12-02: the eager
-# first batches cost 0.13-0.2 s of a 1.2-1.3-s split). Only shapes, so no memory is kept.
-_WARM_SHAPES: set = set()
 _MIN_PAIRS = 1024  # the smallest history bucket of a graphed batch
 
 
@@ -395,14 +391,19 @@ class BatchGraphs:
 
     Why: a batch's scan is ~200 small launches (the user vectors; per chunk the matmul, the
     history masking, the top-k; the merges); issuing them took ~10 ms of host time a batch for
-    ~6 ms of GPU work (beauty-like, one H200, call G), so the split was host-bound.
+    ~6 ms of GPU work (beauty-like, one H200, call G), so the split was host-bound. Measured on
+    one H200 (2026-12-02, experiments/bench/NOTES_speed.md): a beauty-like test split 2.58 s eager
+    (call L) and 1.30 s graphed (call P, the second split of a process; the first pays cuDNN and
+    cuBLAS plans for the new shapes), of which ~1.14 s is the replays' GPU time.
     How: ``eval_batches(pow2_width=True)`` gives a split's batches a few input widths, and the
     history pairs are padded to ``pairs_bucket`` with (row r % B, item 0) pairs, which mask
     nothing (item 0 is column -1, outside every chunk: ``_mask_chunk`` adds 0 there). The first
-    batch of each (width, pairs) shape runs eagerly (the warm-up; in a later split of the same process,
-    ``_WARM_SHAPES``, it is replayed too) and the shape's graph is captured right after (``capture``: ``cuda_graph`` with one memory pool for all shapes; the
+    batch of each (width, pairs) shape runs eagerly (the warm-up) and the shape's graph is
+    captured right after (``capture``: ``cuda_graph`` with one memory pool for all shapes; the
     CPU tests pass a stand-in that reruns the body); later batches of that shape copy their
-    inputs into the graph's static tensors and replay it. A replay's outputs are cloned:
+    inputs into the graph's static tensors and replay it. The graphs live for one split: kept
+    across splits they would hold the scan's pool (~2 GiB at chunk 65,536) between evaluations,
+    for ~0.15 s a split (call P). A replay's outputs are cloned:
     ``rank_split`` finishes a batch only after queuing the next, whose replay (of the same or
     another graph of the pool) would overwrite them; the clones are a few (B, k) tensors and the
     (B, D) user vectors that a tie fix-up scores again. The last, smaller batch runs eagerly.
@@ -422,14 +423,10 @@ class BatchGraphs:
         B = len(batch.users)
         key = (batch.inputs.shape[1], 0 if seen is None else pairs_bucket(len(seen[0])))
         full = B == self.n_users and not self.failed
-        warm = (key, B, tuple(sorted(self.scan_args.items(), key=str)), FUSED, PREFILTER)
-        if full and key not in self.graphs and warm in _WARM_SHAPES:  # warmed by an earlier split
-            self._capture(key, batch, seen is not None)
         if not full or key not in self.graphs:
             pending = start_top(self.score_fn(batch.inputs), B, targets=batch.targets, seen=seen, **self.scan_args)
             if full:  # this batch was the shape's warm-up: capture its graph for the next ones
                 self._capture(key, batch, seen is not None)
-                _WARM_SHAPES.add(warm)
             return pending
         static, replay, out = self.graphs[key]
         _copy_in(static, batch, seen)

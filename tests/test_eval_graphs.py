@@ -73,7 +73,6 @@ def _compare(monkeypatch, *, mask_history=True, split="test", log=None, shuffled
     data = _data()
     seqs = DeviceSequences.from_data(data, "cpu")
     model, args = _model(data), _args(data, mask_history)
-    monkeypatch.setattr(evaluation, "_WARM_SHAPES", set())  # every test starts from a cold process
     if shuffled:
         args["users"] = torch.randperm(data.n_users, generator=torch.Generator().manual_seed(2))
     graphed = evaluate_model(model, model, seqs, split=split, amp=False,
@@ -99,25 +98,6 @@ def test_graphed_split_equals_the_eager_one(monkeypatch, mask_history, split, sh
     assert graphed == eager
     assert len(replays) >= 4  # 300 users in batches of 32: most full batches are replays
     assert fixups  # the tie fix-up ran (also in replayed batches: the mutants below need it)
-
-
-def test_a_later_split_replays_the_first_batch_of_a_warm_shape_too(monkeypatch):
-    """The second split of a process captures the shapes the first one warmed before their first
-    batch, so every full batch is a replay, and it gives the same metrics."""
-    data = _data()
-    seqs = DeviceSequences.from_data(data, "cpu")
-    model, args = _model(data), _args(data)
-    monkeypatch.setattr(evaluation, "_WARM_SHAPES", set())
-    full = data.n_users // args["batch_size"]  # 9 full batches, then a smaller one
-    splits = []
-    for _ in range(2):
-        replays: list = []
-        metrics = evaluate_model(model, model, seqs, split="test", amp=False,
-                                 capture=functools.partial(rerun, log=replays), **args)
-        splits.append((metrics, len(replays)))
-    (first, n_first), (second, n_second) = splits
-    assert second == first
-    assert n_first < full and n_second == full, (n_first, n_second)
 
 
 def test_the_shapes_are_few_and_the_padding_masks_nothing():
