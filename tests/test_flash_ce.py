@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.child_env import child_env
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "core" / "losses" / "kernels" / "flash_ce.py"
