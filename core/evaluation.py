@@ -163,11 +163,19 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
                 seen: tuple[torch.Tensor, torch.Tensor] | None, device, lo: int, hi: int, chunk_size: int,
                 group_size: int, rows: torch.Tensor | None) -> CatalogTop:
     """``scan_catalog`` by the fused kernels (``ModelChunks.fused``): the whole range [lo, hi) in
-    one ``fused_chunk_top`` (group maxima in registers, only candidates rescored), targets and
+    one ``fused_chunk_top`` (group maxima in registers, only candidates rescored; with
+    ``PREFILTER``, ``prefilter_chunk_top``: the candidates picked from TF32 scores), targets and
     the tie fix-up's rows scored by the same arithmetic (``score_columns``); no (B, chunk) scores
     except the fix-up's (rows, chunk_size) blocks."""
-    from core import eval_kernels
-    from core.eval_kernels import fused_chunk_top, history_csr, score_columns
+    from core.eval_kernels import (
+        TF32_EPS_ARGS,
+        fused_chunk_top,
+        history_csr,
+        prefilter_chunk_top,
+        prefilter_eps,
+        score_columns,
+        tf32_scores,
+    )
 
     users, catalog = chunk.users, chunk.catalog
     hist = None if seen is None else history_csr(seen[0], seen[1] - 1, n_users)
@@ -183,21 +191,21 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
         scored = torch.arange(n_users, device=device) if rows is None else rows  # users' rows, for their history
         target = torch.where(inside, score_columns(users, catalog, scored, t_col[:, None], *hist_args)[:, 0],
                              float("-inf"))
-    if rows is None and PREFILTER:
-        (values, cols, tie), overflow = eval_kernels.prefilter_chunk_top(
-            users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size, chunk_size=chunk_size,
-            candidates=PREFILTER_CANDIDATES, approx=eval_kernels.tf32_scores,
-            eps=eval_kernels.prefilter_eps(users.shape[1], **eval_kernels.TF32_EPS_ARGS))
-        nan = torch.isnan(values).any(dim=1)  # before the overflow rows' values go
-        # An overflow row (the bound could not certify its candidates) becomes an unresolved tie at
-        # +inf: ``needs_exact`` names it and ``finish_top``'s fix-up rescans it exactly.
-        values = torch.where(overflow[:, None], float("inf"), values)
-        tie = torch.where(overflow, float("inf"), tie)
-        part = CatalogTop(values, cols, target, inside, tie, nan)
-        return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)
     if rows is None:
-        values, cols, tie = fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size)
-        part = CatalogTop(values, cols, target, inside, tie, torch.isnan(values).any(dim=1))
+        if PREFILTER:
+            (values, cols, tie), overflow = prefilter_chunk_top(
+                users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size, chunk_size=chunk_size,
+                candidates=PREFILTER_CANDIDATES, approx=tf32_scores,
+                eps=prefilter_eps(users.shape[1], **TF32_EPS_ARGS))
+            nan = torch.isnan(values).any(dim=1)  # before the overflow rows' values go
+            # An overflow row (the bound could not certify its candidates) becomes an unresolved tie at
+            # +inf: ``needs_exact`` names it and ``finish_top``'s fix-up rescans it exactly.
+            values = torch.where(overflow[:, None], float("inf"), values)
+            tie = torch.where(overflow, float("inf"), tie)
+        else:
+            values, cols, tie = fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size)
+            nan = torch.isnan(values).any(dim=1)
+        part = CatalogTop(values, cols, target, inside, tie, nan)
         return merge_top(CatalogTop.empty(size, k, n_items=n_items, device=device), part)  # the tie rule's order
     parts = [CatalogTop.empty(size, k, n_items=n_items, device=device)]
     no_tie = torch.full((size,), float("-inf"), device=device)
@@ -393,20 +401,20 @@ class BatchGraphs:
     history masking, the top-k; the merges); issuing them took ~10 ms of host time a batch for
     ~6 ms of GPU work (beauty-like, one H200, call G), so the split was host-bound. Measured on
     one H200 (2026-12-02, experiments/bench/NOTES_speed.md): a beauty-like test split 2.58 s eager
-    (call L) and 1.30 s graphed (call P, the second split of a process; the first pays cuDNN and
-    cuBLAS plans for the new shapes), of which ~1.14 s is the replays' GPU time.
+    (call L) and 1.31 s graphed (call O, the second split of a process; the first pays cuDNN and
+    cuBLAS plans for the new shapes), of which ~1.14 s is the replays' GPU time (call N).
     How: ``eval_batches(pow2_width=True)`` gives a split's batches a few input widths, and the
     history pairs are padded to ``pairs_bucket`` with (row r % B, item 0) pairs, which mask
     nothing (item 0 is column -1, outside every chunk: ``_mask_chunk`` adds 0 there). The first
     batch of each (width, pairs) shape runs eagerly (the warm-up) and the shape's graph is
     captured right after (``capture``: ``cuda_graph`` with one memory pool for all shapes; the
     CPU tests pass a stand-in that reruns the body); later batches of that shape copy their
-    inputs into the graph's static tensors and replay it. The graphs live for one split: kept
-    across splits they would hold the scan's pool (~2 GiB at chunk 65,536) between evaluations,
-    for ~0.15 s a split (call P). A replay's outputs are cloned:
+    inputs into the graph's static tensors and replay it. A replay's outputs are cloned:
     ``rank_split`` finishes a batch only after queuing the next, whose replay (of the same or
     another graph of the pool) would overwrite them; the clones are a few (B, k) tensors and the
     (B, D) user vectors that a tie fix-up scores again. The last, smaller batch runs eagerly.
+    The graphs live for one split: kept across splits they would hold the scan's pool (~2 GiB at
+    chunk 65,536) between evaluations, for ~0.15 s a split (call P).
     Same kernels on the same shapes as the eager scan: the same state bit for bit (GPU test).
     If a capture fails, the split goes on eagerly with a warning.
     """
