@@ -24,7 +24,7 @@ for d in beauty5core ml100k; do for s in 0 1 2; do
 done; done
 wait; date -u
 find $W -name '*.pt' -delete; find $W -path '*checkpoint*' -prune -exec rm -rf {} + 2>/dev/null
-tar -czf $OUT/call_s.tar.gz -C /tmp res
+tar -czf $OUT/call_t.tar.gz -C /tmp res
 python - <<'PY'
 import json, statistics as st
 from pathlib import Path
