@@ -20,9 +20,10 @@ outputs are O(B x (chunk / group + k x group)). Three pieces:
   partition), so contiguous groups (here) and strided ones (``chunk_top``) agree; which of several
   tied items fills the k-th place is topk's choice either way. ``target_scores``: a target's score
   by the same arithmetic, so that rank = 1 + #(top-k > target) compares like with like.
-``prefilter_chunk_top``: the same result where it can certify it, the group maxima taken over a
-bf16 GEMM instead (a rigorous error margin, its docstring), only the candidate groups rescored
-exactly; the rows it cannot certify are flagged (``overflow``) for an exact rescan.
+``prefilter_chunk_top``: the same result where it can certify it, the group maxima taken by
+``group_max`` on TF32 tensor cores instead (a rigorous error margin, its docstring), only the
+candidate groups rescored exactly; a fixed number of the rows it cannot certify redone exactly
+(``rescue``), the rest flagged (``overflow``) for an exact rescan.
 No host sync anywhere (no ``.item()``, ``nonzero``, boolean-mask indexing or data-dependent
 shape): poisoned pairs are recomputed for every history pair of the batch (those outside the chunk
 are clamped to an edge group and recompute its unchanged max).
@@ -69,6 +70,9 @@ DEFAULT_EXPLICIT_FMA = False
 # the fp32 GEMM + group max it replaces 4.23 ms. ``EVAL_GROUP_MAX_TILES="b,g,t,w"`` in the
 # environment (read at import) overrides it.
 TILES = tuple(int(x) for x in os.environ.get("EVAL_GROUP_MAX_TILES", "128,2,2,8").split(","))
+# The same kernel at precision "tf32" (the prefilter's approximate maxima): not yet measured; the
+# first guess is the ieee tiles. ``EVAL_TF32_TILES="b,g,t,w"`` (read at import) overrides it.
+TF32_TILES = tuple(int(x) for x in os.environ.get("EVAL_TF32_TILES", "128,2,2,8").split(","))
 K_CHUNK = 64  # head-dim width of one tl.dot in group_max (wider D: chained dots, one FMA chain)
 BLOCK_P, BLOCK_M = 16, 32  # (pairs' rows, columns) per score_columns program
 HIST_BLOCK = 8  # history items per row compared at once in score_columns
@@ -78,10 +82,10 @@ HIST_BLOCK = 8  # history items per row compared at once in score_columns
 def _group_max_kernel(
     U, C, Out, B, D, lo, hi, G, stride_u, stride_c, stride_o, tiles_per_program,
     BLOCK_B: tl.constexpr, GROUP: tl.constexpr, TILE_GROUPS: tl.constexpr, BLOCK_D: tl.constexpr,
-    K_CHUNK: tl.constexpr, EXPLICIT_FMA: tl.constexpr,
+    K_CHUNK: tl.constexpr, EXPLICIT_FMA: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Program (user block, run of tiles of TILE_GROUPS groups): Out[users, g] = max of the users'
-    scores over group g's columns."""
+    scores over group g's columns (PRECISION "ieee": the exact FMA chain; "tf32": tensor cores)."""
     pid_b, pid_g = tl.program_id(0), tl.program_id(1)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     b_mask = offs_b < B
@@ -110,7 +114,7 @@ def _group_max_kernel(
                                 mask=b_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_B, K_CHUNK)
                 c = tl.load(C + offs_v[:, None].to(tl.int64) * stride_c + (k0 + offs_kc)[None, :],
                             mask=v_mask[:, None] & d_mask[None, :], other=0.0)  # (TILE, K_CHUNK)
-                acc = tl.dot(u, tl.trans(c), acc, input_precision="ieee")
+                acc = tl.dot(u, tl.trans(c), acc, input_precision=PRECISION)
         acc = tl.where(v_mask[None, :], acc, float("-inf"))  # columns past hi (0 * inf would be NaN)
         acc = tl.reshape(acc, (BLOCK_B, TILE_GROUPS, GROUP))
         has_nan = tl.max((acc != acc).to(tl.int32), axis=2) > 0  # noqa: PLR0124 (x != x: NaN)
@@ -177,14 +181,19 @@ def _check_operands(users: torch.Tensor, catalog: torch.Tensor) -> None:
 
 
 def group_max(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, group: int = 64, *,
-              explicit_fma: bool | None = None, tiles: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+              explicit_fma: bool | None = None, tiles: tuple[int, int, int, int] | None = None,
+              precision: str = "ieee") -> torch.Tensor:
     """(B, G) fp32, G = ceil((hi - lo) / group): [b, g] = max of users[b] . catalog[j] over the
     contiguous columns j in [lo + g * group, min(lo + (g + 1) * group, hi)); NaN if any is NaN.
 
     ``users`` (B, D), ``catalog`` (V, D) the whole catalog, fp32 contiguous, 0 <= lo < hi <= V;
     ``group`` a power of two >= 16. ``explicit_fma``: the tile as the FMA chain written out
     instead of tl.dot (default ``DEFAULT_EXPLICIT_FMA``). ``tiles``: (users per program, groups
-    per tile, tiles per program, warps), default ``TILES``. The scores are never stored.
+    per tile, tiles per program, warps), default ``TILES`` (``TF32_TILES`` for "tf32").
+    ``precision``: "ieee", the exact fp32 FMA chain (module docstring); "tf32", tl.dot on TF32
+    tensor cores (inputs kept to 10 fraction bits, fp32 accumulation): APPROXIMATE maxima, within
+    ``prefilter_eps(D, **TF32_EPS_ARGS)`` / 2 * |u| * max |c| of the exact ones, the prefilter's
+    first stage (``prefilter_chunk_top``). The scores are never stored.
     """
     _check_operands(users, catalog)
     (B, D), V = users.shape, catalog.shape[0]
@@ -192,7 +201,9 @@ def group_max(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, grou
         raise ValueError(f"need 0 <= lo < hi <= V = {V}, got lo={lo}, hi={hi}")
     if group < 16 or group & (group - 1):
         raise ValueError(f"group must be a power of two >= 16, got {group}")
-    block_b, tile_groups, tiles_per_program, num_warps = tiles or TILES
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
+    block_b, tile_groups, tiles_per_program, num_warps = tiles or (TF32_TILES if precision == "tf32" else TILES)
     G = _n_groups(hi - lo, group)
     out = torch.empty((B, G), dtype=torch.float32, device=users.device)
     if B == 0:
@@ -202,7 +213,8 @@ def group_max(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, grou
     _group_max_kernel[grid](
         users, catalog, out, B, D, lo, hi, G, users.stride(0), catalog.stride(0), out.stride(0), tiles_per_program,
         BLOCK_B=block_b, GROUP=group, TILE_GROUPS=tile_groups, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK),
-        EXPLICIT_FMA=DEFAULT_EXPLICIT_FMA if explicit_fma is None else explicit_fma, num_warps=num_warps)
+        EXPLICIT_FMA=(DEFAULT_EXPLICIT_FMA if explicit_fma is None else explicit_fma) and precision == "ieee",
+        PRECISION=precision, num_warps=num_warps)
     return out
 
 
@@ -262,15 +274,40 @@ def history_csr(rows: torch.Tensor, cols: torch.Tensor,
     return cols.to(torch.int64)[order], torch.cumsum(count, 0) - count, count
 
 
+def _pair_rows(hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_rows: int) -> torch.Tensor:
+    """The row of each entry of ``hist``'s items (CSR: counts in row order, summing to the items)."""
+    items, count = hist[0], hist[2].to(device=hist[0].device, dtype=torch.int64)
+    return torch.repeat_interleave(torch.arange(n_rows, device=items.device), count, output_size=items.numel())
+
+
+def _repair_poisoned(m: torch.Tensor, users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, group: int,
+                     hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor], pair_rows: torch.Tensor) -> None:
+    """In place on the (B, G) group maxima ``m`` of unmasked scores: each group that holds a history
+    pair of its row ("poisoned": its max may be a masked item) gets its exact max with the history
+    at -inf (``score_columns``). ``pair_rows``: the row of each history entry. Pairs outside [lo,
+    hi) are clamped to an edge group and recompute its max; a group poisoned twice gets the same
+    value twice."""
+    items = hist[0].to(device=m.device, dtype=torch.int64)
+    G = m.shape[1]
+    g_h = torch.div(items - lo, group, rounding_mode="floor").clamp(0, G - 1)
+    cols_h = lo + g_h[:, None] * group + torch.arange(group, device=m.device)  # (H, group) the group's columns
+    redo = score_columns(users, catalog, pair_rows, torch.where(cols_h < hi, cols_h, -1), *hist).amax(dim=1)
+    m.index_put_((pair_rows, g_h), redo)
+
+
 def fused_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, k: int,
                     hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, sentinel: int,
-                    group: int = 64) -> ChunkTop:
+                    group: int = 64, *, pair_rows: torch.Tensor | None = None) -> ChunkTop:
     """``chunk_top(scores, k, lo=lo, sentinel=sentinel, group=group)`` of the chunk ``scores =
     users @ catalog[lo:hi].T`` with each user's history columns at -inf, without the scores.
 
     ``hist``: (hist_items, hist_start, hist_count), each user's history columns (global) in CSR
     (``history_csr``), in user order: hist_start = exclusive cumsum of hist_count, and
     hist_count.sum() = len(hist_items) (every entry is a pair of the batch); None: no history.
+    ``pair_rows`` (``prefilter_chunk_top``'s rescue of a few rows): the row of each entry of
+    hist_items instead, which need not follow the counts (an entry of another row recomputes this
+    row's exact max of the entry's group, a right value as well); the rows' own entries must
+    still be hist_items[hist_start[b] : hist_start[b] + hist_count[b]].
     Values and tie flag are chunk_top's; cols too up to the choice among tied items (module
     docstring). No host sync; the (B, hi - lo) scores exist only for small chunks (at most
     (k + 1) groups, where chunk_top itself sorts the whole chunk).
@@ -286,12 +323,7 @@ def fused_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int
     offsets = torch.arange(group, device=device)
     m = group_max(users, catalog, lo, hi, group)  # (B, G), history not masked
     if hist is not None and hist[0].numel():
-        items, count = hist[0].to(device=device, dtype=torch.int64), hist[2].to(device=device, dtype=torch.int64)
-        rows_h = torch.repeat_interleave(torch.arange(B, device=device), count, output_size=items.numel())
-        g_h = torch.div(items - lo, group, rounding_mode="floor").clamp(0, G - 1)  # pairs outside: an edge group
-        cols_h = lo + g_h[:, None] * group + offsets  # (H, group) the poisoned group's columns
-        redo = score_columns(users, catalog, rows_h, torch.where(cols_h < hi, cols_h, -1), *hist_args).amax(dim=1)
-        m.index_put_((rows_h, g_h), redo)  # a group poisoned twice gets the same max twice
+        _repair_poisoned(m, users, catalog, lo, hi, group, hist, _pair_rows(hist, B) if pair_rows is None else pair_rows)
     gmax, best = m.topk(k + 1, dim=1)  # (B, k + 1), sorted
     cand = (lo + best[:, :k, None] * group + offsets).flatten(1)  # (B, k * group) global columns
     scores = score_columns(users, catalog, torch.arange(B, device=device), torch.where(cand < hi, cand, -1),
@@ -309,32 +341,19 @@ def fused_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int
 def prefilter_eps(d: int, r: float = 2.0 ** -8, rounded_output: bool = True) -> float:
     """``prefilter_chunk_top``'s ``eps`` for head dim ``d``: twice the bound beta(d) of its
     docstring, |approx - exact fp32 chain| <= beta(d) * sum_i |u_i c_i|. Defaults: ``bf16_scores``
-    (inputs rounded within r = 2^-8, output rounded too; 0.02355 at d = 64); ``tf32_scores``:
-    r = 2^-10 (TF32 keeps 10 fraction bits; 2^-10 also covers truncation), fp32 output, no (c)
+    (inputs rounded within r = 2^-8, output rounded too; 0.02355 at d = 64); ``group_max``'s
+    "tf32" (``TF32_EPS_ARGS``): r = 2^-10 (TF32 keeps 10 fraction bits; 2^-10 also covers truncation), fp32 output, no (c)
     term (0.00394 at d = 64)."""
     g23, g24 = (d * v / (1 - d * v) for v in (2.0 ** -23, 2.0 ** -24))  # gamma_d of fp32 sums, FMAs
     return 2 * ((r if rounded_output else 0.0) + (1 + r) * (2 * r + r * r) + (1 + r) ** 3 * g23 + g24)
 
 
-TF32_EPS_ARGS = {"r": 2.0 ** -10, "rounded_output": False}  # ``prefilter_eps`` of ``tf32_scores``
-
-
-def tf32_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``users @ rows.T`` with TF32 tensor cores allowed (fp32 in, fp32 accumulation and output;
-    on CUDA the inputs keep 10 fraction bits): the prefilter's approximation in evaluation
-    (``core.evaluation._scan_fused``), with ``prefilter_eps(D, **TF32_EPS_ARGS)``. On the CPU the
-    setting does nothing (the product is the fp32 one)."""
-    matmul = torch.backends.cuda.matmul
-    allowed = matmul.allow_tf32
-    matmul.allow_tf32 = True
-    try:
-        return users @ rows.T
-    finally:
-        matmul.allow_tf32 = allowed
+TF32_EPS_ARGS = {"r": 2.0 ** -10, "rounded_output": False}  # ``prefilter_eps`` of ``group_max``'s "tf32"
 
 
 def bf16_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``prefilter_chunk_top``'s default approximation of ``users @ rows.T``: bf16 inputs, fp32
+    """An approximation of ``users @ rows.T`` for ``prefilter_chunk_top(approx=...)``, the case its
+    margin's derivation spells out (tests check the bound on it): bf16 inputs, fp32
     accumulation, bf16 output (a tensor-core GEMM on CUDA). cuBLAS's reduced-precision (bf16)
     split-K reductions, allowed by torch's default, are refused for the call: the bound assumes
     fp32 accumulation throughout."""
@@ -349,16 +368,21 @@ def bf16_scores(users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, k: int,
                         hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, sentinel: int,
-                        group: int = 64, *, chunk_size: int = 65536, candidates: int | None = None,
-                        eps: float | None = None, approx=bf16_scores) -> tuple[ChunkTop, torch.Tensor]:
+                        group: int = 64, *, candidates: int | None = None, eps: float | None = None,
+                        approx=None, chunk_size: int = 65536, rescue: int = 0) -> tuple[ChunkTop, torch.Tensor]:
     """``(fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel, group), overflow)``, the fp32
     FMA work spent on a few candidate groups only: rows where ``overflow`` (B,) bool is False hold
     exactly fused_chunk_top's values and tie flag (cols up to the choice among tied items); rows
     where it is True hold anything and must be rescanned by an exact path.
 
-    1. ``approx(users, catalog[a:b])`` (B, b - a), ``chunk_size`` columns at a time (rounded down to
-       a multiple of ``group``), history columns at -inf, the max of each contiguous group of
-       ``group`` columns -> gmax (B, G) fp32 over the whole [lo, hi).
+    1. Approximate group maxima gmax (B, G) over the whole [lo, hi), history NOT masked: by default
+       ``group_max(..., precision="tf32")`` (TF32 tensor cores, the scores never stored; eps
+       default ``prefilter_eps(D, **TF32_EPS_ARGS)``); or, given ``approx(users, rows)`` -> (B, w)
+       approximate scores (the tests' adversaries, ``bf16_scores``; eps default
+       ``prefilter_eps(D)``), the max of each contiguous group of its scores, ``chunk_size``
+       columns at a time (rounded down to a multiple of ``group``). Then the groups holding a
+       history pair of their row get their EXACT max with the history at -inf (``_repair_poisoned``,
+       as fused_chunk_top does), which is within any margin of itself.
     2. margin[b, g] = eps * |users[b]| * max_{j in g} |catalog[j]| + floor, |.| the 2-norm, bounds
        |approx - exact| on every column of group g (derivation below); lb = gmax - margin, ub =
        gmax + margin (-inf stays -inf: a group all history or past hi).
@@ -371,11 +395,15 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     4. The C groups' columns rescored by ``score_columns`` (history -inf), top-(k + 1): the k best
        and the best value not taken (exact: every item >= T is a candidate), the tie flag and the
        sentinel as fused_chunk_top. G <= C (a small range): fused_chunk_top itself, no overflow.
+    5. ``rescue`` = R > 0: the first R overflow rows (``topk`` of the flags: a fixed shape) are
+       redone by fused_chunk_top (the exact FMA chain over the whole range, R rows) and their flag
+       cleared; only rows past the first R stay flagged. (The evaluation rescues in the CUDA graph, so a batch with
+       at most R overflow rows needs no host-side fix-up, which costs a sync.)
     No host sync, no data-dependent shape (CUDA-graph capturable).
 
-    eps (default ``prefilter_eps(D)``; the default approx only). For u = users[b], c = catalog[j],
-    x = sum_i u_i c_i (real), S = sum_i |u_i c_i| <= |u| |c| (Cauchy-Schwarz), r = 2^-8 (bf16
-    round-to-nearest: 8 significand bits; NOT 2^-9), gamma_n(v) = n v / (1 - n v):
+    eps, for bf16 (``bf16_scores``). For u = users[b], c = catalog[j], x = sum_i u_i c_i (real),
+    S = sum_i |u_i c_i| <= |u| |c| (Cauchy-Schwarz), r = 2^-8 (bf16 round-to-nearest: 8
+    significand bits; NOT 2^-9), gamma_n(v) = n v / (1 - n v):
     (a) bf16 inputs u_i (1 + a_i), c_i (1 + b_i), |a_i|, |b_i| <= r; their product is exact in fp32
         (8 + 8 <= 24 bits): y = sum of the products, |y - x| <= (2r + r^2) S, and the products'
         magnitudes sum to <= (1 + r)^2 S.
@@ -387,12 +415,15 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     Sum: |a - e| <= beta(D) S, beta(D) = r + (1 + r)(2r + r^2) + (1 + r)^3 gamma_D(2^-23)
     + gamma_D(2^-24) = 0.011776 at D = 64 (0.012503 at D = 4096), about 3r; eps = 2 beta(D), the
     factor 2 a safety margin that also absorbs the fp32 rounding of the norms, margin, lb and ub
-    (O(D 2^-24) relative) and, alone, an accumulator as coarse as 2^-13 at D = 64. The bound
-    assumes normal numbers; gradual underflow or flush-to-zero (inputs, products, sums below
-    2^-126) adds at most 2^-126 (1 + r)(sqrt(D) (|u| + |c|) + 4 D), twice that covered by floor =
-    2^-122 (sqrt(D) (|u| + max_g |c|) + D). A custom ``approx`` must satisfy |approx - exact| <=
-    margin itself (tests inject adversarial ones) and return a new contiguous (B, w) tensor (masked
-    in place). ``candidates`` >= k + 1, default 2 (k + 1).
+    (O(D 2^-24) relative) and, alone, an accumulator as coarse as 2^-13 at D = 64. TF32 (the
+    default): r = 2^-10 (10 fraction bits kept, rounded or truncated), the product of two TF32
+    inputs exact in fp32, fp32 output: no (c) term (``TF32_EPS_ARGS``). The bound assumes normal
+    numbers; gradual underflow or flush-to-zero (inputs, products, sums below 2^-126) adds at
+    most 2^-126 (1 + r)(sqrt(D) (|u| + |c|) + 4 D), twice that covered by floor = 2^-122
+    (sqrt(D) (|u| + max_g |c|) + D). A custom ``approx`` must satisfy |approx - exact| <= margin
+    itself (tests inject adversarial ones) and return a (B, w) tensor. The max of approximations
+    each within its column's margin is within the group's margin of the exact max.
+    ``candidates`` >= k + 1, default 2 (k + 1).
     """
     _check_operands(users, catalog)
     (B, D), V, device = users.shape, catalog.shape[0], users.device
@@ -401,32 +432,29 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     C = 2 * (k + 1) if candidates is None else candidates
     if C < k + 1:
         raise ValueError(f"candidates must be >= k + 1 = {k + 1}, got {C}")
-    eps = prefilter_eps(D) if eps is None else eps
+    if eps is None:
+        eps = prefilter_eps(D, **TF32_EPS_ARGS) if approx is None else prefilter_eps(D)
     G = _n_groups(hi - lo, group)
     if G <= C:  # every group is a candidate: the exact path, nothing to prefilter
         return fused_chunk_top(users, catalog, lo, hi, k, hist, sentinel, group), torch.zeros(
             B, dtype=torch.bool, device=device)
     hist_args = (None, None, None) if hist is None else tuple(hist)
-    if hist is not None and hist[0].numel():  # every history pair (row, global column)
-        items = hist[0].to(device=device, dtype=torch.int64)
-        rows_h = torch.repeat_interleave(torch.arange(B, device=device), hist[2].to(device=device, dtype=torch.int64),
-                                         output_size=items.numel())
+    has_hist = hist is not None and hist[0].numel() > 0
+    if approx is None:
+        gmax = group_max(users, catalog, lo, hi, group, precision="tf32")
     else:
-        items = None
-    gmax = torch.empty((B, G), dtype=torch.float32, device=device)
-    step = max(group, chunk_size - chunk_size % group)  # chunks of whole groups
-    for a in range(lo, hi, step):
-        w = min(step, hi - a)
-        s = approx(users, catalog[a:a + w])  # (B, w) approximate scores
-        if items is not None:  # history -> -inf as _mask_chunk: a scatter-add of -inf inside the chunk, of 0 outside
-            c = items - a
-            add = torch.where((c >= 0) & (c < w), NEG_INF, 0.0).to(s.dtype)
-            s.view(-1).scatter_add_(0, rows_h * w + c.clamp(0, w - 1), add)  # in place: approx's own (contiguous) tensor
-        n = _n_groups(w, group)
-        if n * group > w:  # the range's last group, cut at hi
-            s = torch.cat([s, s.new_full((B, n * group - w), NEG_INF)], dim=1)
-        g0 = (a - lo) // group
-        gmax[:, g0:g0 + n] = s.reshape(B, n, group).amax(dim=2).float()  # NaN propagates
+        gmax = torch.empty((B, G), dtype=torch.float32, device=device)
+        step = max(group, chunk_size - chunk_size % group)  # chunks of whole groups
+        for a in range(lo, hi, step):
+            w = min(step, hi - a)
+            s = approx(users, catalog[a:a + w]).float()  # (B, w) approximate scores
+            n = _n_groups(w, group)
+            if n * group > w:  # the range's last group, cut at hi
+                s = torch.cat([s, s.new_full((B, n * group - w), NEG_INF)], dim=1)
+            g0 = (a - lo) // group
+            gmax[:, g0:g0 + n] = s.reshape(B, n, group).amax(dim=2)  # NaN propagates
+    if has_hist:  # the poisoned groups' exact max, history masked: their bound holds with margin 0
+        _repair_poisoned(gmax, users, catalog, lo, hi, group, hist, _pair_rows(hist, B))
     un = torch.linalg.vector_norm(users, dim=1)[:, None]  # (B, 1)
     cn = torch.linalg.vector_norm(catalog[lo:hi], dim=1)
     gn = torch.cat([cn, cn.new_zeros(G * group - (hi - lo))]).reshape(G, group).amax(dim=1)  # (G,)
@@ -445,4 +473,33 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     picked = torch.gather(cand, 1, pos[:, :k])
     kth, after = top[:, k - 1], top[:, k]  # after: the best value not taken, exact
     tie = torch.where((kth > NEG_INF) & (after == kth), kth, NEG_INF)
-    return ChunkTop(top[:, :k], torch.where(picked < hi, picked, sentinel), tie), overflow
+    result = ChunkTop(top[:, :k], torch.where(picked < hi, picked, sentinel), tie)
+    if rescue > 0:
+        result, overflow = _rescue(users, catalog, lo, hi, k, hist, sentinel, group, result, overflow, min(rescue, B))
+    return result, overflow
+
+
+def _rescue(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int, k: int,
+            hist: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, sentinel: int, group: int,
+            result: ChunkTop, overflow: torch.Tensor, R: int) -> tuple[ChunkTop, torch.Tensor]:
+    """``prefilter_chunk_top``'s step 5: the first R overflow rows redone by fused_chunk_top."""
+    B, device = users.shape[0], users.device
+    flag, pick = overflow.to(torch.int32).topk(R)  # the overflow rows first (any order among them)
+    redo = flag > 0
+    sub_hist, pair_rows = None, None
+    if hist is not None and hist[0].numel():
+        where = torch.zeros(B, dtype=torch.int64, device=device)
+        where[pick] = torch.arange(R, device=device)
+        # Each history entry's row among the picked; the entries of rows not picked go to row 0, where
+        # they recompute row 0's own exact max of their group: a right value there too.
+        pair_rows = where[_pair_rows(hist, B)]
+        start, count = (t.to(device=device, dtype=torch.int64) for t in (hist[1], hist[2]))
+        sub_hist = (hist[0], start[pick], count[pick])
+    exact = fused_chunk_top(users[pick], catalog, lo, hi, k, sub_hist, sentinel, group, pair_rows=pair_rows)
+    values, cols, tie = (t.clone() for t in result)
+    values[pick] = torch.where(redo[:, None], exact.values, values[pick])
+    cols[pick] = torch.where(redo[:, None], exact.cols, cols[pick])
+    tie[pick] = torch.where(redo, exact.tie, tie[pick])
+    done = torch.zeros_like(overflow)
+    done[pick] = redo
+    return ChunkTop(values, cols, tie), overflow & ~done

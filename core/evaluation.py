@@ -164,18 +164,11 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
                 group_size: int, rows: torch.Tensor | None) -> CatalogTop:
     """``scan_catalog`` by the fused kernels (``ModelChunks.fused``): the whole range [lo, hi) in
     one ``fused_chunk_top`` (group maxima in registers, only candidates rescored; with
-    ``PREFILTER``, ``prefilter_chunk_top``: the candidates picked from TF32 scores), targets and
+    ``PREFILTER``, ``prefilter_chunk_top``: the candidates picked from TF32 group maxima, up to
+    ``PREFILTER_RESCUE`` uncertified rows a batch redone exactly in place), targets and
     the tie fix-up's rows scored by the same arithmetic (``score_columns``); no (B, chunk) scores
     except the fix-up's (rows, chunk_size) blocks."""
-    from core.eval_kernels import (
-        TF32_EPS_ARGS,
-        fused_chunk_top,
-        history_csr,
-        prefilter_chunk_top,
-        prefilter_eps,
-        score_columns,
-        tf32_scores,
-    )
+    from core.eval_kernels import fused_chunk_top, history_csr, prefilter_chunk_top, score_columns
 
     users, catalog = chunk.users, chunk.catalog
     hist = None if seen is None else history_csr(seen[0], seen[1] - 1, n_users)
@@ -194,12 +187,11 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
     if rows is None:
         if PREFILTER:
             (values, cols, tie), overflow = prefilter_chunk_top(
-                users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size, chunk_size=chunk_size,
-                candidates=PREFILTER_CANDIDATES, approx=tf32_scores,
-                eps=prefilter_eps(users.shape[1], **TF32_EPS_ARGS))
+                users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size,
+                candidates=PREFILTER_CANDIDATES, rescue=PREFILTER_RESCUE)
             nan = torch.isnan(values).any(dim=1)  # before the overflow rows' values go
-            # An overflow row (the bound could not certify its candidates) becomes an unresolved tie at
-            # +inf: ``needs_exact`` names it and ``finish_top``'s fix-up rescans it exactly.
+            # An overflow row past the rescued ones (the bound could not certify its candidates) becomes
+            # an unresolved tie at +inf: ``needs_exact`` names it and ``finish_top``'s fix-up rescans it.
             values = torch.where(overflow[:, None], float("inf"), values)
             tie = torch.where(overflow, float("inf"), tie)
         else:
@@ -585,15 +577,21 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
 # 2.68 s on the matmul path (chunk 65,536), at 0.25 GiB against 2.12 GiB: the fused group max
 # runs its FMA at 22 TFLOP/s where cuBLAS's fp32 GEMM runs at ~26-39. For memory, not speed.
 FUSED = os.environ.get("EVAL_FUSED") == "1"
-# ``EVAL_PREFILTER=1`` (read at import): the same fused family, but each batch's catalog is
-# first scored by a TF32 tensor-core GEMM (``eval_kernels.prefilter_chunk_top``): group maxima of
-# those approximate scores with a rigorous error margin pick ``PREFILTER_CANDIDATES`` groups
-# (None: 2 (k + 1)) per user, and only their columns are scored exactly (the fused path's FMA
-# chain); a row whose candidates the margin cannot certify is rescanned exactly (the fix-up).
+# ``EVAL_PREFILTER=1`` (read at import): the same fused family, but each batch's group maxima are
+# first taken on TF32 tensor cores (``eval_kernels.prefilter_chunk_top``, ``group_max`` at
+# precision "tf32", no scores stored): with a rigorous error margin they pick
+# ``PREFILTER_CANDIDATES`` groups (None: 2 (k + 1)) per user, and only their columns are scored
+# exactly (the fused path's FMA chain). Up to ``PREFILTER_RESCUE`` rows a batch whose candidates
+# the margin cannot certify are redone exactly inside the batch (no host sync); any beyond are
+# rescanned by ``finish_top``'s fix-up, which syncs (call R: ~19 such rows a 4,096-user batch on
+# the bench model cost 1.92 s a split when every one went to the fix-up).
 PREFILTER = os.environ.get("EVAL_PREFILTER") == "1"
 # ``EVAL_PREFILTER_CANDIDATES`` (read at import): candidate groups a user (default 2 (k + 1)).
 PREFILTER_CANDIDATES: int | None = int(os.environ["EVAL_PREFILTER_CANDIDATES"]) if os.environ.get(
     "EVAL_PREFILTER_CANDIDATES") else None
+# ``EVAL_PREFILTER_RESCUE`` (read at import): rows a batch redone in place (default 128: one user
+# block of ``group_max``'s default tiles).
+PREFILTER_RESCUE = int(os.environ.get("EVAL_PREFILTER_RESCUE", "128"))
 
 
 class ModelChunks:

@@ -59,7 +59,7 @@ MUTANTS = [
     ("lo_offset_ignored",  # group_max's groups start at column 0, not lo
      "offs_v = lo + g0 * GROUP + tl.arange(0, TILE)", "offs_v = g0 * GROUP + tl.arange(0, TILE)"),
     ("poisoned_groups_not_recomputed",  # a group's max may be a history item
-     "m.index_put_((rows_h, g_h), redo)", "m = m"),
+     "m.index_put_((pair_rows, g_h), redo)", "m = m"),
     ("tie_from_values_only",  # misses a tied item outside the k best groups
      "after = torch.maximum(values[:, k], gmax[:, k])", "after = values[:, k]"),
     ("padding_columns_unmasked",  # group_max's last group counts columns past hi (scored 0)

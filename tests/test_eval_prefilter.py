@@ -1,5 +1,6 @@
-"""``prefilter_chunk_top`` (core/eval_kernels.py): a cheap approximate GEMM, a rigorous margin, the
-candidate groups rescored exactly, and an overflow flag on the rows it cannot certify.
+"""``prefilter_chunk_top`` (core/eval_kernels.py): cheap approximate group maxima (by default
+``group_max`` on TF32 tensor cores), a rigorous margin, the candidate groups rescored exactly, a
+fixed number of uncertified rows redone exactly (``rescue``), and an overflow flag on the rest.
 
 The contract: on every row NOT flagged as overflowing, the result is ``fused_chunk_top``'s (values
 and tie flag bit for bit, columns up to the choice among tied items). On the CPU the kernels run
@@ -12,7 +13,8 @@ the module, ``CHECK``, printing JSON), as tests/test_eval_kernels.py does. Check
   integer copies tie a lot), 16 copies hidden in the history, or none (bulk only: most overflow).
   With and without history, several (lo, hi), chunk sizes, k in {1, 10}, D in {16, 64}; a small
   range (G <= C: the exact path), a NaN catalog row, a NaN user (must overflow), a user whose
-  history leaves one live group (fewer than k + 1: tau = -inf, certified all the same).
+  history leaves one live group (fewer than k + 1: tau = -inf, certified all the same). Each case
+  again with ``rescue`` = 4 and = B: the same checks, and exactly min(rescue, flagged) fewer rows flagged.
 - ``structured``: D = 16, user b = s * e_p (p = b % 4, s = 1 + b // 4), catalog columns whose
   pattern scores are set by hand and whose norms all equal R, eps = 10 / R: margin = 10 s.
   Patterns: 0 separated tops, 1 decoys packed just below the top, 2 decoys well below, 3 the
@@ -21,13 +23,14 @@ the module, ``CHECK``, printing JSON), as tests/test_eval_kernels.py does. Check
     k + 1 down and everything else up. The real margin survives it (pattern 1 overflows, 0 and 2
     are certified and right); with eps = 0 (a deliberately broken variant) a certified row is wrong.
   * exact ``approx``: the overflow flag row by row (1 and 3 overflow, 0 and 2 do not, a NaN user does).
-- ``margin``: the default bf16 ``approx`` against ``score_columns`` on random, integer and a
+- ``margin``: the bf16 ``approx`` (``bf16_scores``, the derivation's general case) against ``score_columns`` on random, integer and a
   near-worst-case construction (bf16 inputs all rounded down by 2^-8 relative, parallel vectors,
   the output rounded down by 2^-8 too): |approx - exact| <= beta(D) |u| |c| = eps / 2 |u| |c|
   (the derivation without its safety factor; ratio <= 0.5), and the construction reaches >= 0.45.
 - ``MUTANTS``: one-line broken copies of core/eval_kernels.py, each caught by the checks named.
-On a GPU (``-m gpu``): no host sync, certified rows against fused_chunk_top at the evaluation's
-batch, cuBLAS's bf16 GEMM within half the margin, the overflow fractions printed.
+On a GPU (``-m gpu``): no host sync (the rescue included), certified rows against fused_chunk_top
+at the evaluation's batch, the TF32 group maxima and cuBLAS's bf16 GEMM each within half their
+margin, the overflow fractions printed.
 
 Note (see the report): tau from the k-th instead of the (k + 1)-th lower bound changes no
 certified output (every item >= the k-th value still lies in a candidate group, and the (k + 1)-th
@@ -57,7 +60,7 @@ CASES = [
     (40, 1500, 16, 5, 1500, 16, 10, 5, True, 512, True),  # a NaN catalog row: every row overflows
     (32, 800, 16, 0, 800, 16, 1, 6, True, 256, False),  # row 3: 6 live columns in one group (tau = -inf)
 ]
-MUTANT_CASES = [0, 6]  # the equality checks' cases that run every mutant too
+MUTANT_CASES = [0, 3, 6]  # the equality checks' cases that run every mutant too (3: many rows rescued)
 
 # (name, exact source text, replacement, the checks that must catch it (prefixes of failure names))
 MUTANTS = [
@@ -66,14 +69,23 @@ MUTANTS = [
     ("tau_from_kth_lower_bound",  # certified outputs unchanged (module docstring); only the flag moves
      "tau = lb.topk(k + 1, dim=1).values[:, k]", "tau = lb.topk(k + 1, dim=1).values[:, k - 1]", ["overflow"]),
     ("overflow_check_off",
-     "return ChunkTop(top[:, :k], torch.where(picked < hi, picked, sentinel), tie), overflow",
-     "return ChunkTop(top[:, :k], torch.where(picked < hi, picked, sentinel), tie), overflow & False",
+     "result = ChunkTop(top[:, :k], torch.where(picked < hi, picked, sentinel), tie)",
+     "result, overflow = ChunkTop(top[:, :k], torch.where(picked < hi, picked, sentinel), tie), overflow & False",
      ["adversarial", "overflow"]),
     ("candidates_rescored_without_history",
      "*hist_args)  # the candidates, history at -inf", ")  # the candidates, history at -inf",
      ["case0 history", "adversarial", "overflow"]),
-    ("approx_history_not_masked",  # group maxima (so tau) may be history items
-     "s.view(-1).scatter_add_(0, rows_h * w + c.clamp(0, w - 1), add)", "pass", ["case0 history"]),
+    ("poisoned_groups_not_repaired",  # group maxima (so tau) may be history items
+     "_repair_poisoned(gmax, users, catalog, lo, hi, group, hist, _pair_rows(hist, B))", "pass",
+     ["case0 history"]),
+    ("rescued_rows_still_flagged",
+     "return ChunkTop(values, cols, tie), overflow & ~done", "return ChunkTop(values, cols, tie), overflow",
+     ["case3 rescue"]),
+    ("rescued_rows_misplaced",  # row i's exact result written to another picked row
+     "values[pick] = torch.where(redo[:, None], exact.values, values[pick])",
+     "values[pick] = torch.where(redo[:, None], exact.values.roll(1, 0), values[pick])", ["case3 rescue"]),
+    ("rescue_without_history",
+     "sub_hist = (hist[0], start[pick], count[pick])", "sub_hist = None", ["case3 rescue"]),
     ("nan_rows_not_flagged",
      "| gmax.isnan().any(dim=1) | margin.isnan().any(dim=1)", "", ["overflow"]),
     ("left_out_minus_inf_overflows",  # a row with at most k live groups flagged (tau = -inf = the left-out ub)
@@ -90,6 +102,7 @@ from core.metrics import NEG_INF, chunk_top
 from tests.mutants import load_mutant
 
 cases, mutants, module_path, mutant_cases = json.loads(sys.argv[1])
+RESCUE = 4  # rows the rescue redoes (fewer than most cases' overflow rows: some stay flagged)
 
 def make(B, V, D, lo, hi, group, k, seed, integer, chunk, nan):
     g = torch.Generator().manual_seed(seed)
@@ -201,6 +214,17 @@ def check_case(mod, index, case, base):
             fail.append(f"{tag}: a NaN row not flagged")
         if h is not None and hi - lo <= 1000 and bool(ovf[3]):
             fail.append(f"{tag}: row 3 (one live group) flagged")
+        # the rescue: RESCUE of the flagged rows redone exactly, their flags cleared, the rest kept
+        # (and all B rows' budget: every flagged row redone, the kind-1 rows' tops hidden in their history)
+        for r in (RESCUE, B):
+            got_r, ovf_r = mod.prefilter_chunk_top(users, catalog, lo, hi, k, h, V, group, chunk_size=chunk, rescue=r)
+            rtag = f"case{index} rescue {name}"
+            bad = row_failures(got_r, ovf_r, ref, chunk_, lo, hi, V, k)
+            if bad:
+                fail.append(f"{rtag}: {r} rows vs chunk_top {bad[:3]}")
+            if int(ovf_r.sum()) != max(0, int(ovf.sum()) - r) or bool((ovf_r & ~ovf).any()):
+                fail.append(f"{rtag}: {int(ovf_r.sum())} rows flagged after a rescue of {r}, {int(ovf.sum())} before")
+        out[f"{name}_rescued"] = int(ovf.sum()) - max(0, int(ovf.sum()) - RESCUE)
         out[f"{name}_certified"] = int((~ovf).sum())
         out[f"{name}_certified_ties"] = int(((ref.tie > NEG_INF) & ~ovf).sum())
         out[f"{name}_overflow_kinds"] = [int(ovf[torch.arange(B) % 3 == i].sum()) for i in range(3)]
@@ -368,6 +392,8 @@ def test_cases_certify_rows_and_ties(interpreted):
         else:
             assert c["history_certified"] >= B // 4 and c["no history_certified"] >= B // 4, (case, c)
     assert sum(c.get("history_certified_ties", 0) + c.get("no history_certified_ties", 0) for c in cases.values()) > 20
+    rescued = [c.get(f"{h}_rescued", 0) for c in cases.values() for h in ("history", "no history")]
+    assert sum(rescued) > 0 and max(rescued) == 4, rescued  # the rescue ran, and some rows outlived it
 
 
 def test_adversarial_approx_is_survived_by_the_margin(interpreted):
@@ -417,32 +443,44 @@ def test_every_mutant_is_caught(interpreted):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_prefilter_on_the_gpu():
-    """No host sync (CUDA sync debug mode 'error'); certified rows equal fused_chunk_top's values
-    and tie flag bit for bit (on the GPU fused_chunk_top is exact: its bit-identity test), most
-    rows certified at candidates = 8 (k + 1); cuBLAS's bf16 GEMM within beta(D) |u| |c| (half the
-    margin); the overflow fractions printed."""
+    """No host sync (CUDA sync debug mode 'error'), the rescue included; certified rows equal
+    fused_chunk_top's values and tie flag bit for bit (on the GPU fused_chunk_top is exact: its
+    bit-identity test), most rows certified; the TF32 group maxima within half their margin of the
+    exact ones, and cuBLAS's bf16 GEMM within half its margin; the overflow fractions printed."""
     from core import eval_kernels as ek
     from tests.test_eval_kernels import GPU_B, GPU_HI, GPU_K, GPU_LO, GPU_V, _gpu_data
 
     users, catalog, rows, cols = _gpu_data()
     hist = ek.history_csr(rows, cols, GPU_B)
-    C = 8 * (GPU_K + 1)
-    ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V, candidates=C)  # compile first
+    args = (users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V)
+    ek.prefilter_chunk_top(*args, rescue=128)  # compile first
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        got, ovf = ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V, candidates=C,
-                                          chunk_size=8192)
+        got, ovf = ek.prefilter_chunk_top(*args, rescue=128)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    ref = ek.fused_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V)
-    keep = ~ovf
-    fractions = {c: float(ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V,
-                                                 candidates=c)[1].float().mean()) for c in (2 * (GPU_K + 1), C)}
-    print(f"prefilter: overflow fraction by candidates {fractions}")
-    assert int(keep.sum()) > GPU_B // 2, fractions
-    assert torch.equal(got.values[keep], ref.values[keep])
-    assert torch.equal(got.tie[keep], ref.tie[keep])
+    ref = ek.fused_chunk_top(*args)
+    plain, ovf0 = ek.prefilter_chunk_top(*args)
+    fractions = {c: float(ek.prefilter_chunk_top(*args, candidates=c)[1].float().mean())
+                 for c in (2 * (GPU_K + 1), 4 * (GPU_K + 1))}
+    print(f"prefilter (TF32 group maxima): overflow fraction by candidates {fractions}; rows flagged "
+          f"{int(ovf0.sum())} -> {int(ovf.sum())} after rescuing 128")
+    assert int(ovf.sum()) == max(0, int(ovf0.sum()) - 128)
+    for top, flags in ((got, ovf), (plain, ovf0)):
+        keep = ~flags
+        assert int(keep.sum()) > GPU_B // 2, fractions
+        assert torch.equal(top.values[keep], ref.values[keep]) and torch.equal(top.tie[keep], ref.tie[keep])
+    # the TF32 maxima against the exact ones, per group: within beta(D) |u| max |c| (half the margin)
+    exact = ek.group_max(users, catalog, GPU_LO, GPU_HI)
+    approx = ek.group_max(users, catalog, GPU_LO, GPU_HI, precision="tf32")
+    cn = catalog[GPU_LO:GPU_HI].double().norm(dim=1)
+    G = exact.shape[1]
+    gn = torch.cat([cn, cn.new_zeros(G * 64 - len(cn))]).reshape(G, 64).amax(dim=1)
+    bound = ek.prefilter_eps(users.shape[1], **ek.TF32_EPS_ARGS) * users.double().norm(dim=1)[:, None] * gn
+    ratio = float(((approx.double() - exact.double()).abs() / bound).max())
+    print(f"tf32 group maxima: max |approx - exact| / margin = {ratio:.4f}")
+    assert 0 < ratio <= 0.5  # 0: the kernel did not use TF32 at all
     n = 4096
     approx = ek.bf16_scores(users[:512], catalog[GPU_LO:GPU_LO + n]).float()
     exact = ek.score_columns(users, catalog, torch.arange(512, device="cuda"),
@@ -452,14 +490,3 @@ def test_prefilter_on_the_gpu():
     ratio = float(((approx.double() - exact.double()).abs() / bound).max())
     print(f"bf16 GEMM: max |approx - exact| / margin = {ratio:.4f}")
     assert ratio <= 0.5
-    # the TF32 approximation evaluation uses (core.evaluation._scan_fused): within half its margin
-    approx = ek.tf32_scores(users[:512], catalog[GPU_LO:GPU_LO + n])
-    bound = bound / ek.prefilter_eps(users.shape[1]) * ek.prefilter_eps(users.shape[1], **ek.TF32_EPS_ARGS)
-    ratio = float(((approx.double() - exact.double()).abs() / bound).max())
-    tf32 = dict(approx=ek.tf32_scores, eps=ek.prefilter_eps(users.shape[1], **ek.TF32_EPS_ARGS))
-    got, ovf = ek.prefilter_chunk_top(users, catalog, GPU_LO, GPU_HI, GPU_K, hist, GPU_V, **tf32)
-    keep = ~ovf
-    print(f"tf32 GEMM: max |approx - exact| / margin = {ratio:.4f}; overflow fraction at 2 (k + 1) candidates "
-          f"{float(ovf.float().mean()):.4f}")
-    assert ratio <= 0.5
-    assert torch.equal(got.values[keep], ref.values[keep]) and torch.equal(got.tie[keep], ref.tie[keep])
