@@ -1,47 +1,41 @@
 #!/bin/bash
-# Not yet run (the seventh session's call S ran this with a 215-s stop on a 234-s limit and got
-# nothing back; the budget was then spent). Needs ~6-8 minutes of one H200: quality of the fastest
-# training variant.
-# The default flash_ce config of issue 19's finals (Beauty 5-core and ML-100K, seeds 0-2, test
-# split), with the body compiled inside the CUDA graphs and graph buckets from 128 positions
-# (`train.compile = True`, `train.graph_min_bucket = 128`: the 2.62-s beauty-like and 0.69-s
-# ml20m-like epochs), six runs side by side (no timing). Predicted: within seed noise of the
-# graphed eager body's 0.0514 +- 0.0005 (Beauty) and 0.0953 +- 0.0020 (ML-100K) (call B's quality).
+# Call U (not yet run; ~9 minutes of one H200). The prefilter rebuilt: TF32 group maxima in
+# registers (group_max precision "tf32") instead of call R's TF32 GEMM + contiguous group max
+# (~6.6 ms a 4,096-user batch), and up to 128 uncertified rows a batch redone exactly in the
+# graph instead of call R's syncing fix-ups (1.92 s a split).
+# (1) GPU tests of the evaluation kernels and paths (the prefilter's: no sync with the rescue,
+#     certified rows bit-equal to fused_chunk_top, TF32 maxima within half their margin).
+# (2) tune_eval_kernel --precision tf32: the TF32 tiles; the fastest is used below.
+# (3) bench_eval beauty-like test split (second split of a process): the matmul path (graphs) at
+#     8,192 against the prefilter at 8,192 and 4,096, metrics printed side by side; probe_eval of
+#     the prefilter at 8,192 (replays' GPU time, rows left to the fix-up).
+# Predicted: TF32 group_max ~0.5-1 ms a 4,096-user batch; prefilter replays ~5-7 ms a 8,192 batch
+# (candidates' exact scoring ~4.4 ms of it), a split ~0.7-0.9 s against the matmul path's ~1.2 s;
+# metrics identical.
 set -u
 . experiments/bench/device/setup.sh
-( sleep 400; pkill -f "experiments/run.py" ) > /dev/null 2>&1 &
+( sleep 530; pkill -f "pytest|bench_eval|probe_eval|tune_eval" ) > /dev/null 2>&1 &
 W=/tmp/res && export PYTHONPATH=/tmp/site:/tmp/new
 cd /tmp/new
-S=results/tune_h200_2026-12-02/studies
-B=(--gin_bindings "train.compile = True" --gin_bindings "train.graph_min_bucket = 128")
-for d in beauty5core ml100k; do  # each dataset's cache written once, before the seeds read it
-  python experiments/run.py --gin $S/${d}_flash_ce/final/default_s0/config.gin --gin_bindings "train.epochs = 1" \
-    --out $W/warm_$d > $W/warm_$d.log 2>&1 &
-done; wait
-for d in beauty5core ml100k; do for s in 0 1 2; do
-  (timeout 360 python experiments/run.py --gin $S/${d}_flash_ce/final/default_s$s/config.gin "${B[@]}" \
-     --out $W/quality/${d}_s$s > $W/q_${d}_s$s.log 2>&1; echo "rc $?" >> $W/q_${d}_s$s.log) &
-done; done
-wait; date -u
-find $W -name '*.pt' -delete; find $W -path '*checkpoint*' -prune -exec rm -rf {} + 2>/dev/null
-tar -czf $OUT/call_t.tar.gz -C /tmp res
-python - <<'PY'
-import json, statistics as st
-from pathlib import Path
-S = Path("results/tune_h200_2026-12-02/studies")
-print("| dataset | seed | NDCG@10 compiled | NDCG@10 finals' default | epochs compiled / then |")
-print("|---|---|---|---|---|")
-for d in ("beauty5core", "ml100k"):
-    new = []
-    for s in range(3):
-        then = json.loads((S / f"{d}_flash_ce/final/default_s{s}/metrics.json").read_text())
-        p = Path(f"/tmp/res/quality/{d}_s{s}/metrics.json")
-        if not p.exists():
-            print(f"| {d} | {s} | (no metrics.json) | {then['test']['NDCG@10']:.4f} | |"); continue
-        m = json.loads(p.read_text())
-        new.append(m["test"]["NDCG@10"])
-        print(f"| {d} | {s} | {new[-1]:.4f} | {then['test']['NDCG@10']:.4f} | {m['epochs']} / {then['epochs']} |")
-    if len(new) > 1:
-        print(f"| {d} | mean | {st.mean(new):.4f} +- {st.stdev(new):.4f} | | |")
-PY
-for f in $W/q_*.log; do echo "$(basename $f) $(grep -E '^rc |error' $f | tail -2 | tr '\n' ' ')"; done
+timeout 200 python -m pytest -m gpu -q -p no:cacheprovider tests/test_eval_prefilter.py tests/test_eval_fused.py \
+  tests/test_eval_kernels.py tests/test_eval_graphs.py -s > $W/pytest.log 2>&1; echo "pytest rc $? $(date -u +%T)"
+timeout 90 python kernels_bench/tune_eval_kernel.py --precision tf32 --out $W/tune > $W/tune.log 2>&1; echo "tune rc $? $(date -u +%T)"
+T=$(python -c "
+import pandas as pd; f = pd.read_csv('$W/tune/tune_eval_kernel_tf32.csv'); f = f[f.what == 'group_max tf32'].dropna(subset=['ms'])
+print(f.sort_values('ms').tiles.iloc[0] if len(f) else '128,2,2,8')" 2>/dev/null || echo 128,2,2,8)
+export EVAL_TF32_TILES=$T; echo "tf32 tiles $T"
+E=(--preset beauty-like --cache-dir /tmp/cache --path streaming --scorers model --splits test --sample-batches 2 --chunk-size 65536)
+EVAL_PREFILTER=1 timeout 60 python experiments/bench/bench_eval.py "${E[@]}" --batch-size 8192 --out $W/pre_8192 > $W/pre_8192.log 2>&1; echo "pre 8192 rc $? $(date -u +%T)"
+timeout 60 python experiments/bench/bench_eval.py "${E[@]}" --batch-size 8192 --out $W/mm_8192 > $W/mm_8192.log 2>&1; echo "mm 8192 rc $? $(date -u +%T)"
+EVAL_PREFILTER=1 timeout 60 python experiments/bench/device/probe_eval.py --cache-dir /tmp/cache --batch-size 8192 > $W/probe.log 2>&1; echo "probe rc $? $(date -u +%T)"
+EVAL_PREFILTER=1 timeout 50 python experiments/bench/bench_eval.py "${E[@]}" --batch-size 4096 --out $W/pre_4096 > $W/pre_4096.log 2>&1; echo "pre 4096 rc $? $(date -u +%T)"
+tar -czf $OUT/call_u.tar.gz -C /tmp res
+echo "== pytest"; grep -E "passed|failed|error|overflow|margin|Error" $W/pytest.log | tail -12
+echo "== tune"; tail -14 $W/tune.log
+echo "== probe"; grep -E "^\|" $W/probe.log | head -4
+echo "== eval"; for r in mm_8192 pre_8192 pre_4096; do echo "$r $(grep -h '^| beauty' $W/$r.log | cut -d'|' -f5,8-13)"; done
+python -c "
+import json
+for r in ('mm_8192', 'pre_8192', 'pre_4096'):
+    try: print(r, {k: round(v, 6) for k, v in json.load(open(f'$W/{r}/results.json'))['rows'][0]['metrics'].items() if '@10' in k})
+    except Exception as e: print(r, 'no results', e)"
