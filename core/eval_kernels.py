@@ -75,7 +75,11 @@ TILES = tuple(int(x) for x in os.environ.get("EVAL_GROUP_MAX_TILES", "128,2,2,8"
 TF32_TILES = tuple(int(x) for x in os.environ.get("EVAL_TF32_TILES", "128,2,2,8").split(","))
 K_CHUNK = 64  # head-dim width of one tl.dot in group_max (wider D: chained dots, one FMA chain)
 BLOCK_P, BLOCK_M = 16, 32  # (pairs' rows, columns) per score_columns program
-HIST_BLOCK = 8  # history items per row compared at once in score_columns
+HIST_BLOCK = 8  # history items per row compared at once in score_columns and score_groups
+# ``EVAL_SCORE_GROUPS=0`` (read at import): score_groups computes through score_columns instead of
+# its own kernel (the two are one arithmetic; the switch exists to time them on a device).
+SCORE_GROUPS = os.environ.get("EVAL_SCORE_GROUPS", "1") != "0"
+GROUPS_PER_PROGRAM = 4  # score_groups: a pair's groups scored one after another by one program (not yet tuned)
 
 
 @triton.jit
@@ -160,6 +164,51 @@ def _score_columns_kernel(
             seen = seen | (tl.max(hit.to(tl.int32), axis=2) > 0)
     acc = tl.where(valid & ~seen, acc, float("-inf"))
     tl.store(Out + offs_p[:, None].to(tl.int64) * M + offs_m[None, :], acc, mask=pm_mask)
+
+
+@triton.jit
+def _score_groups_kernel(
+    U, C, Rows, Groups, Out, HistItems, HistStart, HistCount, P, NG, lo, hi, D, stride_u, stride_c,
+    GROUP: tl.constexpr, BLOCK_D: tl.constexpr, K_CHUNK: tl.constexpr, GROUPS_PER_PROGRAM: tl.constexpr,
+    HAS_HIST: tl.constexpr, HIST_BLOCK: tl.constexpr,
+):
+    """Program (pair p, run of GROUPS_PER_PROGRAM of its NG groups): Out[p, j * GROUP + i] = the
+    score of user Rows[p] and column lo + Groups[p, j] * GROUP + i, by group_max's tile
+    arithmetic (fp32 ieee tl.dot; the user's vector in row 0 of a 16-row operand whose other rows
+    are zeros); -inf on columns >= hi and on the user's history columns."""
+    p, pj = tl.program_id(0), tl.program_id(1)
+    row = tl.load(Rows + p)
+    offs_r = tl.arange(0, 16)
+    offs_i = tl.arange(0, GROUP)
+    offs_kc = tl.arange(0, K_CHUNK)
+    if HAS_HIST:
+        start = tl.load(HistStart + row)
+        count = tl.load(HistCount + row)
+    for t in range(GROUPS_PER_PROGRAM):
+        j = pj * GROUPS_PER_PROGRAM + t
+        j_ok = (offs_i * 0 + j) < NG  # (a tensor: the interpreter refuses a scalar in a mask)
+        g = tl.load(Groups + p.to(tl.int64) * NG + tl.minimum(j, NG - 1))  # the last group again past NG
+        cols = lo + g * GROUP + offs_i  # (GROUP,) global columns
+        c_ok = j_ok & (cols < hi)
+        acc = tl.zeros((16, GROUP), tl.float32)
+        for k0 in range(0, BLOCK_D, K_CHUNK):
+            d_ok = (k0 + offs_kc) < D
+            u = tl.load(U + row.to(tl.int64) * stride_u + (k0 + offs_kc)[None, :] + offs_r[:, None] * 0,
+                        mask=(offs_r == 0)[:, None] & d_ok[None, :], other=0.0)  # (16, K_CHUNK): row 0 the user
+            c = tl.load(C + cols[:, None].to(tl.int64) * stride_c + (k0 + offs_kc)[None, :],
+                        mask=c_ok[:, None] & d_ok[None, :], other=0.0)  # (GROUP, K_CHUNK)
+            acc = tl.dot(u, tl.trans(c), acc, input_precision="ieee")
+        score = tl.sum(tl.where((offs_r == 0)[:, None], acc, 0.0), axis=0)  # row 0 (x + 0 is x; NaN stays)
+        seen = offs_i < 0
+        if HAS_HIST:
+            for h0 in range(0, count, HIST_BLOCK):
+                offs_h = h0 + tl.arange(0, HIST_BLOCK)
+                h_ok = offs_h < count
+                item = tl.load(HistItems + start + offs_h, mask=h_ok, other=0)
+                hit = (cols[:, None] == item[None, :]) & h_ok[None, :]  # (GROUP, HIST_BLOCK)
+                seen = seen | (tl.max(hit.to(tl.int32), axis=1) > 0)
+        score = tl.where(c_ok & ~seen, score, float("-inf"))
+        tl.store(Out + p.to(tl.int64) * NG * GROUP + j * GROUP + offs_i, score, mask=j_ok)
 
 
 def _block_d(d: int) -> int:
@@ -253,6 +302,42 @@ def score_columns(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor
     return out
 
 
+def score_groups(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor, lo: int,
+                 hi: int, group: int = 64, hist_items: torch.Tensor | None = None,
+                 hist_start: torch.Tensor | None = None, hist_count: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, NG * group) fp32: [p, j * group + i] = users[rows[p]] . catalog[c], c = lo + groups[p, j]
+    * group + i, by ``group_max``'s tile arithmetic (module docstring: the number ``score_columns``
+    gives), -inf where c >= hi or c is one of user ``rows[p]``'s history columns (CSR as in
+    ``score_columns``). ``groups`` (P, NG) int64 group indices of the range starting at ``lo``
+    (0 <= g < ceil((hi - lo) / group)). ``score_columns`` for whole contiguous groups: each group's
+    rows are read as one (group, D) tile, where score_columns gathers the catalog column by
+    column and head-dim element by element."""
+    if not SCORE_GROUPS:  # the same numbers by score_columns (a device comparison; see SCORE_GROUPS)
+        cols = (lo + groups[:, :, None].to(torch.int64) * group + torch.arange(group, device=groups.device)).flatten(1)
+        return score_columns(users, catalog, rows, torch.where(cols < hi, cols, -1), hist_items, hist_start, hist_count)
+    _check_operands(users, catalog)
+    D = users.shape[1]
+    P, NG = groups.shape
+    if rows.shape != (P,):
+        raise ValueError(f"rows must be ({P},), got {tuple(rows.shape)}")
+    if group < 16 or group & (group - 1):
+        raise ValueError(f"group must be a power of two >= 16, got {group}")
+    out = torch.empty((P, NG * group), dtype=torch.float32, device=users.device)
+    if P == 0 or NG == 0:
+        return out
+    rows, groups = rows.to(torch.int64).contiguous(), groups.to(torch.int64).contiguous()
+    has_hist = hist_items is not None and hist_items.numel() > 0
+    hist = ([t.to(device=users.device, dtype=torch.int64).contiguous() for t in (hist_items, hist_start, hist_count)]
+            if has_hist else [rows, rows, rows])  # unread without history
+    block_d = _block_d(D)
+    per_program = min(NG, GROUPS_PER_PROGRAM)
+    _score_groups_kernel[(P, triton.cdiv(NG, per_program))](
+        users, catalog, rows, groups, out, *hist, P, NG, lo, hi, D, users.stride(0), catalog.stride(0),
+        GROUP=group, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK), GROUPS_PER_PROGRAM=per_program,
+        HAS_HIST=has_hist, HIST_BLOCK=HIST_BLOCK, num_warps=4)
+    return out
+
+
 def target_scores(users: torch.Tensor, catalog: torch.Tensor, targets_col: torch.Tensor,
                   hist_items: torch.Tensor | None = None, hist_start: torch.Tensor | None = None,
                   hist_count: torch.Tensor | None = None) -> torch.Tensor:
@@ -290,8 +375,7 @@ def _repair_poisoned(m: torch.Tensor, users: torch.Tensor, catalog: torch.Tensor
     items = hist[0].to(device=m.device, dtype=torch.int64)
     G = m.shape[1]
     g_h = torch.div(items - lo, group, rounding_mode="floor").clamp(0, G - 1)
-    cols_h = lo + g_h[:, None] * group + torch.arange(group, device=m.device)  # (H, group) the group's columns
-    redo = score_columns(users, catalog, pair_rows, torch.where(cols_h < hi, cols_h, -1), *hist).amax(dim=1)
+    redo = score_groups(users, catalog, pair_rows, g_h[:, None], lo, hi, group, *hist).amax(dim=1)
     m.index_put_((pair_rows, g_h), redo)
 
 
@@ -326,8 +410,7 @@ def fused_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi: int
         _repair_poisoned(m, users, catalog, lo, hi, group, hist, _pair_rows(hist, B) if pair_rows is None else pair_rows)
     gmax, best = m.topk(k + 1, dim=1)  # (B, k + 1), sorted
     cand = (lo + best[:, :k, None] * group + offsets).flatten(1)  # (B, k * group) global columns
-    scores = score_columns(users, catalog, torch.arange(B, device=device), torch.where(cand < hi, cand, -1),
-                           *hist_args)
+    scores = score_groups(users, catalog, torch.arange(B, device=device), best[:, :k], lo, hi, group, *hist_args)
     values, pos = scores.topk(k + 1, dim=1)
     cols = cand.gather(1, pos)
     after = torch.maximum(values[:, k], gmax[:, k])  # best value not taken
@@ -467,8 +550,8 @@ def prefilter_chunk_top(users: torch.Tensor, catalog: torch.Tensor, lo: int, hi:
     overflow = ((out >= tau) & (out > NEG_INF)) | gmax.isnan().any(dim=1) | margin.isnan().any(dim=1)
     offsets = torch.arange(group, device=device)
     cand = (lo + best[:, :C, None] * group + offsets).flatten(1)  # (B, C * group) global columns
-    exact = score_columns(users, catalog, torch.arange(B, device=device), torch.where(cand < hi, cand, -1),
-                          *hist_args)  # the candidates, history at -inf
+    exact = score_groups(users, catalog, torch.arange(B, device=device), best[:, :C], lo, hi, group,
+                         *hist_args)  # the candidates, history at -inf
     top, pos = exact.topk(k + 1, dim=1)
     picked = torch.gather(cand, 1, pos[:, :k])
     kth, after = top[:, k - 1], top[:, k]  # after: the best value not taken, exact

@@ -68,6 +68,15 @@ MUTANTS = [
      "cols = cand.gather(1, pos)", "cols = cand.gather(1, pos) - lo"),
     ("fma_chain_stops_early",  # score_columns forgets the head dim's last element
      "for k in range(BLOCK_D):  # the chain", "for k in range(BLOCK_D - 1):  # the chain"),
+    ("score_groups_history_ignored",
+     'score = tl.where(c_ok & ~seen, score, float("-inf"))', 'score = tl.where(c_ok, score, float("-inf"))'),
+    ("score_groups_reads_a_zero_row",  # the 16-row operand's row 1 (zeros) taken for the user's
+     "score = tl.sum(tl.where((offs_r == 0)[:, None], acc, 0.0), axis=0)",
+     "score = tl.sum(tl.where((offs_r == 1)[:, None], acc, 0.0), axis=0)"),
+    ("score_groups_past_hi",  # columns past the range's end scored
+     "c_ok = j_ok & (cols < hi)", "c_ok = j_ok"),
+    ("score_groups_history_past_first_block",  # only the first HIST_BLOCK history items compared
+     "for h0 in range(0, count, HIST_BLOCK):", "for h0 in range(0, tl.minimum(count, HIST_BLOCK), HIST_BLOCK):"),
 ]
 
 CHECK = r"""
@@ -141,7 +150,7 @@ def col_failures(got, ref, chunk, lo, hi, sentinel, k):
 
 def check(mod, case):
     B, V, D, lo, hi, group, k, seed, nan, integer = case
-    mod.BLOCK_P, mod.BLOCK_M = 64, 64  # fewer, larger programs: the interpreter's time goes by program
+    mod.BLOCK_P, mod.BLOCK_M, mod.GROUPS_PER_PROGRAM = 64, 64, 16  # fewer, larger programs: the interpreter's time goes by program
     users, catalog, rows, cols = make(*case)
     hist = mod.history_csr(rows, cols, B)
     eq = same if integer else close
@@ -173,6 +182,21 @@ def check(mod, case):
     want = torch.where(inside, full[prow[:, None], pcol.clamp(0, V - 1)], NEG_INF).float()
     if not eq(mod.score_columns(users, catalog, prow, pcol), want):
         fail.append("score_columns without history")
+    # score_groups: random (row, 3 groups), some a group of the row's own history; the last group partial
+    G = -(-(hi - lo) // group)
+    grow = torch.randint(0, B, (P,), generator=g)
+    ggroups = torch.randint(0, G, (P, 3), generator=g)
+    ggroups[::5, 1] = G - 1
+    for p in range(0, P, 2):
+        own = hist[0][hist[1][grow[p]]:hist[1][grow[p]] + hist[2][grow[p]]]
+        own = own[(own >= lo) & (own < hi)]
+        if len(own):
+            ggroups[p, 0] = (own[p % len(own)] - lo) // group
+    gcols = (lo + ggroups[:, :, None] * group + torch.arange(group)).reshape(P, -1)
+    for name, h, scores in (("score_groups", hist, masked), ("score_groups without history", (), full)):
+        want = torch.where(gcols < hi, scores[grow[:, None], gcols.clamp(max=V - 1)], NEG_INF).float()
+        if not eq(mod.score_groups(users, catalog, grow, ggroups, lo, hi, group, *h), want):
+            fail.append(name)
     tcol = torch.randint(-1, V + 1, (B,), generator=g)  # some outside [0, V)
     for b in range(1, B, 4):  # some in the user's own history (masked)
         if hist[2][b]:
@@ -306,6 +330,37 @@ def test_group_max_is_bit_identical_to_score_columns_on_the_gpu(explicit_fma, d,
             assert err < 1e-5, f"score_columns vs float64: {err:.3g}"
     print(f"group_max explicit_fma={explicit_fma} D={d} tiles={tiles}: {bad} of {m.numel()} maxima differ (max |diff| {worst:.3g})")
     assert bad == 0, f"explicit_fma={explicit_fma}, D={d}: {bad} of {m.numel()} group maxima differ, max {worst:.3g}"
+
+
+@pytest.mark.parametrize("d", [64, 100])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_score_groups_is_bit_identical_to_score_columns_on_the_gpu(d):
+    """score_groups (a group's rows as one tile, a 16-row tl.dot) gives score_columns' number bit
+    for bit, history and the partial last group masked alike, and is timed against it."""
+    from triton.testing import do_bench
+
+    from core import eval_kernels as ek
+
+    users, catalog, rows, cols = _gpu_data(d)
+    hist = ek.history_csr(rows, cols, GPU_B)
+    G = -(-(GPU_HI - GPU_LO) // 64)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    groups = torch.randint(0, G, (GPU_B, 22), device="cuda", generator=g)
+    groups[::7, 0] = G - 1  # the partial last group
+    h_group = ((cols - GPU_LO) // 64).clamp(0, G - 1)
+    groups[rows[::20], 1] = h_group[::20]  # a group holding one of the row's history items
+    every = torch.arange(GPU_B, device="cuda")
+    got = ek.score_groups(users, catalog, every, groups, GPU_LO, GPU_HI, 64, *hist)
+    c = (GPU_LO + groups[:, :, None] * 64 + torch.arange(64, device="cuda")).reshape(GPU_B, -1)
+    want = ek.score_columns(users, catalog, every, torch.where(c < GPU_HI, c, -1), *hist)
+    same = (got == want) | (torch.isnan(got) & torch.isnan(want))
+    masked = int((want == float("-inf")).sum())
+    t_groups = do_bench(lambda: ek.score_groups(users, catalog, every, groups, GPU_LO, GPU_HI, 64, *hist))
+    t_columns = do_bench(lambda: ek.score_columns(users, catalog, every, torch.where(c < GPU_HI, c, -1), *hist))
+    print(f"score_groups D={d}: {int((~same).sum())} of {got.numel()} scores differ ({masked} masked); "
+          f"{GPU_B} x 22 groups: score_groups {t_groups:.3f} ms, score_columns {t_columns:.3f} ms")
+    assert masked > GPU_B // 20 and bool(same.all())
 
 
 @pytest.mark.gpu
