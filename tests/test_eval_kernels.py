@@ -193,10 +193,12 @@ def check(mod, case):
         if len(own):
             ggroups[p, 0] = (own[p % len(own)] - lo) // group
     gcols = (lo + ggroups[:, :, None] * group + torch.arange(group)).reshape(P, -1)
+    mod.SCORE_GROUPS = True  # score_groups' own kernel here; below, fused_chunk_top's calls go through
     for name, h, scores in (("score_groups", hist, masked), ("score_groups without history", (), full)):
         want = torch.where(gcols < hi, scores[grow[:, None], gcols.clamp(max=V - 1)], NEG_INF).float()
         if not eq(mod.score_groups(users, catalog, grow, ggroups, lo, hi, group, *h), want):
             fail.append(name)
+    mod.SCORE_GROUPS = False  # score_columns (the same numbers; one program per pair is slow interpreted)
     tcol = torch.randint(-1, V + 1, (B,), generator=g)  # some outside [0, V)
     for b in range(1, B, 4):  # some in the user's own history (masked)
         if hist[2][b]:

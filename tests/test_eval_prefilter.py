@@ -174,7 +174,8 @@ def row_failures(got, ovf, ref, chunk, lo, hi, sentinel, k):
 
 def check_case(mod, index, case, base):
     B, V, D, lo, hi, group, k, seed, integer, chunk, nan = case
-    mod.BLOCK_P, mod.BLOCK_M, mod.GROUPS_PER_PROGRAM = 64, 64, 16  # fewer, larger programs: the interpreter's time goes by program
+    mod.BLOCK_P, mod.BLOCK_M = 64, 64  # fewer, larger programs: the interpreter's time goes by program
+    mod.SCORE_GROUPS = False  # score_groups through score_columns: the same numbers (tests/test_eval_kernels.py), faster here
     users, catalog, rows, cols = make(*case)
     hist = mod.history_csr(rows, cols, B)
     full = users.double() @ catalog.double().T
