@@ -70,16 +70,23 @@ DEFAULT_EXPLICIT_FMA = False
 # the fp32 GEMM + group max it replaces 4.23 ms. ``EVAL_GROUP_MAX_TILES="b,g,t,w"`` in the
 # environment (read at import) overrides it.
 TILES = tuple(int(x) for x in os.environ.get("EVAL_GROUP_MAX_TILES", "128,2,2,8").split(","))
-# The same kernel at precision "tf32" (the prefilter's approximate maxima): not yet measured; the
-# first guess is the ieee tiles. ``EVAL_TF32_TILES="b,g,t,w"`` (read at import) overrides it.
-TF32_TILES = tuple(int(x) for x in os.environ.get("EVAL_TF32_TILES", "128,2,2,8").split(","))
+# The same kernel at precision "tf32" (the prefilter's approximate maxima): measured on one H200
+# (2026-12-03, call U, ``tune_eval_kernel.py --precision tf32``, 4,096 users x 207,649 x 64):
+# (128, 1, 4, 8) 0.692 ms, the fastest of 10 (the ieee tiles 0.843; the exact kernel 4.854).
+# ``EVAL_TF32_TILES="b,g,t,w"`` (read at import) overrides it.
+TF32_TILES = tuple(int(x) for x in os.environ.get("EVAL_TF32_TILES", "128,1,4,8").split(","))
 K_CHUNK = 64  # head-dim width of one tl.dot in group_max (wider D: chained dots, one FMA chain)
 BLOCK_P, BLOCK_M = 16, 32  # (pairs' rows, columns) per score_columns program
 HIST_BLOCK = 8  # history items per row compared at once in score_columns and score_groups
-# ``EVAL_SCORE_GROUPS=0`` (read at import): score_groups computes through score_columns instead of
-# its own kernel (the two are one arithmetic; the switch exists to time them on a device).
+# ``score_groups`` runs its own kernel at head dims up to 64 and goes through score_columns above
+# (one arithmetic either way). Measured on one H200 (2026-12-03, call U, 4,096 users x 22 groups):
+# D = 64 2.11 ms against score_columns' 2.32; D = 100 4.20 against 2.81. ``EVAL_SCORE_GROUPS=0``
+# (read at import) always takes score_columns (a device comparison).
 SCORE_GROUPS = os.environ.get("EVAL_SCORE_GROUPS", "1") != "0"
-GROUPS_PER_PROGRAM = 4  # score_groups: a pair's groups scored one after another by one program (not yet tuned)
+SCORE_GROUPS_MAX_D = 64
+# score_groups' launch: (a pair's groups scored one after another by one program, warps).
+# ``EVAL_SCORE_GROUPS_TILES="g,w"`` (read at import) overrides it. Not yet tuned.
+SCORE_GROUPS_TILES = tuple(int(x) for x in os.environ.get("EVAL_SCORE_GROUPS_TILES", "4,4").split(","))
 
 
 @triton.jit
@@ -312,7 +319,7 @@ def score_groups(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor,
     (0 <= g < ceil((hi - lo) / group)). ``score_columns`` for whole contiguous groups: each group's
     rows are read as one (group, D) tile, where score_columns gathers the catalog column by
     column and head-dim element by element."""
-    if not SCORE_GROUPS:  # the same numbers by score_columns (a device comparison; see SCORE_GROUPS)
+    if not SCORE_GROUPS or users.shape[1] > SCORE_GROUPS_MAX_D:  # the same numbers by score_columns
         cols = (lo + groups[:, :, None].to(torch.int64) * group + torch.arange(group, device=groups.device)).flatten(1)
         return score_columns(users, catalog, rows, torch.where(cols < hi, cols, -1), hist_items, hist_start, hist_count)
     _check_operands(users, catalog)
@@ -330,11 +337,12 @@ def score_groups(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor,
     hist = ([t.to(device=users.device, dtype=torch.int64).contiguous() for t in (hist_items, hist_start, hist_count)]
             if has_hist else [rows, rows, rows])  # unread without history
     block_d = _block_d(D)
-    per_program = min(NG, GROUPS_PER_PROGRAM)
+    per_program, num_warps = SCORE_GROUPS_TILES
+    per_program = min(NG, per_program)
     _score_groups_kernel[(P, triton.cdiv(NG, per_program))](
         users, catalog, rows, groups, out, *hist, P, NG, lo, hi, D, users.stride(0), catalog.stride(0),
         GROUP=group, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK), GROUPS_PER_PROGRAM=per_program,
-        HAS_HIST=has_hist, HIST_BLOCK=HIST_BLOCK, num_warps=4)
+        HAS_HIST=has_hist, HIST_BLOCK=HIST_BLOCK, num_warps=num_warps)
     return out
 
 

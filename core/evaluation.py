@@ -46,6 +46,11 @@ launches, overlapped); ~0.6-1.0 s per split was expected. Measured on the H200: 
 (2026-12-02, call C), then 2.80 s for this loop against 3.61 s for the previous one in one call
 (call E; experiments/bench/NOTES_speed.md). The fp32 GEMM runs at ~32 TFLOP/s (FFMA: scores
 must stay fp32, so TF32/bf16 are no way out); a fused score + group-max kernel would be.
+The prefilter (``EVAL_PREFILTER=1``, ``PREFILTER`` below, ``eval_kernels.prefilter_chunk_top``):
+group maxima on TF32 tensor cores with a rigorous margin choose candidate groups, only those are
+scored exactly by the fused path's arithmetic, a fixed number of uncertified rows a batch are
+redone exactly; the same metrics, 1.10 s a beauty-like split against the matmul path's 1.23 s
+(call U).
 Fused alternative (``EVAL_FUSED=1``, ``ModelChunks.fused``, core/eval_kernels.py): a Triton
 kernel keeps each group's max of the scores in registers over the whole catalog, and only the
 groups holding a history item and the k best groups are rescored (same FMA-chain arithmetic,
@@ -577,7 +582,9 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
 # 2.68 s on the matmul path (chunk 65,536), at 0.25 GiB against 2.12 GiB: the fused group max
 # runs its FMA at 22 TFLOP/s where cuBLAS's fp32 GEMM runs at ~26-39. For memory, not speed.
 FUSED = os.environ.get("EVAL_FUSED") == "1"
-# ``EVAL_PREFILTER=1`` (read at import): the same fused family, but each batch's group maxima are
+# ``EVAL_PREFILTER=1`` (read at import; off until its GPU tests have run as the default): call U
+# (2026-12-03) measured a beauty-like split at 1.10 s against the matmul path's 1.23 s at batch
+# 8,192, 0.76 against 4.19 GiB, metrics identical. The same fused family, but each batch's group maxima are
 # first taken on TF32 tensor cores (``eval_kernels.prefilter_chunk_top``, ``group_max`` at
 # precision "tf32", no scores stored): with a rigorous error margin they pick
 # ``PREFILTER_CANDIDATES`` groups (None: 2 (k + 1)) per user, and only their columns are scored

@@ -150,7 +150,7 @@ def col_failures(got, ref, chunk, lo, hi, sentinel, k):
 
 def check(mod, case):
     B, V, D, lo, hi, group, k, seed, nan, integer = case
-    mod.BLOCK_P, mod.BLOCK_M, mod.GROUPS_PER_PROGRAM = 64, 64, 16  # fewer, larger programs: the interpreter's time goes by program
+    mod.BLOCK_P, mod.BLOCK_M, mod.SCORE_GROUPS_TILES = 64, 64, (16, 4)  # fewer, larger programs: the interpreter's time goes by program
     users, catalog, rows, cols = make(*case)
     hist = mod.history_csr(rows, cols, B)
     eq = same if integer else close
@@ -337,12 +337,16 @@ def test_group_max_is_bit_identical_to_score_columns_on_the_gpu(explicit_fma, d,
 @pytest.mark.parametrize("d", [64, 100])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_score_groups_is_bit_identical_to_score_columns_on_the_gpu(d):
+def test_score_groups_is_bit_identical_to_score_columns_on_the_gpu(d, monkeypatch):
     """score_groups (a group's rows as one tile, a 16-row tl.dot) gives score_columns' number bit
-    for bit, history and the partial last group masked alike, and is timed against it."""
+    for bit, history and the partial last group masked alike, and is timed against it (its own
+    kernel at D = 100 too, where production takes score_columns)."""
     from triton.testing import do_bench
 
     from core import eval_kernels as ek
+
+    monkeypatch.setattr(ek, "SCORE_GROUPS_MAX_D", 128)
+    monkeypatch.setattr(ek, "SCORE_GROUPS", True)
 
     users, catalog, rows, cols = _gpu_data(d)
     hist = ek.history_csr(rows, cols, GPU_B)

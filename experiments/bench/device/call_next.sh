@@ -1,45 +1,53 @@
 #!/bin/bash
-# Call U (not yet run; ~9 minutes of one H200). The prefilter rebuilt: TF32 group maxima in
-# registers (group_max precision "tf32") instead of call R's TF32 GEMM + contiguous group max
-# (~6.6 ms a 4,096-user batch), and up to 128 uncertified rows a batch redone exactly in the
-# graph instead of call R's syncing fix-ups (1.92 s a split); candidates (and poisoned groups)
-# scored by score_groups (a group's rows as one tile) instead of score_columns (~2.2 ms per 22
-# groups a 4,096-user batch in call R).
-# (1) GPU tests of the evaluation kernels and paths (the prefilter's: no sync with the rescue,
-#     certified rows bit-equal to fused_chunk_top, TF32 maxima within half their margin;
-#     score_groups bit-equal to score_columns, both timed).
-# (2) tune_eval_kernel --precision tf32: the TF32 tiles; the fastest is used below.
-# (3) bench_eval beauty-like test split (second split of a process): the matmul path (graphs) at
-#     8,192 against the prefilter at 8,192, and again with score_columns for score_groups
-#     (EVAL_SCORE_GROUPS=0), metrics printed side by side; probe_eval of the prefilter at 8,192
-#     (replays' GPU time, rows left to the fix-up).
-# Predicted: TF32 group_max ~0.5-1 ms a 4,096-user batch; prefilter replays ~5-7 ms a 8,192 batch
-# (candidates' exact scoring ~1-2 ms of it), a split ~0.6-0.9 s against the matmul path's ~1.2 s;
-# metrics identical.
+# Call V (not yet run; ~5 minutes of one H200). The prefilter is now the default evaluation on
+# CUDA (TF32 tiles from call U), score_groups only at D <= 64.
+# (1) The GPU tests of every evaluation path with that default (eval kernels, prefilter, fused,
+#     graphs, streaming, bench_eval, kernels_bench).
+# (2) score_groups' launch (groups per program, warps) at 8,192 users x 22 groups, do_bench.
+# (3) bench_eval beauty-like test split, batch 8,192 (second split of a process): the default
+#     (prefilter) with 22, 16 and 12 candidate groups, and the matmul path (EVAL_PREFILTER=0);
+#     metrics side by side; probe_eval at 16 candidates.
+# Predicted: score_groups ~proportional to the candidates (4.2 ms at 22 a 8,192 batch), so 16
+# candidates ~0.1 s less a split than 22 (1.10 s in call U), if the overflow stays within the
+# 128 rescued rows a batch; metrics identical to the matmul path.
 set -u
 . experiments/bench/device/setup.sh
-( sleep 530; pkill -f "pytest|bench_eval|probe_eval|tune_eval" ) > /dev/null 2>&1 &
+( sleep 420; pkill -f "pytest|bench_eval|probe_eval" ) > /dev/null 2>&1 &
 W=/tmp/res && export PYTHONPATH=/tmp/site:/tmp/new
 cd /tmp/new
 timeout 200 python -m pytest -m gpu -q -p no:cacheprovider tests/test_eval_prefilter.py tests/test_eval_fused.py \
-  tests/test_eval_kernels.py tests/test_eval_graphs.py -s > $W/pytest.log 2>&1; echo "pytest rc $? $(date -u +%T)"
-timeout 90 python kernels_bench/tune_eval_kernel.py --precision tf32 --out $W/tune > $W/tune.log 2>&1; echo "tune rc $? $(date -u +%T)"
-T=$(python -c "
-import pandas as pd; f = pd.read_csv('$W/tune/tune_eval_kernel_tf32.csv'); f = f[f.what == 'group_max tf32'].dropna(subset=['ms'])
-print(f.sort_values('ms').tiles.iloc[0] if len(f) else '128,2,2,8')" 2>/dev/null || echo 128,2,2,8)
-export EVAL_TF32_TILES=$T; echo "tf32 tiles $T"
-E=(--preset beauty-like --cache-dir /tmp/cache --path streaming --scorers model --splits test --sample-batches 2 --chunk-size 65536)
-EVAL_PREFILTER=1 timeout 60 python experiments/bench/bench_eval.py "${E[@]}" --batch-size 8192 --out $W/pre_8192 > $W/pre_8192.log 2>&1; echo "pre 8192 rc $? $(date -u +%T)"
-timeout 60 python experiments/bench/bench_eval.py "${E[@]}" --batch-size 8192 --out $W/mm_8192 > $W/mm_8192.log 2>&1; echo "mm 8192 rc $? $(date -u +%T)"
-EVAL_PREFILTER=1 timeout 60 python experiments/bench/device/probe_eval.py --cache-dir /tmp/cache --batch-size 8192 > $W/probe.log 2>&1; echo "probe rc $? $(date -u +%T)"
-EVAL_PREFILTER=1 EVAL_SCORE_GROUPS=0 timeout 50 python experiments/bench/bench_eval.py "${E[@]}" --batch-size 8192 --out $W/pre_cols > $W/pre_cols.log 2>&1; echo "pre cols rc $? $(date -u +%T)"
-tar -czf $OUT/call_u.tar.gz -C /tmp res
-echo "== pytest"; grep -E "passed|failed|error|overflow|margin|Error|score_groups" $W/pytest.log | tail -14
-echo "== tune"; tail -14 $W/tune.log
-echo "== probe"; grep -E "^\|" $W/probe.log | head -4
-echo "== eval"; for r in mm_8192 pre_8192 pre_cols; do echo "$r $(grep -h '^| beauty' $W/$r.log | cut -d'|' -f5,8-13)"; done
+  tests/test_eval_kernels.py tests/test_eval_graphs.py tests/test_eval_streaming.py tests/test_bench_eval.py \
+  tests/test_kernels_bench.py -s > $W/pytest.log 2>&1; echo "pytest rc $? $(date -u +%T)"
+timeout 60 python - > $W/score_groups.log 2>&1 <<'PY'
+import torch
+from triton.testing import do_bench
+from core import eval_kernels as ek
+g = torch.Generator(device="cuda").manual_seed(0)
+B, V, D = 8192, 207649, 64
+users, catalog = torch.randn(B, D, device="cuda", generator=g), torch.randn(V, D, device="cuda", generator=g) * 0.1
+groups = torch.randint(0, V // 64, (B, 22), device="cuda", generator=g)
+rows = torch.arange(B, device="cuda")
+want = ek.score_groups(users, catalog, rows, groups, 0, V, 64)
+print("| groups per program, warps | ms (8,192 x 22 groups) | equal |")
+for t in [(4, 4), (1, 4), (2, 4), (8, 4), (22, 4), (4, 2), (4, 8), (2, 2), (1, 1)]:
+    ek.SCORE_GROUPS_TILES = t
+    got = ek.score_groups(users, catalog, rows, groups, 0, V, 64)
+    print(f"| {t} | {do_bench(lambda: ek.score_groups(users, catalog, rows, groups, 0, V, 64)):.3f} | {torch.equal(got, want)} |")
+PY
+echo "score_groups rc $? $(date -u +%T)"
+E=(--preset beauty-like --cache-dir /tmp/cache --path streaming --scorers model --splits test --sample-batches 2 --chunk-size 65536 --batch-size 8192)
+for c in 22 16 12; do
+  EVAL_PREFILTER_CANDIDATES=$c timeout 45 python experiments/bench/bench_eval.py "${E[@]}" --out $W/pre_$c > $W/pre_$c.log 2>&1; echo "pre $c rc $? $(date -u +%T)"
+done
+EVAL_PREFILTER=0 timeout 45 python experiments/bench/bench_eval.py "${E[@]}" --out $W/mm > $W/mm.log 2>&1; echo "mm rc $? $(date -u +%T)"
+EVAL_PREFILTER_CANDIDATES=16 timeout 45 python experiments/bench/device/probe_eval.py --cache-dir /tmp/cache --batch-size 8192 > $W/probe.log 2>&1; echo "probe rc $? $(date -u +%T)"
+tar -czf $OUT/call_v.tar.gz -C /tmp res
+echo "== pytest"; grep -E "passed|failed|error|overflow|margin|Error|score_groups D" $W/pytest.log | tail -14
+echo "== score_groups"; cat $W/score_groups.log | tail -11
+echo "== probe"; grep -E "^\|" $W/probe.log | head -3
+echo "== eval"; for r in mm pre_22 pre_16 pre_12; do echo "$r $(grep -h '^| beauty' $W/$r.log | cut -d'|' -f5,8-13)"; done
 python -c "
 import json
-for r in ('mm_8192', 'pre_8192', 'pre_cols'):
+for r in ('mm', 'pre_22', 'pre_16', 'pre_12'):
     try: print(r, {k: round(v, 6) for k, v in json.load(open(f'$W/{r}/results.json'))['rows'][0]['metrics'].items() if '@10' in k})
     except Exception as e: print(r, 'no results', e)"
