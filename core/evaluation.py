@@ -307,7 +307,7 @@ class PendingTop:
 
     top: CatalogTop
     fix: torch.Tensor  # (B,) bool: rows to rescan exactly (``needs_exact``)
-    flags: torch.Tensor  # (2,) bool: any NaN, any row to fix
+    flags: torch.Tensor  # (2,) int64: any NaN (0 / 1), how many rows to fix
     rescan: Callable[[torch.Tensor], CatalogTop]  # rows -> their exact state
     host_flags: torch.Tensor | None = None  # ``send_flags``: the flags' pinned host copy ...
     ready: torch.cuda.Event | None = None  # ... and the event after it
@@ -337,7 +337,8 @@ def start_top(chunk: ChunkScores, n_users: int, *, shard: CatalogShard | None = 
         scan_args = {**scan_args, "lo": shard.lo, "hi": shard.hi}
     top = combine(scan_catalog(chunk, n_users, **scan_args))
     fix = needs_exact(top)
-    return PendingTop(top, fix, torch.stack([top.nan.any(), fix.any()]), _rescan(chunk, n_users, combine, scan_args))
+    flags = torch.stack([top.nan.any().long(), fix.sum()])
+    return PendingTop(top, fix, flags, _rescan(chunk, n_users, combine, scan_args))
 
 
 def _rescan(chunk: ChunkScores, n_users: int, combine: Callable[[CatalogTop], CatalogTop],
@@ -350,17 +351,22 @@ def finish_top(pending: PendingTop) -> CatalogTop:
     """The batch's state with NaN refused (ValueError) and ties fixed to the tie rule: one host
     sync for both checks; the rows ``needs_exact`` names (rare) are scanned again with a stable
     sort. Across ranks every rank holds the same merged state, so all take the same branches
-    (a NaN raises on every rank) and the fix-up's rescans merge the same way."""
+    (a NaN raises on every rank) and the fix-up's rescans merge the same way.
+
+    The flags carry the number of rows to fix, so the fix-up finds them with ``nonzero_static``
+    (a known size), not ``nonzero``: the latter waits for the whole queue, i.e. the next batch,
+    and then the device idled while the host issued the rescan and the next batch (call U,
+    2026-12-03: 0.17 s of a 1.10-s beauty-like split for 12 rows)."""
     if pending.ready is not None:  # ``send_flags``: wait for this batch, not for the next
         pending.ready.synchronize()
-        has_nan, has_fix = pending.host_flags.tolist()
+        has_nan, n_fix = pending.host_flags.tolist()
     else:
-        has_nan, has_fix = pending.flags.tolist()
+        has_nan, n_fix = pending.flags.tolist()
     if has_nan:
         raise ValueError("scores contain NaN: the model diverged or the inputs are broken")
-    if not has_fix:
+    if not n_fix:
         return pending.top
-    rows = pending.fix.nonzero().squeeze(1)
+    rows = torch.nonzero_static(pending.fix, size=n_fix).squeeze(1)
     return pending.top.put(rows, pending.rescan(rows))
 
 

@@ -9,6 +9,7 @@ integer-valued embeddings and duplicated catalog rows. Each deliberately broken 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from itertools import pairwise
 
@@ -254,7 +255,7 @@ def test_rank_split_finishes_every_batch_one_behind_and_fixes_its_ties(monkeypat
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_a_batch_is_queued_without_a_host_sync():
+def test_cuda_a_batch_is_queued_without_a_host_sync(monkeypatch):
     """On the GPU the device runs ahead of the host: scoring a batch (model, history, every
     chunk's mask, top-k and merge: ``start_top``) asks nothing of the device; ``finish_top``
     is the one sync per batch."""
@@ -279,12 +280,22 @@ def test_cuda_a_batch_is_queued_without_a_host_sync():
     assert top.values.shape == (32, 10)
     # finish_top waits for its own batch, not for what was queued after it (the next batch):
     # with its flags sent (a pinned copy and an event), a long kernel queued afterwards is still
-    # running when it returns; without (a plain .tolist()), it has finished.
-    for send in (True, False):
+    # running when it returns; without (a plain .tolist()), it has finished. The same with a
+    # tie fix-up (rows 3 and 17 marked: their exact rescan gives the same state): its rows are
+    # found by ``nonzero_static``; the broken variant, ``nonzero``, waits for the queue.
+    cases = [(True, False, None), (False, False, None), (True, True, None),
+             (True, True, lambda t, size: t.nonzero())]
+    for send, fixing, broken in cases:
         with torch.no_grad():
             pending = evaluation.start_top(score_fn(batch.inputs), len(batch.users), n_items=data.n_items,
                                            k=10, targets=batch.targets, seen=seen, device=seqs.device,
                                            chunk_size=29, group_size=4)
+        if fixing:
+            fix = torch.zeros_like(pending.fix)
+            fix[[3, 17]] = True
+            pending = dataclasses.replace(pending, fix=fix, flags=torch.tensor([0, 2], device="cuda"))
+        if broken is not None:
+            monkeypatch.setattr(torch, "nonzero_static", broken)
         if send:
             torch.cuda.set_sync_debug_mode("error")
             try:
@@ -294,11 +305,12 @@ def test_cuda_a_batch_is_queued_without_a_host_sync():
         torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU clock cycles, queued after the batch
         later = torch.cuda.Event()
         later.record()
-        got = evaluation.finish_top(pending)  # (no tie fix-up here: a fix-up's nonzero would sync)
+        got = evaluation.finish_top(pending)
         still_running = not later.query()  # asked before anything else syncs (torch.equal does)
         torch.cuda.synchronize()
-        assert still_running is send, send
-        assert torch.equal(got.values, top.values)
+        monkeypatch.undo()
+        assert still_running is (send and broken is None), (send, fixing)
+        assert all(torch.equal(getattr(got, f), getattr(top, f)) for f in ("values", "cols", "target")), (send, fixing)
     # Adding the finished batch to the metrics asks nothing of the device either (a boolean-mask
     # index for Coverage and a host-made tensor synced every batch, draining the queue); the first
     # batch of a split copies the Surprisal vector over (once).
