@@ -77,16 +77,18 @@ TILES = tuple(int(x) for x in os.environ.get("EVAL_GROUP_MAX_TILES", "128,2,2,8"
 TF32_TILES = tuple(int(x) for x in os.environ.get("EVAL_TF32_TILES", "128,1,4,8").split(","))
 K_CHUNK = 64  # head-dim width of one tl.dot in group_max (wider D: chained dots, one FMA chain)
 BLOCK_P, BLOCK_M = 16, 32  # (pairs' rows, columns) per score_columns program
-HIST_BLOCK = 8  # history items per row compared at once in score_columns and score_groups
+HIST_BLOCK = 8  # history items per row compared at once in score_columns
 # ``score_groups`` runs its own kernel at head dims up to 64 and goes through score_columns above
-# (one arithmetic either way). Measured on one H200 (2026-12-03, call U, 4,096 users x 22 groups):
-# D = 64 2.11 ms against score_columns' 2.32; D = 100 4.20 against 2.81. ``EVAL_SCORE_GROUPS=0``
-# (read at import) always takes score_columns (a device comparison).
+# (one arithmetic either way). Its first kernel (one user a program: the user in row 0 of a
+# 16-row tl.dot operand, 15 rows of zeros) measured on one H200 (2026-12-03, call U, 4,096 users
+# x 22 groups): D = 64 2.11 ms against score_columns' 2.32; D = 100 4.20 against 2.81. The
+# kernel now scores the pairs sorted by group, up to 16 users a group tile (not yet measured).
+# ``EVAL_SCORE_GROUPS=0`` (read at import) always takes score_columns (a device comparison).
 SCORE_GROUPS = os.environ.get("EVAL_SCORE_GROUPS", "1") != "0"
 SCORE_GROUPS_MAX_D = 64
-# score_groups' launch: (a pair's groups scored one after another by one program, warps).
-# ``EVAL_SCORE_GROUPS_TILES="g,w"`` (read at import) overrides it. Not yet tuned.
-SCORE_GROUPS_TILES = tuple(int(x) for x in os.environ.get("EVAL_SCORE_GROUPS_TILES", "4,4").split(","))
+# score_groups' launch: (pairs per program: the rows of its tl.dot, a power of two >= 16; warps).
+# ``EVAL_SCORE_GROUPS_TILES="r,w"`` (read at import) overrides it. Not yet tuned.
+SCORE_GROUPS_TILES = tuple(int(x) for x in os.environ.get("EVAL_SCORE_GROUPS_TILES", "16,4").split(","))
 
 
 @triton.jit
@@ -175,47 +177,49 @@ def _score_columns_kernel(
 
 @triton.jit
 def _score_groups_kernel(
-    U, C, Rows, Groups, Out, HistItems, HistStart, HistCount, P, NG, lo, hi, D, stride_u, stride_c,
-    GROUP: tl.constexpr, BLOCK_D: tl.constexpr, K_CHUNK: tl.constexpr, GROUPS_PER_PROGRAM: tl.constexpr,
-    HAS_HIST: tl.constexpr, HIST_BLOCK: tl.constexpr,
+    U, C, PairRows, PairGroups, PairOut, Out, HistItems, HistStart, HistCount, N, lo, hi, D, stride_u, stride_c,
+    GROUP: tl.constexpr, BLOCK_D: tl.constexpr, K_CHUNK: tl.constexpr, ROWS: tl.constexpr, HAS_HIST: tl.constexpr,
 ):
-    """Program (pair p, run of GROUPS_PER_PROGRAM of its NG groups): Out[p, j * GROUP + i] = the
-    score of user Rows[p] and column lo + Groups[p, j] * GROUP + i, by group_max's tile
-    arithmetic (fp32 ieee tl.dot; the user's vector in row 0 of a 16-row operand whose other rows
-    are zeros); -inf on columns >= hi and on the user's history columns."""
-    p, pj = tl.program_id(0), tl.program_id(1)
-    row = tl.load(Rows + p)
-    offs_r = tl.arange(0, 16)
+    """Program (ROWS consecutive (user, group) pairs of the N sorted by group): each distinct group
+    among them is read once as a (GROUP, D) tile and scored against all ROWS users by one fp32
+    ieee tl.dot (group_max's arithmetic: each score its own FMA chain over the head dim); the
+    rows of the pairs that asked for it are stored, Out[PairOut[r], i] = the score of user
+    PairRows[r] and column lo + g * GROUP + i; -inf on columns >= hi and on the user's history."""
+    pid = tl.program_id(0)
+    offs_r = pid * ROWS + tl.arange(0, ROWS)
+    r_ok = offs_r < N
+    users = tl.load(PairRows + offs_r, mask=r_ok, other=0)
+    groups = tl.load(PairGroups + offs_r, mask=r_ok, other=-1)
+    outs = tl.load(PairOut + offs_r, mask=r_ok, other=0)
+    if HAS_HIST:
+        start = tl.load(HistStart + users, mask=r_ok, other=0)
+        count = tl.load(HistCount + users, mask=r_ok, other=0)
     offs_i = tl.arange(0, GROUP)
     offs_kc = tl.arange(0, K_CHUNK)
-    if HAS_HIST:
-        start = tl.load(HistStart + row)
-        count = tl.load(HistCount + row)
-    for t in range(GROUPS_PER_PROGRAM):
-        j = pj * GROUPS_PER_PROGRAM + t
-        j_ok = (offs_i * 0 + j) < NG  # (a tensor: the interpreter refuses a scalar in a mask)
-        g = tl.load(Groups + p.to(tl.int64) * NG + tl.minimum(j, NG - 1))  # the last group again past NG
-        cols = lo + g * GROUP + offs_i  # (GROUP,) global columns
-        c_ok = j_ok & (cols < hi)
-        acc = tl.zeros((16, GROUP), tl.float32)
-        for k0 in range(0, BLOCK_D, K_CHUNK):
-            d_ok = (k0 + offs_kc) < D
-            u = tl.load(U + row.to(tl.int64) * stride_u + (k0 + offs_kc)[None, :] + offs_r[:, None] * 0,
-                        mask=(offs_r == 0)[:, None] & d_ok[None, :], other=0.0)  # (16, K_CHUNK): row 0 the user
-            c = tl.load(C + cols[:, None].to(tl.int64) * stride_c + (k0 + offs_kc)[None, :],
-                        mask=c_ok[:, None] & d_ok[None, :], other=0.0)  # (GROUP, K_CHUNK)
-            acc = tl.dot(u, tl.trans(c), acc, input_precision="ieee")
-        score = tl.sum(tl.where((offs_r == 0)[:, None], acc, 0.0), axis=0)  # row 0 (x + 0 is x; NaN stays)
-        seen = offs_i < 0
-        if HAS_HIST:
-            for h0 in range(0, count, HIST_BLOCK):
-                offs_h = h0 + tl.arange(0, HIST_BLOCK)
-                h_ok = offs_h < count
-                item = tl.load(HistItems + start + offs_h, mask=h_ok, other=0)
-                hit = (cols[:, None] == item[None, :]) & h_ok[None, :]  # (GROUP, HIST_BLOCK)
-                seen = seen | (tl.max(hit.to(tl.int32), axis=1) > 0)
-        score = tl.where(c_ok & ~seen, score, float("-inf"))
-        tl.store(Out + p.to(tl.int64) * NG * GROUP + j * GROUP + offs_i, score, mask=j_ok)
+    for j in range(ROWS):
+        idx = tl.minimum(pid * ROWS + j, N - 1)
+        g = tl.load(PairGroups + idx)
+        prev = tl.load(PairGroups + tl.maximum(idx - 1, 0))
+        if (pid * ROWS + j < N) & ((j == 0) | (g != prev)):  # the first pair of a run of group g here
+            mine = r_ok & (groups == g)
+            cols = lo + g * GROUP + offs_i  # (GROUP,) global columns
+            c_ok = cols < hi
+            acc = tl.zeros((ROWS, GROUP), tl.float32)
+            for k0 in range(0, BLOCK_D, K_CHUNK):
+                d_ok = (k0 + offs_kc) < D
+                u = tl.load(U + users[:, None].to(tl.int64) * stride_u + (k0 + offs_kc)[None, :],
+                            mask=r_ok[:, None] & d_ok[None, :], other=0.0)  # (ROWS, K_CHUNK)
+                c = tl.load(C + cols[:, None].to(tl.int64) * stride_c + (k0 + offs_kc)[None, :],
+                            mask=c_ok[:, None] & d_ok[None, :], other=0.0)  # (GROUP, K_CHUNK)
+                acc = tl.dot(u, tl.trans(c), acc, input_precision="ieee")
+            seen = (offs_r[:, None] < 0) & (offs_i[None, :] < 0)  # (ROWS, GROUP) False
+            if HAS_HIST:
+                n_h = tl.max(tl.where(mine, count, 0))
+                for h in range(0, n_h):  # one history item of every row at a time
+                    item = tl.load(HistItems + start + h, mask=mine & (h < count), other=-1)
+                    seen = seen | (cols[None, :] == item[:, None])
+            score = tl.where(c_ok[None, :] & ~seen, acc, float("-inf"))
+            tl.store(Out + outs[:, None].to(tl.int64) * GROUP + offs_i[None, :], score, mask=mine[:, None])
 
 
 def _block_d(d: int) -> int:
@@ -316,9 +320,12 @@ def score_groups(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor,
     * group + i, by ``group_max``'s tile arithmetic (module docstring: the number ``score_columns``
     gives), -inf where c >= hi or c is one of user ``rows[p]``'s history columns (CSR as in
     ``score_columns``). ``groups`` (P, NG) int64 group indices of the range starting at ``lo``
-    (0 <= g < ceil((hi - lo) / group)). ``score_columns`` for whole contiguous groups: each group's
-    rows are read as one (group, D) tile, where score_columns gathers the catalog column by
-    column and head-dim element by element."""
+    (0 <= g < ceil((hi - lo) / group)). ``score_columns`` for whole contiguous groups: the
+    (user, group) pairs are sorted by group, and each program takes ``SCORE_GROUPS_TILES[0]`` of
+    them: each distinct group among those is read once as a (group, D) tile and scored against
+    all their users by one tl.dot (a batch's users share their candidate groups: ~55 users a group
+    for 8,192 users x 22 of 3,245 groups even when drawn at random), where score_columns gathers
+    the catalog column by column."""
     if not SCORE_GROUPS or users.shape[1] > SCORE_GROUPS_MAX_D:  # the same numbers by score_columns
         cols = (lo + groups[:, :, None].to(torch.int64) * group + torch.arange(group, device=groups.device)).flatten(1)
         return score_columns(users, catalog, rows, torch.where(cols < hi, cols, -1), hist_items, hist_start, hist_count)
@@ -332,17 +339,17 @@ def score_groups(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor,
     out = torch.empty((P, NG * group), dtype=torch.float32, device=users.device)
     if P == 0 or NG == 0:
         return out
-    rows, groups = rows.to(torch.int64).contiguous(), groups.to(torch.int64).contiguous()
+    pair_groups, order = groups.to(torch.int64).flatten().sort()  # PairOut: a pair's row of out viewed (P * NG, group)
+    pair_rows = rows.to(torch.int64)[order // NG]
     has_hist = hist_items is not None and hist_items.numel() > 0
     hist = ([t.to(device=users.device, dtype=torch.int64).contiguous() for t in (hist_items, hist_start, hist_count)]
-            if has_hist else [rows, rows, rows])  # unread without history
+            if has_hist else [order, order, order])  # unread without history
     block_d = _block_d(D)
     per_program, num_warps = SCORE_GROUPS_TILES
-    per_program = min(NG, per_program)
-    _score_groups_kernel[(P, triton.cdiv(NG, per_program))](
-        users, catalog, rows, groups, out, *hist, P, NG, lo, hi, D, users.stride(0), catalog.stride(0),
-        GROUP=group, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK), GROUPS_PER_PROGRAM=per_program,
-        HAS_HIST=has_hist, HIST_BLOCK=HIST_BLOCK, num_warps=num_warps)
+    _score_groups_kernel[(triton.cdiv(P * NG, per_program),)](
+        users, catalog, pair_rows, pair_groups, order, out, *hist, P * NG, lo, hi, D, users.stride(0),
+        catalog.stride(0), GROUP=group, BLOCK_D=block_d, K_CHUNK=min(block_d, K_CHUNK), ROWS=per_program,
+        HAS_HIST=has_hist, num_warps=num_warps)
     return out
 
 

@@ -69,14 +69,15 @@ MUTANTS = [
     ("fma_chain_stops_early",  # score_columns forgets the head dim's last element
      "for k in range(BLOCK_D):  # the chain", "for k in range(BLOCK_D - 1):  # the chain"),
     ("score_groups_history_ignored",
-     'score = tl.where(c_ok & ~seen, score, float("-inf"))', 'score = tl.where(c_ok, score, float("-inf"))'),
-    ("score_groups_reads_a_zero_row",  # the 16-row operand's row 1 (zeros) taken for the user's
-     "score = tl.sum(tl.where((offs_r == 0)[:, None], acc, 0.0), axis=0)",
-     "score = tl.sum(tl.where((offs_r == 1)[:, None], acc, 0.0), axis=0)"),
+     'score = tl.where(c_ok[None, :] & ~seen, acc, float("-inf"))', 'score = tl.where(c_ok[None, :], acc, float("-inf"))'),
+    ("score_groups_stores_every_row",  # a group's scores stored over the rows of the block's other groups too
+     "score, mask=mine[:, None])", "score, mask=r_ok[:, None])"),
     ("score_groups_past_hi",  # columns past the range's end scored
-     "c_ok = j_ok & (cols < hi)", "c_ok = j_ok"),
-    ("score_groups_history_past_first_block",  # only the first HIST_BLOCK history items compared
-     "for h0 in range(0, count, HIST_BLOCK):", "for h0 in range(0, tl.minimum(count, HIST_BLOCK), HIST_BLOCK):"),
+     "c_ok = cols < hi", "c_ok = cols < hi + GROUP"),
+    ("score_groups_first_history_item_only",  # only each row's first history item compared
+     "for h in range(0, n_h):", "for h in range(0, tl.minimum(n_h, 1)):"),
+    ("score_groups_run_from_last_block_skipped",  # a group's run that began in the previous block is not scored here
+     "if (pid * ROWS + j < N) & ((j == 0) | (g != prev)):", "if (pid * ROWS + j < N) & (g != prev):"),
 ]
 
 CHECK = r"""
@@ -338,9 +339,10 @@ def test_group_max_is_bit_identical_to_score_columns_on_the_gpu(explicit_fma, d,
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_score_groups_is_bit_identical_to_score_columns_on_the_gpu(d, monkeypatch):
-    """score_groups (a group's rows as one tile, a 16-row tl.dot) gives score_columns' number bit
-    for bit, history and the partial last group masked alike, and is timed against it (its own
-    kernel at D = 100 too, where production takes score_columns)."""
+    """score_groups (the pairs sorted by group, a group's rows as one tile scored against up to
+    16 users by one tl.dot) gives score_columns' number bit for bit, history and the partial last
+    group masked alike, and is timed against it (its own kernel at D = 100 too, where production
+    takes score_columns)."""
     from triton.testing import do_bench
 
     from core import eval_kernels as ek
