@@ -78,17 +78,18 @@ TF32_TILES = tuple(int(x) for x in os.environ.get("EVAL_TF32_TILES", "128,1,4,8"
 K_CHUNK = 64  # head-dim width of one tl.dot in group_max (wider D: chained dots, one FMA chain)
 BLOCK_P, BLOCK_M = 16, 32  # (pairs' rows, columns) per score_columns program
 HIST_BLOCK = 8  # history items per row compared at once in score_columns
-# ``score_groups`` runs its own kernel at head dims up to 64 and goes through score_columns above
-# (one arithmetic either way). Its first kernel (one user a program: the user in row 0 of a
-# 16-row tl.dot operand, 15 rows of zeros) measured on one H200 (2026-12-03, call U, 4,096 users
-# x 22 groups): D = 64 2.11 ms against score_columns' 2.32; D = 100 4.20 against 2.81. The
-# kernel now scores the pairs sorted by group, up to 16 users a group tile (not yet measured).
-# ``EVAL_SCORE_GROUPS=0`` (read at import) always takes score_columns (a device comparison).
+# ``score_groups``' first kernel (one user a program: the user in row 0 of a 16-row tl.dot operand,
+# 15 rows of zeros) measured on one H200 (2026-12-03, call U, 4,096 users x 22 groups): D = 64
+# 2.11 ms against score_columns' 2.32; D = 100 4.20 against 2.81. The kernel now scores the pairs
+# sorted by group, several users a group tile: at (16, 4) 0.712 ms (D = 64) and 0.876 (D = 100)
+# against score_columns' 2.32 and 2.81 (call W's GPU test, bit-identical at both).
+# ``EVAL_SCORE_GROUPS=0`` (read at import) takes score_columns instead (a device comparison).
 SCORE_GROUPS = os.environ.get("EVAL_SCORE_GROUPS", "1") != "0"
-SCORE_GROUPS_MAX_D = 64
 # score_groups' launch: (pairs per program: the rows of its tl.dot, a power of two >= 16; warps).
-# ``EVAL_SCORE_GROUPS_TILES="r,w"`` (read at import) overrides it. Not yet tuned.
-SCORE_GROUPS_TILES = tuple(int(x) for x in os.environ.get("EVAL_SCORE_GROUPS_TILES", "16,4").split(","))
+# Measured on one H200 (call W, 8,192 users x 22 random groups of 207,649 items, D = 64): (32, 2)
+# 0.345 ms, the fastest of 9 ((16, 1) 0.353, (16, 4) 0.414, (64, 8) 0.720); score_columns 7.02.
+# ``EVAL_SCORE_GROUPS_TILES="r,w"`` (read at import) overrides it.
+SCORE_GROUPS_TILES = tuple(int(x) for x in os.environ.get("EVAL_SCORE_GROUPS_TILES", "32,2").split(","))
 
 
 @triton.jit
@@ -326,7 +327,7 @@ def score_groups(users: torch.Tensor, catalog: torch.Tensor, rows: torch.Tensor,
     all their users by one tl.dot (a batch's users share their candidate groups: ~55 users a group
     for 8,192 users x 22 of 3,245 groups even when drawn at random), where score_columns gathers
     the catalog column by column."""
-    if not SCORE_GROUPS or users.shape[1] > SCORE_GROUPS_MAX_D:  # the same numbers by score_columns
+    if not SCORE_GROUPS:  # the same numbers by score_columns
         cols = (lo + groups[:, :, None].to(torch.int64) * group + torch.arange(group, device=groups.device)).flatten(1)
         return score_columns(users, catalog, rows, torch.where(cols < hi, cols, -1), hist_items, hist_start, hist_count)
     _check_operands(users, catalog)

@@ -46,11 +46,11 @@ launches, overlapped); ~0.6-1.0 s per split was expected. Measured on the H200: 
 (2026-12-02, call C), then 2.80 s for this loop against 3.61 s for the previous one in one call
 (call E; experiments/bench/NOTES_speed.md). The fp32 GEMM runs at ~32 TFLOP/s (FFMA: scores
 must stay fp32, so TF32/bf16 are no way out); a fused score + group-max kernel would be.
-The prefilter (``EVAL_PREFILTER=1``, ``PREFILTER`` below, ``eval_kernels.prefilter_chunk_top``):
-group maxima on TF32 tensor cores with a rigorous margin choose candidate groups, only those are
-scored exactly by the fused path's arithmetic, a fixed number of uncertified rows a batch are
-redone exactly; the same metrics, 1.10 s a beauty-like split against the matmul path's 1.23 s
-(call U).
+The prefilter (the default on CUDA since call W; ``EVAL_PREFILTER=0`` turns it off; ``PREFILTER``
+below, ``eval_kernels.prefilter_chunk_top``): group maxima on TF32 tensor cores with a rigorous
+margin choose candidate groups, only those are scored exactly by the fused path's arithmetic, a
+fixed number of uncertified rows a batch are redone exactly; the same metrics, 0.742 s a
+beauty-like split against the matmul path's 1.259 s at batch 8,192, 0.617 s at 16,384 (call W).
 Fused alternative (``EVAL_FUSED=1``, ``ModelChunks.fused``, core/eval_kernels.py): a Triton
 kernel keeps each group's max of the scores in registers over the whole catalog, and only the
 groups holding a history item and the k best groups are rescored (same FMA-chain arithmetic,
@@ -588,17 +588,19 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
 # 2.68 s on the matmul path (chunk 65,536), at 0.25 GiB against 2.12 GiB: the fused group max
 # runs its FMA at 22 TFLOP/s where cuBLAS's fp32 GEMM runs at ~26-39. For memory, not speed.
 FUSED = os.environ.get("EVAL_FUSED") == "1"
-# ``EVAL_PREFILTER=1`` (read at import; off until its GPU tests have run as the default): call U
-# (2026-12-03) measured a beauty-like split at 1.10 s against the matmul path's 1.23 s at batch
-# 8,192, 0.76 against 4.19 GiB, metrics identical. The same fused family, but each batch's group maxima are
-# first taken on TF32 tensor cores (``eval_kernels.prefilter_chunk_top``, ``group_max`` at
-# precision "tf32", no scores stored): with a rigorous error margin they pick
-# ``PREFILTER_CANDIDATES`` groups (None: 2 (k + 1)) per user, and only their columns are scored
-# exactly (the fused path's FMA chain). Up to ``PREFILTER_RESCUE`` rows a batch whose candidates
-# the margin cannot certify are redone exactly inside the batch (no host sync); any beyond are
-# rescanned by ``finish_top``'s fix-up, which syncs (call R: ~19 such rows a 4,096-user batch on
-# the bench model cost 1.92 s a split when every one went to the fix-up).
-PREFILTER = os.environ.get("EVAL_PREFILTER") == "1"
+# ``EVAL_PREFILTER=0`` (read at import) turns the prefilter off; on by default since call W
+# (2026-12-03, one H200, the GPU tests of every evaluation path passed with it on): a beauty-like
+# test split took 0.742 s against the matmul path's 1.259 s at batch 8,192 (0.617 s at 16,384),
+# in 0.76 against 4.19 GiB, all five metrics identical. The same fused family as ``FUSED``, but
+# each batch's group maxima are first taken on TF32 tensor cores
+# (``eval_kernels.prefilter_chunk_top``, ``group_max`` at precision "tf32", no scores stored):
+# with a rigorous error margin they pick ``PREFILTER_CANDIDATES`` groups (None: 2 (k + 1)) per
+# user, and only their columns are scored exactly (the fused path's FMA chain, ``score_groups``).
+# Up to ``PREFILTER_RESCUE`` rows a batch whose candidates the margin cannot certify are redone
+# exactly inside the batch (no host sync); any beyond go to ``finish_top``'s fix-up (call V: 16
+# candidates left so many rows to it that a split took 7.6 s; 22 is the default). Where it
+# does not apply (the CPU, a rank's catalog shard), the matmul path runs.
+PREFILTER = os.environ.get("EVAL_PREFILTER", "1") != "0"
 # ``EVAL_PREFILTER_CANDIDATES`` (read at import): candidate groups a user (default 2 (k + 1)).
 PREFILTER_CANDIDATES: int | None = int(os.environ["EVAL_PREFILTER_CANDIDATES"]) if os.environ.get(
     "EVAL_PREFILTER_CANDIDATES") else None

@@ -339,15 +339,13 @@ def test_group_max_is_bit_identical_to_score_columns_on_the_gpu(explicit_fma, d,
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_score_groups_is_bit_identical_to_score_columns_on_the_gpu(d, monkeypatch):
-    """score_groups (the pairs sorted by group, a group's rows as one tile scored against up to
-    16 users by one tl.dot) gives score_columns' number bit for bit, history and the partial last
-    group masked alike, and is timed against it (its own kernel at D = 100 too, where production
-    takes score_columns)."""
+    """score_groups (the pairs sorted by group, a group's rows as one tile scored against
+    several users by one tl.dot) gives score_columns' number bit for bit, history and the partial last
+    group masked alike, and is timed against it."""
     from triton.testing import do_bench
 
     from core import eval_kernels as ek
 
-    monkeypatch.setattr(ek, "SCORE_GROUPS_MAX_D", 128)
     monkeypatch.setattr(ek, "SCORE_GROUPS", True)
 
     users, catalog, rows, cols = _gpu_data(d)
