@@ -190,7 +190,7 @@ def _scan_fused(chunk: ModelChunks, n_users: int, *, n_items: int, k: int, targe
         target = torch.where(inside, score_columns(users, catalog, scored, t_col[:, None], *hist_args)[:, 0],
                              float("-inf"))
     if rows is None:
-        if PREFILTER:
+        if chunk.prefilter:
             (values, cols, tie), overflow = prefilter_chunk_top(
                 users, catalog, lo, hi, k, hist, sentinel=n_items, group=group_size,
                 candidates=PREFILTER_CANDIDATES, rescue=PREFILTER_RESCUE)
@@ -588,10 +588,13 @@ def model_scores(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch
 # 2.68 s on the matmul path (chunk 65,536), at 0.25 GiB against 2.12 GiB: the fused group max
 # runs its FMA at 22 TFLOP/s where cuBLAS's fp32 GEMM runs at ~26-39. For memory, not speed.
 FUSED = os.environ.get("EVAL_FUSED") == "1"
-# ``EVAL_PREFILTER=0`` (read at import) turns the prefilter off; on by default since call W
-# (2026-12-03, one H200, the GPU tests of every evaluation path passed with it on): a beauty-like
-# test split took 0.742 s against the matmul path's 1.259 s at batch 8,192 (0.617 s at 16,384),
-# in 0.76 against 4.19 GiB, all five metrics identical. The same fused family as ``FUSED``, but
+# ``EVAL_PREFILTER=0`` (read at import) turns the prefilter off; on by default since call W for
+# catalogs of at least ``PREFILTER_MIN_ITEMS`` (``uses_prefilter``). One H200, 2026-12-03, all
+# metrics identical on both paths: a beauty-like test split (207,649 items) took 0.742 s against
+# the matmul path's 1.259 s at batch 8,192 (call W) and 0.619 against 1.191 s at 16,384 (call X),
+# in 1.35 against 8.21 GiB; but ml20m-like (20,729 items) 1.429 against 0.192 s, and trained
+# Beauty 5-core and ML-100K models 0.098 / 0.015 s against 0.070 / 0.011 (call X): below some
+# catalog size the matmul path wins. The same fused family as ``FUSED``, but
 # each batch's group maxima are first taken on TF32 tensor cores
 # (``eval_kernels.prefilter_chunk_top``, ``group_max`` at precision "tf32", no scores stored):
 # with a rigorous error margin they pick ``PREFILTER_CANDIDATES`` groups (None: 2 (k + 1)) per
@@ -601,12 +604,20 @@ FUSED = os.environ.get("EVAL_FUSED") == "1"
 # candidates left so many rows to it that a split took 7.6 s; 22 is the default). Where it
 # does not apply (the CPU, a rank's catalog shard), the matmul path runs.
 PREFILTER = os.environ.get("EVAL_PREFILTER", "1") != "0"
+# ``EVAL_PREFILTER_MIN_ITEMS`` (read at import): the smallest catalog the prefilter takes.
+PREFILTER_MIN_ITEMS = int(os.environ.get("EVAL_PREFILTER_MIN_ITEMS", "100000"))
 # ``EVAL_PREFILTER_CANDIDATES`` (read at import): candidate groups a user (default 2 (k + 1)).
 PREFILTER_CANDIDATES: int | None = int(os.environ["EVAL_PREFILTER_CANDIDATES"]) if os.environ.get(
     "EVAL_PREFILTER_CANDIDATES") else None
 # ``EVAL_PREFILTER_RESCUE`` (read at import): rows a batch redone in place (default 128: one user
 # block of ``group_max``'s default tiles).
 PREFILTER_RESCUE = int(os.environ.get("EVAL_PREFILTER_RESCUE", "128"))
+
+
+def uses_prefilter(n_items: int) -> bool:
+    """Whether a model's evaluation over a whole catalog of ``n_items`` takes the prefilter where
+    the kernels run (CUDA): ``PREFILTER`` and at least ``PREFILTER_MIN_ITEMS`` items."""
+    return PREFILTER and n_items >= PREFILTER_MIN_ITEMS
 
 
 class ModelChunks:
@@ -618,7 +629,9 @@ class ModelChunks:
 
     def __init__(self, users: torch.Tensor, catalog: torch.Tensor, offset: int = 0):
         self.users, self.catalog, self.offset = users, catalog, offset
-        self.fused = (FUSED or PREFILTER) and offset == 0 and (users.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        kernels = offset == 0 and (users.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        self.prefilter = kernels and uses_prefilter(catalog.shape[0])
+        self.fused = kernels and (FUSED or self.prefilter)
 
     def __call__(self, lo: int, hi: int) -> torch.Tensor:
         return self.users @ self.catalog[lo - self.offset:hi - self.offset].T  # (B, hi - lo)

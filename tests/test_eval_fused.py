@@ -84,6 +84,7 @@ SMALL, LARGE = case(130), case(600)  # LARGE: 38 groups of 16, more than the pre
 def run(module, fused, mask_history=True, split="test", prefilter=False, data=SMALL):
     data, seqs, table, catalog = data
     module.FUSED, module.PREFILTER, module.PREFILTER_CANDIDATES = fused and not prefilter, prefilter, 11
+    module.PREFILTER_MIN_ITEMS = 0  # the small test catalogs too
     module.PREFILTER_RESCUE = 2  # a batch's first 2 overflow rows redone in place, the rest by the fix-up
     scan = module._scan_fused
     ran = []
@@ -160,6 +161,7 @@ def test_cuda_fused_evaluation_matches_the_matmul_path(monkeypatch):
     args = dict(split="test", batch_size=1024, max_len=20, mask_history=True, ks=(10,),
                 item_user_counts=data.train_item_user_counts(), n_train_users=evaluation.count_train_users(data))
     got = {}
+    monkeypatch.setattr(evaluation, "PREFILTER_MIN_ITEMS", 0)  # 20,000 items: below the default cut
     for way in ("matmul", "fused", "prefilter"):
         monkeypatch.setattr(evaluation, "FUSED", way == "fused")
         monkeypatch.setattr(evaluation, "PREFILTER", way == "prefilter")
@@ -169,3 +171,21 @@ def test_cuda_fused_evaluation_matches_the_matmul_path(monkeypatch):
             assert abs(got[way][key] - value) <= 1e-3 * max(1.0, abs(value)), (way, key, got)
     # the prefilter and the fused path score alike (one FMA chain): the same metrics exactly
     assert got["prefilter"] == got["fused"], got
+
+
+def test_the_prefilter_takes_only_large_catalogs(monkeypatch):
+    """``ModelChunks`` takes the prefilter where the kernels run, for catalogs of at least
+    ``PREFILTER_MIN_ITEMS`` items, else the matmul path (not the fused one: ``FUSED`` is off)."""
+    from core import evaluation
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # "where the kernels run" (nothing is launched here)
+    monkeypatch.setattr(evaluation, "PREFILTER", True)
+    monkeypatch.setattr(evaluation, "FUSED", False)
+    monkeypatch.setattr(evaluation, "PREFILTER_MIN_ITEMS", 100)
+    users = torch.zeros(4, 8)
+    for n_items, want in ((99, False), (100, True)):
+        chunk = evaluation.ModelChunks(users, torch.zeros(n_items, 8))
+        assert (chunk.prefilter, chunk.fused) == (want, want), n_items
+    assert not evaluation.ModelChunks(users, torch.zeros(100, 8), offset=50).fused  # a rank's shard
+    monkeypatch.setattr(evaluation, "PREFILTER", False)
+    assert not evaluation.uses_prefilter(10**9)

@@ -174,7 +174,7 @@ def bench_one(seqs, model, *, name: str, path: str, scorer: str, split: str, eva
     and, with --profile-batches on CUDA, ``profile``)."""
     n_batches = -(-seqs.n_users // eval_args["batch_size"])
     cuda_model = path == "streaming" and scorer == "model" and device.type == "cuda"
-    ways = [w for w, on in (("fused", evaluation.FUSED), ("prefilter", evaluation.PREFILTER),
+    ways = [w for w, on in (("fused", evaluation.FUSED), ("prefilter", evaluation.uses_prefilter(seqs.n_items)),
                             ("graphs", evaluation.GRAPHS)) if cuda_model and on]
     row = {"dataset": name, "users": seqs.n_users, "items": seqs.n_items,
            "path": f"{path} ({', '.join(ways)})" if ways else path,

@@ -3,10 +3,10 @@
     PYTHONPATH=. python experiments/bench/device/check_prefilter_trained.py RUN_DIR [RUN_DIR ...]
 
 For each run folder (``experiments/run.py``'s output), loads the best model and evaluates the
-valid and test splits twice in one process: ``evaluation.PREFILTER`` on (the default on CUDA) and
-off (the matmul path), each after a warm-up split. Prints one row per (run, split): every metric
-of both, whether they are equal to the last digit, and each path's seconds. Exit status 1 if
-any metric differs.
+valid and test splits twice in one process: the prefilter on (``evaluation.PREFILTER``, whatever
+the catalog size: ``PREFILTER_MIN_ITEMS`` = 0) and off (the matmul path), each after a warm-up
+split. Prints one row per (run, split, metric): both values and whether they are equal to the
+last digit, and each path's seconds. Exit status 1 if any metric differs.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def timed(run, split: str) -> tuple[dict, float]:
 
 def main() -> int:
     differ = 0
+    evaluation.PREFILTER_MIN_ITEMS = 0
     print("| run | split | metric | prefilter | matmul path | equal |")
     print("|---|---|---|---|---|---|")
     for folder in sys.argv[1:]:
