@@ -46,11 +46,12 @@ launches, overlapped); ~0.6-1.0 s per split was expected. Measured on the H200: 
 (2026-12-02, call C), then 2.80 s for this loop against 3.61 s for the previous one in one call
 (call E; experiments/bench/NOTES_speed.md). The fp32 GEMM runs at ~32 TFLOP/s (FFMA: scores
 must stay fp32, so TF32/bf16 are no way out); a fused score + group-max kernel would be.
-The prefilter (the default on CUDA since call W; ``EVAL_PREFILTER=0`` turns it off; ``PREFILTER``
-below, ``eval_kernels.prefilter_chunk_top``): group maxima on TF32 tensor cores with a rigorous
-margin choose candidate groups, only those are scored exactly by the fused path's arithmetic, a
-fixed number of uncertified rows a batch are redone exactly; the same metrics, 0.742 s a
-beauty-like split against the matmul path's 1.259 s at batch 8,192, 0.617 s at 16,384 (call W).
+The prefilter (the default on CUDA for catalogs of at least 100,000 items, ``uses_prefilter``;
+``EVAL_PREFILTER=0`` turns it off; ``eval_kernels.prefilter_chunk_top``): group maxima on TF32
+tensor cores with a rigorous margin choose candidate groups, only those are scored exactly by
+the fused path's arithmetic, a fixed number of uncertified rows a batch are redone exactly; the
+same metrics, 0.742 s a beauty-like split against the matmul path's 1.259 s at batch 8,192,
+0.617 s at 16,384 (call W).
 Fused alternative (``EVAL_FUSED=1``, ``ModelChunks.fused``, core/eval_kernels.py): a Triton
 kernel keeps each group's max of the scores in registers over the whole catalog, and only the
 groups holding a history item and the k best groups are rescored (same FMA-chain arithmetic,
