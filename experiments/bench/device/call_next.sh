@@ -15,10 +15,10 @@
 # 131,072 and about ties at 65,536; ml20m-like ~0.19 s (call X's matmul path).
 set -u
 . experiments/bench/device/setup.sh
-( sleep 330; pkill -f "pytest|bench_eval" ) > /dev/null 2>&1 &
+( sleep 280; pkill -f "pytest|bench_eval" ) > /dev/null 2>&1 &
 W=/tmp/res && export PYTHONPATH=/tmp/site:/tmp/new
 cd /tmp/new
-timeout 120 python -m pytest -m gpu -q -p no:cacheprovider -W ignore -rfE --tb=short tests/test_eval_prefilter.py \
+timeout 100 python -m pytest -m gpu -q -p no:cacheprovider -W ignore -rfE --tb=short tests/test_eval_prefilter.py \
   tests/test_eval_fused.py tests/test_eval_kernels.py tests/test_eval_graphs.py tests/test_eval_streaming.py \
   tests/test_bench_eval.py tests/test_metrics.py -s > $W/pytest.log 2>&1; echo "pytest rc $? $(date -u +%T)"
 E=(--cache-dir /tmp/cache --path streaming --scorers model --splits test --sample-batches 2 --chunk-size 65536)
