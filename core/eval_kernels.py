@@ -88,6 +88,9 @@ SCORE_GROUPS = os.environ.get("EVAL_SCORE_GROUPS", "1") != "0"
 # score_groups' launch: (pairs per program: the rows of its tl.dot, a power of two >= 16; warps).
 # Measured on one H200 (call W, 8,192 users x 22 random groups of 207,649 items, D = 64): (32, 2)
 # 0.345 ms, the fastest of 9 ((16, 1) 0.353, (16, 4) 0.414, (64, 8) 0.720); score_columns 7.02.
+# With history (the GPU test's ~20 items a user) (16, 4) was faster (0.712 ms in W, 2.0 at (32, 2)
+# in X and Y), but a beauty-like split at batch 16,384 took 0.639 s at (32, 2) and 0.680 at (16, 4)
+# (call Y, one process each, the same call).
 # ``EVAL_SCORE_GROUPS_TILES="r,w"`` (read at import) overrides it.
 SCORE_GROUPS_TILES = tuple(int(x) for x in os.environ.get("EVAL_SCORE_GROUPS_TILES", "32,2").split(","))
 

@@ -46,7 +46,7 @@ launches, overlapped); ~0.6-1.0 s per split was expected. Measured on the H200: 
 (2026-12-02, call C), then 2.80 s for this loop against 3.61 s for the previous one in one call
 (call E; experiments/bench/NOTES_speed.md). The fp32 GEMM runs at ~32 TFLOP/s (FFMA: scores
 must stay fp32, so TF32/bf16 are no way out); a fused score + group-max kernel would be.
-The prefilter (the default on CUDA for catalogs of at least 100,000 items, ``uses_prefilter``;
+The prefilter (the default on CUDA for catalogs of at least 150,000 items, ``uses_prefilter``;
 ``EVAL_PREFILTER=0`` turns it off; ``eval_kernels.prefilter_chunk_top``): group maxima on TF32
 tensor cores with a rigorous margin choose candidate groups, only those are scored exactly by
 the fused path's arithmetic, a fixed number of uncertified rows a batch are redone exactly; the
@@ -594,8 +594,11 @@ FUSED = os.environ.get("EVAL_FUSED") == "1"
 # metrics identical on both paths: a beauty-like test split (207,649 items) took 0.742 s against
 # the matmul path's 1.259 s at batch 8,192 (call W) and 0.619 against 1.191 s at 16,384 (call X),
 # in 1.35 against 8.21 GiB; but ml20m-like (20,729 items) 1.429 against 0.192 s, and trained
-# Beauty 5-core and ML-100K models 0.098 / 0.015 s against 0.070 / 0.011 (call X): below some
-# catalog size the matmul path wins. The same fused family as ``FUSED``, but
+# Beauty 5-core and ML-100K models 0.098 / 0.015 s against 0.070 / 0.011 (call X); at batch
+# 4,096 synthetic catalogs of 65,536 and 131,072 items 0.319 / 0.457 s against 0.308 / 0.430 (in
+# 0.26 / 0.34 against 1.16 / 2.13 GiB; call Y), beauty-like's 207,649 1.011 s (call X) against
+# 1.31 (call O, an earlier commit). So the cut, 150,000 items, lies between the last catalog where the
+# matmul path was faster and the first where the prefilter was. The same fused family as ``FUSED``, but
 # each batch's group maxima are first taken on TF32 tensor cores
 # (``eval_kernels.prefilter_chunk_top``, ``group_max`` at precision "tf32", no scores stored):
 # with a rigorous error margin they pick ``PREFILTER_CANDIDATES`` groups (None: 2 (k + 1)) per
@@ -606,7 +609,7 @@ FUSED = os.environ.get("EVAL_FUSED") == "1"
 # does not apply (the CPU, a rank's catalog shard), the matmul path runs.
 PREFILTER = os.environ.get("EVAL_PREFILTER", "1") != "0"
 # ``EVAL_PREFILTER_MIN_ITEMS`` (read at import): the smallest catalog the prefilter takes.
-PREFILTER_MIN_ITEMS = int(os.environ.get("EVAL_PREFILTER_MIN_ITEMS", "100000"))
+PREFILTER_MIN_ITEMS = int(os.environ.get("EVAL_PREFILTER_MIN_ITEMS", "150000"))
 # ``EVAL_PREFILTER_CANDIDATES`` (read at import): candidate groups a user (default 2 (k + 1)).
 PREFILTER_CANDIDATES: int | None = int(os.environ["EVAL_PREFILTER_CANDIDATES"]) if os.environ.get(
     "EVAL_PREFILTER_CANDIDATES") else None

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call Y (ninth session, 2026-12-03; ~5 minutes of one H200). The prefilter only for catalogs of
+# Call Y (ninth session, 2026-12-03; ran on 8f92594, outputs in call_y/, table in call_y/output.txt; 177 s; two earlier tries got no machine). The prefilter only for catalogs of
 # at least PREFILTER_MIN_ITEMS (100,000) items (call X: 7x slower than the matmul path at
 # ml20m-like's 20,729 items, 1.9x faster at beauty-like's 207,649).
 # (1) The GPU tests of every evaluation path (call X cut its list at 200 s in
