@@ -5,12 +5,13 @@
 
 For each head dim D and each regime of the table (few rows: N = 560, many rows: N = 12,800; both
 against V = 207,649 items, bf16), every candidate (BLOCK_N, BLOCK_V, num_warps, num_stages) of
-each kernel is timed through its launcher (``forward_stats``, ``grad_e``, ``grad_c``: the kernel
-plus its small merge kernels) with ``triton.testing.do_bench``. All candidates are first compiled
+each tuned kernel ("fwd": the forward, LSE and softmax C; "dc") is timed through its launcher
+(``forward_stats``, ``grad_c``: the kernel plus its small merge kernels) with
+``triton.testing.do_bench``; dE (``grad_e``, a merge of the forward's partials) has no tiles. All candidates are first compiled
 by parallel worker processes at the same shapes (Triton's on-disk cache), so the timing loop
 does not wait on the compiler. Then the best table is applied and each kernel, and the whole
 loss (forward + backward, eagerly and replayed from a CUDA graph), is timed at the issue's shapes
-(D = 64), with achieved TFLOP/s (5 matmuls: 10 N V D flops) and the peak memory above the
+(D = 64), with achieved TFLOP/s (4 matmuls: 8 N V D flops) and the peak memory above the
 operands (dE and dC included; their size is printed beside it). Writes tune.csv, best.json, breakdown.csv under ``--out``; prints the
 best table (a Python literal for ``_TILES``) and the breakdown. CUDA only.
 """
@@ -34,7 +35,7 @@ import torch
 
 from core.atomic import unwritable, write_text
 
-KERNELS = ("lse", "de", "dc")
+KERNELS = ("fwd", "dc")  # tuned; the breakdown times dE's merge ("de") too
 REGIMES = {0: 560, 1: 12_800}  # index in _TILES' (few rows, many rows) pair -> N timed
 TUNE_V = 207_649
 BREAKDOWN = [(560, 207_649), (560, 1_048_576), (12_800, 20_729), (12_800, 207_649), (12_800, 1_048_576)]
@@ -59,8 +60,8 @@ _CACHE: dict = {}
 
 
 def operands(n: int, v: int, d: int):
-    """bf16 (e, c), targets, the forward's stats (LSEs and count) and an upstream gradient of 1,
-    cached per shape."""
+    """bf16 (e, c), targets, the forward's stats (LSEs and count) and partials, and an upstream
+    gradient of 1, cached per shape."""
     fce = importlib.import_module("core.losses.flash_ce")  # the module, not the function
 
     key = (n, v, d)
@@ -70,9 +71,9 @@ def operands(n: int, v: int, d: int):
         e = (torch.randn(n, d, device="cuda", generator=g) * d**-0.25).bfloat16()
         c = (torch.randn(v, d, device="cuda", generator=g) * d**-0.25).bfloat16()
         t = torch.randint(0, v, (n,), device="cuda", generator=g)
-        stats = fce.forward_stats(e, c, t)[1]
+        _, stats, part = fce.forward_stats(e, c, t)
         grad = torch.ones((), device="cuda")
-        _CACHE[key] = (e, c, t, stats, grad)
+        _CACHE[key] = (e, c, t, stats, part, grad)
     return _CACHE[key]
 
 
@@ -81,12 +82,12 @@ def call(kernel: str, n: int, v: int, d: int):
     per call here (``set_tile`` changes the tiles between candidates)."""
     fce = importlib.import_module("core.losses.flash_ce")  # the module, not the function
 
-    e, c, t, stats, grad = operands(n, v, d)
+    e, c, t, stats, part, grad = operands(n, v, d)
     fce._PLANS.clear()
-    if kernel == "lse":
+    if kernel == "fwd":
         return lambda: fce.forward_stats(e, c, t)
     if kernel == "de":
-        return lambda: fce.grad_e(e, c, stats, t, grad)
+        return lambda: fce.grad_e(e, c, stats, part, t, grad)
     return lambda: fce.grad_c(e, c, stats, t, grad)
 
 
@@ -99,8 +100,8 @@ def set_tile(kernel: str, d: int, regime: int, cfg) -> None:
     fce._PLANS.clear()  # plans hold the tiles they were built with
 
 
-def jobs(dims, vocab: int = TUNE_V, regimes=tuple(REGIMES)) -> list[tuple]:
-    return [(d, regime, kernel, cfg, vocab) for d in dims for regime in regimes for kernel in KERNELS
+def jobs(dims, vocab: int = TUNE_V, regimes=tuple(REGIMES), kernels=KERNELS) -> list[tuple]:
+    return [(d, regime, kernel, cfg, vocab) for d in dims for regime in regimes for kernel in kernels
             for cfg in candidates(d)]
 
 
@@ -117,12 +118,13 @@ def _compile(chunk: list[tuple]) -> int:
     return failed
 
 
-def tune(dims, workers: int, budget_s: float, out: Path, vocab: int = TUNE_V, regimes=tuple(REGIMES)) -> dict:
+def tune(dims, workers: int, budget_s: float, out: Path, vocab: int = TUNE_V, regimes=tuple(REGIMES),
+         kernels=KERNELS) -> dict:
     from triton.testing import do_bench
 
     fce = importlib.import_module("core.losses.flash_ce")  # the module, not the function
 
-    todo = jobs(dims, vocab, regimes)
+    todo = jobs(dims, vocab, regimes, kernels)
     t0 = time.time()
     with mp.get_context("spawn").Pool(workers) as pool:
         failed = sum(pool.map(_compile, [todo[i::workers] for i in range(workers)]))
@@ -170,7 +172,7 @@ def breakdown(out: Path, d: int = 64) -> None:
 
     lines = []
     for n, v in BREAKDOWN:
-        ms = {k: do_bench(call(k, n, v, d), warmup=5, rep=30) for k in KERNELS}
+        ms = {k: do_bench(call(k, n, v, d), warmup=5, rep=30) for k in (*KERNELS, "de")}
         e, c, t = (x.clone() for x in operands(n, v, d)[:3])
         e.requires_grad_(), c.requires_grad_()
 
@@ -195,8 +197,8 @@ def breakdown(out: Path, d: int = 64) -> None:
         torch.cuda.synchronize()
         grads_mib = (e.numel() + c.numel()) * 2 / 2**20  # dE and dC themselves, bf16
         peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20  # grads included
-        flops = 2 * n * v * d * 5  # forward 1 matmul, dE 2, dC 2
-        row = dict(N=n, V=v, D=d, fwd_ms=ms["lse"], de_ms=ms["de"], dc_ms=ms["dc"], total_ms=total,
+        flops = 2 * n * v * d * 4  # forward 2 matmuls (logits, softmax C), dC 2
+        row = dict(N=n, V=v, D=d, fwd_ms=ms["fwd"], de_ms=ms["de"], dc_ms=ms["dc"], total_ms=total,
                    graph_ms=graph_ms, tflops=flops / total / 1e9, graph_tflops=flops / graph_ms / 1e9,
                    peak_mib=peak_mib, grads_mib=grads_mib)
         lines.append(row)
@@ -218,6 +220,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tune", action="store_true", help="only the breakdown")
     parser.add_argument("--vocab", type=int, default=TUNE_V, help="V the candidates are timed at")
     parser.add_argument("--regimes", default="few,many", help="few (N = 560) and/or many (N = 12,800) rows")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help="which of fwd, dc to tune")
     args = parser.parse_args(argv)
     dims = [int(x) for x in args.dims.split(",") if x.strip().isdigit()]
     if not dims or len(dims) != len(args.dims.split(",")) or any(d not in (32, 64, 128, 256) for d in dims):
@@ -225,9 +228,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     regimes = tuple(r for r, name in enumerate(("few", "many")) if name in args.regimes.split(","))
-    if not regimes or args.vocab < 1:
-        print(f"error: --regimes takes few and/or many, --vocab a positive size; got {args.regimes!r}, {args.vocab}",
-              file=sys.stderr)
+    kernels = tuple(k for k in KERNELS if k in args.kernels.split(","))
+    if not regimes or args.vocab < 1 or len(kernels) != len(args.kernels.split(",")):
+        print(f"error: --regimes takes few and/or many, --vocab a positive size, --kernels fwd and/or dc; "
+              f"got {args.regimes!r}, {args.vocab}, {args.kernels!r}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("error: tune_flash_ce needs a CUDA GPU", file=sys.stderr)
@@ -237,7 +241,7 @@ def main(argv=None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_tune:
-        tune(dims, args.workers, args.budget_s, args.out, args.vocab, regimes)
+        tune(dims, args.workers, args.budget_s, args.out, args.vocab, regimes, kernels)
     breakdown(args.out)
     return 0
 

@@ -31,7 +31,7 @@ KERNELS = REPO / "core" / "losses" / "kernels" / "flash_ce.py"
 # (N, V, D, dtype): few and many rows (both tile-table rows), D = 16..256 incl. non-powers of
 # two, V never a tile multiple, many catalog slices (N = 130, V = 1,000), row slices in dC
 # (N = 300, V = 40), one row, the small-catalog backward tiles; a fifth entry is a stand-in SM count (more slices than one chunk of
-# the finish and slice-sum kernels). The broken kernels run on the first four and the last.
+# the finish and dE merge kernels). The broken kernels run on the first four and the last.
 CASES = [
     (5, 129, 24, "float32"),
     (37, 300, 64, "float32"),
@@ -41,8 +41,8 @@ CASES = [
     (9, 150, 256, "float16"),
     (1, 33, 7, "float32"),
     (2100, 70, 32, "float32"),
-    (2100, 70, 64, "float32"),  # many rows, small catalog, D = 64: _SMALL_CATALOG_TILES' dE and dC tiles
-    (37, 3000, 16, "float32", 64),  # 64 stand-in SMs: 47 slices, merged in 2 finish / 3 dE-sum chunks
+    (2100, 70, 64, "float32"),  # many rows, small catalog, D = 64: _SMALL_CATALOG_TILES' dC tile
+    (37, 3000, 16, "float32", 64),  # 64 stand-in SMs: 47 slices, merged in 2 finish / 3 dE chunks
 ]
 # float32: the agreement suite's bound. float16: P is rounded to fp16 (2**-11 relative) before
 # the gradient matmuls, logits are fp32-accumulated: a few 1e-4 measured, 2e-3 bound.
@@ -51,19 +51,21 @@ TOL = {"float32": 1e-5, "float16": 2e-3}
 # Deliberately broken kernels: (name, exact source text, replacement). Each must be caught.
 # The forward's LSE kernel is shared with cce: its broken copies are in tests/test_split_lse.py.
 MUTANTS = [
-    ("de_no_onehot",  # dE forgets the target's -1
-     "p = tl.exp2(logits * LOG2E - lse[:, None]) - tl.where(tgt[:, None] == offs_v[None, :], 1.0, 0.0)",
-     "p = tl.exp2(logits * LOG2E - lse[:, None])"),
+    ("de_no_target",  # dE forgets the target's row (the onehot's -1)
+     "de = (acc - c) * scale", "de = acc * scale"),
     ("dc_no_onehot",  # dC forgets the target's -1
      "p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)",
      "p = tl.exp2(logits * LOG2E - lse[None, :])"),
     ("dc_unweighted",  # dC ignores the row weights (ignored rows and the 1/count mean)
      "p = p * w[None, :]", "p = p"),
-    ("de_last_tile_skipped",  # each dE slice stops one tile early
-     "for t in range(n_tiles):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
-     " + tl.arange(0, BLOCK_V)\n        c = tl.load(",
-     "for t in range(n_tiles - 1):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V"
-     " + tl.arange(0, BLOCK_V)\n        c = tl.load("),
+    ("fwd_last_tile_skipped",  # each forward slice stops one tile early (LSE and softmax C)
+     "for t in range(n_tiles):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)\n"
+     "        v_mask = offs_v < V\n        c = tl.load(",
+     "for t in range(n_tiles - 1):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)\n"
+     "        v_mask = offs_v < V\n        c = tl.load("),
+    ("fwd_no_rescale",  # softmax C not rescaled when a slice's running max grows
+     "acc = tl.dot((p * W_SCORED).to(e.dtype), c, acc * alpha[:, None], input_precision=PRECISION)",
+     "acc = tl.dot((p * W_SCORED).to(e.dtype), c, acc, input_precision=PRECISION)"),
     ("dc_row_slice_overlap",  # dC row slices each run one block into the next slice
      "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split)",
      "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split + BLOCK_N)"),
@@ -74,14 +76,15 @@ MUTANTS = [
     ("finish_merge_no_rescale",  # the slices' LSE merge forgets to rescale its running sum
      "run_sum = run_sum * tl.exp(run_max - safe_max) + tl.sum(tl.exp(part - safe_max[None, :]), axis=0)",
      "run_sum = run_sum + tl.sum(tl.exp(part - safe_max[None, :]), axis=0)"),
-    ("de_partials_not_summed",  # dE takes the first catalog slice's partial only
-     "mask=(s < n_splits)[:, None, None] & rd_mask[None, :, :], other=0.0)",
-     "mask=(s < 1)[:, None, None] & rd_mask[None, :, :], other=0.0)"),
+    ("de_partials_not_summed",  # dE takes the first catalog slice's softmax C only
+     "sr_mask = (s < n_splits)[:, None] & scored[None, :]", "sr_mask = (s < 1)[:, None] & scored[None, :]"),
+    ("de_merge_unweighted",  # dE sums the slices' softmax C without their LSE weights
+     "w = tl.exp(part - lse[None, :])", "w = tl.where(part > float(\"-inf\"), 1.0, 0.0)"),
     ("de_scale_not_over_count",  # dE's scale forgets the count of scored rows
-     "(tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)\n    acc = acc * scale\n    tl.store(OutDE",
-     "(1.0 * W_SCORED)\n    acc = acc * scale\n    tl.store(OutDE"),
+     "scale = tl.load(Grad).to(tl.float32) / tl.maximum(tl.load(Stats + N), 1.0)\n    de =",
+     "scale = tl.load(Grad).to(tl.float32) / 1.0\n    de ="),
     ("de_ignored_rows_weighted",  # dE weighs ignored rows as scored ones
-     "w = tl.where(tgt != IGNORE, W_SCORED, 0.0)  # (BLOCK_N,)", "w = tl.where(n_mask, W_SCORED, 0.0)  # (BLOCK_N,)"),
+     "scored = r_mask & (tgt != IGNORE)", "scored = r_mask"),
 ]
 # Broken copies of the launchers (core/losses/flash_ce.py), caught by the reuse checks.
 LAUNCHER = REPO / "core" / "losses" / "flash_ce.py"
@@ -406,7 +409,7 @@ def test_flex_row_buckets_pad_at_most_an_eighth():
 
 @pytest.mark.parametrize("argv,what", [(["--dims", "48"], "--dims"), (["--dims", "64,x"], "--dims"),
                                       (["--dims", ""], "--dims"), (["--regimes", "all"], "--regimes"),
-                                      (["--vocab", "0"], "--regimes")])
+                                      (["--vocab", "0"], "--regimes"), (["--kernels", "lse"], "--regimes")])
 def test_tune_script_refuses_bad_arguments(argv, what, tmp_path, capsys):
     from kernels_bench import tune_flash_ce
 
@@ -511,9 +514,9 @@ def test_small_catalogs_with_many_rows_take_their_own_backward_tiles():
     module = importlib.import_module("core.losses.flash_ce")  # the module, not the function
 
     assert module.tiles("dc", 12_800, 64, 20_729) == (128, 128, 4, 3)
-    assert module.tiles("de", 12_800, 64, 20_729) == (64, 128, 4, 2)
-    assert module.tiles("lse", 12_800, 64, 20_729) == module._TILES[64]["lse"][1]
+    for kernel in ("lse", "fwd"):
+        assert module.tiles(kernel, 12_800, 64, 20_729) == module._TILES[64][kernel][1]
     for n, v, d in ((12_800, 207_649, 64), (560, 20_729, 64), (12_800, 20_729, 128)):  # elsewhere: the table
-        for kernel in ("lse", "de", "dc"):
+        for kernel in ("lse", "fwd", "dc"):
             assert module.tiles(kernel, n, d, v) == module.tiles(kernel, n, d)
     assert module._Plan(torch.device("cpu"), torch.float32, 12_800, 20_729, 64).dc_meta["BLOCK_N"] == 128

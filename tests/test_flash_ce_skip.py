@@ -6,10 +6,10 @@ switch on, the loss, dE and dC must equal it bit for bit (scored rows' arithmeti
 a skipped block only stops adding exact zeros), on patterns of ignored rows that leave whole
 blocks without a target (a tail, interior blocks, a few scored rows, none ignored, all ignored).
 One case is also compared with float64 softmax CE directly. Broken variants of the kernels must
-fail: a skip test inverted, a missing guard (an ignored row's -inf LSE turns inf * 0 into NaN),
-the last scored row's end off by one, the end's reduction. dE's guard cannot be reached through
-the launchers at the tuned tiles (a dE block never spans two split-LSE blocks), so it is checked
-by handing dE an -inf LSE on an ignored row of a scored block.
+fail: a skip test inverted, dC's missing guard (an ignored row's -inf LSE turns inf * 0 into
+NaN), dE reading ignored rows (a skipped forward block's softmax C is NaN), the last scored
+row's end off by one, the end's reduction. dE is also handed an -inf LSE on an ignored row of a
+scored block (what a skipped block leaves), which must not change it.
 
 Runs under the Triton interpreter in a child process (TRITON_INTERPRET=1 must be set before
 Triton decorates the kernels); the GPU case compiles the kernels for CUDA.
@@ -28,21 +28,17 @@ import torch
 from tests.child_env import child_env
 
 REPO = Path(__file__).resolve().parents[1]
-KERNELS = {"flash_ce": REPO / "core" / "losses" / "kernels" / "flash_ce.py",
-           "split_lse": REPO / "core" / "losses" / "kernels" / "split_lse.py"}
+KERNELS = {"flash_ce": REPO / "core" / "losses" / "kernels" / "flash_ce.py"}
 
 # (module, name, exact source text, replacement): each must be caught.
 MUTANTS = [
-    ("split_lse", "lse_skip_inverted",  # live blocks skipped, dead ones computed
+    ("flash_ce", "fwd_skip_inverted",  # live blocks skipped, dead ones computed
      "n_tiles = tl.where(tl.max((tgt != IGNORE).to(tl.int32), axis=0) > 0, tiles_per_split, 0)",
      "n_tiles = tl.where(tl.max((tgt != IGNORE).to(tl.int32), axis=0) > 0, 0, tiles_per_split)"),
-    ("flash_ce", "de_skip_inverted",
-     "n_tiles = tl.where(tl.max(w, axis=0) > 0, tiles_per_split, 0)",
-     "n_tiles = tl.where(tl.max(w, axis=0) > 0, 0, tiles_per_split)"),
     ("flash_ce", "dc_no_guard",  # a skipped block's -inf LSE: inf * 0 = NaN in dC
      "            p = tl.where(w[None, :] > 0, p, 0.0)\n", "            p = p\n"),
-    ("flash_ce", "de_no_guard",  # only the direct check reaches it
-     "            p = tl.where(w[:, None] > 0, p, 0.0)\n", "            p = p\n"),
+    ("flash_ce", "de_reads_ignored_rows",  # dE merges every row's slices: a skipped block's NaN
+     "sr_mask = (s < n_splits)[:, None] & scored[None, :]", "sr_mask = (s < n_splits)[:, None] & r_mask[None, :]"),
     ("flash_ce", "live_end_one_short",  # dC stops before the last scored row
      "tl.where(valid, offs_r + 1, 0)", "tl.where(valid, offs_r, 0)"),
     ("flash_ce", "live_end_not_max",  # the loss kernel keeps the smallest block end
@@ -61,7 +57,7 @@ from tests.mutants import load_mutant
 fce = sys.modules["core.losses.flash_ce"]
 mutants, paths, device = json.loads(sys.argv[1])
 
-# name: (N, V, D, ignored row ranges); split-LSE and dE blocks are 128 rows, dC's 64 (D = 32)
+# name: (N, V, D, ignored row ranges); forward blocks are 128 rows, dC's 64 (D = 32)
 PATTERNS = {
     "tail": (400, 257, 32, [(150, 400)]),
     "interior": (400, 257, 32, [(128, 256), (300, 400)]),
@@ -106,14 +102,14 @@ def check():
     ref.backward()
     rel = lambda a, b: (torch.linalg.norm(a.double() - b) / torch.linalg.norm(b)).item()
     res["float64"] = [abs(loss.item() - ref.item()), rel(de, e64.grad), rel(dc, c64.grad)]
-    # dE never reads an ignored row's LSE: -inf there (what a skipped split-LSE block leaves)
+    # dE never reads an ignored row's LSE: -inf there (what a skipped forward block leaves)
     fce.SKIP_IGNORED_BLOCKS = True
     e, c, t = operands(200, 129, 32, [(3, 4), (150, 200)])
     plan = _plan(e, c)
-    loss, stats = forward_stats(e, c, t, plan)
-    want = grad_e(e, c, stats, t, torch.ones((), device=device), plan)
+    loss, stats, part = forward_stats(e, c, t, plan)
+    want = grad_e(e, c, stats, part, t, torch.ones((), device=device), plan)
     stats[3] = float("-inf")
-    got = grad_e(e, c, stats, t, torch.ones((), device=device), plan)
+    got = grad_e(e, c, stats, part, t, torch.ones((), device=device), plan)
     res["de_guard"] = bool(torch.isfinite(got).all()) and bool(torch.equal(got, want))
     return res
 
@@ -187,9 +183,9 @@ def test_the_switch_is_on_only_where_the_caller_expects_filler_unless_forced(mon
     monkeypatch.setattr(module, "SKIP_IGNORED_BLOCKS", None)
     e, c = torch.zeros(100, 8), torch.zeros(5, 8)
     module._PLANS.clear()
-    assert module._plan(e, c).lse_meta["SKIP_IGNORED"] is False
+    assert module._plan(e, c).fwd_meta["SKIP_IGNORED"] is False
     with filler_rows():
-        assert module._plan(e, c).lse_meta["SKIP_IGNORED"] is True
+        assert module._plan(e, c).fwd_meta["SKIP_IGNORED"] is True
         with filler_rows(False):
             assert not module.skips_ignored()
     assert not module.skips_ignored()

@@ -3,22 +3,23 @@
 The loss is attention-shaped (hidden states E (N, D) are queries, the catalog C (V, D) keys), so
 it is computed the way flash attention computes attention, tuned for what a recommender has:
 D in 32..256 and a catalog of 10^4..10^6 items scored by a few hundred to tens of thousands of
-positions. Never materializes (N, V): the forward is a lock-free online log-sum-exp split over the
-catalog, by the kernel ``cce``'s split forward runs too (core/losses/split_lse.py), then one
-small kernel merges the slices and takes the target logits, the count and the loss sums, and a
-one-program kernel the mean; the backward recomputes the logits in two kernels, one per gradient
-(core/losses/kernels/flash_ce.py):
-
-- dE: program per (row block, catalog slice), fp32 partials (slices, N, D) summed by a kernel;
-- dC: program per catalog tile, looping over every row block, each dC row written once (with
-  few catalog tiles and many rows, the rows are cut into slices too, fp32 partials summed).
+positions. Never materializes (N, V). The forward is flash attention's forward with the catalog
+as keys and values, split over the catalog without locks: per (row block, catalog slice) the
+slice's log-sum-exp and its softmax times C; one small kernel merges the slices' LSEs and takes
+the target logits, the count and the loss sums, and a one-program kernel the mean. dE is then
+(softmax C - C[target]) * grad / count: one small kernel merges the slices' softmax C, with no
+second pass over the catalog (this replaced a backward kernel that recomputed the logits for
+dE; measured in experiments/bench/NOTES_speed.md, tenth session). dC recomputes the logits
+(core/losses/kernels/flash_ce.py): program per catalog tile, looping over every row block, each
+dC row written once (with few catalog tiles and many rows, the rows are cut into slices too,
+fp32 partials summed).
 
 Per call, nothing but allocations and kernel launches (issue 21.4: eager calls were host-bound):
-forward 3 launches, backward 3 (dE, the sum of its slices, dC), the loss weights and the
-upstream gradient's scale read from device memory inside the kernels. Launch parameters are
-computed once per shape (``_Plan``); transient buffers (partial LSEs, dE / dC partials) are
-reused across calls (``_workspace``); what the backward needs (each row's LSE and the count)
-is allocated per call, so losses built before either backward keep their own.
+forward 3 launches, backward 2 (dE, dC), the loss weights and the upstream gradient's scale
+read from device memory inside the kernels. Launch parameters are computed once per shape
+(``_Plan``); transient buffers (the loss sums, dC partials) are reused across calls
+(``_workspace``); what the backward needs (each row's LSE and the count, the slices' partial
+LSEs and softmax C) is allocated per call, so losses built before either backward keep their own.
 
 How it differs from Apple's CCE (``cce``): exact gradients always (no gradient filter, no
 vocabulary sort), dE accumulated in fp32 (CCE's backward accumulates it in the operand dtype
@@ -26,10 +27,10 @@ across every catalog tile), no locks or atomics anywhere (so reruns are bit-iden
 separate deterministic mode), the catalog split in the backward as well as the forward, and tile
 sizes chosen for D <= 256 instead of language-model hidden sizes.
 
-Extra memory besides dE and dC: O(N) (the LSEs) plus the partials, at most
-``SPLITS_PER_SM * SMs`` slices (core/losses/split_lse.py) of N fp32 LSEs and dE / dC partials
-capped at ``_MAX_PARTIAL_BYTES``; the partials' buffers stay allocated between calls (one per
-kind, stream and thread, grown to the largest shape seen).
+Extra memory besides dE and dC: O(N) (the LSEs) plus the partials: the forward's S slices
+(``SPLITS_PER_SM * SMs`` programs, core/losses/split_lse.py) of N fp32 LSEs and N x D softmax C,
+held from the forward to the backward, and dC's, both capped at ``_MAX_PARTIAL_BYTES``; dC's
+buffer stays allocated between calls (one per stream and thread, grown to the largest shape seen).
 No host sync: nothing data-dependent reaches the host, so a training step using it can be
 captured as a CUDA graph. Ignored targets (``IGNORE_INDEX``) count for nothing; with no
 scored target at all the loss is NaN and the gradients zero, exactly as ``ce``'s.
@@ -50,7 +51,6 @@ import torch
 
 from core.losses.cce import autocast_operands
 from core.losses.registry import LossFacts, expects_filler_rows, register, warn_once
-from core.losses.split_lse import launch as split_lse_launch
 from core.losses.split_lse import split_lse, splits
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,19 @@ _MAX_PARTIAL_BYTES = 64 * 2**20  # the fp32 dE (slices, N, D) and dC (slices, V,
 # `python kernels_bench/tune_flash_ce.py --dims 64,128,256` (fastest of 40 candidates per kernel
 # at D = 64, 24 at D = 128 and 256; results/flash_ce_h200/tuning). D <= 32 was not searched: it
 # uses D = 64's table.
+# "lse" is ``lse_forward``'s (the split LSE alone); "fwd" the loss's forward (LSE and softmax C),
+# not yet tuned: the dE kernel's old tiles at D <= 128 (the same two matmuls per tile), (64, 64, 8, 2)
+# at D = 256 (a 128 x 256 fp32 accumulator would not fit the registers).
 _TILES = {
     #      kernel: (few rows,          many rows)
     64: {"lse": ((128, 64, 4, 3), (128, 64, 4, 3)),
-         "de": ((128, 64, 8, 3), (128, 32, 4, 3)),
+         "fwd": ((128, 64, 8, 3), (128, 32, 4, 3)),
          "dc": ((64, 128, 4, 3), (64, 128, 4, 3))},
     128: {"lse": ((128, 64, 4, 3), (128, 128, 8, 2)),
-          "de": ((64, 128, 4, 3), (128, 64, 8, 3)),
+          "fwd": ((64, 128, 4, 3), (128, 64, 8, 3)),
           "dc": ((32, 64, 4, 3), (64, 64, 4, 3))},
     256: {"lse": ((128, 64, 8, 3), (128, 64, 8, 3)),
-          "de": ((128, 64, 8, 3), (128, 64, 8, 3)),
+          "fwd": ((64, 64, 8, 2), (64, 64, 8, 2)),
           "dc": ((64, 64, 4, 2), (64, 64, 4, 2))},
 }
 _TILES[32] = _TILES[64]
@@ -79,10 +82,10 @@ _FEW_ROWS = 2048
 # Many rows against a small catalog (V <= _SMALL_CATALOG), D = 64: the backward tiles measured best
 # at ml20m-like's shape (N = 12,800, V = 20,729) on one H200 (2026-12-02, call L,
 # results/speed_h200_2026-12-02/call_l/tune_ml: `tune_flash_ce.py --dims 64 --vocab 20729 --regimes
-# many`): dC 0.239 -> 0.204 ms, dE 0.197 -> 0.192 ms; the forward's tile was already the best there.
-# The cut between V = 20,729 (measured) and 207,649 (the table's) is not measured.
+# many`): dC 0.239 -> 0.204 ms. The cut between V = 20,729 (measured) and 207,649 (the table's)
+# is not measured.
 _SMALL_CATALOG = 65_536
-_SMALL_CATALOG_TILES = {64: {"de": (64, 128, 4, 2), "dc": (128, 128, 4, 3)}}
+_SMALL_CATALOG_TILES = {64: {"dc": (128, 128, 4, 3)}}
 
 
 def _block_d(d: int) -> int:
@@ -91,7 +94,7 @@ def _block_d(d: int) -> int:
 
 
 def tiles(kernel: str, n: int, d: int, v: int | None = None) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_V, num_warps, num_stages) of ``kernel`` ("lse", "de", "dc") at (N, D), and
+    """(BLOCK_N, BLOCK_V, num_warps, num_stages) of ``kernel`` ("lse", "fwd", "dc") at (N, D), and
     at a catalog of ``v`` items where that was measured to matter (``_SMALL_CATALOG_TILES``)."""
     block_d = _block_d(d)
     if block_d > 256:
@@ -138,29 +141,27 @@ class _Plan:
         self.n, self.v, self.d = n, v, d
         block_d = self.block_d = _block_d(d)
         precision = _precision(e_dtype)
-        # Forward: split LSE (the kernel cce shares, at flash_ce's tiles), then the finish and the loss kernels.
-        bn, bv, warps, stages = tiles("lse", n, d)
-        self.lse_grid, per_split, self.lse_meta = split_lse_launch(
-            n, v, d, dtype=e_dtype, device=device, block_n=bn, block_v=bv, block_d=block_d, base2=True,
-            num_warps=warps, num_stages=stages)
-        self.lse_meta["SKIP_IGNORED"] = skip
-        self.lse_splits = self.lse_grid[1]
-        self.lse_args = (n, v, d, d, d, per_split)
+        # Forward: LSE and softmax C per (row block, catalog slice), then the finish and the loss kernels.
+        bn, bv, warps, stages = tiles("fwd", n, d)
+        n_blocks = -(-n // bn)
+        cap = max(1, _MAX_PARTIAL_BYTES // (max(1, n) * (d + 1) * 4))
+        self.lse_splits, per_split = splits(-(-v // bv), max(1, n_blocks), device, cap)
+        self.fwd_grid = (n_blocks, self.lse_splits)
+        self.fwd_args = (n, v, d, d, d, per_split)
+        self.fwd_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, PRECISION=precision, SKIP_IGNORED=skip,
+                             num_warps=warps, num_stages=stages)
+        self.part_size = self.lse_splits * n * (d + 1)  # (S, N) LSEs, then (S, N, D) softmax C
         fin_r = max(16, min(64, 4096 // block_d))  # rows per finish program: E and C tiles of 4,096 entries
         self.fin_blocks = -(-n // fin_r)
         self.fin_grid = (self.fin_blocks,)
         self.fin_meta = dict(BLOCK_R=fin_r, BLOCK_S=max(2, min(32, _pow2(self.lse_splits))), BLOCK_D=block_d,
                              SKIP_IGNORED=skip, num_warps=4)
         self.loss_meta = dict(BLOCK=max(16, min(1024, _pow2(self.fin_blocks))), SKIP_IGNORED=skip, num_warps=4)
-        # Backward: dE (row block x catalog slice), dC (catalog tile x row slice).
-        bn, bv, warps, stages = tiles("de", n, d, v)
-        n_blocks = -(-n // bn)
-        cap = max(1, _MAX_PARTIAL_BYTES // (max(1, n) * block_d * 4))
-        self.de_splits, per_split = splits(-(-v // bv), max(1, n_blocks), device, cap)
-        self.de_grid = (n_blocks, self.de_splits)
-        self.de_tiles_per_split = per_split
-        self.de_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, PRECISION=precision, SKIP_IGNORED=skip,
-                            num_warps=warps, num_stages=stages)
+        # Backward: dE (a merge per row block: tiles of ~2,048 partial entries), dC (catalog tile x row slice).
+        de_s = max(2, min(16, _pow2(self.lse_splits)))
+        de_r = max(2, 2048 // (de_s * block_d))
+        self.de_grid = (-(-n // de_r),)
+        self.de_meta = dict(BLOCK_R=de_r, BLOCK_S=de_s, BLOCK_D=block_d, num_warps=4)
         bn, bv, warps, stages = tiles("dc", n, d, v)
         v_tiles = -(-v // bv)
         # Row slices only where catalog tiles alone leave the GPU idle (small catalogs, many rows).
@@ -171,11 +172,8 @@ class _Plan:
         self.dc_meta = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=block_d, PRECISION=precision, SKIP_IGNORED=skip,
                             num_warps=warps, num_stages=stages)
         # Workspaces (fp32 entries): transient within one forward or one backward, never saved.
-        self.lse_ws = self.lse_splits * n
         self.sums_ws = (3 if skip else 2) * self.fin_blocks
-        self.de_ws = self.de_splits * n * d if self.de_splits > 1 else 0
         self.dc_ws = self.dc_splits * v * d if self.dc_splits > 1 else 0
-        self.sum_de = self._sum_meta(n, self.de_splits, block_d)
         self.sum_dc = self._sum_meta(v, self.dc_splits, block_d)
 
     @staticmethod
@@ -210,7 +208,7 @@ REUSE_WORKSPACES = True
 
 def _workspace(device: torch.device, kind: str, numel: int) -> torch.Tensor:
     """A flat fp32 buffer of at least ``numel`` entries for transient use within one forward
-    (``kind`` "lse", "sums") or one backward ("de", "dc"), reused by later calls.
+    (``kind`` "sums") or one backward ("dc"), reused by later calls.
 
     Safe because every use is in stream order: one call's kernels write it and read it back
     before the next call's kernels (same stream, same thread) can touch it, and nothing saved
@@ -243,58 +241,49 @@ def _workspace(device: torch.device, kind: str, numel: int) -> torch.Tensor:
 
 
 def forward_stats(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor,
-                  plan: _Plan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss (), stats (N + 2,)) fp32: the mean NLL over scored rows and each row's LSE followed
-    by the count of scored rows (and the end of the last scored row, written when the plan skips
-    ignored blocks); three launches (split LSE, finish, loss), no torch op."""
+                  plan: _Plan | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss (), stats (N + 2,), part) fp32: the mean NLL over scored rows; each row's LSE
+    followed by the count of scored rows (and the end of the last scored row, written when the
+    plan skips ignored blocks); and the slices' partial LSEs and softmax C, which the backward's
+    dE merges. Three launches (forward, finish, loss), no torch op."""
     from core.losses.kernels import flash_ce as kernels
-    from core.losses.kernels import split_lse as lse_kernels
 
     plan = plan or _plan(e, c)
     n = plan.n
     stats = torch.empty(n + 2, dtype=torch.float32, device=e.device)
+    part = torch.empty(plan.part_size, dtype=torch.float32, device=e.device)  # saved for dE: not a workspace
     loss = torch.empty((), dtype=torch.float32, device=e.device)
-    part = _workspace(e.device, "lse", plan.lse_ws)  # (slices, N) partial LSEs
     sums = _workspace(e.device, "sums", plan.sums_ws)  # (2, finish blocks): loss sums, counts
     if n:
-        lse_kernels.split_lse_kernel[plan.lse_grid](e, c, targets, part, *plan.lse_args, **plan.lse_meta)
+        kernels._forward_kernel[plan.fwd_grid](e, c, targets, part, *plan.fwd_args, **plan.fwd_meta)
         kernels._finish_kernel[plan.fin_grid](part, e, c, targets, stats, sums, n, plan.v, plan.d,
                                               plan.d, plan.d, plan.lse_splits, plan.fin_blocks,
                                               **plan.fin_meta)
     kernels._loss_kernel[(1,)](sums, stats, loss, n, plan.fin_blocks, **plan.loss_meta)
-    return loss, stats
+    return loss, stats, part
 
 
 def lse_forward(e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """(N,) fp32 row log-sum-exp of ``e @ c.T`` (``e``, ``c`` contiguous), never materialized:
-    the shared split kernel at flash_ce's tiles, merged by ``torch.logsumexp`` (``split_lse``'s
-    launcher, which tests/test_split_lse.py holds bit for bit to the kernels before issue 20).
-    The loss itself merges the slices in ``_finish_kernel`` instead (same values to fp32
-    rounding)."""
+    the split LSE kernel ``cce`` shares, at flash_ce's "lse" tiles, merged by ``torch.logsumexp``
+    (``split_lse``'s launcher, which tests/test_split_lse.py holds bit for bit to the kernels
+    before issue 20). The loss itself runs its own forward kernel (LSE and softmax C together)."""
     block_n, block_v, warps, stages = tiles("lse", e.shape[0], e.shape[1])
     return split_lse(e, c, block_n=block_n, block_v=block_v, block_d=_block_d(e.shape[1]), base2=True,
                      num_warps=warps, num_stages=stages)
 
 
-def grad_e(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tensor:
-    """dE (N, D) in ``e``'s dtype: sum over items of (softmax - onehot) * grad / count, times C.
-    ``stats``: ``forward_stats``' (N + 2,) buffer; ``grad``: the loss's upstream gradient (())."""
+def grad_e(e, c, stats, part, targets, grad, plan: _Plan | None = None) -> torch.Tensor:
+    """dE (N, D) in ``e``'s dtype: (softmax C - C[target]) * grad / count, softmax C merged from
+    ``part``. ``stats``, ``part``: ``forward_stats``' buffers; ``grad``: the loss's upstream
+    gradient (()). One launch, no pass over the catalog."""
     from core.losses.kernels import flash_ce as kernels
 
     plan = plan or _plan(e, c)
     de = torch.empty_like(e)
-    if plan.n == 0:
-        return de
-    if plan.de_splits == 1:
-        out, stride_split = de, 0
-    else:
-        out = _workspace(e.device, "de", plan.de_ws)
-        stride_split = plan.n * plan.d
-    kernels._de_kernel[plan.de_grid](e, c, stats, grad, targets, out, plan.n, plan.v, plan.d, plan.d,
-                                     plan.d, stride_split, plan.de_tiles_per_split, **plan.de_meta)
-    if plan.de_splits > 1:
-        grid, meta = plan.sum_de
-        kernels._sum_cast_kernel[grid](out, de, plan.n, plan.d, plan.de_splits, stride_split, plan.d, **meta)
+    if plan.n:
+        kernels._de_kernel[plan.de_grid](c, stats, part, grad, targets, de, plan.n, plan.v, plan.d, plan.d,
+                                         plan.lse_splits, **plan.de_meta)
     return de
 
 
@@ -324,24 +313,24 @@ def grad_c(e, c, stats, targets, grad, plan: _Plan | None = None) -> torch.Tenso
 class FlashCE(torch.autograd.Function):
     """Mean NLL over rows with a target; both passes by the kernels above.
 
-    Per call: forward = 2 allocations (stats, loss) from the caching allocator + 3 launches;
-    backward = 2 allocations (dE, dC) + 3 launches (dE, its slices' sum, dC; 2 or 4 at other
-    shapes). No torch op between them and no host sync."""
+    Per call: forward = 3 allocations (stats, partials, loss) from the caching allocator + 3
+    launches; backward = 2 allocations (dE, dC) + 2 launches (dE, dC; 3 with dC's row slices).
+    No torch op between them and no host sync."""
 
     @staticmethod
     def forward(ctx, e, c, targets, plan):
-        loss, stats = forward_stats(e, c, targets, plan)
+        loss, stats, part = forward_stats(e, c, targets, plan)
         ctx.plan = plan
-        ctx.save_for_backward(e, c, stats, targets)
+        ctx.save_for_backward(e, c, stats, part, targets)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
         # grad / count is applied inside the kernels (module doc of core/losses/kernels/flash_ce.py).
-        e, c, stats, targets = ctx.saved_tensors
+        e, c, stats, part, targets = ctx.saved_tensors
         plan = ctx.plan
         grad = grad.contiguous()
-        de = grad_e(e, c, stats, targets, grad, plan) if ctx.needs_input_grad[0] else None
+        de = grad_e(e, c, stats, part, targets, grad, plan) if ctx.needs_input_grad[0] else None
         dc = grad_c(e, c, stats, targets, grad, plan) if ctx.needs_input_grad[1] else None
         return de, dc, None, None
 
