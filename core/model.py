@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from core import table_grad
 from core.data.batching import padded_compact_index
 
 # FlexAttention's tile: a packed block's length T must be a multiple of it where the block
@@ -301,16 +302,22 @@ class TiedItemTable(torch.autograd.Function):
     in one buffer (issue 21.3, "one pass over the item table"):
     - the loss's dC, used as it is when the loss handed it back as rows 1.. of a (V + 1, D)
       buffer (``table_backed``; flash_ce does), else copied into a new one (ce, cce);
-    - the lookup's row gradients added in (CUDA: the embedding's own deterministic backward,
-      ``embedding_dense_backward``, into a zeroed (V + 1, D) table, then one add: ``index_put_``
-      with ``accumulate`` did it in place but took 0.21 ms a beauty-like and 0.62 ms an
-      ml20m-like step on the H200, where many positions share an item (call D of 2026-12-02);
-      CPU: ``index_add_``, in order); so the gradient equals autograd's to fp32 rounding;
-    - the padding row zeroed (``nn.Embedding(padding_idx=0)``'s rule).
+    - the lookup's row gradients added into it in place (CUDA, or the CPU under the Triton
+      interpreter: ``core.table_grad.add_rows_``, one stable sort of the ids and one kernel
+      whose programs each sum one item's rows in a fixed order and add the sum to its row: no
+      atomics, no host sync, bit-identical reruns, only the touched rows read and written; it
+      replaced ``table += embedding_dense_backward(...)``, a zeroed (V + 1, D) table, a sort
+      and a full-table add, and ``index_put_`` with ``accumulate`` did it in place but took
+      0.21 ms a beauty-like and 0.62 ms an ml20m-like step on the H200, where many positions
+      share an item (call D of 2026-12-02); the CPU: ``index_add_``, in order); so the gradient
+      equals autograd's to fp32 rounding;
+    - the padding row zeroed (``nn.Embedding(padding_idx=0)``'s rule; the kernel skips id 0).
     Autograd's own path builds three (V + 1, D) tensors per step: dC's slice backward into a
     zeroed table, the embedding backward's zeroed table, and their sum (~370 MB of traffic at
-    207,649 x 64 fp32); here the slice backward and the sum's new tensor are gone.
-    Forward: ``(F.embedding(ids, weight), weight[1:])``, the same values."""
+    207,649 x 64 fp32); here, with a table-backed dC, none: the table's gradient is dC's
+    buffer with the looked-up rows added. Forward: ``(F.embedding(ids, weight), weight[1:])``,
+    the same values. Its backward picks its buffer at run time, so it runs in eager autograd
+    even under torch.compile (``tied_lookup``)."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor):
@@ -331,13 +338,30 @@ class TiedItemTable(torch.autograd.Function):
             else:
                 table[1:] = grad_catalog  # row 0 (garbage, padding ids add into it) is zeroed below
         if grad_rows is not None:
-            flat_ids, flat_rows = ids.reshape(-1), grad_rows.reshape(-1, dim).to(table.dtype)
-            if table.is_cuda:  # the embedding's own backward (sorted, deterministic), then one add
-                table += torch.ops.aten.embedding_dense_backward(flat_rows, flat_ids, rows, 0, False)
+            flat_ids, flat_rows = ids.reshape(-1), grad_rows.reshape(-1, dim)
+            if table_grad.runs_kernel(table):  # CUDA (or the interpreter): sorted, in place, no atomics
+                table_grad.add_rows_(table, flat_ids, flat_rows)
             else:  # the CPU's index_put_ accumulates in parallel (not reproducible); index_add_ in order
-                table.index_add_(0, flat_ids, flat_rows)
-        table[0] = 0  # the padding row gets no gradient
+                table.index_add_(0, flat_ids, flat_rows.to(table.dtype))
+        table[0] = 0  # the padding row gets no gradient (garbage in a table-backed dC's row 0)
         return table, None
+
+
+# torch.compiler.disable, but importing torch._dynamo (and with it triton) on the first call
+# instead of at decoration: the public decorator added ~1.1 s to ``import core.model`` (CPU,
+# measured here) and imported triton. A private torch helper; if a torch lacks it, the public one.
+_disable_compile = getattr(torch, "_disable_dynamo", torch.compiler.disable)
+
+
+@_disable_compile
+def tied_lookup(weight: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TiedItemTable.apply(weight, ids)``, always run eagerly: inside a torch.compile'd caller
+    (the graphed step's ``compiled_forward_block``) Dynamo breaks the graph here, compiles what
+    comes before and after, and leaves this node to eager autograd. Traced, its backward could
+    not take the loss's dC buffer at run time (``table_backed`` looks at the real tensor's
+    ``_base``) nor launch ``core.table_grad``'s kernel; eager, it does both
+    (tests/test_graph_step.py checks that the compiled block's catalog is this node's)."""
+    return TiedItemTable.apply(weight, ids)
 
 
 INIT_STD = 0.02  # every weight's Normal(0, std) init (nanoGPT/BERT)
@@ -492,7 +516,7 @@ class SASRec(nn.Module):
     def _lookup(self, ids: torch.Tensor, shares, with_catalog: bool):
         """(the rows of ``ids``, the catalog from the same node or None)."""
         if with_catalog:
-            return TiedItemTable.apply(self.item_emb.weight, ids)
+            return tied_lookup(self.item_emb.weight, ids)
         return (self.item_emb(ids) if shares is None else self.item_emb(ids, shares)), None
 
     def _forward_packed(self, seq: torch.Tensor, packing: int | Packing, with_catalog: bool = False):

@@ -85,22 +85,36 @@ def test_padded_body_trains_like_the_eager_step(data, loss_fn):
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_the_compiled_forward_block_steps_like_the_eager_one(data, packed):
     """What train.compile + train.cuda_graph capture (``compiled_forward_block``: compaction,
-    packing and body under torch.compile), checked on the CPU against ``forward_block``:
-    same loss and gradients to fp32 rounding (one step, SGD with lr 0)."""
+    packing and body under torch.compile, the tied lookup eager), checked on the CPU against
+    the UNTIED eager ``forward_block`` (``catalog()``, autograd's own sum for the table): the
+    compiled block's catalog is ``TiedItemTable``'s, same loss and gradients to fp32 rounding
+    (one step, SGD with lr 0), the table's padding row zero."""
     seqs = DeviceSequences.from_data(data, "cpu")
     inputs, targets, positions, _ = next(TrainBatches(seqs, batch_size=50, max_len=20, seed=0).epoch(1))
     n_pad = bucket_size(positions, 256)
+    compiled = compiled_forward_block("default")
+    catalogs = []
+
+    def noting(block):  # the block, noting which autograd node made its catalog
+        def run(*args):
+            e, catalog, t = block(*args)
+            catalogs.append(type(catalog.grad_fn).__name__)
+            return e, catalog, t
+        return run
+
     results = []
-    for block in (forward_block, compiled_forward_block("default")):
+    for block in (functools.partial(forward_block, tied=False), compiled):
         model = _model()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         loss = step_body(model, opt, ce, inputs=inputs, targets=targets, n_pad=n_pad, amp=False,
-                         packed=packed, block=block)
-        results.append((loss, [p.grad for p in model.parameters()]))
+                         packed=packed, block=noting(block))
+        results.append((loss, {n: p.grad for n, p in model.named_parameters()}))
     (loss, grads), (compiled_loss, compiled_grads) = results
+    assert catalogs == ["SliceBackward0", "TiedItemTableBackward"]  # untied, then tied
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=0)
-    for g, h in zip(grads, compiled_grads):
-        torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-7)
+    for name, g in grads.items():
+        torch.testing.assert_close(compiled_grads[name], g, rtol=1e-4, atol=1e-7, msg=name)
+    assert compiled_grads["item_emb.weight"][0].abs().sum() == 0  # the padding row
 
 
 def test_cuda_graph_needs_cuda_and_composes_only_with_graph_free_compile(data, tmp_path, caplog):

@@ -131,7 +131,7 @@ def test_broken_variants_are_caught(mutant, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("pack", [None, 128], ids=["padded", "packed"])
 def test_cuda_tied_table_with_flash_ce_equals_autograds(pack):
-    """On the GPU: flash_ce's table-backed dC and CUDA's sorted index_put_."""
+    """On the GPU: flash_ce's table-backed dC and the rows added by ``core.table_grad.add_rows_``."""
     from core.losses.flash_ce import flash_ce
 
     tied, plain = (_grads(t, pack=pack, loss_fn=flash_ce, device="cuda") for t in (True, False))

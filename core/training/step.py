@@ -6,7 +6,9 @@ outside: it wraps the loss and hooks the optimizer; nothing here exists for timi
 Every variant computes the same thing: forward, ``loss_fn(e, model.catalog(), item_id - 1)``
 on the compact (N, D) block of non-padding positions, backward, Adam. Where the model holds its
 whole table (``ties``) the catalog comes from the forward itself (``with_catalog``): the same
-values, and the table's gradient is built in one buffer (``core.model.TiedItemTable``). N is
+values, and the table's gradient is built in one buffer (``core.model.TiedItemTable``), also
+under the graphed step's compiled body (``compiled_forward_block``: the tied lookup runs
+eagerly, a graph break); only the eager step's ``train.compile``d body keeps ``catalog()``. N is
 known on the host (``core.data.batching.Batch.positions``), so gathering the block needs no
 device->host sync.
 
@@ -212,7 +214,9 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, *, lr: float, weight_de
     run = _eager_step(model, forward, optimizer, loss_fn, amp=amp,
                       pad_to=batch_size if mode else None, cudagraphs=mode == "reduce-overhead",
                       packed=packed, min_bucket=settings.graph_min_bucket,
-                      tied=ties(model) and mode is None)  # the compiled body keeps catalog()
+                      # the compiled body keeps catalog(): the tied lookup's graph break is not
+                      # tried under reduce-overhead's CUDA-graph trees
+                      tied=ties(model) and mode is None)
     return Step(run, optimizer, "eager" if mode is None else f"compiled body ({mode})", warning, packed)
 
 
@@ -315,16 +319,17 @@ def forward_block(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
 
 
 def compiled_forward_block(mode: str) -> Callable:
-    """``forward_block`` under torch.compile (``mode`` of ``GRAPHABLE_MODES``), untied (the
-    catalog from ``catalog()``: ``TiedItemTable``'s backward picks its buffer at run time,
-    which a traced backward cannot), one compile per (bucket, packed) - ints are guarded on - so
-    the recompile limit is raised to 64 as for FlexAttention (``core.model.compiled_flex_attention``)."""
-    import functools
-
+    """``forward_block`` under torch.compile (``mode`` of ``GRAPHABLE_MODES``), tied where the
+    model ``ties``: the tied lookup (``core.model.tied_lookup``) is excluded from compilation, so
+    Dynamo breaks the graph there and compiles the compaction and packing before it and the
+    body after it, while ``TiedItemTable`` runs, forward and backward, in eager autograd (its
+    backward takes the loss's dC buffer at run time, which a traced backward could not). One
+    compile per (bucket, packed) - ints are guarded on - so the recompile limit is raised to
+    64 as for FlexAttention (``core.model.compiled_flex_attention``)."""
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(functools.partial(forward_block, tied=False), mode=mode, dynamic=False)
+    return torch.compile(forward_block, mode=mode, dynamic=False)
 
 
 def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,

@@ -1,0 +1,72 @@
+"""An embedding lookup's row gradients added into its table's gradient in place:
+``add_rows_(table, ids, rows)`` is ``table.index_add_(0, ids, rows)`` with the padding id 0
+left out (``core.model.TiedItemTable``'s backward, issue 21.3: "one pass over the item table").
+
+Why a kernel: CUDA's deterministic way, ``table += embedding_dense_backward(rows, ids, ...)``,
+writes a zeroed (V + 1, D) table, sorts the ids and reads the whole table back to add it (the
+fill and the add are full-table passes: 53 MB each at 207,649 x 64 fp32); ``index_put_`` with
+``accumulate`` works in place but took 0.21 ms a beauty-like and 0.62 ms an ml20m-like step on
+an H200 where many positions share an item (call D of 2026-12-02); ``index_add_`` on CUDA adds
+with atomics (not reproducible). Here: one stable sort of the T ids (``torch.sort``, no host
+sync), then one program per sorted position; the first position of each id's run sums the
+run's rows in a fixed order and adds the sum to the table's row (``core/table_grad_kernel.py``):
+each touched row read and written once, untouched rows not at all, no atomics, no host sync
+(so it is captured in a CUDA graph), reruns bit-identical. Its time on a GPU is not measured.
+
+Where it runs: CUDA tensors, or CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``,
+how tests/test_table_grad.py checks it); ``runs_kernel`` says which. Imports nothing from
+triton: the kernel module is imported on the first launch, so ``core`` imports without triton.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+MAX_BLOCK_D = 128  # columns per program: wider tables take a second grid axis
+
+
+def runs_kernel(table: torch.Tensor) -> bool:
+    """Whether ``add_rows_`` runs its kernel for ``table`` (else callers use ``index_add_``): an
+    fp32 table on CUDA, or on the CPU under the Triton interpreter."""
+    return table.dtype == torch.float32 and (table.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def launch_meta(d: int) -> dict:
+    """(BLOCK_D, CHUNK, num_warps) for D columns: a chunk of ~2,048 values per program (not tuned)."""
+    block_d = min(MAX_BLOCK_D, 1 << max(d - 1, 0).bit_length())
+    return {"BLOCK_D": block_d, "CHUNK": max(8, min(64, 2048 // block_d)), "num_warps": 2}
+
+
+def add_rows_(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``table[ids[i]] += rows[i]`` for every i with ``ids[i] != 0``, in place; returns ``table``.
+
+    ``table`` (R, D) fp32 with unit column stride; ``ids`` (T,) int64 in [0, R); ``rows`` (T, D)
+    float (read as fp32). Deterministic: a row's contributions are summed in a fixed order (their
+    positions' order, ``tl.sum`` within each chunk of positions) and added once. No host sync."""
+    if ids.ndim != 1 or rows.ndim != 2 or rows.shape != (ids.shape[0], table.shape[1]):
+        raise ValueError(f"add_rows_: ids (T,), rows (T, {table.shape[1]}), got {tuple(ids.shape)}, "
+                         f"{tuple(rows.shape)}")
+    order = torch.sort(ids, stable=True)
+    return add_sorted_rows_(table, order.values, order.indices, rows)
+
+
+def add_sorted_rows_(table: torch.Tensor, sorted_ids: torch.Tensor, order: torch.Tensor,
+                     rows: torch.Tensor) -> torch.Tensor:
+    """``add_rows_`` given the stable sort of its ids: ``sorted_ids`` (T,) and where each came
+    from, ``order`` (T,) (both with unit stride; only their first T entries are read)."""
+    from core import table_grad_kernel as kernels
+
+    if table.dtype != torch.float32 or table.stride(1) != 1:
+        raise ValueError(f"add_rows_: the table must be fp32 with unit column stride, got {table.dtype}, "
+                         f"stride {table.stride()}")
+    n, d = sorted_ids.shape[0], table.shape[1]
+    if n == 0 or d == 0:
+        return table
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    meta = launch_meta(d)
+    grid = (n, -(-d // meta["BLOCK_D"]))
+    kernels.add_rows_kernel[grid](table, sorted_ids, order, rows, n, d, table.stride(0), rows.stride(0), **meta)
+    return table

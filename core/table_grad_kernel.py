@@ -1,0 +1,49 @@
+"""The Triton kernel of ``core.table_grad.add_rows_``: an embedding's row gradients added into
+its table's gradient in place, one writer per item, no atomics.
+
+Input: the lookup's ids sorted stably (``SortedIds`` (T,)), where each sorted position came from
+(``Order`` (T,): the sort's indices, so a run of one id lists its positions in their original
+order) and the row gradients in their original order (``Rows`` (T, D), row stride ``stride_r``).
+Program (sorted position p, block of ``BLOCK_D`` columns): p starts a segment when its id
+differs from the previous position's (or p = 0) and is not 0 (the padding id: its rows are not
+added). A starting program sums its segment's rows, ``CHUNK`` sorted positions at a time (each
+chunk's rows summed by ``tl.sum``, the chunks in sorted order), until a chunk is not full of its
+id, and adds the sum to ``Table[id]``. Every other program does nothing. Each id has exactly one
+writer and a fixed summation order (the same for every run: no atomics), so reruns are
+bit-identical. The rows are read in fp32 whatever their float dtype; the table is fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def add_rows_kernel(
+    Table, SortedIds, Order, Rows, T, D, stride_t, stride_r,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Program (p, column block): Table[id, cols] += the sum of id's rows, if p starts id's segment."""
+    p = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    item = tl.load(SortedIds + p)
+    prev = tl.load(SortedIds + tl.maximum(p - 1, 0))
+    starts = (item != 0) & ((p == 0) | (prev != item))
+    if starts:
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        pos = p + tl.arange(0, CHUNK)
+        more = p < T  # True (a tensor: the loop's condition must keep one type)
+        while more:
+            in_range = pos < T
+            same = tl.load(SortedIds + pos, mask=in_range, other=0) == item
+            in_seg = in_range & same  # sorted: the segment is contiguous, so its positions lead the chunk
+            src = tl.load(Order + pos, mask=in_seg, other=0)
+            rows = tl.load(Rows + src[:, None] * stride_r + offs_d[None, :],
+                           mask=in_seg[:, None] & d_mask[None, :], other=0.0)
+            acc += tl.sum(rows.to(tl.float32), axis=0)
+            more = tl.sum(in_seg.to(tl.int32), axis=0) == CHUNK  # a full chunk: the segment may go on
+            pos += CHUNK
+        out = Table + item * stride_t + offs_d
+        tl.store(out, tl.load(out, mask=d_mask, other=0.0) + acc, mask=d_mask)
