@@ -54,18 +54,21 @@ MUTANTS = [
     ("de_no_target",  # dE forgets the target's row (the onehot's -1)
      "de = (acc - c) * scale", "de = acc * scale"),
     ("dc_no_onehot",  # dC forgets the target's -1
-     "p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)",
-     "p = tl.exp2(logits * LOG2E - lse[None, :])"),
-    ("dc_unweighted",  # dC ignores the row weights (ignored rows and the 1/count mean)
-     "p = p * w[None, :]", "p = p"),
+     "p = tl.exp2(logits * LOG2E - shift[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)",
+     "p = tl.exp2(logits * LOG2E - shift[None, :])"),
+    ("dc_ignored_rows_weighted",  # dC weighs ignored rows as scored ones
+     "shift = tl.where(tgt != IGNORE, lse * LOG2E - W_LOG2, float(\"inf\"))", "shift = lse * LOG2E - W_LOG2"),
+    ("dc_scale_not_over_count",  # dC's scale forgets the count of scored rows
+     "scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)",
+     "scale = tl.load(Grad).to(tl.float32) / W_SCORED"),
     ("fwd_last_tile_skipped",  # each forward slice stops one tile early (LSE and softmax C)
      "for t in range(n_tiles):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)\n"
      "        v_mask = offs_v < V\n        c = tl.load(",
      "for t in range(n_tiles - 1):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)\n"
      "        v_mask = offs_v < V\n        c = tl.load("),
     ("fwd_no_rescale",  # softmax C not rescaled when a slice's running max grows
-     "acc = tl.dot((p * W_SCORED).to(e.dtype), c, acc * alpha[:, None], input_precision=PRECISION)",
-     "acc = tl.dot((p * W_SCORED).to(e.dtype), c, acc, input_precision=PRECISION)"),
+     "acc = tl.dot(p.to(e.dtype), c, acc * alpha[:, None], input_precision=PRECISION)",
+     "acc = tl.dot(p.to(e.dtype), c, acc, input_precision=PRECISION)"),
     ("dc_row_slice_overlap",  # dC row slices each run one block into the next slice
      "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split)",
      "row_end = tl.minimum(N, (pid_s + 1) * rows_per_split + BLOCK_N)"),

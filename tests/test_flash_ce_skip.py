@@ -35,8 +35,8 @@ MUTANTS = [
     ("flash_ce", "fwd_skip_inverted",  # live blocks skipped, dead ones computed
      "n_tiles = tl.where(tl.max((tgt != IGNORE).to(tl.int32), axis=0) > 0, tiles_per_split, 0)",
      "n_tiles = tl.where(tl.max((tgt != IGNORE).to(tl.int32), axis=0) > 0, 0, tiles_per_split)"),
-    ("flash_ce", "dc_no_guard",  # a skipped block's -inf LSE: inf * 0 = NaN in dC
-     "            p = tl.where(w[None, :] > 0, p, 0.0)\n", "            p = p\n"),
+    ("flash_ce", "dc_no_guard",  # a skipped block's -inf LSE: exp2(+inf) in dC
+     "shift = tl.where(tgt != IGNORE, lse * LOG2E - W_LOG2, float(\"inf\"))", "shift = lse * LOG2E - W_LOG2"),
     ("flash_ce", "de_reads_ignored_rows",  # dE merges every row's slices: a skipped block's NaN
      "sr_mask = (s < n_splits)[:, None] & scored[None, :]", "sr_mask = (s < n_splits)[:, None] & r_mask[None, :]"),
     ("flash_ce", "live_end_one_short",  # dC stops before the last scored row

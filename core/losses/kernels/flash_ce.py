@@ -30,21 +30,23 @@ such vectors (the old backward kernel rounded ``p_t - 1`` instead: more accurate
 same elsewhere; tests/test_flash_ce.py bounds both against float64). Rows past N, items past V
 and head dims past D are masked. Every scored row has the same weight (the upstream gradient
 over the number of scored rows), read from device memory in the kernels, so nothing is computed
-by torch between launches. In dC each row's weight is ``W_SCORED`` = 2**15 for scored rows and 0
-for ignored ones (target ``IGNORE_INDEX``) and rows past N, and the accumulator is multiplied by
-``grad / (max(count, 1) * 2**15)`` before the store; the forward's probabilities are scaled by
-2**15 too before rounding. So the rounded entries are large: softmax entries of ~1/V times 1/N
-would be fp16 subnormals (at V = 207,649, N = 560) and lose their precision. ``Stats`` is the
-forward's (N + 2,) fp32 buffer: each row's LSE, the count, then (``SKIP_IGNORED``) the end of
-the last scored row; ``Part`` its (S, N) partial LSEs followed by the (S, N, D) partial outputs.
+by torch between launches. The probabilities are rounded scaled by ``W_SCORED`` = 2**15, folded
+into their exponent (``W_LOG2``; in dC the target's 1 becomes 2**15 too, and ignored rows and
+rows past N get an exponent of -inf, so 0, with no multiply or select per entry), and the
+accumulators are rescaled before the store (dC by ``grad / (max(count, 1) * 2**15)``). So the
+rounded entries are large: softmax entries of ~1/V times 1/N would be fp16 subnormals (at
+V = 207,649, N = 560) and lose their precision. ``Stats`` is the forward's (N + 2,) fp32
+buffer: each row's LSE, the count, then (``SKIP_IGNORED``) the end of the last scored row;
+``Part`` its (S, N) partial LSEs followed by the (S, N, D) partial outputs.
 
 ``SKIP_IGNORED`` (a compile-time switch, ``core.losses.flash_ce.SKIP_IGNORED_BLOCKS``): row
 blocks with no scored row do no catalog work. The forward leaves their LSE at -inf and their
-output 0, dE writes 0 for every ignored row anyway, dC stops its row loop after the last scored
-row (``Stats[N + 1]``, written by the finish and loss kernels), and dC sets P to 0 on ignored rows
-before the weight (inf * 0 would be NaN there). A graphed step's filler rows (a bucket of 1,024
-slots for ~560 real positions) are such blocks. Scored rows' arithmetic is unchanged: the
-outputs equal the switch-off outputs bit for bit (tests/test_flash_ce_skip.py).
+softmax C undefined (NaN), which dE never reads (it loads scored rows only: 0 elsewhere); dC
+stops its row loop after the last scored row (``Stats[N + 1]``, written by the finish and loss
+kernels), and its exponent of -inf on ignored rows keeps their LSE out (-inf there would give
+exp2(+inf)). A graphed step's filler rows (a bucket of 1,024 slots for ~560 real positions) are
+such blocks. Scored rows' arithmetic is unchanged: the outputs equal the switch-off outputs bit
+for bit (tests/test_flash_ce_skip.py).
 Launchers and tile sizes live in core/losses/flash_ce.py; this module is imported lazily there.
 """
 
@@ -61,6 +63,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 IGNORE = tl.constexpr(_IGNORE_INDEX)
 W_SCORED = tl.constexpr(32768.0)  # 2**15: see the module doc
+W_LOG2 = tl.constexpr(15.0)  # log2(W_SCORED): the weight folded into an exponent
 
 
 @triton.jit
@@ -152,6 +155,8 @@ def _forward_kernel(
                 mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
     run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_N,), tl.float32)
+    # run_max in base-2 units; run_sum and acc scaled by W_SCORED (2**15, folded into the exponent:
+    # p is rounded to E's dtype as a large number, where fp16 would make small ones subnormal).
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # sum of exp2(logit - run_max) * W_SCORED * C
     for t in range(n_tiles):
         offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -160,18 +165,16 @@ def _forward_kernel(
                     mask=v_mask[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
         logits = tl.dot(e, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_V) fp32
         logits = tl.where(v_mask[None, :], logits, float("-inf"))
-        logits = logits * LOG2E  # base-2 units from here on
         # A slice's first tile always holds items, so new_max is finite from there on.
-        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+        new_max = tl.maximum(run_max, tl.max(logits, axis=1) * LOG2E)
         alpha = tl.exp2(run_max - new_max)
-        p = tl.exp2(logits - new_max[:, None])  # (BLOCK_N, BLOCK_V) in [0, 1]
+        p = tl.exp2(logits * LOG2E - (new_max - W_LOG2)[:, None])  # (BLOCK_N, BLOCK_V) in [0, 2**15]
         run_sum = run_sum * alpha + tl.sum(p, axis=1)
-        # W_SCORED: p rounded to E's dtype as large numbers (fp16 would make small ones subnormal).
-        acc = tl.dot((p * W_SCORED).to(e.dtype), c, acc * alpha[:, None], input_precision=PRECISION)
+        acc = tl.dot(p.to(e.dtype), c, acc * alpha[:, None], input_precision=PRECISION)
         run_max = new_max
-    lse = (run_max + tl.log2(run_sum)) * LN2
+    lse = (run_max + tl.log2(run_sum) - W_LOG2) * LN2
     tl.store(Part + pid_s * N + offs_n, lse, mask=n_mask)
-    out = acc / (run_sum * W_SCORED)[:, None]  # NaN in skipped blocks: dE reads scored rows only
+    out = acc / run_sum[:, None]  # NaN in skipped blocks: dE reads scored rows only
     tl.store(Part + n_splits * N + (pid_s * N + offs_n[:, None]).to(tl.int64) * D + offs_d[None, :], out,
              mask=n_mask[:, None] & d_mask[None, :])
 
@@ -240,14 +243,13 @@ def _dc_kernel(
         n_mask = offs_n < row_end
         e = tl.load(E + offs_n[:, None].to(tl.int64) * stride_e + offs_d[None, :],
                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-        lse = tl.load(Stats + offs_n, mask=n_mask, other=0.0) * LOG2E  # base 2
+        lse = tl.load(Stats + offs_n, mask=n_mask, other=0.0)
         tgt = tl.load(T + offs_n, mask=n_mask, other=IGNORE).to(tl.int32)
-        w = tl.where(tgt != IGNORE, W_SCORED, 0.0)  # rows past the slice get weight 0
+        # exp2(logit * LOG2E - shift) = softmax * W_SCORED on scored rows, 0 on the others (rows
+        # past the slice, ignored rows: their LSE may be -inf where the forward skipped their block)
+        shift = tl.where(tgt != IGNORE, lse * LOG2E - W_LOG2, float("inf"))
         logits = tl.dot(c, tl.trans(e), input_precision=PRECISION)  # (BLOCK_V, BLOCK_N)
-        p = tl.exp2(logits * LOG2E - lse[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], 1.0, 0.0)
-        p = p * w[None, :]
-        if SKIP_IGNORED:  # an ignored row's LSE may be -inf (its split-LSE block skipped)
-            p = tl.where(w[None, :] > 0, p, 0.0)
+        p = tl.exp2(logits * LOG2E - shift[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)
         acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
     scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)
     acc = acc * scale

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call Z (tenth session, 2026-12-03). new = HEAD (c89b956: flash_ce's dE from the forward:
+# Call Z (tenth session, 2026-12-03; ran on 7f52ccc, outputs in call_z/, table in call_z/output.txt; 294 s). new = HEAD (c89b956: flash_ce's dE from the forward:
 # softmax C computed with the LSE in one kernel, dE a merge), old = 8014f05 (the dE kernel that
 # recomputed the logits). One H200, one process at a time.
 # (1) GPU tests of flash_ce (float64 agreement at 560 x 50,000 and 1,000 x 20,729, bf16; every
