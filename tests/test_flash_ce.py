@@ -426,12 +426,12 @@ def test_tune_script_refuses_bad_arguments(argv, what, tmp_path, capsys):
 # GPU (-m gpu): the compiled kernels at the issue's shape, bf16.
 
 
-def _gpu_inputs(n, v, d, seed=0):
+def _gpu_inputs(n, v, d, seed=0, ignore=0.15):
     g = torch.Generator(device="cuda").manual_seed(seed)
     e = (torch.randn(n, d, device="cuda", generator=g) * d**-0.25).bfloat16().requires_grad_()
     c = (torch.randn(v, d, device="cuda", generator=g) * d**-0.25).bfloat16().requires_grad_()
     t = torch.randint(0, v, (n,), device="cuda", generator=g)
-    t[torch.rand(n, device="cuda", generator=g) < 0.15] = -100
+    t[torch.rand(n, device="cuda", generator=g) < ignore] = -100
     return e, c, t
 
 
@@ -462,7 +462,10 @@ def _gpu_ok(err) -> bool:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
     """Compiled: two losses built before either backward (plus one of another shape) match
-    float64 and reruns bit for bit; every broken kernel of MUTANTS is caught at 560 x 50,000."""
+    float64 and reruns bit for bit; every broken kernel of MUTANTS is caught at 560 x 50,000,
+    with 15% or with 90% of the rows ignored (an ignored row weighed in dC adds only its small
+    softmax terms: 0.008 of dC's norm at 15%, inside the bf16 tolerance, found under the
+    interpreter at 560 x 12,000 with 132 stand-in SMs)."""
 
     from core.losses.flash_ce import flash_linear_ce
 
@@ -480,12 +483,14 @@ def test_gpu_outstanding_losses_and_every_broken_kernel(tmp_path, monkeypatch):
     escaped = []
     for name, _, _ in MUTANTS:
         install_kernel_mutant(name, tmp_path, monkeypatch)
-        e, c, t = _gpu_inputs(560, 50_000, 64)
-        loss = flash_linear_ce(e, c, t)
-        loss.backward()
-        err = _gpu_errors(e, c, t, loss)
-        if _gpu_ok(err):  # NaN counts as caught
-            escaped.append((name, err))
+        errs = []
+        for ignore in (0.15, 0.9):
+            e, c, t = _gpu_inputs(560, 50_000, 64, ignore=ignore)
+            loss = flash_linear_ce(e, c, t)
+            loss.backward()
+            errs.append(_gpu_errors(e, c, t, loss))
+        if all(_gpu_ok(err) for err in errs):  # NaN counts as caught
+            escaped.append((name, errs))
     assert not escaped, f"broken kernels not caught on the GPU: {escaped}"
 
 

@@ -63,14 +63,15 @@ _MAX_PARTIAL_BYTES = 64 * 2**20  # the fp32 dE (slices, N, D) and dC (slices, V,
 # at D = 64, 24 at D = 128 and 256; results/flash_ce_h200/tuning). D <= 32 was not searched: it
 # uses D = 64's table.
 # "lse" is ``lse_forward``'s (the split LSE alone); "fwd" the loss's forward (LSE and softmax C):
-# at D = 64 tuned on one H200 (2026-12-03, call Z, `tune_flash_ce.py --dims 64 --kernels fwd`,
-# results/speed_h200_2026-12-02/call_z: 0.108 ms at 560 x 207,649, 1.98 ms at 12,800 x 207,649);
+# at D = 64 tuned on one H200 (2026-12-03, call AA, `tune_flash_ce.py --dims 64`, the kernels with
+# the weight in the exponent, results/speed_h200_2026-12-02/call_aa: 0.107 ms at 560 x 207,649,
+# 1.97 ms at 12,800 x 207,649; dC's tiles stayed the best of theirs);
 # elsewhere not tuned: the old dE kernel's tiles at D = 128 (the same two matmuls per tile),
 # (64, 64, 8, 2) at D = 256 (a 128 x 256 fp32 accumulator would not fit the registers).
 _TILES = {
     #      kernel: (few rows,          many rows)
     64: {"lse": ((128, 64, 4, 3), (128, 64, 4, 3)),
-         "fwd": ((64, 256, 4, 2), (128, 64, 4, 3)),
+         "fwd": ((64, 128, 4, 3), (64, 128, 4, 2)),
          "dc": ((64, 128, 4, 3), (64, 128, 4, 3))},
     128: {"lse": ((128, 64, 4, 3), (128, 128, 8, 2)),
           "fwd": ((64, 128, 4, 3), (128, 64, 8, 3)),
