@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call BB (tenth session, 2026-12-03). new = HEAD (call AA's code, fwd tiles from AA's tuning,
+# Call BB (tenth session, 2026-12-03; ran on 0d04580, outputs in call_bb/, table in call_bb/output.txt; 137 s). new = HEAD (call AA's code, fwd tiles from AA's tuning,
 # the flash_ce GPU test's mutants also tried with 90% of rows ignored); old = 8014f05.
 # Call AA cut its GPU tests at 170 s after one failure ("....F", the fifth: test_flash_ce's GPU
 # test, where the interpreter at a GPU-like grid showed dc_ignored_rows_weighted within the bf16
