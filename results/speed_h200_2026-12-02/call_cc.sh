@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call CC (tenth session, 2026-12-03), with the last ~250 s of device time. new = HEAD (call BB's
+# Call CC (tenth session, 2026-12-03; ran on ce7e6d5, outputs in call_cc/, table in call_cc/output.txt; 64 s), with the last ~250 s of device time. new = HEAD (call BB's
 # code). bench_epoch beauty-like graph+compile at the default graph buckets (min bucket 1,024):
 # call H measured 2.84 s in 0.42 GiB before this session's kernels (BB: 2.27 s in 0.60 GiB at
 # min bucket 128). Predicted ~2.45-2.5 s, peak <= 0.42 GiB.
