@@ -42,7 +42,7 @@ CASES = [
     (1, 33, 7, "float32"),
     (2100, 70, 32, "float32"),
     (2100, 70, 64, "float32"),  # many rows, small catalog, D = 64: _SMALL_CATALOG_TILES' dC tile
-    (37, 3000, 16, "float32", 64),  # 64 stand-in SMs: 47 slices, merged in 2 finish / 3 dE chunks
+    (37, 4500, 16, "float32", 64),  # 64 stand-in SMs: 36 slices, merged in 2 finish / 3 dE chunks
 ]
 # float32: the agreement suite's bound. float16: P is rounded to fp16 (2**-11 relative) before
 # the gradient matmuls, logits are fp32-accumulated: a few 1e-4 measured, 2e-3 bound.
@@ -516,6 +516,19 @@ def install_kernel_mutant(name: str, folder, monkeypatch) -> None:
     assert mutant is not None, name
     monkeypatch.setattr(core.losses.kernels, "flash_ce", mutant, raising=False)
     monkeypatch.setitem(sys.modules, "core.losses.kernels.flash_ce", mutant)
+
+
+def test_the_stand_in_sm_case_spans_several_merge_chunks(monkeypatch):
+    """CASES' last entry must cut the catalog into more slices than one chunk of the finish
+    kernel's LSE merge (32) and of dE's (16), else their mutants go unseen (they did when the
+    forward's tiles changed): checked against the tile table as it stands."""
+    import core.losses.split_lse as split_lse_module
+
+    module = importlib.import_module("core.losses.flash_ce")  # the module, not the function
+    n, v, d, _, sms = CASES[-1]
+    monkeypatch.setattr(split_lse_module, "sm_count", lambda device: sms)
+    plan = module._Plan(torch.device("cpu"), torch.float32, n, v, d)
+    assert plan.lse_splits > max(plan.fin_meta["BLOCK_S"], plan.de_meta["BLOCK_S"]), plan.lse_splits
 
 
 def test_small_catalogs_with_many_rows_take_their_own_backward_tiles():
