@@ -48,14 +48,19 @@ def add_rows_(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> tor
     if ids.ndim != 1 or rows.ndim != 2 or rows.shape != (ids.shape[0], table.shape[1]):
         raise ValueError(f"add_rows_: ids (T,), rows (T, {table.shape[1]}), got {tuple(ids.shape)}, "
                          f"{tuple(rows.shape)}")
-    order = torch.sort(ids, stable=True)
+    # int32 keys where the ids fit (any table under 2**31 rows): the same stable order, and half
+    # the radix passes of int64 keys (a 1,024-id int64 sort took 0.028 ms of a 0.80-ms
+    # beauty-like step on an H200, call BB)
+    keys = ids.to(torch.int32) if table.shape[0] <= torch.iinfo(torch.int32).max else ids
+    order = torch.sort(keys, stable=True)
     return add_sorted_rows_(table, order.values, order.indices, rows)
 
 
 def add_sorted_rows_(table: torch.Tensor, sorted_ids: torch.Tensor, order: torch.Tensor,
                      rows: torch.Tensor) -> torch.Tensor:
-    """``add_rows_`` given the stable sort of its ids: ``sorted_ids`` (T,) and where each came
-    from, ``order`` (T,) (both with unit stride; only their first T entries are read)."""
+    """``add_rows_`` given the stable sort of its ids: ``sorted_ids`` (T,) int32 or int64 and
+    where each came from, ``order`` (T,) (both with unit stride; only their first T entries are
+    read)."""
     from core import table_grad_kernel as kernels
 
     if table.dtype != torch.float32 or table.stride(1) != 1:

@@ -45,5 +45,5 @@ def add_rows_kernel(
             acc += tl.sum(rows.to(tl.float32), axis=0)
             more = tl.sum(in_seg.to(tl.int32), axis=0) == CHUNK  # a full chunk: the segment may go on
             pos += CHUNK
-        out = Table + item * stride_t + offs_d
+        out = Table + item.to(tl.int64) * stride_t + offs_d  # int32 ids: no overflow
         tl.store(out, tl.load(out, mask=d_mask, other=0.0) + acc, mask=d_mask)

@@ -65,6 +65,49 @@ def _windows(seqs: DeviceSequences, start: Tensor, end: Tensor, max_len: int) ->
     return torch.where(valid, seqs.items[pos.clamp(min=0)].long(), 0)
 
 
+def torch_windows(seqs: DeviceSequences, users: Tensor, *, back: int, max_len: int,
+                  shifted: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """``windows`` in tensor ops (about ten launches a window): the CPU's path and the kernel's oracle."""
+    start, end = seqs.offsets[users], seqs.offsets[users + 1] - back
+    out = _windows(seqs, start, end, max_len)
+    return (out, _windows(seqs, start + 1, end + 1, max_len)) if shifted else out
+
+
+def kernel_windows(seqs: DeviceSequences, users: Tensor, *, back: int, max_len: int,
+                   shifted: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """``windows`` in one Triton launch (``core/data/windows_kernel.py``): CUDA tensors, or CPU
+    tensors under the Triton interpreter (tests/test_windows_kernel.py)."""
+    from core.data.windows_kernel import windows_kernel
+
+    users = users.to(torch.int64).contiguous()  # no-op for a batch's slice of the epoch's users
+    out = torch.empty((users.shape[0], max_len), dtype=torch.int64, device=users.device)
+    nxt = torch.empty_like(out) if shifted else out
+    if users.numel() and max_len:
+        windows_kernel[(users.shape[0],)](seqs.items, seqs.offsets, users, out, nxt, back, max_len,
+                                          BLOCK_L=triton_block(max_len), SHIFTED=shifted, num_warps=1)
+    return (out, nxt) if shifted else out
+
+
+def triton_block(n: int) -> int:
+    """The power of two >= ``n`` (at least 16): a Triton block over ``n`` entries."""
+    return max(16, 1 << max(n - 1, 0).bit_length())
+
+
+def windows(seqs: DeviceSequences, users: Tensor, *, back: int, max_len: int,
+            shifted: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """(B, max_len) int64 for ``users`` (B,): each user's last ``max_len`` items before the one
+    ``back`` items from the end of their sequence (exclusive), left-padded with 0; ``shifted``:
+    also the window one item later over the same slots (the targets: 0 where the input is 0),
+    as a pair. On CUDA one kernel launch (``kernel_windows``: the tensor-op path's ~20 launches
+    and advanced indexing cost more host time than a beauty-like training step's GPU work, the
+    eleventh session's account in experiments/bench/NOTES_speed.md); elsewhere ``torch_windows``.
+    Both give the same tensors (tests/test_windows_kernel.py)."""
+    if back < int(shifted):
+        raise ValueError(f"windows: a shifted window needs back >= 1, got {back}")
+    run = kernel_windows if users.is_cuda else torch_windows
+    return run(seqs, users, back=back, max_len=max_len, shifted=shifted)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator seeded from (seed, epoch): the same order on any device and after a resume."""
     state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
@@ -117,26 +160,32 @@ class TrainBatches:
         users = seqs.train_users[perm.to(seqs.device)]
         for lo in range(0, len(users), self.batch_size):
             u = users[lo : lo + self.batch_size]  # (B,)
-            start = seqs.offsets[u]
-            train_end = seqs.offsets[u + 1] - 2  # exclusive end of the train sequence
-            inputs = _windows(seqs, start, train_end - 1, self.max_len)  # (B, L)
-            targets = _windows(seqs, start + 1, train_end, self.max_len)  # (B, L)
+            # the train sequence ends 2 before the user's last item; inputs stop 1 before it
+            inputs, targets = windows(seqs, u, back=3, max_len=self.max_len, shifted=True)  # (B, L) each
             rows = scored[lo : lo + self.batch_size]  # (B,)
             yield Batch(inputs, targets, int(rows.sum()), rows)
 
 
-def _context_end(seqs: DeviceSequences, users: Tensor, split: str) -> Tensor:
-    """Exclusive end of what the model may see: the train sequence ("valid"), + the valid
-    target ("test"), or every interaction ("full": what a recommendation looks at)."""
-    if split not in (*SPLITS, "full"):
+# Items at the end of a user's sequence that a split's context leaves out: the valid and test
+# targets ("valid"), the test target ("test"), none ("full": what a recommendation looks at).
+CONTEXT_BACK = {"valid": 2, "test": 1, "full": 0}
+
+
+def _context_back(split: str) -> int:
+    if split not in CONTEXT_BACK:
         raise ValueError(f"split must be one of {(*SPLITS, 'full')}, got {split!r}")
-    return seqs.offsets[users + 1] - {"valid": 2, "test": 1, "full": 0}[split]
+    return CONTEXT_BACK[split]
+
+
+def _context_end(seqs: DeviceSequences, users: Tensor, split: str) -> Tensor:
+    """Exclusive end of what the model may see (``CONTEXT_BACK``), where a split's target sits."""
+    return seqs.offsets[users + 1] - _context_back(split)
 
 
 def context_windows(seqs: DeviceSequences, users: Tensor, *, split: str, max_len: int) -> Tensor:
     """(B, max_len) int64: the last ``max_len`` items each of ``users`` (B,) may see for
     ``split`` ("valid", "test" or "full"), left-padded with 0: the model's input."""
-    return _windows(seqs, seqs.offsets[users], _context_end(seqs, users, split), max_len)
+    return windows(seqs, users, back=_context_back(split), max_len=max_len)
 
 
 def eval_order(seqs: DeviceSequences) -> np.ndarray:
@@ -190,7 +239,8 @@ def eval_batches(
         if pow2_width:
             width = min(1 << (width - 1).bit_length(), max(max_len, 1))
         end = _context_end(seqs, u, split)  # (B,): where each input ends and its target sits
-        yield EvalBatch(u, _windows(seqs, seqs.offsets[u], end, width), seqs.items[end].long(),  # inputs (B, width)
+        yield EvalBatch(u, windows(seqs, u, back=_context_back(split), max_len=width),  # inputs (B, width)
+                        seqs.items[end].long(),
                         int(seen_len[lo : lo + batch_size].sum()))
 
 
