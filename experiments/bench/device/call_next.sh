@@ -1,6 +1,6 @@
 #!/bin/bash
-# Call DD (eleventh session, 2026-12-03; ran on 56bd1f8, outputs in call_dd/, table in call_dd/output.txt).
-# Call T again on the tenth session's code (dE from the forward, lean exponents, the tied table under
+# Call DD (eleventh session, 2026-12-03; ran on 7b75378, outputs in call_dd/, table in call_dd/output.txt).
+# Call T again on the tenth session's code and the windows kernel (dE from the forward, lean exponents, the tied table under
 # the compiled graphed body with its row-add kernel): the quality the issue asks of the fastest variant.
 # The default flash_ce config of issue 19's finals (Beauty 5-core and ML-100K, seeds 0-2, test
 # split), with the body compiled inside the CUDA graphs and graph buckets from 128 positions
