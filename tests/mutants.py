@@ -28,3 +28,24 @@ def load_mutant(path: str | Path, old: str, new: str, name: str,
     if source.count(old) != 1:
         return None
     return load_source(f"mutant_{name}", source.replace(old, new), folder)
+
+
+def each_mutant(path: str | Path, mutants: list, module: str, check) -> dict:
+    """{name: ``check()`` with ``module`` (a dotted name) replaced by that broken copy of the file
+    at ``path``} for each (name, old, new) of ``mutants``: the copy is registered in sys.modules
+    and as its package's attribute, so a launcher importing ``module`` at call time gets it; a
+    mutant whose text is not found exactly once gets a message instead (the test then fails)."""
+    import importlib
+    import sys
+
+    package, _, attr = module.rpartition(".")
+    out = {}
+    for name, old, new in mutants:
+        mod = load_mutant(path, old, new, name)
+        if mod is None:
+            out[name] = "source text not found exactly once"
+            continue
+        sys.modules[module] = mod
+        setattr(importlib.import_module(package), attr, mod)
+        out[name] = check()
+    return out

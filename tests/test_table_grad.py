@@ -115,7 +115,7 @@ import json, sys
 import torch
 import core
 import core.table_grad as table_grad
-from tests.mutants import load_mutant
+from tests.mutants import each_mutant
 from tests.test_table_grad import add_padded, error, make_case
 
 cases, mutant_cases, mutants, kernel_path = json.loads(sys.argv[1])
@@ -135,15 +135,8 @@ res["reruns_equal"] = all(torch.equal(outs[0], o) for o in outs[1:])
 empty = table.clone()
 table_grad.add_rows_(empty, ids[:0], rows[:0])
 res["empty_untouched"] = torch.equal(empty, table)
-res["mutants"] = {}
-for name, old, new in mutants:
-    mod = load_mutant(kernel_path, old, new, name)
-    if mod is None:
-        res["mutants"][name] = "source text not found exactly once"
-        continue
-    core.table_grad_kernel = mod
-    sys.modules["core.table_grad_kernel"] = mod
-    res["mutants"][name] = [run(cases[i]) for i in mutant_cases]
+res["mutants"] = each_mutant(kernel_path, mutants, "core.table_grad_kernel",
+                             lambda: [run(cases[i]) for i in mutant_cases])
 print(json.dumps(res))
 """
 

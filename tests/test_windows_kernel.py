@@ -74,7 +74,7 @@ import json, sys
 import torch
 import core.data.windows_kernel
 from core.data import batching
-from tests.mutants import load_mutant
+from tests.mutants import each_mutant
 from tests.test_windows_kernel import differences, make_seqs
 
 mutants, kernel_path = json.loads(sys.argv[1])
@@ -82,14 +82,8 @@ seqs, users = make_seqs()
 res = {"cases": differences(batching.kernel_windows, seqs, users)}
 empty = batching.kernel_windows(seqs, users[:0], back=3, max_len=50, shifted=True)
 res["empty"] = [tuple(t.shape) == (0, 50) for t in empty]
-res["mutants"] = {}
-for name, old, new in mutants:
-    mod = load_mutant(kernel_path, old, new, name)
-    if mod is None:
-        res["mutants"][name] = "source text not found exactly once"
-        continue
-    sys.modules["core.data.windows_kernel"] = mod
-    res["mutants"][name] = differences(batching.kernel_windows, seqs, users)
+res["mutants"] = each_mutant(kernel_path, mutants, "core.data.windows_kernel",
+                             lambda: differences(batching.kernel_windows, seqs, users))
 print(json.dumps(res))
 """
 
