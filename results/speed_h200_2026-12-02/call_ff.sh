@@ -1,5 +1,13 @@
 #!/bin/bash
 # Call FF (eleventh session, 2026-12-03; ran on 7b75378, outputs in call_ff/, table in call_ff/output.txt).
+# What happened: this script ran into the call's 600-s limit (its steps' timeouts added up to more
+# than the call; the background kill at 575 s stopped the quality runs, which had just started
+# after the warm-up, but the old tree's run started after it): its final tar and tables never
+# ran and the call returned nothing. The machine stayed warm, so four short commands followed on
+# it (below, after the script): they packed what the script had left in /tmp/res (the GPU tests,
+# the new tree's profiled beauty-like run), ran the six quality runs (the caches from the warm-up
+# were there), the old tree's beauty-like run, and the new tree's again, unprofiled, right after
+# it (compiles cached by then: warm-up 15 s). Same machine, 13:08-13:22 UTC.
 # The session's two earlier tries (EE: windows before/after; DD: quality) ran every job against
 # a missing gin-config (a cp311 sqlalchemy wheel was refused and took the whole install with it;
 # setup.sh now stops a call there), so this one does both, in the device time left.
@@ -51,3 +59,17 @@ echo "== epoch"; for f in new old; do grep -h "^| [bm]" $W/epoch_$f.log | cut -d
 echo "== profile"; head -30 $W/epoch_new/profile.md 2>/dev/null | tail -27 | cut -c1-150
 echo "== quality"; python experiments/bench/device/quality_table.py $W/quality 2>&1 | tail -12
 for f in $W/q_*.log; do echo "$(basename $f) $(grep -E '^rc |rror' $f | tail -2 | tr '\n' ' ' | cut -c1-200)"; done
+
+# --- the follow-up commands on the same warm machine, in order ---
+# 1: ls /tmp/res; tar -czf $OUT/call_ff.tar.gz -C /tmp res; (the tables below)
+# 2: cd /tmp/new && export PYTHONPATH=/tmp/site:/tmp/new; W=/tmp/res2; mkdir -p $W
+#    S=results/tune_h200_2026-12-02/studies
+#    for d in beauty5core ml100k; do for s in 0 1 2; do (timeout 225 python experiments/run.py \
+#      --gin $S/${d}_flash_ce/final/default_s$s/config.gin --gin_bindings "train.compile = True" \
+#      --gin_bindings "train.graph_min_bucket = 128" --out $W/quality/${d}_s$s > $W/q_${d}_s$s.log 2>&1;
+#      echo "rc $?" >> $W/q_${d}_s$s.log) & done; done; wait
+#    python experiments/bench/device/quality_table.py $W/quality
+# 3: cd /tmp/old && export PYTHONPATH=/tmp/site:/tmp/old; timeout 140 python experiments/bench/bench_epoch.py \
+#      --gin gin/beauty_like_flash_ce.gin --gin_bindings "dataset.cache_dir = '/tmp/cache'" --epochs 1 \
+#      --warmup-steps 40 --sample-steps 20 --variants graph+compile --graph-min-bucket 128 --out $OUT/epoch_old
+# 4: the same from /tmp/new (PYTHONPATH=/tmp/site:/tmp/new), --out $OUT/epoch_new2
