@@ -24,6 +24,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A child process's time limit where it checks kernels under the Triton interpreter: a guard
+# against a hang, not a speed test. Such a child took ~5 min on one CI machine and over 10 on
+# another (test_eval_prefilter, 2026-12-03: its old 600-s limit failed CI there); the suite
+# itself has 90 minutes.
+INTERPRETED_TIMEOUT_S = 2400
+
 
 def child_env(**extra: str) -> dict[str, str]:
     inherited = os.environ.get("PYTHONPATH")
@@ -36,7 +42,8 @@ def run_interpreted(script: str, arg) -> dict:
     be set before Triton decorates the kernels) with ``json.dumps(arg)`` as its argument; the
     JSON object its last printed line holds."""
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(arg)], cwd=REPO,
-                          env=child_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+                          env=child_env(TRITON_INTERPRET="1"), capture_output=True, text=True,
+                          timeout=INTERPRETED_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

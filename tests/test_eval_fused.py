@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.child_env import child_env
+from tests.child_env import INTERPRETED_TIMEOUT_S, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATION = REPO / "core" / "evaluation.py"
@@ -128,7 +128,7 @@ print(json.dumps(res))
 
 def test_fused_scan_equals_the_matmul_path_and_mutants_are_caught():
     out = subprocess.run([sys.executable, "-c", CHECK, json.dumps([MUTANTS, str(EVALUATION)])], cwd=REPO,
-                         env=child_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+                         env=child_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=INTERPRETED_TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     for name, case in res["cases"].items():

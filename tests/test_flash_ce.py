@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.child_env import child_env
+from tests.child_env import INTERPRETED_TIMEOUT_S, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "core" / "losses" / "kernels" / "flash_ce.py"
@@ -271,7 +271,7 @@ def interpreted() -> dict:
     env = child_env(TRITON_INTERPRET="1")
     arg = json.dumps([CASES, MUTANTS, str(KERNELS), LAUNCHER_MUTANTS, str(LAUNCHER)])
     proc = subprocess.run([sys.executable, "-c", CHECK, arg], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=INTERPRETED_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.child_env import child_env
+from tests.child_env import INTERPRETED_TIMEOUT_S, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = {"flash_ce": REPO / "core" / "losses" / "kernels" / "flash_ce.py"}
@@ -138,7 +138,7 @@ def _run(device: str, interpret: bool) -> dict:
     env = child_env(**({"TRITON_INTERPRET": "1"} if interpret else {}))
     arg = json.dumps([MUTANTS, {k: str(v) for k, v in KERNELS.items()}, device])
     proc = subprocess.run([sys.executable, "-c", CHECK, arg], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=INTERPRETED_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

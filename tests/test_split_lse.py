@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.child_env import child_env
+from tests.child_env import INTERPRETED_TIMEOUT_S, child_env
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def _run(device: str, cases, dtypes, interpret: bool, mutants=MUTANTS, mutant_in
         env["TRITON_INTERPRET"] = "1"
     arg = json.dumps([ORACLE, mutants, str(KERNEL), cases, dtypes, device, mutant_inputs])
     proc = subprocess.run([sys.executable, "-c", CHECK, arg], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=INTERPRETED_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
