@@ -77,6 +77,8 @@ def kernel_windows(seqs: DeviceSequences, users: Tensor, *, back: int, max_len: 
                    shifted: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """``windows`` in one Triton launch (``core/data/windows_kernel.py``): CUDA tensors, or CPU
     tensors under the Triton interpreter (tests/test_windows_kernel.py)."""
+    import triton
+
     from core.data.windows_kernel import windows_kernel
 
     users = users.to(torch.int64).contiguous()  # no-op for a batch's slice of the epoch's users
@@ -84,13 +86,8 @@ def kernel_windows(seqs: DeviceSequences, users: Tensor, *, back: int, max_len: 
     nxt = torch.empty_like(out) if shifted else out
     if users.numel() and max_len:
         windows_kernel[(users.shape[0],)](seqs.items, seqs.offsets, users, out, nxt, back, max_len,
-                                          BLOCK_L=triton_block(max_len), SHIFTED=shifted, num_warps=1)
+                                          BLOCK_L=max(16, triton.next_power_of_2(max_len)), SHIFTED=shifted, num_warps=1)
     return (out, nxt) if shifted else out
-
-
-def triton_block(n: int) -> int:
-    """The power of two >= ``n`` (at least 16): a Triton block over ``n`` entries."""
-    return max(16, 1 << max(n - 1, 0).bit_length())
 
 
 def windows(seqs: DeviceSequences, users: Tensor, *, back: int, max_len: int,
