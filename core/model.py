@@ -303,8 +303,8 @@ class TiedItemTable(torch.autograd.Function):
     - the loss's dC, used as it is when the loss handed it back as rows 1.. of a (V + 1, D)
       buffer (``table_backed``; flash_ce does), else copied into a new one (ce, cce);
     - the lookup's row gradients added into it in place (CUDA, or the CPU under the Triton
-      interpreter: ``core.table_grad.add_rows_``, one stable sort of the ids and one kernel
-      whose programs each sum one item's rows in a fixed order and add the sum to its row: no
+      interpreter: ``core.table_grad.add_rows_``, one kernel (after a stable sort of the ids
+      where there are many) whose programs each sum one item's rows in a fixed order and add the sum to its row: no
       atomics, no host sync, bit-identical reruns, only the touched rows read and written; it
       replaced ``table += embedding_dense_backward(...)``, a zeroed (V + 1, D) table, a sort
       and a full-table add, and ``index_put_`` with ``accumulate`` did it in place but took

@@ -11,7 +11,11 @@ with atomics (not reproducible). Here: one stable sort of the T ids (``torch.sor
 sync), then one program per sorted position; the first position of each id's run sums the
 run's rows in a fixed order and adds the sum to the table's row (``core/table_grad_kernel.py``):
 each touched row read and written once, untouched rows not at all, no atomics, no host sync
-(so it is captured in a CUDA graph), reruns bit-identical. Its time on a GPU is not measured.
+(so it is captured in a CUDA graph), reruns bit-identical. With at most ``SCAN_MAX_IDS`` ids
+there is no sort: each position's program compares its id with the earlier positions' and, if
+it is the first, sums its id's rows from there on (``add_scanned_rows_``): the same one writer
+per id and fixed order (positions ascending), summed in other chunks than the sorted kernel's,
+so the two agree to fp32 rounding, not bit for bit.
 
 Where it runs: CUDA tensors, or CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``,
 how tests/test_table_grad.py checks it); ``runs_kernel`` says which. Imports nothing from
@@ -25,6 +29,13 @@ import os
 import torch
 
 MAX_BLOCK_D = 128  # columns per program: wider tables take a second grid axis
+# Up to this many ids, ``add_rows_`` compares ids instead of sorting them (no sort: one launch
+# instead of a cast, a sort and the kernel); O(T**2) compares, so larger T sorts. A graphed
+# beauty-like step adds 640-1,024 ids (the packed bucket), an ml20m-like one 12,800. The sort of
+# 1,024 int32 keys took 0.019 ms of a 0.75-ms step on an H200 (call FF); the scan's time is
+# measured in experiments/bench/NOTES_speed.md ("Twelfth session").
+SCAN_MAX_IDS = 2048
+SCAN_IDS = 1024  # ids compared per step of a scan program's loop
 
 
 def runs_kernel(table: torch.Tensor) -> bool:
@@ -51,9 +62,36 @@ def add_rows_(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> tor
     # int32 keys where the ids fit (any table under 2**31 rows): the same stable order, and half
     # the radix passes of int64 keys (a 1,024-id int64 sort took 0.028 ms of a 0.80-ms
     # beauty-like step on an H200, call BB)
+    if ids.shape[0] <= SCAN_MAX_IDS:
+        return add_scanned_rows_(table, ids, rows)
     keys = ids.to(torch.int32) if table.shape[0] <= torch.iinfo(torch.int32).max else ids
     order = torch.sort(keys, stable=True)
     return add_sorted_rows_(table, order.values, order.indices, rows)
+
+
+def add_scanned_rows_(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``add_rows_`` without the sort: each position's program compares its id with the T
+    positions' (``add_rows_scan_kernel``; O(T**2) compares, for few ids). ``ids`` with unit stride."""
+    from core import table_grad_kernel as kernels
+
+    _check_table(table)
+    n, d = ids.shape[0], table.shape[1]
+    if n == 0 or d == 0:
+        return table
+    ids = ids.contiguous()
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    block_d = launch_meta(d)["BLOCK_D"]
+    grid = (n, -(-d // block_d))
+    kernels.add_rows_scan_kernel[grid](table, ids, rows, n, d, table.stride(0), rows.stride(0), SCAN=SCAN_IDS,
+                                       CHUNK=max(8, min(128, 8192 // block_d)), BLOCK_D=block_d, num_warps=4)
+    return table
+
+
+def _check_table(table: torch.Tensor) -> None:
+    if table.dtype != torch.float32 or table.stride(1) != 1:
+        raise ValueError(f"add_rows_: the table must be fp32 with unit column stride, got {table.dtype}, "
+                         f"stride {table.stride()}")
 
 
 def add_sorted_rows_(table: torch.Tensor, sorted_ids: torch.Tensor, order: torch.Tensor,
@@ -63,9 +101,7 @@ def add_sorted_rows_(table: torch.Tensor, sorted_ids: torch.Tensor, order: torch
     read)."""
     from core import table_grad_kernel as kernels
 
-    if table.dtype != torch.float32 or table.stride(1) != 1:
-        raise ValueError(f"add_rows_: the table must be fp32 with unit column stride, got {table.dtype}, "
-                         f"stride {table.stride()}")
+    _check_table(table)
     n, d = sorted_ids.shape[0], table.shape[1]
     if n == 0 or d == 0:
         return table

@@ -1,7 +1,9 @@
-"""The Triton kernel of ``core.table_grad.add_rows_``: an embedding's row gradients added into
-its table's gradient in place, one writer per item, no atomics.
+"""The Triton kernels of ``core.table_grad.add_rows_``: an embedding's row gradients added into
+its table's gradient in place, one writer per item, no atomics. Two ways to find each id's
+positions: a stable sort (``add_rows_kernel``, any number of ids) or, for few ids, comparing
+each position's id with all the others' (``add_rows_scan_kernel``, no sort).
 
-Input: the lookup's ids sorted stably (``SortedIds`` (T,)), where each sorted position came from
+``add_rows_kernel``'s input: the lookup's ids sorted stably (``SortedIds`` (T,)), where each sorted position came from
 (``Order`` (T,): the sort's indices, so a run of one id lists its positions in their original
 order) and the row gradients in their original order (``Rows`` (T, D), row stride ``stride_r``).
 Program (sorted position p, block of ``BLOCK_D`` columns): p starts a segment when its id
@@ -47,3 +49,32 @@ def add_rows_kernel(
             pos += CHUNK
         out = Table + item.to(tl.int64) * stride_t + offs_d  # int32 ids: no overflow
         tl.store(out, tl.load(out, mask=d_mask, other=0.0) + acc, mask=d_mask)
+
+
+@triton.jit
+def add_rows_scan_kernel(
+    Table, Ids, Rows, T, D, stride_t, stride_r,
+    SCAN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Without a sort, for few ids: program (position i, column block) adds the rows of i's id
+    if i is its id's first position (no earlier position holds it, found by comparing against
+    them ``SCAN`` at a time), summed ``CHUNK`` positions at a time from i on (each chunk's rows
+    of that id summed by ``tl.sum``, the chunks in order). One writer per id, a fixed order."""
+    i = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    item = tl.load(Ids + i)
+    earlier = tl.zeros((SCAN,), tl.int32)  # positions before i holding i's id
+    for j0 in range(0, tl.where(item != 0, i, 0), SCAN):  # the padding id adds nothing: no scan
+        j = j0 + tl.arange(0, SCAN)
+        earlier += (tl.load(Ids + j, mask=j < i, other=0) == item).to(tl.int32)
+    if (item != 0) & (tl.sum(earlier, axis=0) == 0):
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for j0 in range(i, T, CHUNK):
+            j = j0 + tl.arange(0, CHUNK)
+            same = tl.load(Ids + j, mask=j < T, other=0) == item
+            rows = tl.load(Rows + j[:, None].to(tl.int64) * stride_r + offs_d[None, :],
+                           mask=same[:, None] & d_mask[None, :], other=0.0)
+            acc += tl.sum(rows.to(tl.float32), axis=0)
+        out = Table + item.to(tl.int64) * stride_t + offs_d
+        tl.store(out, acc + tl.load(out, mask=d_mask, other=0.0), mask=d_mask)

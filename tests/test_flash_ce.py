@@ -54,8 +54,12 @@ MUTANTS = [
     ("de_no_target",  # dE forgets the target's row (the onehot's -1)
      "de = (acc - c) * scale", "de = acc * scale"),
     ("dc_no_onehot",  # dC forgets the target's -1
-     "p = tl.exp2(logits * LOG2E - shift[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)",
-     "p = tl.exp2(logits * LOG2E - shift[None, :])"),
+     "p = p - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)", "p = p"),
+    ("dc_hit_test_never",  # dC's test for a target in the tile never holds: no one-hot anywhere
+     "hits = ((tgt >= pid_v * BLOCK_V) &", "hits = ((tgt >= (pid_v + 1) * BLOCK_V) &"),
+    ("dc_hit_test_next_tile",  # dC subtracts the one-hot only where a target is in the NEXT tile
+     "hits = ((tgt >= pid_v * BLOCK_V) & (tgt < (pid_v + 1) * BLOCK_V))",
+     "hits = ((tgt >= (pid_v + 1) * BLOCK_V) & (tgt < (pid_v + 2) * BLOCK_V))"),
     ("dc_ignored_rows_weighted",  # dC weighs ignored rows as scored ones
      "shift = tl.where(tgt != IGNORE, lse * LOG2E - W_LOG2, float(\"inf\"))", "shift = lse * LOG2E - W_LOG2"),
     ("dc_scale_not_over_count",  # dC's scale forgets the count of scored rows
@@ -66,6 +70,10 @@ MUTANTS = [
      "        v_mask = offs_v < V\n        c = tl.load(",
      "for t in range(n_tiles - 1):\n        offs_v = (pid_s * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)\n"
      "        v_mask = offs_v < V\n        c = tl.load("),
+    ("fwd_last_tile_unmasked",  # the catalog's last, partial tile not masked: items past V count
+     "if (pid_s * tiles_per_split + t + 1) * BLOCK_V > V:", "if (pid_s * tiles_per_split + t + 1) * BLOCK_V > V + BLOCK_V:"),
+    ("fwd_mask_a_tile_late",  # the mask tested on the tile's start: a partial tile not masked
+     "if (pid_s * tiles_per_split + t + 1) * BLOCK_V > V:", "if (pid_s * tiles_per_split + t) * BLOCK_V > V:"),
     ("fwd_no_rescale",  # softmax C not rescaled when a slice's running max grows
      "acc = tl.dot(p.to(e.dtype), c, acc * alpha[:, None], input_precision=PRECISION)",
      "acc = tl.dot(p.to(e.dtype), c, acc, input_precision=PRECISION)"),

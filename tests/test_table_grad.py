@@ -2,14 +2,15 @@
 place, the tied item table's backward) and the tied table under the graphed step's compiled
 forward block.
 
-On the CPU the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 set before Triton
+Both kernels (the sorted one, ``add_sorted_rows_``, and the scan for few ids,
+``add_scanned_rows_``) run every case. On the CPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1 set before Triton
 decorates it, hence one child process for the module) against a float64 ``index_add_`` oracle:
 a run of 300 repeats of one id (several chunks), the padding id 0 (must get nothing), the
 table's last row, T not a multiple of anything, D = 24, 64 and 160 (two column blocks), fp32
 and fp16 rows (the interpreter mishandles bf16), one position and none, bit-identical reruns.
 Every case is launched on the first T entries of longer buffers whose tail continues the last
-id's run, so a kernel reading past T adds rows it must not (and reads no memory outside a
-tensor). The checks must be able to fail: broken copies of the kernel (MUTANTS, one source
+id's run (the scan: repeats the largest id), so a kernel reading past T adds rows it must not
+(and reads no memory outside a tensor). The scan compares 16 ids a step here (several steps). The checks must be able to fail: broken copies of the kernel (MUTANTS, one source
 line changed each) must each miss the tolerance. The tied table under the compiled forward
 block: tests/test_graph_step.py (``test_the_compiled_forward_block_steps_like_the_eager_one``,
 against the untied eager block). ``-m gpu``: the same on CUDA at 1,024 and
@@ -58,8 +59,28 @@ MUTANTS = [
     ("rows_in_sorted_order",  # rows read at their sorted position, not where their id came from
      "src = tl.load(Order + pos, mask=in_seg, other=0)", "src = pos"),
     ("one_column_block",  # every column block adds the first block's columns
-     "offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)", "offs_d = tl.arange(0, BLOCK_D)"),
+     "offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)\n    d_mask = offs_d < D\n    item = tl.load(SortedIds",
+     "offs_d = tl.arange(0, BLOCK_D)\n    d_mask = offs_d < D\n    item = tl.load(SortedIds"),
+    # the scan (no sort) kernel
+    ("scan_no_first_test",  # every position of an id adds the id's rows from there on
+     "if (item != 0) & (tl.sum(earlier, axis=0) == 0):", "if item != 0:"),
+    ("scan_counts_itself",  # a position counts itself as earlier: no id is ever added
+     "earlier += (tl.load(Ids + j, mask=j < i, other=0) == item)", "earlier += (tl.load(Ids + j, mask=j <= i, other=0) == item)"),
+    ("scan_step_skips_a_position",  # each comparison step skips its first position
+     "        j = j0 + tl.arange(0, SCAN)", "        j = j0 + 1 + tl.arange(0, SCAN)"),
+    ("scan_own_row_left_out",  # the first position's own row is not summed
+     "for j0 in range(i, T, CHUNK):", "for j0 in range(i + 1, T, CHUNK):"),
+    ("scan_past_T",  # off by one: position T (outside the ids) summed with its id's rows
+     "same = tl.load(Ids + j, mask=j < T, other=0) == item", "same = tl.load(Ids + j, mask=j <= T, other=0) == item"),
+    ("scan_padding_added",  # the padding id's rows added into row 0
+     "if (item != 0) & (tl.sum(earlier, axis=0) == 0):", "if tl.sum(earlier, axis=0) == 0:"),
+    ("scan_store_not_add",  # the sum overwrites the table's row instead of adding to it
+     "tl.store(out, acc + tl.load(out, mask=d_mask, other=0.0), mask=d_mask)", "tl.store(out, acc, mask=d_mask)"),
+    ("scan_one_column_block",  # every column block adds the first block's columns
+     "offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)\n    d_mask = offs_d < D\n    item = tl.load(Ids",
+     "offs_d = tl.arange(0, BLOCK_D)\n    d_mask = offs_d < D\n    item = tl.load(Ids"),
 ]
+SCAN_MUTANTS = [m[0] for m in MUTANTS if m[0].startswith("scan_")]
 PAD = 65  # past the ids: more than a chunk (at most 64) of the last id's run, rows from row 0
 
 
@@ -103,6 +124,16 @@ def add_padded(add_sorted_rows_, table, ids, rows) -> torch.Tensor:
     return add_sorted_rows_(table, sorted_ids[:t], where[:t], rows)
 
 
+def add_scanned_padded(add_scanned_rows_, table, ids, rows) -> torch.Tensor:
+    """``add_scanned_rows_`` on the first T entries of buffers PAD longer whose tail holds the
+    largest id (with rows of ones): a kernel reading past T adds them to that id's row."""
+    t = ids.shape[0]
+    tail = ids.max().reshape(1) if t else ids.new_ones(1)
+    ids_buf = torch.cat([ids, tail.expand(PAD)])
+    rows_buf = torch.cat([rows, rows.new_ones(PAD, rows.shape[1])])
+    return add_scanned_rows_(table, ids_buf[:t], rows_buf[:t])
+
+
 def error(out: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> float:
     """Largest |out - oracle| / scale over the table's entries (NaN counts as an error)."""
     ref, scale = oracle(table, ids, rows)
@@ -116,22 +147,26 @@ import torch
 import core
 import core.table_grad as table_grad
 from tests.mutants import each_mutant
-from tests.test_table_grad import add_padded, error, make_case
+from tests.test_table_grad import add_padded, add_scanned_padded, error, make_case
 
 cases, mutant_cases, mutants, kernel_path = json.loads(sys.argv[1])
+table_grad.SCAN_IDS = 16  # the scan kernel's comparison loop takes several steps at these T
 
 
 def run(case):
     table, ids, rows = make_case(*case)
-    out = add_padded(table_grad.add_sorted_rows_, table.clone(), ids, rows)
-    return error(out, table, ids, rows)
+    sort = add_padded(table_grad.add_sorted_rows_, table.clone(), ids, rows)
+    scan = add_scanned_padded(table_grad.add_scanned_rows_, table.clone(), ids, rows)
+    return max(error(sort, table, ids, rows), error(scan, table, ids, rows))
 
 
 res = {"cases": [run(case) for case in cases]}
 table, ids, rows = make_case(*cases[1])
-outs = [table_grad.add_rows_(table.clone(), ids, rows) for _ in range(3)]  # the public entry point
-res["public"] = error(outs[0], table, ids, rows)
-res["reruns_equal"] = all(torch.equal(outs[0], o) for o in outs[1:])
+outs = [table_grad.add_rows_(table.clone(), ids, rows) for _ in range(3)]  # the public entry point (scan)
+table_grad.SCAN_MAX_IDS = 10  # and where it sorts
+outs += [table_grad.add_rows_(table.clone(), ids, rows) for _ in range(2)]
+res["public"] = max(error(o, table, ids, rows) for o in outs)
+res["reruns_equal"] = all(torch.equal(outs[0], o) for o in outs[1:3]) and torch.equal(outs[3], outs[4])
 empty = table.clone()
 table_grad.add_rows_(empty, ids[:0], rows[:0])
 res["empty_untouched"] = torch.equal(empty, table)
@@ -186,18 +221,19 @@ def test_importing_the_model_imports_no_triton():
 
 # On a GPU: the kernel compiled, at the training step's sizes.
 
-GPU_SIZES = [(t, r) for r in (207_649, 20_730) for t in (1_024, 12_800)]
+GPU_SIZES = [(t, r, 64) for r in (207_649, 20_730) for t in (1_024, 2_048, 12_800)]
 
 
 def _gpu_errors(kernel_module=None) -> list[float]:
     import core.table_grad as table_grad
 
     errs = []
-    for t, r in GPU_SIZES:
-        table, ids, rows = make_case(t, r, 64, "float32", seed=t + r, skewed=True, device="cuda")
+    for t, r, d in GPU_SIZES + [(1_024, 20_730, 160)]:  # the last: 2 column blocks
+        table, ids, rows = make_case(t, r, d, "float32", seed=t + r + d, skewed=True, device="cuda")
         errs.append(error(add_padded(table_grad.add_sorted_rows_, table.clone(), ids, rows), table, ids, rows))
-    table, ids, rows = make_case(1_024, 20_730, 160, "float32", seed=3, skewed=True, device="cuda")  # 2 column blocks
-    errs.append(error(add_padded(table_grad.add_sorted_rows_, table.clone(), ids, rows), table, ids, rows))
+        if t <= table_grad.SCAN_MAX_IDS:
+            out = add_scanned_padded(table_grad.add_scanned_rows_, table.clone(), ids, rows)
+            errs.append(error(out, table, ids, rows))
     return errs
 
 
@@ -212,6 +248,9 @@ def test_gpu_kernel_matches_float64_reruns_bit_for_bit_and_catches_broken_kernel
     assert max(errs) <= TOL, errs
     table, ids, rows = make_case(12_800, 20_730, 64, "float32", skewed=True, device="cuda")
     assert (torch.bincount(ids).max() > 300).item()  # a long run of a popular item
+    outs = [add_rows_(table.clone(), ids, rows) for _ in range(3)]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    table, ids, rows = make_case(1_024, 207_649, 64, "float32", skewed=True, device="cuda")  # the scan
     outs = [add_rows_(table.clone(), ids, rows) for _ in range(3)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     escaped = []

@@ -164,7 +164,8 @@ def _forward_kernel(
         c = tl.load(C + offs_v[:, None].to(tl.int64) * stride_c + offs_d[None, :],
                     mask=v_mask[:, None] & d_mask[None, :], other=0.0).to(e.dtype)  # (BLOCK_V, BLOCK_D)
         logits = tl.dot(e, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_V) fp32
-        logits = tl.where(v_mask[None, :], logits, float("-inf"))
+        if (pid_s * tiles_per_split + t + 1) * BLOCK_V > V:  # a tile past the catalog's end: mask
+            logits = tl.where(v_mask[None, :], logits, float("-inf"))
         # A slice's first tile always holds items, so new_max is finite from there on.
         new_max = tl.maximum(run_max, tl.max(logits, axis=1) * LOG2E)
         alpha = tl.exp2(run_max - new_max)
@@ -249,7 +250,11 @@ def _dc_kernel(
         # past the slice, ignored rows: their LSE may be -inf where the forward skipped their block)
         shift = tl.where(tgt != IGNORE, lse * LOG2E - W_LOG2, float("inf"))
         logits = tl.dot(c, tl.trans(e), input_precision=PRECISION)  # (BLOCK_V, BLOCK_N)
-        p = tl.exp2(logits * LOG2E - shift[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)
+        p = tl.exp2(logits * LOG2E - shift[None, :])
+        # the targets' one-hot (times W_SCORED), only where one of these rows' targets is in this tile
+        hits = ((tgt >= pid_v * BLOCK_V) & (tgt < (pid_v + 1) * BLOCK_V)).to(tl.int32)
+        if tl.max(hits, axis=0) > 0:
+            p = p - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)
         acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
     scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)
     acc = acc * scale
