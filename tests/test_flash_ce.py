@@ -54,12 +54,10 @@ MUTANTS = [
     ("de_no_target",  # dE forgets the target's row (the onehot's -1)
      "de = (acc - c) * scale", "de = acc * scale"),
     ("dc_no_onehot",  # dC forgets the target's -1
-     "p = p - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)", "p = p"),
-    ("dc_hit_test_never",  # dC's test for a target in the tile never holds: no one-hot anywhere
-     "hits = ((tgt >= pid_v * BLOCK_V) &", "hits = ((tgt >= (pid_v + 1) * BLOCK_V) &"),
-    ("dc_hit_test_next_tile",  # dC subtracts the one-hot only where a target is in the NEXT tile
-     "hits = ((tgt >= pid_v * BLOCK_V) & (tgt < (pid_v + 1) * BLOCK_V))",
-     "hits = ((tgt >= (pid_v + 1) * BLOCK_V) & (tgt < (pid_v + 2) * BLOCK_V))"),
+     "p = tl.exp2(logits * LOG2E - shift[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)",
+     "p = tl.exp2(logits * LOG2E - shift[None, :])"),
+    ("dc_onehot_a_tile_off",  # dC's one-hot compared against the next tile's items
+     "tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)", "tl.where(offs_v[:, None] + BLOCK_V == tgt[None, :], W_SCORED, 0.0)"),
     ("dc_ignored_rows_weighted",  # dC weighs ignored rows as scored ones
      "shift = tl.where(tgt != IGNORE, lse * LOG2E - W_LOG2, float(\"inf\"))", "shift = lse * LOG2E - W_LOG2"),
     ("dc_scale_not_over_count",  # dC's scale forgets the count of scored rows

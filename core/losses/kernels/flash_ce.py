@@ -250,11 +250,7 @@ def _dc_kernel(
         # past the slice, ignored rows: their LSE may be -inf where the forward skipped their block)
         shift = tl.where(tgt != IGNORE, lse * LOG2E - W_LOG2, float("inf"))
         logits = tl.dot(c, tl.trans(e), input_precision=PRECISION)  # (BLOCK_V, BLOCK_N)
-        p = tl.exp2(logits * LOG2E - shift[None, :])
-        # the targets' one-hot (times W_SCORED), only where one of these rows' targets is in this tile
-        hits = ((tgt >= pid_v * BLOCK_V) & (tgt < (pid_v + 1) * BLOCK_V)).to(tl.int32)
-        if tl.max(hits, axis=0) > 0:
-            p = p - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)
+        p = tl.exp2(logits * LOG2E - shift[None, :]) - tl.where(offs_v[:, None] == tgt[None, :], W_SCORED, 0.0)
         acc = tl.dot(p.to(e.dtype), e, acc, input_precision=PRECISION)  # (BLOCK_V, BLOCK_D)
     scale = tl.load(Grad).to(tl.float32) / (tl.maximum(tl.load(Stats + N), 1.0) * W_SCORED)
     acc = acc * scale
