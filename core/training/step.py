@@ -327,9 +327,17 @@ def compiled_forward_block(mode: str) -> Callable:
     compile per (bucket, packed) - ints are guarded on - so the recompile limit is raised to
     64 as for FlexAttention (``core.model.compiled_flex_attention``)."""
     import torch._dynamo
+    from torch._inductor import list_mode_options
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(forward_block, mode=mode, dynamic=False)
+    return torch.compile(forward_block, dynamic=False, options={**list_mode_options(mode), **INDUCTOR_OPTIONS})
+
+
+# Inductor settings of the compiled body, on top of its mode's. ``combo_kernels``: independent
+# small kernels (the weights' bf16 casts, the bias-gradient sums, ...) launched as one. Measured
+# on one H200 (call HH, 2026-12-03, beauty-like graph+compile, min bucket 128, one call): device
+# activities a step 140 -> 99, GPU time a step 0.706 -> 0.667 ms, epoch 1.98 -> 1.86 s.
+INDUCTOR_OPTIONS = {"combo_kernels": True}
 
 
 def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,

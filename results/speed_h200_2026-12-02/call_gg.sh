@@ -1,4 +1,5 @@
 #!/bin/bash
+# ran on fbcbd9e; outputs in call_gg/ (output.txt: the tables).
 # Call GG (twelfth session, 2026-12-03). new = HEAD (fbcbd9e): dC subtracts the targets' one-hot
 # only in (catalog tile, row block)s holding a target, the forward masks only the catalog's last
 # partial tile, the row-add compares ids instead of sorting them at <= 2,048 ids; old = be91e4c
