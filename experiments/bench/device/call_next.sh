@@ -10,10 +10,10 @@ set -u
 cd /tmp/new && export PYTHONPATH=/tmp/site:/tmp/new
 S=results/tune_h200_2026-12-02/studies
 B=(--gin_bindings "train.compile = True" --gin_bindings "train.graph_min_bucket = 128")
-(timeout 175 python -m pytest -q -p no:cacheprovider -W ignore -rfE --tb=short -m gpu tests/test_graph_step.py \
+(timeout 160 python -m pytest -q -p no:cacheprovider -W ignore -rfE --tb=short -m gpu tests/test_graph_step.py \
   > $W/pytest.log 2>&1; echo "pytest rc $? $(date -u +%T)" >> $W/pytest.log) &
 for r in ml100k:0 ml100k:1 ml100k:2 beauty5core:0; do d=${r%:*}; s=${r#*:}
-  (timeout 175 python experiments/run.py --gin $S/${d}_flash_ce/final/default_s$s/config.gin "${B[@]}" \
+  (timeout 160 python experiments/run.py --gin $S/${d}_flash_ce/final/default_s$s/config.gin "${B[@]}" \
      --out /tmp/quality/${d}_s$s > $W/q_${d}_s$s.log 2>&1; echo "rc $?" >> $W/q_${d}_s$s.log) &
 done
 wait; echo "done $(date -u +%T)"
