@@ -31,9 +31,10 @@ import torch
 MAX_BLOCK_D = 128  # columns per program: wider tables take a second grid axis
 # Up to this many ids, ``add_rows_`` compares ids instead of sorting them (no sort: one launch
 # instead of a cast, a sort and the kernel); O(T**2) compares, so larger T sorts. A graphed
-# beauty-like step adds 640-1,024 ids (the packed bucket), an ml20m-like one 12,800. The sort of
-# 1,024 int32 keys took 0.019 ms of a 0.75-ms step on an H200 (call FF); the scan's time is
-# measured in experiments/bench/NOTES_speed.md ("Twelfth session").
+# beauty-like step adds 640-1,024 ids (the packed bucket), an ml20m-like one 12,800. On one H200
+# at 768 ids (call GG, experiments/bench/NOTES_speed.md, "Twelfth session"): the scan 0.010 ms,
+# against 0.029 ms for the int32 cast, the sort (0.019) and the sorted kernel. The cut (2,048)
+# is not measured.
 SCAN_MAX_IDS = 2048
 SCAN_IDS = 1024  # ids compared per step of a scan program's loop
 
@@ -59,11 +60,11 @@ def add_rows_(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> tor
     if ids.ndim != 1 or rows.ndim != 2 or rows.shape != (ids.shape[0], table.shape[1]):
         raise ValueError(f"add_rows_: ids (T,), rows (T, {table.shape[1]}), got {tuple(ids.shape)}, "
                          f"{tuple(rows.shape)}")
+    if ids.shape[0] <= SCAN_MAX_IDS:
+        return add_scanned_rows_(table, ids, rows)
     # int32 keys where the ids fit (any table under 2**31 rows): the same stable order, and half
     # the radix passes of int64 keys (a 1,024-id int64 sort took 0.028 ms of a 0.80-ms
     # beauty-like step on an H200, call BB)
-    if ids.shape[0] <= SCAN_MAX_IDS:
-        return add_scanned_rows_(table, ids, rows)
     keys = ids.to(torch.int32) if table.shape[0] <= torch.iinfo(torch.int32).max else ids
     order = torch.sort(keys, stable=True)
     return add_sorted_rows_(table, order.values, order.indices, rows)

@@ -336,7 +336,9 @@ def compiled_forward_block(mode: str) -> Callable:
 # Inductor settings of the compiled body, on top of its mode's. ``combo_kernels``: independent
 # small kernels (the weights' bf16 casts, the bias-gradient sums, ...) launched as one. Measured
 # on one H200 (call HH, 2026-12-03, beauty-like graph+compile, min bucket 128, one call): device
-# activities a step 140 -> 99, GPU time a step 0.706 -> 0.667 ms, epoch 1.98 -> 1.86 s.
+# activities a step 140 -> 99, GPU time a step 0.706 -> 0.667 ms, epoch 1.98 -> 1.86 s. Quality
+# with it and the graphed step's GPU tests are not run yet (NOTES_speed, "Twelfth session");
+# ``INDUCTOR_OPTIONS.clear()`` before a compile goes back to the mode's settings alone.
 INDUCTOR_OPTIONS = {"combo_kernels": True}
 
 
