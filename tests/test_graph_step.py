@@ -117,6 +117,23 @@ def test_the_compiled_forward_block_steps_like_the_eager_one(data, packed):
     assert compiled_grads["item_emb.weight"][0].abs().sum() == 0  # the padding row
 
 
+@pytest.mark.parametrize("mode", ["default", "max-autotune-no-cudagraphs"])
+def test_the_compiled_block_keeps_its_mode_and_adds_the_inductor_options(monkeypatch, mode):
+    """``compiled_forward_block`` passes options instead of ``mode`` (torch.compile takes one of
+    the two): its mode's own settings (max-autotune's) must stay, plus ``INDUCTOR_OPTIONS``."""
+    import torch._inductor
+    import core.training.step as step_module
+
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.update(kw) or fn)
+    step_module.compiled_forward_block(mode)
+    assert "mode" not in seen and seen["dynamic"] is False
+    assert seen["options"] == {**torch._inductor.list_mode_options(mode), **step_module.INDUCTOR_OPTIONS}
+    assert seen["options"]["combo_kernels"] is True
+    if mode == "max-autotune-no-cudagraphs":
+        assert seen["options"]["max_autotune"] is True
+
+
 def test_cuda_graph_needs_cuda_and_composes_only_with_graph_free_compile(data, tmp_path, caplog):
     fast = dict(model_fn=functools.partial(SASRec, dim=32, n_blocks=1), batch_size=64,
                 max_len=20, device="cpu", show_progress=False)
