@@ -318,6 +318,15 @@ def forward_block(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
     return e, catalog, torch.where(valid, targets.flatten().index_select(0, index) - 1, IGNORE_INDEX)
 
 
+# Inductor settings of the compiled body, on top of its mode's. ``combo_kernels``: independent
+# small kernels (the weights' bf16 casts, the bias-gradient sums, ...) launched as one. Measured
+# on one H200 (call HH, 2026-12-03, beauty-like graph+compile, min bucket 128, one call): device
+# activities a step 140 -> 99, GPU time a step 0.706 -> 0.667 ms, epoch 1.98 -> 1.86 s. Quality
+# with it and the graphed step's GPU tests are not run yet (NOTES_speed, "Twelfth session");
+# ``INDUCTOR_OPTIONS.clear()`` before a compile goes back to the mode's settings alone.
+INDUCTOR_OPTIONS = {"combo_kernels": True}
+
+
 def compiled_forward_block(mode: str) -> Callable:
     """``forward_block`` under torch.compile (``mode`` of ``GRAPHABLE_MODES``), tied where the
     model ``ties``: the tied lookup (``core.model.tied_lookup``) is excluded from compilation, so
@@ -331,15 +340,6 @@ def compiled_forward_block(mode: str) -> Callable:
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(forward_block, dynamic=False, options={**list_mode_options(mode), **INDUCTOR_OPTIONS})
-
-
-# Inductor settings of the compiled body, on top of its mode's. ``combo_kernels``: independent
-# small kernels (the weights' bf16 casts, the bias-gradient sums, ...) launched as one. Measured
-# on one H200 (call HH, 2026-12-03, beauty-like graph+compile, min bucket 128, one call): device
-# activities a step 140 -> 99, GPU time a step 0.706 -> 0.667 ms, epoch 1.98 -> 1.86 s. Quality
-# with it and the graphed step's GPU tests are not run yet (NOTES_speed, "Twelfth session");
-# ``INDUCTOR_OPTIONS.clear()`` before a compile goes back to the mode's settings alone.
-INDUCTOR_OPTIONS = {"combo_kernels": True}
 
 
 def step_body(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
