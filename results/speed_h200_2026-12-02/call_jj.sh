@@ -1,5 +1,6 @@
 #!/bin/bash
-# NOT RUN: refused ("too little device-machine time is left to start another machine"). Kept as the next session's first call: add the six runs (all seeds of both datasets) after one warm-up epoch per dataset.
+# NOT RUN: refused ("too little device-machine time is left to start another machine"). Superseded by
+# calls KK and LL (thirteenth session), which ran its GPU tests and all six quality runs.
 # Call JJ (twelfth session, 2026-12-03), with the ~240 s of device time left. new = HEAD (call II's
 # code: combo_kernels in the compiled body, the scan row-add, the forward's last-tile mask).
 # All side by side (no timing): the graphed step's GPU tests (compiled epochs follow the eager
