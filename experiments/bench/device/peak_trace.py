@@ -6,7 +6,8 @@ Records the caching allocator's history (``torch.cuda.memory._record_memory_hist
 SCRIPT runs as ``__main__`` in this process, then replays the recorded allocations and frees in
 order, finds the moment the most bytes were allocated (``max_memory_allocated``'s moment, if
 the script never reset it before) and prints the blocks alive then, summed by their innermost
-frame in this repository (``core/...`` or ``experiments/...``; else the innermost frame). Run
+frame under ``core/``, ``experiments/`` or ``kernels_bench/`` (named by its last two path parts,
+e.g. ``data/batching.py:48 from_data``; else the innermost frame's file name). Run
 from the root of the tree to measure, with that tree on ``PYTHONPATH``: this file puts nothing on
 ``sys.path``, so it can measure another tree than its own.
 """
